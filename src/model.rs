@@ -1,0 +1,309 @@
+//! The cluster model (`Member`, `Bucket`, `ClusterSnapshot`) and its JSON form.
+//!
+//! Owns: the public snapshot format (`version: 1`), reading it with errors that name the
+//! bucket or member at fault, and writing it back. Does not own: how a backend fills it.
+//!
+//! Inside the process a bucket names its copies by member index (`MemberIdx`), not by id,
+//! so that a million buckets cost a few bytes each.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub type MemberIdx = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    #[default]
+    Healthy,
+    /// Above the critical memory threshold: keeps its data, receives nothing.
+    Critical,
+    /// Failed or unreachable.
+    Down,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+impl Member {
+    pub fn new(id: &str) -> Member {
+        Member {
+            id: id.to_string(),
+            address: id.to_string(),
+            capacity_bytes: None,
+            health: Health::Healthy,
+            draining: false,
+            zone: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bucket {
+    pub id: u64,
+    pub group: Option<Arc<str>>,
+    pub bytes: u64,
+    /// Members holding a copy; the first is the primary.
+    pub copies: Vec<MemberIdx>,
+}
+
+/// A bucket found half-moved (Redis: a slot MIGRATING or IMPORTING).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenMigration {
+    pub bucket: u64,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterSnapshot {
+    pub cluster_id: String,
+    pub taken_at: DateTime<Utc>,
+    pub members: Vec<Member>,
+    pub buckets: Vec<Bucket>,
+    pub open_migrations: Vec<OpenMigration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read snapshot {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("snapshot is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("snapshot: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotIn<'a> {
+    version: Option<u32>,
+    #[serde(default)]
+    cluster_id: Option<String>,
+    #[serde(default)]
+    taken_at: Option<DateTime<Utc>>,
+    members: Vec<Member>,
+    #[serde(borrow)]
+    buckets: Vec<BucketIn<'a>>,
+    #[serde(default)]
+    open_migrations: Vec<OpenMigration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketIn<'a> {
+    id: Option<u64>,
+    #[serde(default, borrow)]
+    group: Option<Cow<'a, str>>,
+    bytes: Option<serde_json::Number>,
+    #[serde(borrow, default)]
+    copies: Option<Vec<Cow<'a, str>>>,
+}
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u32,
+    cluster_id: &'a str,
+    taken_at: DateTime<Utc>,
+    members: &'a [Member],
+    buckets: Vec<BucketOut<'a>>,
+    open_migrations: &'a [OpenMigration],
+}
+
+#[derive(Serialize)]
+struct BucketOut<'a> {
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    bytes: u64,
+    copies: Vec<&'a str>,
+}
+
+impl ClusterSnapshot {
+    pub fn read_file(path: &std::path::Path) -> Result<ClusterSnapshot, SnapshotError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| SnapshotError::Read { path: path.display().to_string(), source })?;
+        ClusterSnapshot::from_json(&bytes)
+    }
+
+    /// Parses and checks the JSON form: every copy on a known member, no two copies of a
+    /// bucket on one member, sizes present and not negative, ids unique.
+    pub fn from_json(bytes: &[u8]) -> Result<ClusterSnapshot, SnapshotError> {
+        let raw: SnapshotIn = serde_json::from_slice(bytes)?;
+        let bad = |m: String| Err(SnapshotError::Invalid(m));
+        match raw.version {
+            Some(1) => {}
+            Some(v) => return bad(format!("version {v} is not supported (expected 1)")),
+            None => return bad("version is missing (expected 1)".into()),
+        }
+        let mut index: HashMap<&str, MemberIdx> = HashMap::with_capacity(raw.members.len());
+        for (i, m) in raw.members.iter().enumerate() {
+            if m.id.is_empty() {
+                return bad(format!("members[{i}] has an empty id"));
+            }
+            if index.insert(m.id.as_str(), i as MemberIdx).is_some() {
+                return bad(format!("member {:?} is listed twice", m.id));
+            }
+        }
+        let mut groups: HashMap<String, Arc<str>> = HashMap::new();
+        let mut seen_ids: HashSet<u64> = HashSet::with_capacity(raw.buckets.len());
+        let mut buckets = Vec::with_capacity(raw.buckets.len());
+        for (i, b) in raw.buckets.iter().enumerate() {
+            let Some(id) = b.id else { return bad(format!("buckets[{i}] has no id")) };
+            if !seen_ids.insert(id) {
+                return bad(format!("bucket {id} is listed twice"));
+            }
+            let bytes = match &b.bytes {
+                None => return bad(format!("bucket {id}: bytes is missing")),
+                Some(n) => match n.as_u64() {
+                    Some(v) => v,
+                    None => return bad(format!("bucket {id}: bytes must be a whole number >= 0, got {n}")),
+                },
+            };
+            let Some(names) = &b.copies else { return bad(format!("bucket {id}: copies is missing")) };
+            if names.is_empty() {
+                return bad(format!("bucket {id} has no copies"));
+            }
+            let mut copies = Vec::with_capacity(names.len());
+            for name in names {
+                let Some(&m) = index.get(name.as_ref()) else {
+                    return bad(format!("bucket {id}: copy on unknown member {name:?}"));
+                };
+                if copies.contains(&m) {
+                    return bad(format!("bucket {id}: two copies on member {name:?}"));
+                }
+                copies.push(m);
+            }
+            let group = b.group.as_ref().map(|g| {
+                groups.entry(g.to_string()).or_insert_with(|| Arc::from(g.as_ref())).clone()
+            });
+            buckets.push(Bucket { id, group, bytes, copies });
+        }
+        Ok(ClusterSnapshot {
+            cluster_id: raw.cluster_id.unwrap_or_default(),
+            taken_at: raw.taken_at.unwrap_or_else(Utc::now),
+            members: raw.members,
+            buckets,
+            open_migrations: raw.open_migrations,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        let out = SnapshotOut {
+            version: 1,
+            cluster_id: &self.cluster_id,
+            taken_at: self.taken_at,
+            members: &self.members,
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| BucketOut {
+                    id: b.id,
+                    group: b.group.as_deref(),
+                    bytes: b.bytes,
+                    copies: b.copies.iter().map(|&m| self.members[m as usize].id.as_str()).collect(),
+                })
+                .collect(),
+            open_migrations: &self.open_migrations,
+        };
+        serde_json::to_string(&out).expect("snapshot serializes")
+    }
+
+    pub fn member_index(&self, id: &str) -> Option<MemberIdx> {
+        self.members.iter().position(|m| m.id == id).map(|i| i as MemberIdx)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.buckets.iter().map(|b| b.bytes * b.copies.len() as u64).sum()
+    }
+}
+
+#[cfg(test)]
+pub mod fixtures {
+    //! Shared builders for tests across modules.
+    use super::*;
+
+    pub fn make_members(n: usize) -> Vec<Member> {
+        (0..n).map(|i| Member::new(&format!("m{}", i + 1))).collect()
+    }
+
+    /// `layout[i]` = (bytes, copies as member indexes).
+    pub fn make_snapshot(members: Vec<Member>, layout: &[(u64, Vec<MemberIdx>)]) -> ClusterSnapshot {
+        ClusterSnapshot {
+            cluster_id: "test".into(),
+            taken_at: Utc::now(),
+            members,
+            buckets: layout
+                .iter()
+                .enumerate()
+                .map(|(i, (bytes, copies))| Bucket { id: i as u64, group: None, bytes: *bytes, copies: copies.clone() })
+                .collect(),
+            open_migrations: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        ClusterSnapshot::from_json(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    const MEMBERS: &str = r#""members":[{"id":"m1","address":"a:1"},{"id":"m2","address":"a:2"}]"#;
+
+    #[test]
+    fn reads_the_design_example() {
+        let json = r#"{ "version": 1, "cluster_id": "orders",
+          "members": [ { "id": "m1", "address": "10.0.0.1:7001", "capacity_bytes": 8589934592,
+                         "health": "healthy", "draining": false, "zone": "a" },
+                       { "id": "m2", "address": "10.0.0.2:7001", "health": "critical", "zone": "b" } ],
+          "buckets": [ { "id": 0, "group": "orders", "bytes": 123456, "copies": ["m1", "m2"] } ] }"#;
+        let s = ClusterSnapshot::from_json(json.as_bytes()).unwrap();
+        assert_eq!(s.cluster_id, "orders");
+        assert_eq!(s.members[1].health, Health::Critical);
+        assert_eq!(s.buckets[0].copies, vec![0, 1]);
+        assert_eq!(s.total_bytes(), 246912);
+        let again = ClusterSnapshot::from_json(s.to_json().as_bytes()).unwrap();
+        assert_eq!(again.buckets, s.buckets);
+        assert_eq!(again.members, s.members);
+    }
+
+    #[test]
+    fn malformed_snapshots_name_the_culprit() {
+        assert!(err("{").contains("not valid JSON"));
+        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m9"]}}]}}"#))
+            .contains("bucket 7: copy on unknown member \"m9\""));
+        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m1","m1"]}}]}}"#))
+            .contains("bucket 7: two copies on member \"m1\""));
+        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":-5,"copies":["m1"]}}]}}"#))
+            .contains("bucket 7: bytes must be a whole number >= 0, got -5"));
+        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"copies":["m1"]}}]}}"#))
+            .contains("bucket 7: bytes is missing"));
+        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":[]}}]}}"#))
+            .contains("bucket 7 has no copies"));
+        assert!(err(&format!(r#"{{"version":2,{MEMBERS},"buckets":[]}}"#)).contains("version 2"));
+        assert!(err(r#"{"version":1,"members":[{"id":"m1"},{"id":"m1"}],"buckets":[]}"#).contains("\"m1\" is listed twice"));
+        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":1,"bytes":1,"copies":["m1"]}},{{"id":1,"bytes":1,"copies":["m2"]}}]}}"#))
+            .contains("bucket 1 is listed twice"));
+    }
+}

@@ -1,0 +1,215 @@
+//! The planner: from a snapshot, an ordered list of bucket moves that brings every member
+//! near its target, with before/after loads, the transfer size and the lower bound.
+//!
+//! Owns: targets (capacity shares), the move search, the order of moves (most valuable
+//! first), the self-check of its output and the human explanation. Pure and synchronous:
+//! no clock, no I/O, no async; the same input gives the same plan.
+//! Does not own: whether to act on the plan (`decide`) or how a move is done (`execute`).
+
+mod solver;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::{ClusterSnapshot, Health, MemberIdx};
+
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// How close to target the planner aims, in percent of the target.
+    pub tolerance_percent: u32,
+    /// Relative weights by member id, replacing capacities; members not named weigh 1.
+    /// A weight of 0 drains the member.
+    pub weights: BTreeMap<String, f64>,
+}
+
+impl PlanOptions {
+    pub fn from_config(b: &crate::config::BalanceConfig) -> PlanOptions {
+        PlanOptions { tolerance_percent: b.tolerance_percent, weights: b.weights.clone() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveKind {
+    /// A copy changes member: its bytes travel.
+    Copy,
+    /// The primary role passes to a member already holding a copy: no data travels.
+    Primary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub kind: MoveKind,
+    /// The bucket's id (a Redis slot number).
+    pub bucket: u64,
+    /// Position of the bucket in the snapshot.
+    pub bucket_index: u32,
+    pub from: MemberIdx,
+    pub to: MemberIdx,
+    /// Bytes that travel (0 for a primary move).
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemberLoad {
+    pub bytes: u64,
+    pub buckets: u64,
+    pub primaries: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemberPlan {
+    pub id: String,
+    pub target_bytes: u64,
+    pub before: MemberLoad,
+    pub after: MemberLoad,
+    /// Whether the member may receive copies (healthy, not draining, weight > 0).
+    #[serde(skip)]
+    pub receives: bool,
+}
+
+impl MemberPlan {
+    /// Signed distance of `load` from target, in percent of target (None when target is 0).
+    pub fn deviation_percent(&self, load: u64) -> Option<f64> {
+        (self.target_bytes > 0).then(|| 100.0 * (load as f64 - self.target_bytes as f64) / self.target_bytes as f64)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub moves: Vec<Move>,
+    pub members: Vec<MemberPlan>,
+    pub transfer_bytes: u64,
+    pub total_bytes: u64,
+    pub lower_bound_bytes: u64,
+    pub tolerance_percent: u32,
+    /// A few lines for people: what it did and why.
+    pub explanation: Vec<String>,
+}
+
+impl Plan {
+    pub fn copy_moves(&self) -> impl Iterator<Item = &Move> {
+        self.moves.iter().filter(|m| m.kind == MoveKind::Copy)
+    }
+
+    pub fn transfer_percent(&self) -> f64 {
+        if self.total_bytes == 0 { 0.0 } else { 100.0 * self.transfer_bytes as f64 / self.total_bytes as f64 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The planner's own output broke an invariant: a bug, never acted on.
+    #[error("planner self-check failed: {0}")]
+    Check(String),
+}
+
+/// Plans a rebalance of `snapshot`. Deterministic; checks its own output.
+pub fn plan(snapshot: &ClusterSnapshot, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let plan = solver::solve(snapshot, opts);
+    check(snapshot, &plan)?;
+    Ok(plan)
+}
+
+/// Applies `moves` in order to the snapshot's layout, refusing any move that is not valid
+/// at its point in the sequence.
+pub fn apply_moves(snapshot: &mut ClusterSnapshot, moves: &[Move]) -> Result<(), String> {
+    for (i, mv) in moves.iter().enumerate() {
+        let b = snapshot
+            .buckets
+            .get_mut(mv.bucket_index as usize)
+            .filter(|b| b.id == mv.bucket)
+            .ok_or_else(|| format!("move {i}: bucket {} is not at index {}", mv.bucket, mv.bucket_index))?;
+        match mv.kind {
+            MoveKind::Copy => {
+                let pos = b.copies.iter().position(|&m| m == mv.from).ok_or_else(|| {
+                    format!("move {i}: bucket {} has no copy on member #{}", mv.bucket, mv.from)
+                })?;
+                if b.copies.contains(&mv.to) {
+                    return Err(format!("move {i}: bucket {} would have two copies on member #{}", mv.bucket, mv.to));
+                }
+                if mv.bytes != b.bytes {
+                    return Err(format!("move {i}: bucket {} moves {} bytes, holds {}", mv.bucket, mv.bytes, b.bytes));
+                }
+                b.copies[pos] = mv.to;
+            }
+            MoveKind::Primary => {
+                if b.copies.first() != Some(&mv.from) {
+                    return Err(format!("move {i}: member #{} is not primary of bucket {}", mv.from, mv.bucket));
+                }
+                let pos = b.copies.iter().position(|&m| m == mv.to).ok_or_else(|| {
+                    format!("move {i}: primary of bucket {} to #{} which holds no copy", mv.bucket, mv.to)
+                })?;
+                b.copies.swap(0, pos);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-member bytes, buckets and primaries of a layout.
+pub fn member_loads(snapshot: &ClusterSnapshot) -> Vec<MemberLoad> {
+    let mut loads = vec![MemberLoad::default(); snapshot.members.len()];
+    for b in &snapshot.buckets {
+        for (pos, &m) in b.copies.iter().enumerate() {
+            let l = &mut loads[m as usize];
+            l.bytes += b.bytes;
+            l.buckets += 1;
+            if pos == 0 {
+                l.primaries += 1;
+            }
+        }
+    }
+    loads
+}
+
+fn distinct_zones(snapshot: &ClusterSnapshot, copies: &[MemberIdx]) -> usize {
+    let mut zones: Vec<&str> =
+        copies.iter().filter_map(|&m| snapshot.members[m as usize].zone.as_deref()).collect();
+    zones.sort_unstable();
+    zones.dedup();
+    zones.len()
+}
+
+/// The planner's own check: moves replay cleanly, bytes and copies are conserved, no copy
+/// lands on a member that may not receive, zone spread never shrinks, figures add up.
+fn check(snapshot: &ClusterSnapshot, plan: &Plan) -> Result<(), PlanError> {
+    let fail = |m: String| Err(PlanError::Check(m));
+    for mv in &plan.moves {
+        let to = &snapshot.members[mv.to as usize];
+        if mv.kind == MoveKind::Copy && !plan.members[mv.to as usize].receives {
+            return fail(format!("bucket {} moved onto {} which may not receive", mv.bucket, to.id));
+        }
+        if to.health == Health::Down || to.draining {
+            return fail(format!("bucket {} given to {} which is down or draining", mv.bucket, to.id));
+        }
+    }
+    let mut after = snapshot.clone();
+    apply_moves(&mut after, &plan.moves).map_err(PlanError::Check)?;
+    for (b0, b1) in snapshot.buckets.iter().zip(&after.buckets) {
+        if b0.copies.len() != b1.copies.len() {
+            return fail(format!("bucket {} changed its number of copies", b0.id));
+        }
+        if b0.copies.len() > 1 && b0.copies != b1.copies && distinct_zones(snapshot, &b1.copies) < distinct_zones(snapshot, &b0.copies) {
+            return fail(format!("bucket {} lost zone spread", b0.id));
+        }
+    }
+    if after.total_bytes() != snapshot.total_bytes() || plan.total_bytes != snapshot.total_bytes() {
+        return fail("total bytes not conserved".into());
+    }
+    let loads = member_loads(&after);
+    for (m, l) in plan.members.iter().zip(&loads) {
+        if m.after != *l {
+            return fail(format!("member {} after-load {:?} differs from replay {:?}", m.id, m.after, l));
+        }
+    }
+    let transfer: u64 = plan.copy_moves().map(|m| m.bytes).sum();
+    if transfer != plan.transfer_bytes {
+        return fail(format!("transfer {} differs from the sum of copy moves {}", plan.transfer_bytes, transfer));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,356 @@
+//! Planner tests: scenarios, quality against the lower bound and a naive greedy oracle,
+//! and property tests of the invariants over random clusters.
+
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::*;
+use crate::model::fixtures::*;
+use crate::model::{Bucket, ClusterSnapshot, Member, MemberIdx};
+
+const MIB: u64 = 1 << 20;
+
+fn opts(tol: u32) -> PlanOptions {
+    PlanOptions { tolerance_percent: tol, ..Default::default() }
+}
+
+/// Single-copy, Redis-like: 16384 slots with skewed sizes (a few hash-tagged tenants make
+/// large slots) on 3 masters, and a fourth, empty one.
+pub fn redis_like(seed: u64) -> ClusterSnapshot {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let members = make_members(4);
+    let layout: Vec<(u64, Vec<MemberIdx>)> = (0..16384u64)
+        .map(|slot| {
+            let base: f64 = rng.gen_range(0.5..1.5) * 20_000.0;
+            let tenant = if rng.gen_ratio(1, 200) { rng.gen_range(10.0..60.0) } else { 1.0 };
+            // Skew: the first master's range is denser.
+            let skew = if slot < 5461 { 1.6 } else if slot < 10922 { 1.1 } else { 0.8 };
+            ((base * tenant * skew) as u64, vec![(slot / 5462) as MemberIdx])
+        })
+        .collect();
+    make_snapshot(members, &layout)
+}
+
+/// Geode-like: 2 copies in distinct zones over 12 members in 3 zones, one critical member
+/// and one draining member.
+pub fn geode_like(seed: u64) -> ClusterSnapshot {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut members = make_members(12);
+    for (i, m) in members.iter_mut().enumerate() {
+        m.zone = Some(["a", "b", "c"][i % 3].to_string());
+    }
+    members[4].health = crate::model::Health::Critical;
+    members[7].draining = true;
+    let layout: Vec<(u64, Vec<MemberIdx>)> = (0..3000)
+        .map(|_| {
+            let bytes = rng.gen_range(1..100) * MIB / 10;
+            // Members 0..6 are favoured: the layout starts skewed.
+            let pick = |rng: &mut StdRng, zone: usize| -> MemberIdx {
+                let choices: Vec<usize> = (0..12).filter(|i| i % 3 == zone).collect();
+                let k = if rng.gen_ratio(2, 3) { 0 } else { rng.gen_range(0..choices.len()) };
+                choices[k] as MemberIdx
+            };
+            let z1 = rng.gen_range(0..3);
+            let z2 = (z1 + rng.gen_range(1..3)) % 3;
+            (bytes, vec![pick(&mut rng, z1), pick(&mut rng, z2)])
+        })
+        .collect();
+    make_snapshot(members, &layout)
+}
+
+/// Heavy-tailed (Pareto) bucket sizes, unequal capacities, 1 or 2 copies, random placement.
+pub fn heavy_tailed(seed: u64) -> ClusterSnapshot {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut members = make_members(10);
+    for (i, m) in members.iter_mut().enumerate() {
+        m.capacity_bytes = Some((1 + i as u64 % 4) * 64 * 1024 * MIB);
+    }
+    let layout: Vec<(u64, Vec<MemberIdx>)> = (0..8000)
+        .map(|_| {
+            let u: f64 = rng.gen_range(0.0001..1.0);
+            let bytes = (MIB as f64 * u.powf(-1.0 / 1.3)).min(4096.0 * MIB as f64) as u64;
+            let a = rng.gen_range(0..10) as MemberIdx;
+            if rng.gen_bool(0.5) {
+                let b = (a + rng.gen_range(1..10)) % 10;
+                (bytes, vec![a, b])
+            } else {
+                (bytes, vec![a])
+            }
+        })
+        .collect();
+    make_snapshot(members, &layout)
+}
+
+/// Sum of bytes outside each member's band after the plan.
+fn band_violation(loads: &[u64], targets: &[u64], tol: u32) -> u64 {
+    loads
+        .iter()
+        .zip(targets)
+        .map(|(&l, &t)| {
+            let lo = (t as f64 * (1.0 - tol as f64 / 100.0)).floor() as u64;
+            let hi = (t as f64 * (1.0 + tol as f64 / 100.0)).ceil() as u64;
+            l.saturating_sub(hi) + lo.saturating_sub(l)
+        })
+        .sum()
+}
+
+/// The naive baseline: move the largest fitting bucket from the most overloaded member to
+/// the most underloaded receiver until none fits. Returns final loads.
+fn greedy_oracle(s: &ClusterSnapshot, p: &Plan) -> Vec<u64> {
+    let n = s.members.len();
+    let mut copies: Vec<Vec<MemberIdx>> = s.buckets.iter().map(|b| b.copies.clone()).collect();
+    let mut load: Vec<i64> = p.members.iter().map(|m| m.before.bytes as i64).collect();
+    let target: Vec<i64> = p.members.iter().map(|m| m.target_bytes as i64).collect();
+    let zone_ok = |cs: &[MemberIdx], from: MemberIdx, to: MemberIdx| {
+        let zones = |it: Vec<MemberIdx>| {
+            let mut z: Vec<&Option<String>> = it.iter().map(|&m| &s.members[m as usize].zone).filter(|z| z.is_some()).collect();
+            z.sort();
+            z.dedup();
+            z.len()
+        };
+        zones(cs.iter().map(|&m| if m == from { to } else { m }).collect()) >= zones(cs.to_vec())
+    };
+    for _ in 0..100_000 {
+        let src = (0..n).max_by_key(|&i| (load[i] - target[i], std::cmp::Reverse(i))).unwrap();
+        let dst = (0..n)
+            .filter(|&i| p.members[i].receives)
+            .max_by_key(|&i| (target[i] - load[i], std::cmp::Reverse(i)));
+        let Some(dst) = dst else { break };
+        let fit = (load[src] - target[src]).min(target[dst] - load[dst]);
+        if fit <= 0 {
+            break;
+        }
+        let best = (0..s.buckets.len())
+            .filter(|&b| {
+                let cs = &copies[b];
+                cs.contains(&(src as MemberIdx))
+                    && !cs.contains(&(dst as MemberIdx))
+                    && s.buckets[b].bytes as i64 <= fit
+                    && s.buckets[b].bytes > 0
+                    && zone_ok(cs, src as MemberIdx, dst as MemberIdx)
+            })
+            .max_by_key(|&b| (s.buckets[b].bytes, std::cmp::Reverse(b)));
+        let Some(b) = best else { break };
+        let pos = copies[b].iter().position(|&m| m as usize == src).unwrap();
+        copies[b][pos] = dst as MemberIdx;
+        load[src] -= s.buckets[b].bytes as i64;
+        load[dst] += s.buckets[b].bytes as i64;
+    }
+    load.into_iter().map(|l| l as u64).collect()
+}
+
+fn assert_quality(name: &str, s: &ClusterSnapshot, tol: u32) -> Plan {
+    let p = plan(s, &opts(tol)).unwrap();
+    let targets: Vec<u64> = p.members.iter().map(|m| m.target_bytes).collect();
+    let after: Vec<u64> = p.members.iter().map(|m| m.after.bytes).collect();
+    let ours = band_violation(&after, &targets, tol);
+    let greedy = greedy_oracle(s, &p);
+    let theirs = band_violation(&greedy, &targets, tol);
+    assert!(p.lower_bound_bytes > 0, "{name}: scenario should be off-balance");
+    let ratio = p.transfer_bytes as f64 / p.lower_bound_bytes as f64;
+    assert!(ratio <= 1.10, "{name}: transfer {} is {ratio:.3} x lower bound {}", p.transfer_bytes, p.lower_bound_bytes);
+    assert!(ours <= theirs, "{name}: band violation {ours} worse than greedy {theirs}\n{:#?}", p.explanation);
+    p
+}
+
+#[test]
+fn redis_like_new_empty_member() {
+    for seed in 0..3 {
+        let s = redis_like(seed);
+        let p = assert_quality("redis_like", &s, 5);
+        // The slot sizes allow every member within tolerance here.
+        for m in &p.members {
+            let dev = m.deviation_percent(m.after.bytes).unwrap();
+            assert!(dev.abs() <= 5.0, "{} at {dev:.2}%: {:#?}", m.id, p.explanation);
+        }
+        assert!(p.moves.iter().all(|m| m.kind == MoveKind::Copy));
+        assert!(p.members[3].after.buckets > 0);
+    }
+}
+
+#[test]
+fn geode_like_zones_critical_draining() {
+    for seed in 0..3 {
+        let s = geode_like(seed);
+        let p = assert_quality("geode_like", &s, 5);
+        // The draining member is emptied; the critical one received nothing.
+        assert_eq!(p.members[7].after.bytes, 0, "{:#?}", p.explanation);
+        assert_eq!(p.members[7].target_bytes, 0);
+        assert!(p.copy_moves().all(|m| m.to != 4 && m.to != 7));
+        // Zones stay distinct for every bucket.
+        let mut after = s.clone();
+        apply_moves(&mut after, &p.moves).unwrap();
+        for b in &after.buckets {
+            let z: Vec<_> = b.copies.iter().map(|&m| after.members[m as usize].zone.clone()).collect();
+            assert_ne!(z[0], z[1], "bucket {} has both copies in one zone", b.id);
+        }
+        // Primaries balanced by count: no single swap to a receiving secondary would
+        // narrow a gap (equal weights here), and the spread shrank.
+        let prim: Vec<i64> = p.members.iter().map(|m| m.after.primaries as i64).collect();
+        for b in &after.buckets {
+            let pm = b.copies[0] as usize;
+            for &d in &b.copies[1..] {
+                let d = d as usize;
+                if p.members[d].receives && p.members[pm].receives {
+                    assert!(prim[pm] - prim[d] <= 1, "bucket {}: primary on {} ({}) could pass to {} ({})", b.id, pm, prim[pm], d, prim[d]);
+                }
+            }
+        }
+        let spread = |f: fn(&MemberPlan) -> u64| {
+            let v: Vec<u64> = p.members.iter().filter(|m| m.receives).map(f).collect();
+            v.iter().max().unwrap() - v.iter().min().unwrap()
+        };
+        assert!(spread(|m| m.after.primaries) < spread(|m| m.before.primaries));
+    }
+}
+
+#[test]
+fn heavy_tailed_unequal_capacities() {
+    for seed in 0..3 {
+        let s = heavy_tailed(seed);
+        let p = assert_quality("heavy_tailed", &s, 5);
+        let cap: Vec<u64> = s.members.iter().map(|m| m.capacity_bytes.unwrap()).collect();
+        // Targets follow capacity.
+        assert!(p.members[3].target_bytes > 3 * p.members[0].target_bytes, "{:?}", (p.members[3].target_bytes, p.members[0].target_bytes, cap[3], cap[0]));
+    }
+}
+
+#[test]
+fn a_balanced_cluster_moves_nothing() {
+    let s = make_snapshot(make_members(3), &[(10, vec![0]), (10, vec![1]), (10, vec![2])]);
+    let p = plan(&s, &opts(5)).unwrap();
+    assert!(p.moves.is_empty());
+    assert_eq!(p.lower_bound_bytes, 0);
+    assert_eq!(p.transfer_bytes, 0);
+}
+
+#[test]
+fn a_draining_member_is_emptied_even_of_empty_buckets() {
+    let mut members = make_members(3);
+    members[0].draining = true;
+    let s = make_snapshot(members, &[(0, vec![0]), (0, vec![0]), (5, vec![0]), (5, vec![1]), (5, vec![2])]);
+    let p = plan(&s, &opts(5)).unwrap();
+    assert_eq!(p.members[0].after.buckets, 0);
+    // Urgent moves first.
+    assert_eq!(p.moves[0].from, 0);
+    assert!(p.explanation.iter().any(|l| l.contains("m1 is draining")), "{:?}", p.explanation);
+}
+
+#[test]
+fn weights_replace_capacities_and_zero_drains() {
+    let s = make_snapshot(make_members(3), &(0..300).map(|i| (MIB, vec![(i % 3) as MemberIdx])).collect::<Vec<_>>());
+    let mut o = opts(0);
+    o.weights.insert("m1".into(), 2.0);
+    o.weights.insert("m3".into(), 0.0);
+    let p = plan(&s, &o).unwrap();
+    assert_eq!(p.members[2].after.bytes, 0);
+    assert_eq!(p.members[0].target_bytes, 200 * MIB);
+    assert_eq!(p.members[0].after.bytes, 200 * MIB);
+    assert_eq!(p.members[1].after.bytes, 100 * MIB);
+}
+
+#[test]
+fn a_bucket_larger_than_any_room_stays_and_is_explained() {
+    let s = make_snapshot(make_members(2), &[(1000, vec![0]), (10, vec![1])]);
+    let p = plan(&s, &opts(5)).unwrap();
+    assert!(p.moves.is_empty());
+    assert!(p.explanation.iter().any(|l| l.contains("m1 stays")), "{:?}", p.explanation);
+}
+
+#[test]
+fn same_input_same_plan() {
+    let s = geode_like(9);
+    assert_eq!(plan(&s, &opts(5)).unwrap(), plan(&s, &opts(5)).unwrap());
+}
+
+#[test]
+fn moves_are_ordered_by_value() {
+    let s = redis_like(4);
+    let p = plan(&s, &opts(5)).unwrap();
+    let bytes: Vec<u64> = p.copy_moves().map(|m| m.bytes).collect();
+    assert!(bytes.windows(2).all(|w| w[0] >= w[1]));
+}
+
+#[test]
+fn the_self_check_catches_a_bad_plan() {
+    let s = make_snapshot(make_members(2), &[(10, vec![0]), (10, vec![0])]);
+    let mut p = plan(&s, &opts(0)).unwrap();
+    assert_eq!(p.moves.len(), 1);
+    p.moves.push(p.moves[0].clone());
+    assert!(check(&s, &p).is_err());
+}
+
+fn arb_cluster() -> impl Strategy<Value = ClusterSnapshot> {
+    (2usize..7, 1usize..3, 0usize..60, any::<u64>()).prop_map(|(n, k, nb, seed)| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let k = k.min(n);
+        let members: Vec<Member> = (0..n)
+            .map(|i| {
+                let mut m = Member::new(&format!("m{i}"));
+                m.zone = rng.gen_bool(0.5).then(|| format!("z{}", i % 3));
+                m.capacity_bytes = rng.gen_bool(0.3).then(|| rng.gen_range(1..10) * 1000);
+                m.draining = rng.gen_ratio(1, 8);
+                if rng.gen_ratio(1, 8) {
+                    m.health = crate::model::Health::Critical;
+                }
+                m
+            })
+            .collect();
+        let buckets = (0..nb)
+            .map(|i| {
+                let mut copies: Vec<MemberIdx> = Vec::new();
+                while copies.len() < k {
+                    let m = rng.gen_range(0..n) as MemberIdx;
+                    if !copies.contains(&m) {
+                        copies.push(m);
+                    }
+                }
+                let bytes = if rng.gen_ratio(1, 10) { 0 } else { rng.gen_range(1..1000) };
+                Bucket { id: i as u64 * 3, group: None, bytes, copies }
+            })
+            .collect();
+        ClusterSnapshot { cluster_id: "p".into(), taken_at: chrono::Utc::now(), members, buckets, open_migrations: vec![] }
+    })
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold(s in arb_cluster(), tol in 0u32..20) {
+        // plan() runs the self-check: conservation, no duplicate copies, no copy onto a
+        // member that may not receive, zone spread kept, figures consistent.
+        let p = plan(&s, &opts(tol)).unwrap();
+        prop_assert_eq!(&p, &plan(&s, &opts(tol)).unwrap());
+        let targets: Vec<u64> = p.members.iter().map(|m| m.target_bytes).collect();
+        let before: Vec<u64> = p.members.iter().map(|m| m.before.bytes).collect();
+        let after: Vec<u64> = p.members.iter().map(|m| m.after.bytes).collect();
+        prop_assert!(band_violation(&after, &targets, tol) <= band_violation(&before, &targets, tol));
+        // The lower bound is a bound: a plan that reaches every band moved at least that much.
+        if band_violation(&after, &targets, tol) == 0 {
+            prop_assert!(p.transfer_bytes >= p.lower_bound_bytes, "{} < {}", p.transfer_bytes, p.lower_bound_bytes);
+        }
+        // No bucket moves more than once per copy.
+        let mut seen = std::collections::HashSet::new();
+        for m in p.copy_moves() {
+            prop_assert!(seen.insert((m.bucket, m.from)));
+        }
+        // Planning the result again is a fixed point up to tolerance: no must-move bytes.
+        let mut next = s.clone();
+        apply_moves(&mut next, &p.moves).unwrap();
+        let p2 = plan(&next, &opts(tol)).unwrap();
+        prop_assert!(p2.transfer_bytes <= p.transfer_bytes.max(p2.lower_bound_bytes));
+    }
+
+    #[test]
+    fn single_copy_draining_members_empty_when_anyone_can_receive(s in arb_cluster()) {
+        let p = plan(&s, &opts(5)).unwrap();
+        let single = s.buckets.iter().all(|b| b.copies.len() == 1);
+        if single && p.members.iter().any(|m| m.receives) {
+            for (m, mp) in s.members.iter().zip(&p.members) {
+                if m.draining {
+                    prop_assert_eq!(mp.after.buckets, 0);
+                }
+            }
+        }
+    }
+}
+

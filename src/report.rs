@@ -1,0 +1,154 @@
+//! The answer of `simulate` and `rebalance`: the decision, the figures the formula used,
+//! the moves and per-member loads; after a real run, the per-member report.
+//!
+//! Owns: the JSON shape (public interface) and the human table. Does not own: the figures.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::human_bytes as hb;
+use crate::decide::{Decision, Thresholds};
+use crate::model::ClusterSnapshot;
+use crate::plan::{MemberPlan, MoveKind, Plan};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MoveOut {
+    pub kind: MoveKind,
+    pub bucket: u64,
+    pub from: String,
+    pub to: String,
+    pub bytes: u64,
+}
+
+/// Per member after a real run, in buckets and bytes (Cisco ESC's rebalance answer).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct MemberReport {
+    pub id: String,
+    pub previous_buckets: u64,
+    pub requested_unload: u64,
+    pub accepted_unload: u64,
+    pub current_buckets: u64,
+    pub previous_bytes: u64,
+    pub requested_unload_bytes: u64,
+    pub accepted_unload_bytes: u64,
+    pub current_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub transfer_bytes: u64,
+    pub total_bytes: u64,
+    pub transfer_percent: f64,
+    pub lower_bound_bytes: u64,
+    pub size_threshold_percent: u32,
+    pub minimum_size_bytes: u64,
+    pub moves: Vec<MoveOut>,
+    pub members: Vec<MemberPlan>,
+    pub explanation: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<Vec<MemberReport>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(snapshot: &ClusterSnapshot, plan: &Plan, decision: Decision, t: &Thresholds) -> Outcome {
+        let id = |m: u32| snapshot.members[m as usize].id.clone();
+        Outcome {
+            decision,
+            transfer_bytes: plan.transfer_bytes,
+            total_bytes: plan.total_bytes,
+            transfer_percent: (plan.transfer_percent() * 100.0).round() / 100.0,
+            lower_bound_bytes: plan.lower_bound_bytes,
+            size_threshold_percent: t.size_threshold_percent,
+            minimum_size_bytes: t.minimum_size,
+            moves: plan
+                .moves
+                .iter()
+                .map(|m| MoveOut { kind: m.kind, bucket: m.bucket, from: id(m.from), to: id(m.to), bytes: m.bytes })
+                .collect(),
+            members: plan.members.clone(),
+            explanation: plan.explanation.clone(),
+            report: None,
+            moved_bytes: None,
+            duration_seconds: None,
+            stopped: None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("outcome serializes")
+    }
+
+    /// One row per member, the figures against the thresholds, the decision in a sentence.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<24} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
+            "member", "before", "target", "after", "dev", "buckets", "primaries"
+        );
+        for m in &self.members {
+            let dev = m.deviation_percent(m.after.bytes).map(|d| format!("{d:+.1}%")).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<24} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
+                m.id,
+                hb(m.before.bytes),
+                hb(m.target_bytes),
+                hb(m.after.bytes),
+                dev,
+                format!("{} -> {}", m.before.buckets, m.after.buckets),
+                format!("{} -> {}", m.before.primaries, m.after.primaries),
+            );
+        }
+        let copies = self.moves.iter().filter(|m| m.kind == MoveKind::Copy).count();
+        let _ = writeln!(
+            out,
+            "\ntransfer {} of {} = {:.2}% (threshold {}%, minimum {}); lower bound {}; {} copy moves, {} primary moves",
+            hb(self.transfer_bytes),
+            hb(self.total_bytes),
+            self.transfer_percent,
+            self.size_threshold_percent,
+            hb(self.minimum_size_bytes),
+            hb(self.lower_bound_bytes),
+            copies,
+            self.moves.len() - copies
+        );
+        for line in &self.explanation {
+            let _ = writeln!(out, "  {line}");
+        }
+        if let Some(report) = &self.report {
+            let _ = writeln!(
+                out,
+                "\n{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
+                "member", "previous", "requested", "accepted", "current", "current bytes"
+            );
+            for r in report {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
+                    r.id, r.previous_buckets, r.requested_unload, r.accepted_unload, r.current_buckets, hb(r.current_bytes)
+                );
+            }
+            if let (Some(b), Some(d)) = (self.moved_bytes, self.duration_seconds) {
+                let _ = writeln!(out, "moved {} in {:.1}s", hb(b), d);
+            }
+            if let Some(s) = &self.stopped {
+                let _ = writeln!(out, "stopped early: {s}");
+            }
+        }
+        let what = match self.decision.reason {
+            None => "decision: rebalance".to_string(),
+            Some(r) => format!("decision: skip ({r})"),
+        };
+        let _ = writeln!(out, "\n{what}: {}", self.decision.message);
+        out
+    }
+}
