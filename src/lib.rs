@@ -12,9 +12,15 @@
 //!
 //! `plan` and `decide` never touch tokio, etcd or Redis.
 
+pub mod cluster;
 pub mod config;
 pub mod decide;
+pub mod execute;
+pub mod lock;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod schedule;
+pub mod testkit;

@@ -73,6 +73,20 @@ pub struct OpenMigration {
     pub to: Option<String>,
 }
 
+/// A node that follows a member (Redis: a replica); recorded, not balanced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Replica {
+    pub id: String,
+    #[serde(default)]
+    pub master: Option<String>,
+    #[serde(default = "yes")]
+    pub healthy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterSnapshot {
     pub cluster_id: String,
@@ -80,12 +94,16 @@ pub struct ClusterSnapshot {
     pub members: Vec<Member>,
     pub buckets: Vec<Bucket>,
     pub open_migrations: Vec<OpenMigration>,
+    pub replicas: Vec<Replica>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("cannot read snapshot {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("snapshot is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("snapshot: {0}")]
@@ -105,6 +123,8 @@ struct SnapshotIn<'a> {
     buckets: Vec<BucketIn<'a>>,
     #[serde(default)]
     open_migrations: Vec<OpenMigration>,
+    #[serde(default)]
+    replicas: Vec<Replica>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +146,8 @@ struct SnapshotOut<'a> {
     members: &'a [Member],
     buckets: Vec<BucketOut<'a>>,
     open_migrations: &'a [OpenMigration],
+    #[serde(skip_serializing_if = "<[Replica]>::is_empty")]
+    replicas: &'a [Replica],
 }
 
 #[derive(Serialize)]
@@ -139,8 +161,10 @@ struct BucketOut<'a> {
 
 impl ClusterSnapshot {
     pub fn read_file(path: &std::path::Path) -> Result<ClusterSnapshot, SnapshotError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| SnapshotError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| SnapshotError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         ClusterSnapshot::from_json(&bytes)
     }
 
@@ -167,7 +191,9 @@ impl ClusterSnapshot {
         let mut seen_ids: HashSet<u64> = HashSet::with_capacity(raw.buckets.len());
         let mut buckets = Vec::with_capacity(raw.buckets.len());
         for (i, b) in raw.buckets.iter().enumerate() {
-            let Some(id) = b.id else { return bad(format!("buckets[{i}] has no id")) };
+            let Some(id) = b.id else {
+                return bad(format!("buckets[{i}] has no id"));
+            };
             if !seen_ids.insert(id) {
                 return bad(format!("bucket {id} is listed twice"));
             }
@@ -175,10 +201,16 @@ impl ClusterSnapshot {
                 None => return bad(format!("bucket {id}: bytes is missing")),
                 Some(n) => match n.as_u64() {
                     Some(v) => v,
-                    None => return bad(format!("bucket {id}: bytes must be a whole number >= 0, got {n}")),
+                    None => {
+                        return bad(format!(
+                            "bucket {id}: bytes must be a whole number >= 0, got {n}"
+                        ));
+                    }
                 },
             };
-            let Some(names) = &b.copies else { return bad(format!("bucket {id}: copies is missing")) };
+            let Some(names) = &b.copies else {
+                return bad(format!("bucket {id}: copies is missing"));
+            };
             if names.is_empty() {
                 return bad(format!("bucket {id} has no copies"));
             }
@@ -193,9 +225,17 @@ impl ClusterSnapshot {
                 copies.push(m);
             }
             let group = b.group.as_ref().map(|g| {
-                groups.entry(g.to_string()).or_insert_with(|| Arc::from(g.as_ref())).clone()
+                groups
+                    .entry(g.to_string())
+                    .or_insert_with(|| Arc::from(g.as_ref()))
+                    .clone()
             });
-            buckets.push(Bucket { id, group, bytes, copies });
+            buckets.push(Bucket {
+                id,
+                group,
+                bytes,
+                copies,
+            });
         }
         Ok(ClusterSnapshot {
             cluster_id: raw.cluster_id.unwrap_or_default(),
@@ -203,6 +243,7 @@ impl ClusterSnapshot {
             members: raw.members,
             buckets,
             open_migrations: raw.open_migrations,
+            replicas: raw.replicas,
         })
     }
 
@@ -219,20 +260,31 @@ impl ClusterSnapshot {
                     id: b.id,
                     group: b.group.as_deref(),
                     bytes: b.bytes,
-                    copies: b.copies.iter().map(|&m| self.members[m as usize].id.as_str()).collect(),
+                    copies: b
+                        .copies
+                        .iter()
+                        .map(|&m| self.members[m as usize].id.as_str())
+                        .collect(),
                 })
                 .collect(),
             open_migrations: &self.open_migrations,
+            replicas: &self.replicas,
         };
         serde_json::to_string(&out).expect("snapshot serializes")
     }
 
     pub fn member_index(&self, id: &str) -> Option<MemberIdx> {
-        self.members.iter().position(|m| m.id == id).map(|i| i as MemberIdx)
+        self.members
+            .iter()
+            .position(|m| m.id == id)
+            .map(|i| i as MemberIdx)
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.buckets.iter().map(|b| b.bytes * b.copies.len() as u64).sum()
+        self.buckets
+            .iter()
+            .map(|b| b.bytes * b.copies.len() as u64)
+            .sum()
     }
 }
 
@@ -242,11 +294,16 @@ pub mod fixtures {
     use super::*;
 
     pub fn make_members(n: usize) -> Vec<Member> {
-        (0..n).map(|i| Member::new(&format!("m{}", i + 1))).collect()
+        (0..n)
+            .map(|i| Member::new(&format!("m{}", i + 1)))
+            .collect()
     }
 
     /// `layout[i]` = (bytes, copies as member indexes).
-    pub fn make_snapshot(members: Vec<Member>, layout: &[(u64, Vec<MemberIdx>)]) -> ClusterSnapshot {
+    pub fn make_snapshot(
+        members: Vec<Member>,
+        layout: &[(u64, Vec<MemberIdx>)],
+    ) -> ClusterSnapshot {
         ClusterSnapshot {
             cluster_id: "test".into(),
             taken_at: Utc::now(),
@@ -254,9 +311,15 @@ pub mod fixtures {
             buckets: layout
                 .iter()
                 .enumerate()
-                .map(|(i, (bytes, copies))| Bucket { id: i as u64, group: None, bytes: *bytes, copies: copies.clone() })
+                .map(|(i, (bytes, copies))| Bucket {
+                    id: i as u64,
+                    group: None,
+                    bytes: *bytes,
+                    copies: copies.clone(),
+                })
                 .collect(),
             open_migrations: vec![],
+            replicas: vec![],
         }
     }
 }
@@ -266,7 +329,9 @@ mod tests {
     use super::*;
 
     fn err(json: &str) -> String {
-        ClusterSnapshot::from_json(json.as_bytes()).unwrap_err().to_string()
+        ClusterSnapshot::from_json(json.as_bytes())
+            .unwrap_err()
+            .to_string()
     }
 
     const MEMBERS: &str = r#""members":[{"id":"m1","address":"a:1"},{"id":"m2","address":"a:2"}]"#;
@@ -291,18 +356,41 @@ mod tests {
     #[test]
     fn malformed_snapshots_name_the_culprit() {
         assert!(err("{").contains("not valid JSON"));
-        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m9"]}}]}}"#))
-            .contains("bucket 7: copy on unknown member \"m9\""));
-        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m1","m1"]}}]}}"#))
-            .contains("bucket 7: two copies on member \"m1\""));
-        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":-5,"copies":["m1"]}}]}}"#))
-            .contains("bucket 7: bytes must be a whole number >= 0, got -5"));
-        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"copies":["m1"]}}]}}"#))
-            .contains("bucket 7: bytes is missing"));
-        assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":[]}}]}}"#))
-            .contains("bucket 7 has no copies"));
+        assert!(
+            err(&format!(
+                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m9"]}}]}}"#
+            ))
+            .contains("bucket 7: copy on unknown member \"m9\"")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m1","m1"]}}]}}"#
+            ))
+            .contains("bucket 7: two copies on member \"m1\"")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":-5,"copies":["m1"]}}]}}"#
+            ))
+            .contains("bucket 7: bytes must be a whole number >= 0, got -5")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"copies":["m1"]}}]}}"#
+            ))
+            .contains("bucket 7: bytes is missing")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":[]}}]}}"#
+            ))
+            .contains("bucket 7 has no copies")
+        );
         assert!(err(&format!(r#"{{"version":2,{MEMBERS},"buckets":[]}}"#)).contains("version 2"));
-        assert!(err(r#"{"version":1,"members":[{"id":"m1"},{"id":"m1"}],"buckets":[]}"#).contains("\"m1\" is listed twice"));
+        assert!(
+            err(r#"{"version":1,"members":[{"id":"m1"},{"id":"m1"}],"buckets":[]}"#)
+                .contains("\"m1\" is listed twice")
+        );
         assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":1,"bytes":1,"copies":["m1"]}},{{"id":1,"bytes":1,"copies":["m2"]}}]}}"#))
             .contains("bucket 1 is listed twice"));
     }

@@ -55,10 +55,17 @@ pub struct Outcome {
     pub duration_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
 }
 
 impl Outcome {
-    pub fn new(snapshot: &ClusterSnapshot, plan: &Plan, decision: Decision, t: &Thresholds) -> Outcome {
+    pub fn new(
+        snapshot: &ClusterSnapshot,
+        plan: &Plan,
+        decision: Decision,
+        t: &Thresholds,
+    ) -> Outcome {
         let id = |m: u32| snapshot.members[m as usize].id.clone();
         Outcome {
             decision,
@@ -71,7 +78,13 @@ impl Outcome {
             moves: plan
                 .moves
                 .iter()
-                .map(|m| MoveOut { kind: m.kind, bucket: m.bucket, from: id(m.from), to: id(m.to), bytes: m.bytes })
+                .map(|m| MoveOut {
+                    kind: m.kind,
+                    bucket: m.bucket,
+                    from: id(m.from),
+                    to: id(m.to),
+                    bytes: m.bytes,
+                })
                 .collect(),
             members: plan.members.clone(),
             explanation: plan.explanation.clone(),
@@ -79,6 +92,28 @@ impl Outcome {
             moved_bytes: None,
             duration_seconds: None,
             stopped: None,
+            failures: Vec::new(),
+        }
+    }
+
+    /// An outcome decided before any plan existed (lock, pause, snapshot failure).
+    pub fn skipped(decision: Decision, t: &Thresholds) -> Outcome {
+        Outcome {
+            decision,
+            transfer_bytes: 0,
+            total_bytes: 0,
+            transfer_percent: 0.0,
+            lower_bound_bytes: 0,
+            size_threshold_percent: t.size_threshold_percent,
+            minimum_size_bytes: t.minimum_size,
+            moves: Vec::new(),
+            members: Vec::new(),
+            explanation: Vec::new(),
+            report: None,
+            moved_bytes: None,
+            duration_seconds: None,
+            stopped: None,
+            failures: Vec::new(),
         }
     }
 
@@ -95,7 +130,10 @@ impl Outcome {
             "member", "before", "target", "after", "dev", "buckets", "primaries"
         );
         for m in &self.members {
-            let dev = m.deviation_percent(m.after.bytes).map(|d| format!("{d:+.1}%")).unwrap_or_else(|| "-".into());
+            let dev = m
+                .deviation_percent(m.after.bytes)
+                .map(|d| format!("{d:+.1}%"))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
                 "{:<24} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
@@ -108,7 +146,11 @@ impl Outcome {
                 format!("{} -> {}", m.before.primaries, m.after.primaries),
             );
         }
-        let copies = self.moves.iter().filter(|m| m.kind == MoveKind::Copy).count();
+        let copies = self
+            .moves
+            .iter()
+            .filter(|m| m.kind == MoveKind::Copy)
+            .count();
         let _ = writeln!(
             out,
             "\ntransfer {} of {} = {:.2}% (threshold {}%, minimum {}); lower bound {}; {} copy moves, {} primary moves",
@@ -134,7 +176,12 @@ impl Outcome {
                 let _ = writeln!(
                     out,
                     "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
-                    r.id, r.previous_buckets, r.requested_unload, r.accepted_unload, r.current_buckets, hb(r.current_bytes)
+                    r.id,
+                    r.previous_buckets,
+                    r.requested_unload,
+                    r.accepted_unload,
+                    r.current_buckets,
+                    hb(r.current_bytes)
                 );
             }
             if let (Some(b), Some(d)) = (self.moved_bytes, self.duration_seconds) {
@@ -142,6 +189,9 @@ impl Outcome {
             }
             if let Some(s) = &self.stopped {
                 let _ = writeln!(out, "stopped early: {s}");
+            }
+            for f in &self.failures {
+                let _ = writeln!(out, "failed: {f}");
             }
         }
         let what = match self.decision.reason {

@@ -1,0 +1,650 @@
+//! The executor: carries out a plan's moves within the limits, fenced by the lock.
+//!
+//! Owns: concurrency (`max-concurrent-moves`, `max-moves-per-member`), pacing
+//! (`max-bytes-per-second`), the per-run byte budget, the deadline, stopping at a safe
+//! point, and the per-member run report. Does not own: how a bucket moves (the backend)
+//! or whether the lock is held (the fence answers).
+//!
+//! Moves start in plan order (most valuable first), each when its two members have a free
+//! slot. Before each start the fence is asked whether the lock is still ours. A stop
+//! (cancel, deadline, lost lock) lets moves in flight finish and starts no more.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, ClusterError, Pace};
+use crate::metrics::Metrics;
+use crate::model::ClusterSnapshot;
+use crate::plan::{Move, Plan};
+use crate::report::MemberReport;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_concurrent_moves: u32,
+    pub max_moves_per_member: u32,
+    /// 0 = unlimited.
+    pub max_bytes_per_second: u64,
+    /// 0 = unlimited.
+    pub max_bytes_per_run: u64,
+    pub max_run_time: Duration,
+}
+
+impl Limits {
+    pub fn from_config(x: &crate::config::ExecutionConfig) -> Limits {
+        Limits {
+            max_concurrent_moves: x.max_concurrent_moves,
+            max_moves_per_member: x.max_moves_per_member,
+            max_bytes_per_second: x.max_bytes_per_second.0,
+            max_bytes_per_run: x.max_bytes_per_run.0,
+            max_run_time: x.max_run_time.0,
+        }
+    }
+}
+
+/// Asked before every move: is the lock still ours?
+pub trait Fence: Send + Sync {
+    fn check(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// A fence that always passes (dry runs of the executor in tests).
+pub struct NoFence;
+
+impl Fence for NoFence {
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Why a run ended before its last move.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Cancelled,
+    Deadline,
+    LockLost,
+    Budget,
+    MoveFailed,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::Cancelled => "stopped on request",
+            StopReason::Deadline => "execution.max-run-time reached",
+            StopReason::LockLost => "the lock was lost",
+            StopReason::Budget => "execution.max-bytes-per-run reached",
+            StopReason::MoveFailed => "a move failed",
+        })
+    }
+}
+
+/// Live progress, read by `/status` while a run goes on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub planned: AtomicU64,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub bytes_planned: AtomicU64,
+    pub bytes_done: AtomicU64,
+}
+
+impl Progress {
+    pub fn reset(&self, moves: u64, bytes: u64) {
+        self.planned.store(moves, Ordering::Relaxed);
+        self.bytes_planned.store(bytes, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        self.failed.store(0, Ordering::Relaxed);
+        self.bytes_done.store(0, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub moves_planned: u64,
+    pub moves_done: u64,
+    pub moves_failed: u64,
+    /// Moves not started (stop, budget).
+    pub moves_not_started: u64,
+    pub moved_bytes: u64,
+    pub duration_seconds: f64,
+    pub stopped: Option<StopReason>,
+    /// One line per failed move.
+    pub failures: Vec<String>,
+    /// Buckets left mid-migration by a failure (to repair before the next plan).
+    pub open_buckets: Vec<u64>,
+    pub members: Vec<MemberReport>,
+}
+
+/// Paces bytes across all moves of a run: each take reserves the next free interval.
+pub struct RatePacer {
+    bytes_per_second: u64,
+    next: Mutex<Instant>,
+}
+
+impl RatePacer {
+    pub fn new(bytes_per_second: u64) -> RatePacer {
+        RatePacer {
+            bytes_per_second,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Pace for RatePacer {
+    async fn take(&self, bytes: u64) {
+        if self.bytes_per_second == 0 || bytes == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
+/// Runs the plan's moves. Returns when every move is done, or at the first safe point
+/// after a stop.
+pub async fn execute<C: Cluster, F: Fence>(
+    cluster: &C,
+    snapshot: &ClusterSnapshot,
+    plan: &Plan,
+    limits: &Limits,
+    fence: &F,
+    cancel: &CancellationToken,
+    progress: &Progress,
+    metrics: &Metrics,
+) -> RunReport {
+    let started = Instant::now();
+    let deadline = started + limits.max_run_time;
+    let pacer = Arc::new(RatePacer::new(limits.max_bytes_per_second));
+    let n = snapshot.members.len();
+    let planned_bytes: u64 = plan.moves.iter().map(|m| m.bytes).sum();
+    progress.reset(plan.moves.len() as u64, planned_bytes);
+    metrics.rebalance_moves_planned.set(plan.moves.len() as i64);
+    metrics.rebalance_moves_done.set(0);
+    metrics.rebalance_in_progress.set(1);
+
+    let mut pending: VecDeque<usize> = (0..plan.moves.len()).collect();
+    let mut busy = vec![0u32; n];
+    let mut committed: u64 = 0;
+    let mut stopped: Option<StopReason> = None;
+    let mut done: Vec<&Move> = Vec::new();
+    let mut failures = Vec::new();
+    let mut open_buckets = Vec::new();
+    let mut moved_bytes = 0u64;
+    let mut failed = 0u64;
+    let mut inflight = FuturesUnordered::new();
+
+    loop {
+        // Start what the limits allow, in plan order.
+        if stopped.is_none() {
+            if cancel.is_cancelled() {
+                stopped = Some(StopReason::Cancelled);
+            } else if Instant::now() >= deadline {
+                stopped = Some(StopReason::Deadline);
+            }
+        }
+        if stopped.is_none() {
+            let mut i = 0;
+            while inflight.len() < limits.max_concurrent_moves as usize && i < pending.len() {
+                let mv = &plan.moves[pending[i]];
+                let (f, t) = (mv.from as usize, mv.to as usize);
+                if busy[f] >= limits.max_moves_per_member || busy[t] >= limits.max_moves_per_member
+                {
+                    i += 1;
+                    continue;
+                }
+                if limits.max_bytes_per_run > 0 && committed + mv.bytes > limits.max_bytes_per_run {
+                    // Waits for the next run; smaller moves further down may still fit.
+                    pending.remove(i);
+                    if stopped.is_none()
+                        && pending
+                            .iter()
+                            .all(|&j| committed + plan.moves[j].bytes > limits.max_bytes_per_run)
+                    {
+                        stopped = Some(StopReason::Budget);
+                        break;
+                    }
+                    continue;
+                }
+                if let Err(e) = fence.check().await {
+                    warn!(cause = %e, "lock check failed before a move: stopping");
+                    stopped = Some(StopReason::LockLost);
+                    break;
+                }
+                committed += mv.bytes;
+                busy[f] += 1;
+                busy[t] += 1;
+                let idx = pending.remove(i).expect("index in range");
+                let pacer = pacer.clone();
+                inflight.push(async move {
+                    let t0 = Instant::now();
+                    let r = cluster
+                        .move_bucket(snapshot, &plan.moves[idx], pacer.as_ref())
+                        .await;
+                    (idx, r, t0.elapsed())
+                });
+            }
+        }
+        if inflight.is_empty() {
+            break;
+        }
+        let deadline_sleep = tokio::time::sleep_until(deadline.into());
+        tokio::select! {
+            Some((idx, res, took)) = inflight.next() => {
+                let mv = &plan.moves[idx];
+                busy[mv.from as usize] -= 1;
+                busy[mv.to as usize] -= 1;
+                metrics.move_duration_seconds.observe(took.as_secs_f64());
+                match res {
+                    Ok(stats) => {
+                        done.push(mv);
+                        moved_bytes += mv.bytes;
+                        progress.done.fetch_add(1, Ordering::Relaxed);
+                        progress.bytes_done.fetch_add(mv.bytes, Ordering::Relaxed);
+                        metrics.moves_total.with_label_values(&["done"]).inc();
+                        metrics.moved_bytes_total.inc_by(mv.bytes);
+                        metrics.rebalance_moves_done.inc();
+                        info!(bucket = mv.bucket, from = %snapshot.members[mv.from as usize].id,
+                              to = %snapshot.members[mv.to as usize].id, bytes = mv.bytes, keys = stats.keys,
+                              seconds = took.as_secs_f64(), "moved bucket");
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        progress.failed.fetch_add(1, Ordering::Relaxed);
+                        metrics.moves_total.with_label_values(&["failed"]).inc();
+                        warn!(bucket = mv.bucket, cause = %e, "move failed: starting no more moves");
+                        if let ClusterError::Move { open: true, .. } = e {
+                            open_buckets.push(mv.bucket);
+                        }
+                        failures.push(e.to_string());
+                        // A failure may mean the cluster changed under us: finish what
+                        // runs, start nothing new, let the next run re-plan.
+                        stopped.get_or_insert(StopReason::MoveFailed);
+                    }
+                }
+            }
+            _ = cancel.cancelled(), if stopped.is_none() => {
+                info!(in_flight = inflight.len(), "stop requested: finishing moves in flight");
+                stopped = Some(StopReason::Cancelled);
+            }
+            _ = deadline_sleep, if stopped.is_none() => {
+                info!(in_flight = inflight.len(), "max-run-time reached: finishing moves in flight");
+                stopped = Some(StopReason::Deadline);
+            }
+        }
+    }
+    let not_started = pending.len() as u64;
+    if not_started > 0 {
+        metrics
+            .moves_total
+            .with_label_values(&["cancelled"])
+            .inc_by(not_started);
+        if stopped.is_none() {
+            stopped = Some(StopReason::Budget);
+        }
+    }
+    metrics.rebalance_in_progress.set(0);
+    let members = member_report(snapshot, plan, &done);
+    RunReport {
+        moves_planned: plan.moves.len() as u64,
+        moves_done: done.len() as u64,
+        moves_failed: failed,
+        moves_not_started: not_started,
+        moved_bytes,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        stopped,
+        failures,
+        open_buckets,
+        members,
+    }
+}
+
+/// Per member: buckets before, asked to unload, actually unloaded, held now (and bytes).
+pub fn member_report(snapshot: &ClusterSnapshot, plan: &Plan, done: &[&Move]) -> Vec<MemberReport> {
+    let mut r: Vec<MemberReport> = plan
+        .members
+        .iter()
+        .map(|m| MemberReport {
+            id: m.id.clone(),
+            previous_buckets: m.before.buckets,
+            previous_bytes: m.before.bytes,
+            current_buckets: m.before.buckets,
+            current_bytes: m.before.bytes,
+            ..Default::default()
+        })
+        .collect();
+    for mv in plan.copy_moves() {
+        let f = &mut r[mv.from as usize];
+        f.requested_unload += 1;
+        f.requested_unload_bytes += mv.bytes;
+    }
+    for mv in done
+        .iter()
+        .filter(|m| m.kind == crate::plan::MoveKind::Copy)
+    {
+        let f = &mut r[mv.from as usize];
+        f.accepted_unload += 1;
+        f.accepted_unload_bytes += mv.bytes;
+        f.current_buckets -= 1;
+        f.current_bytes -= mv.bytes;
+        let t = &mut r[mv.to as usize];
+        t.current_buckets += 1;
+        t.current_bytes += mv.bytes;
+    }
+    let _ = snapshot;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::MoveStats;
+    use crate::model::fixtures::*;
+    use crate::plan::{PlanOptions, plan};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A backend that records moves and takes `delay` per move.
+    struct Recorder {
+        delay: Duration,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        moves: std::sync::Mutex<Vec<u64>>,
+        fail_bucket: Option<u64>,
+    }
+
+    impl Recorder {
+        fn new(delay_ms: u64) -> Recorder {
+            Recorder {
+                delay: Duration::from_millis(delay_ms),
+                running: AtomicUsize::new(0),
+                max_running: AtomicUsize::new(0),
+                moves: Default::default(),
+                fail_bucket: None,
+            }
+        }
+    }
+
+    impl Cluster for Recorder {
+        async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+            unreachable!()
+        }
+        async fn repair(&self) -> Result<Vec<String>, ClusterError> {
+            Ok(vec![])
+        }
+        async fn move_bucket<P: Pace>(
+            &self,
+            _s: &ClusterSnapshot,
+            mv: &Move,
+            pace: &P,
+        ) -> Result<MoveStats, ClusterError> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            pace.take(mv.bytes).await;
+            tokio::time::sleep(self.delay).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if Some(mv.bucket) == self.fail_bucket {
+                return Err(ClusterError::Move {
+                    bucket: mv.bucket,
+                    message: "boom".into(),
+                    open: true,
+                });
+            }
+            self.moves.lock().unwrap().push(mv.bucket);
+            Ok(MoveStats {
+                keys: 1,
+                bytes: mv.bytes,
+            })
+        }
+    }
+
+    /// 4 loaded members and 4 empty ones: many disjoint pairs can move at once.
+    fn scenario() -> (ClusterSnapshot, Plan) {
+        let layout: Vec<(u64, Vec<u32>)> = (0..80).map(|i| (1000, vec![(i % 4) as u32])).collect();
+        let s = make_snapshot(make_members(8), &layout);
+        let p = plan(
+            &s,
+            &PlanOptions {
+                tolerance_percent: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (s, p)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_concurrent_moves: 3,
+            max_moves_per_member: 1,
+            max_bytes_per_second: 0,
+            max_bytes_per_run: 0,
+            max_run_time: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_every_move_within_the_concurrency_limits() {
+        let (s, p) = scenario();
+        assert_eq!(p.moves.len(), 40);
+        let rec = Recorder::new(5);
+        let m = Metrics::new();
+        let r = execute(
+            &rec,
+            &s,
+            &p,
+            &limits(),
+            &NoFence,
+            &CancellationToken::new(),
+            &Progress::default(),
+            &m,
+        )
+        .await;
+        assert_eq!(r.moves_done, 40);
+        assert!(r.stopped.is_none());
+        assert_eq!(rec.max_running.load(Ordering::SeqCst), 3);
+        assert_eq!(r.moved_bytes, 40_000);
+        let total_unload: u64 = r.members.iter().map(|x| x.accepted_unload).sum();
+        assert_eq!(total_unload, 40);
+        assert!(
+            r.members.iter().all(|x| x.current_buckets == 10),
+            "{:?}",
+            r.members
+        );
+        assert_eq!(m.moves_total.with_label_values(&["done"]).get(), 40);
+    }
+
+    #[tokio::test]
+    async fn per_member_limit_serialises_moves_of_one_member() {
+        let (s, p) = scenario();
+        let rec = Recorder::new(2);
+        let l = Limits {
+            max_concurrent_moves: 100,
+            max_moves_per_member: 1,
+            ..limits()
+        };
+        execute(
+            &rec,
+            &s,
+            &p,
+            &l,
+            &NoFence,
+            &CancellationToken::new(),
+            &Progress::default(),
+            &Metrics::new(),
+        )
+        .await;
+        // 4 sources, each in at most one move at a time.
+        assert!(rec.max_running.load(Ordering::SeqCst) <= 4);
+    }
+
+    #[tokio::test]
+    async fn byte_budget_stops_between_moves() {
+        let (s, p) = scenario();
+        let rec = Recorder::new(0);
+        let l = Limits {
+            max_bytes_per_run: 5500,
+            ..limits()
+        };
+        let r = execute(
+            &rec,
+            &s,
+            &p,
+            &l,
+            &NoFence,
+            &CancellationToken::new(),
+            &Progress::default(),
+            &Metrics::new(),
+        )
+        .await;
+        assert_eq!(r.moves_done, 5);
+        assert_eq!(r.stopped, Some(StopReason::Budget));
+        assert_eq!(r.moves_not_started, 35);
+    }
+
+    #[tokio::test]
+    async fn deadline_stops_between_moves() {
+        let (s, p) = scenario();
+        let rec = Recorder::new(40);
+        let l = Limits {
+            max_run_time: Duration::from_millis(100),
+            ..limits()
+        };
+        let r = execute(
+            &rec,
+            &s,
+            &p,
+            &l,
+            &NoFence,
+            &CancellationToken::new(),
+            &Progress::default(),
+            &Metrics::new(),
+        )
+        .await;
+        assert_eq!(r.stopped, Some(StopReason::Deadline));
+        assert!(r.moves_done >= 3 && r.moves_done < 40, "{}", r.moves_done);
+        // Every started move finished: nothing failed or was left half-done.
+        assert_eq!(r.moves_failed, 0);
+        assert_eq!(r.moves_done + r.moves_not_started, 40);
+    }
+
+    #[tokio::test]
+    async fn cancel_finishes_moves_in_flight() {
+        let (s, p) = scenario();
+        let rec = Recorder::new(30);
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(45)).await;
+            c2.cancel();
+        });
+        let r = execute(
+            &rec,
+            &s,
+            &p,
+            &limits(),
+            &NoFence,
+            &cancel,
+            &Progress::default(),
+            &Metrics::new(),
+        )
+        .await;
+        assert_eq!(r.stopped, Some(StopReason::Cancelled));
+        assert_eq!(r.moves_done, 6, "two rounds of three");
+        assert_eq!(rec.running.load(Ordering::SeqCst), 0);
+    }
+
+    struct FlakyFence(AtomicUsize);
+    impl Fence for FlakyFence {
+        async fn check(&self) -> Result<(), String> {
+            if self.0.fetch_add(1, Ordering::SeqCst) >= 4 {
+                Err("lease expired".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_lock_stops_before_the_next_move() {
+        let (s, p) = scenario();
+        let rec = Recorder::new(1);
+        let r = execute(
+            &rec,
+            &s,
+            &p,
+            &limits(),
+            &FlakyFence(AtomicUsize::new(0)),
+            &CancellationToken::new(),
+            &Progress::default(),
+            &Metrics::new(),
+        )
+        .await;
+        assert_eq!(r.stopped, Some(StopReason::LockLost));
+        assert_eq!(r.moves_done, 4);
+    }
+
+    #[tokio::test]
+    async fn a_failed_move_is_recorded_and_stops_new_moves() {
+        let (s, p) = scenario();
+        let mut rec = Recorder::new(1);
+        rec.fail_bucket = Some(p.moves[1].bucket);
+        let r = execute(
+            &rec,
+            &s,
+            &p,
+            &limits(),
+            &NoFence,
+            &CancellationToken::new(),
+            &Progress::default(),
+            &Metrics::new(),
+        )
+        .await;
+        assert_eq!(r.moves_failed, 1);
+        assert_eq!(r.stopped, Some(StopReason::MoveFailed));
+        assert_eq!(r.open_buckets, vec![p.moves[1].bucket]);
+        assert!(r.moves_done < 39);
+    }
+
+    #[tokio::test]
+    async fn pacing_holds_the_byte_rate() {
+        let (s, p) = scenario();
+        let rec = Recorder::new(0);
+        // 40 moves x 1000 bytes at 100 kB/s: at least ~0.39 s (the first take is free).
+        let l = Limits {
+            max_bytes_per_second: 100_000,
+            ..limits()
+        };
+        let t0 = Instant::now();
+        execute(
+            &rec,
+            &s,
+            &p,
+            &l,
+            &NoFence,
+            &CancellationToken::new(),
+            &Progress::default(),
+            &Metrics::new(),
+        )
+        .await;
+        assert!(
+            t0.elapsed() >= Duration::from_millis(380),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+}
