@@ -8,10 +8,7 @@ use std::io::Write;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
+    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
     let [buckets, copies, members, empty, seed] = args[..] else {
         eprintln!("usage: gen_snapshot BUCKETS COPIES MEMBERS NEW_EMPTY_MEMBERS SEED");
         std::process::exit(2);
@@ -23,14 +20,8 @@ fn main() {
     write!(w, "{{\"version\":1,\"cluster_id\":\"bench\",\"members\":[").unwrap();
     for m in 0..members {
         let sep = if m == 0 { "" } else { "," };
-        write!(
-            w,
-            "{sep}{{\"id\":\"m{m}\",\"address\":\"10.0.{}.{}:7001\",\"zone\":\"z{}\"}}",
-            m / 250,
-            m % 250,
-            m % 3
-        )
-        .unwrap();
+        write!(w, "{sep}{{\"id\":\"m{m}\",\"address\":\"10.0.{}.{}:7001\",\"zone\":\"z{}\"}}", m / 250, m % 250, m % 3)
+            .unwrap();
     }
     write!(w, "],\"buckets\":[").unwrap();
     for b in 0..buckets {
@@ -46,12 +37,7 @@ fn main() {
         }
         let sep = if b == 0 { "" } else { "," };
         let list: Vec<String> = cs.iter().map(|c| format!("\"m{c}\"")).collect();
-        write!(
-            w,
-            "{sep}{{\"id\":{b},\"bytes\":{bytes},\"copies\":[{}]}}",
-            list.join(",")
-        )
-        .unwrap();
+        write!(w, "{sep}{{\"id\":{b},\"bytes\":{bytes},\"copies\":[{}]}}", list.join(",")).unwrap();
     }
     writeln!(w, "]}}").unwrap();
 }

@@ -14,23 +14,12 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// Sections an environment override may name.
-const SECTIONS: &[&str] = &[
-    "cluster",
-    "schedule",
-    "balance",
-    "execution",
-    "etcd",
-    "api",
-    "log",
-];
+const SECTIONS: &[&str] = &["cluster", "schedule", "balance", "execution", "etcd", "api", "log"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Parse(String),
     #[error("{}", .0.join("\n"))]
@@ -59,9 +48,7 @@ impl Size {
         }
         t.parse::<bytesize::ByteSize>()
             .map(|b| Size(b.as_u64()))
-            .map_err(|_| {
-                format!("expected a size such as 104857600, \"100MiB\" or \"100MB\", got {text:?}")
-            })
+            .map_err(|_| format!("expected a size such as 104857600, \"100MiB\" or \"100MB\", got {text:?}"))
     }
 }
 
@@ -86,9 +73,7 @@ impl<'de> Deserialize<'de> for Size {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) if n >= 0 => Ok(Size(n as u64)),
-            Raw::Int(n) => Err(serde::de::Error::custom(format!(
-                "a size cannot be negative, got {n}"
-            ))),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!("a size cannot be negative, got {n}"))),
             Raw::Text(t) => Size::parse(&t).map_err(serde::de::Error::custom),
         }
     }
@@ -104,9 +89,9 @@ impl Dur {
         if let Ok(n) = t.parse::<u64>() {
             return Ok(Dur(Duration::from_secs(n)));
         }
-        humantime::parse_duration(t).map(Dur).map_err(|e| {
-            format!("expected a duration such as \"15s\" or \"2h\", got {text:?} ({e})")
-        })
+        humantime::parse_duration(t)
+            .map(Dur)
+            .map_err(|e| format!("expected a duration such as \"15s\" or \"2h\", got {text:?} ({e})"))
     }
 }
 
@@ -126,9 +111,7 @@ impl<'de> Deserialize<'de> for Dur {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) if n >= 0 => Ok(Dur(Duration::from_secs(n as u64))),
-            Raw::Int(n) => Err(serde::de::Error::custom(format!(
-                "a duration cannot be negative, got {n}"
-            ))),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!("a duration cannot be negative, got {n}"))),
             Raw::Text(t) => Dur::parse(&t).map_err(serde::de::Error::custom),
         }
     }
@@ -182,11 +165,7 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        ScheduleConfig {
-            cron: "0 0 3 * * *".into(),
-            timezone: "UTC".into(),
-            enabled: true,
-        }
+        ScheduleConfig { cron: "0 0 3 * * *".into(), timezone: "UTC".into(), enabled: true }
     }
 }
 
@@ -281,10 +260,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig {
-            listen: "127.0.0.1:9410".into(),
-            token_file: None,
-        }
+        ApiConfig { listen: "127.0.0.1:9410".into(), token_file: None }
     }
 }
 
@@ -305,10 +281,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, level: "info".into() }
     }
 }
 
@@ -328,10 +301,8 @@ pub struct Config {
 impl Config {
     /// Reads, applies the process environment, parses and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_toml_with_env(&text, std::env::vars())
     }
 
@@ -340,27 +311,21 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("invalid TOML: {e}")))?;
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(format!("invalid TOML: {e}")))?;
         apply_env(&mut table, env)?;
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner().to_string();
-                let inner = inner.trim();
-                if path == "." || path.is_empty() {
-                    ConfigError::Parse(inner.to_string())
-                } else {
-                    ConfigError::Parse(format!("{path}: {inner}"))
-                }
-            })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim();
+            if path == "." || path.is_empty() {
+                ConfigError::Parse(inner.to_string())
+            } else {
+                ConfigError::Parse(format!("{path}: {inner}"))
+            }
+        })?;
         let errors = config.validate();
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid(errors))
-        }
+        if errors.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(errors)) }
     }
 
     /// The member this sidecar sits beside.
@@ -377,23 +342,17 @@ impl Config {
         let mut errs = Vec::new();
         let c = &self.cluster;
         if c.id.is_empty() {
-            errs.push(
-                "cluster.id is required (it names the etcd key space and the metrics)".into(),
-            );
-        } else if !c
-            .id
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            errs.push(format!(
-                "cluster.id may hold only letters, digits, '-', '_' and '.', got {:?}",
-                c.id
-            ));
+            errs.push("cluster.id is required (it names the etcd key space and the metrics)".into());
+        } else if !c.id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+            errs.push(format!("cluster.id may hold only letters, digits, '-', '_' and '.', got {:?}", c.id));
         }
         match c.backend {
             Backend::Redis => {
                 if c.seeds.is_empty() {
-                    errs.push("cluster.seeds must name at least one Redis node (host:port) when cluster.backend = \"redis\"".into());
+                    errs.push(
+                        "cluster.seeds must name at least one Redis node (host:port) when cluster.backend = \"redis\""
+                            .into(),
+                    );
                 }
                 for s in &c.seeds {
                     if !valid_host_port(s) {
@@ -403,17 +362,12 @@ impl Config {
             }
             Backend::File => {
                 if c.snapshot_file.is_none() {
-                    errs.push(
-                        "cluster.snapshot-file is required when cluster.backend = \"file\"".into(),
-                    );
+                    errs.push("cluster.snapshot-file is required when cluster.backend = \"file\"".into());
                 }
             }
         }
         if !(1..=10_000).contains(&c.slot_sample_keys) {
-            errs.push(format!(
-                "cluster.slot-sample-keys must be 1..=10000, got {}",
-                c.slot_sample_keys
-            ));
+            errs.push(format!("cluster.slot-sample-keys must be 1..=10000, got {}", c.slot_sample_keys));
         }
 
         let s = &self.schedule;
@@ -423,63 +377,38 @@ impl Config {
 
         let b = &self.balance;
         if !(1..=99).contains(&b.size_threshold_percent) {
-            errs.push(format!(
-                "balance.size-threshold-percent must be 1..=99, got {}",
-                b.size_threshold_percent
-            ));
+            errs.push(format!("balance.size-threshold-percent must be 1..=99, got {}", b.size_threshold_percent));
         }
         if b.tolerance_percent > 50 {
-            errs.push(format!(
-                "balance.tolerance-percent must be 0..=50, got {}",
-                b.tolerance_percent
-            ));
+            errs.push(format!("balance.tolerance-percent must be 0..=50, got {}", b.tolerance_percent));
         }
         if !(1..=100).contains(&b.critical_memory_percent) {
-            errs.push(format!(
-                "balance.critical-memory-percent must be 1..=100, got {}",
-                b.critical_memory_percent
-            ));
+            errs.push(format!("balance.critical-memory-percent must be 1..=100, got {}", b.critical_memory_percent));
         }
         for (m, w) in &b.weights {
             if !w.is_finite() || *w < 0.0 {
-                errs.push(format!(
-                    "balance.weights.{m:?} must be a number >= 0, got {w}"
-                ));
+                errs.push(format!("balance.weights.{m:?} must be a number >= 0, got {w}"));
             }
         }
 
         let x = &self.execution;
         if !(1..=1024).contains(&x.max_concurrent_moves) {
-            errs.push(format!(
-                "execution.max-concurrent-moves must be 1..=1024, got {}",
-                x.max_concurrent_moves
-            ));
+            errs.push(format!("execution.max-concurrent-moves must be 1..=1024, got {}", x.max_concurrent_moves));
         }
         if !(1..=1024).contains(&x.max_moves_per_member) {
-            errs.push(format!(
-                "execution.max-moves-per-member must be 1..=1024, got {}",
-                x.max_moves_per_member
-            ));
+            errs.push(format!("execution.max-moves-per-member must be 1..=1024, got {}", x.max_moves_per_member));
         }
         if x.max_run_time.0.is_zero() {
-            errs.push(
-                "execution.max-run-time must be greater than 0 (a duration such as \"2h\")".into(),
-            );
+            errs.push("execution.max-run-time must be greater than 0 (a duration such as \"2h\")".into());
         }
         if !(1..=100_000).contains(&x.migrate_batch_keys) {
-            errs.push(format!(
-                "execution.migrate-batch-keys must be 1..=100000, got {}",
-                x.migrate_batch_keys
-            ));
+            errs.push(format!("execution.migrate-batch-keys must be 1..=100000, got {}", x.migrate_batch_keys));
         }
         if x.migrate_batch_bytes.0 == 0 {
             errs.push("execution.migrate-batch-bytes must be greater than 0".into());
         }
         if x.migrate_timeout.0 < Duration::from_millis(100) {
-            errs.push(format!(
-                "execution.migrate-timeout must be at least 100ms, got {}",
-                x.migrate_timeout
-            ));
+            errs.push(format!("execution.migrate-timeout must be at least 100ms, got {}", x.migrate_timeout));
         }
 
         if let Some(e) = &self.etcd {
@@ -487,24 +416,15 @@ impl Config {
                 errs.push("etcd.endpoints must name at least one endpoint (remove [etcd] to run standalone)".into());
             }
             for ep in &e.endpoints {
-                if !(ep.starts_with("http://") || ep.starts_with("https://") || valid_host_port(ep))
-                {
-                    errs.push(format!(
-                        "etcd.endpoints: {ep:?} is not http(s)://host:port or host:port"
-                    ));
+                if !(ep.starts_with("http://") || ep.starts_with("https://") || valid_host_port(ep)) {
+                    errs.push(format!("etcd.endpoints: {ep:?} is not http(s)://host:port or host:port"));
                 }
             }
             if !e.prefix.starts_with('/') || e.prefix.len() < 2 {
-                errs.push(format!(
-                    "etcd.prefix must start with '/' and name a key space, got {:?}",
-                    e.prefix
-                ));
+                errs.push(format!("etcd.prefix must start with '/' and name a key space, got {:?}", e.prefix));
             }
             if e.lease_ttl.0 < Duration::from_secs(2) || e.lease_ttl.0 > Duration::from_secs(600) {
-                errs.push(format!(
-                    "etcd.lease-ttl must be 2s..=10m, got {}",
-                    e.lease_ttl
-                ));
+                errs.push(format!("etcd.lease-ttl must be 2s..=10m, got {}", e.lease_ttl));
             }
             if e.username.is_some() != e.password_file.is_some() {
                 errs.push("etcd.username and etcd.password-file go together".into());
@@ -523,16 +443,10 @@ impl Config {
                     ));
                 }
             }
-            Err(_) => errs.push(format!(
-                "api.listen must be ip:port, got {:?}",
-                self.api.listen
-            )),
+            Err(_) => errs.push(format!("api.listen must be ip:port, got {:?}", self.api.listen)),
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            errs.push(format!(
-                "log.level must be error|warn|info|debug|trace or a filter, got {:?}",
-                self.log.level
-            ));
+            errs.push(format!("log.level must be error|warn|info|debug|trace or a filter, got {:?}", self.log.level));
         }
         errs
     }
@@ -547,10 +461,7 @@ fn valid_host_port(s: &str) -> bool {
 
 /// Applies `AUTOBALANCER_<SECTION>_<KEY>=value`: the key's underscores become dashes; the
 /// value is read as a TOML value (number, bool, array) or else as a string.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
     let mut errs = Vec::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("AUTOBALANCER_") else {
@@ -558,16 +469,11 @@ fn apply_env(
         };
         let lower = rest.to_ascii_lowercase();
         let Some((section, key)) = lower.split_once('_') else {
-            errs.push(format!(
-                "environment {name}: expected AUTOBALANCER_<SECTION>_<KEY>"
-            ));
+            errs.push(format!("environment {name}: expected AUTOBALANCER_<SECTION>_<KEY>"));
             continue;
         };
         if !SECTIONS.contains(&section) {
-            errs.push(format!(
-                "environment {name}: unknown section {section:?} (one of {})",
-                SECTIONS.join(", ")
-            ));
+            errs.push(format!("environment {name}: unknown section {section:?} (one of {})", SECTIONS.join(", ")));
             continue;
         }
         let key = key.replace('_', "-");
@@ -576,23 +482,15 @@ fn apply_env(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
-        let entry = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry {
             toml::Value::Table(t) => {
                 t.insert(key, parsed);
             }
-            _ => errs.push(format!(
-                "environment {name}: {section} is not a table in the file"
-            )),
+            _ => errs.push(format!("environment {name}: {section} is not a table in the file")),
         }
     }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid(errs))
-    }
+    if errs.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errs)) }
 }
 
 #[cfg(test)]
@@ -624,10 +522,7 @@ mod tests {
         assert!(Size::parse("lots").is_err());
         assert_eq!(Dur::parse("15s").unwrap().0, Duration::from_secs(15));
         assert_eq!(Dur::parse("2h").unwrap().0, Duration::from_secs(7200));
-        let c = parse(&format!(
-            "{MIN}[balance]\nminimum-size = 104857600\n[execution]\nmax-run-time = 90\n"
-        ))
-        .unwrap();
+        let c = parse(&format!("{MIN}[balance]\nminimum-size = 104857600\n[execution]\nmax-run-time = 90\n")).unwrap();
         assert_eq!(c.balance.minimum_size, Size(104_857_600));
         assert_eq!(c.execution.max_run_time.0, Duration::from_secs(90));
     }
@@ -635,10 +530,7 @@ mod tests {
     #[test]
     fn errors_name_the_dotted_key_and_range() {
         let e = parse(&format!("{MIN}[balance]\nsize-threshold-percent = 0\n")).unwrap_err();
-        assert_eq!(
-            e.lines(),
-            vec!["balance.size-threshold-percent must be 1..=99, got 0"]
-        );
+        assert_eq!(e.lines(), vec!["balance.size-threshold-percent must be 1..=99, got 0"]);
         let e = parse(&format!("{MIN}[balance]\nminimum-size = \"big\"\n")).unwrap_err();
         assert!(e.to_string().contains("balance.minimum-size"), "{e}");
         let e = parse(&format!("{MIN}[execution]\nmax-run-time = -1\n")).unwrap_err();
@@ -658,47 +550,29 @@ mod tests {
     fn invalid_cron_names_the_expression() {
         let e = parse(&format!("{MIN}[schedule]\ncron = \"every night\"\n")).unwrap_err();
         let msg = e.to_string();
-        assert!(
-            msg.contains("schedule.cron") && msg.contains("every night"),
-            "{msg}"
-        );
+        assert!(msg.contains("schedule.cron") && msg.contains("every night"), "{msg}");
         let e = parse(&format!("{MIN}[schedule]\ntimezone = \"Mars/Olympus\"\n")).unwrap_err();
         assert!(e.to_string().contains("schedule.timezone"), "{e}");
     }
 
     #[test]
     fn all_errors_are_reported_together() {
-        let e = parse("[cluster]\nid = \"\"\n[balance]\nsize-threshold-percent = 100\ntolerance-percent = 80\n").unwrap_err();
+        let e = parse("[cluster]\nid = \"\"\n[balance]\nsize-threshold-percent = 100\ntolerance-percent = 80\n")
+            .unwrap_err();
         let lines = e.lines();
         assert!(lines.len() >= 4, "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("cluster.id")));
         assert!(lines.iter().any(|l| l.starts_with("cluster.seeds")));
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("size-threshold-percent must be 1..=99, got 100"))
-        );
+        assert!(lines.iter().any(|l| l.contains("size-threshold-percent must be 1..=99, got 100")));
     }
 
     #[test]
     fn environment_overrides_the_file() {
         let env = vec![
-            (
-                "AUTOBALANCER_BALANCE_SIZE_THRESHOLD_PERCENT".to_string(),
-                "25".to_string(),
-            ),
-            (
-                "AUTOBALANCER_BALANCE_MINIMUM_SIZE".to_string(),
-                "1GiB".to_string(),
-            ),
-            (
-                "AUTOBALANCER_SCHEDULE_ENABLED".to_string(),
-                "false".to_string(),
-            ),
-            (
-                "AUTOBALANCER_ETCD_ENDPOINTS".to_string(),
-                "[\"http://10.0.0.1:2379\"]".to_string(),
-            ),
+            ("AUTOBALANCER_BALANCE_SIZE_THRESHOLD_PERCENT".to_string(), "25".to_string()),
+            ("AUTOBALANCER_BALANCE_MINIMUM_SIZE".to_string(), "1GiB".to_string()),
+            ("AUTOBALANCER_SCHEDULE_ENABLED".to_string(), "false".to_string()),
+            ("AUTOBALANCER_ETCD_ENDPOINTS".to_string(), "[\"http://10.0.0.1:2379\"]".to_string()),
             ("HOME".to_string(), "/root".to_string()),
         ];
         let c = Config::from_toml_with_env(MIN, env).unwrap();
@@ -707,22 +581,14 @@ mod tests {
         assert!(!c.schedule.enabled);
         assert_eq!(c.etcd.unwrap().endpoints, vec!["http://10.0.0.1:2379"]);
         let bad = vec![("AUTOBALANCER_NOPE_X".to_string(), "1".to_string())];
-        assert!(
-            Config::from_toml_with_env(MIN, bad)
-                .unwrap_err()
-                .to_string()
-                .contains("AUTOBALANCER_NOPE_X")
-        );
+        assert!(Config::from_toml_with_env(MIN, bad).unwrap_err().to_string().contains("AUTOBALANCER_NOPE_X"));
     }
 
     #[test]
     fn non_loopback_api_needs_a_token() {
         let e = parse(&format!("{MIN}[api]\nlisten = \"0.0.0.0:9410\"\n")).unwrap_err();
         assert!(e.to_string().contains("api.token-file"), "{e}");
-        parse(&format!(
-            "{MIN}[api]\nlisten = \"0.0.0.0:9410\"\ntoken-file = \"/t\"\n"
-        ))
-        .unwrap();
+        parse(&format!("{MIN}[api]\nlisten = \"0.0.0.0:9410\"\ntoken-file = \"/t\"\n")).unwrap();
     }
 
     #[test]

@@ -86,11 +86,7 @@ pub struct Thresholds {
 
 impl Thresholds {
     pub fn from_config(b: &crate::config::BalanceConfig, force: bool) -> Thresholds {
-        Thresholds {
-            size_threshold_percent: b.size_threshold_percent,
-            minimum_size: b.minimum_size.0,
-            force,
-        }
+        Thresholds { size_threshold_percent: b.size_threshold_percent, minimum_size: b.minimum_size.0, force }
     }
 }
 
@@ -113,11 +109,7 @@ pub enum Action {
 
 impl Decision {
     pub fn skip(reason: SkipReason, message: impl Into<String>) -> Decision {
-        Decision {
-            action: Action::Skip,
-            reason: Some(reason),
-            message: message.into(),
-        }
+        Decision { action: Action::Skip, reason: Some(reason), message: message.into() }
     }
 
     pub fn is_rebalance(&self) -> bool {
@@ -127,11 +119,7 @@ impl Decision {
 
 /// `floor(100 * transfer / total)`, the integer percent the formula compares.
 pub fn transfer_percent_floor(transfer: u64, total: u64) -> u64 {
-    if total == 0 {
-        0
-    } else {
-        ((transfer as u128 * 100) / total as u128) as u64
-    }
+    if total == 0 { 0 } else { ((transfer as u128 * 100) / total as u128) as u64 }
 }
 
 /// Decides on a plan of `snapshot`. Gates, in order: standalone, member_down,
@@ -143,40 +131,22 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
     if members.len() < 2 {
         return Decision::skip(
             SkipReason::Standalone,
-            format!(
-                "the cluster has {} member: nothing to balance between",
-                members.len()
-            ),
+            format!("the cluster has {} member: nothing to balance between", members.len()),
         );
     }
     if let Some(m) = members.iter().find(|m| m.health == Health::Down) {
         return Decision::skip(
             SkipReason::MemberDown,
-            format!(
-                "member {} is down: no moves until it returns or is removed",
-                m.id
-            ),
+            format!("member {} is down: no moves until it returns or is removed", m.id),
         );
     }
-    let healthy = members
-        .iter()
-        .filter(|m| m.health == Health::Healthy && !m.draining)
-        .count();
-    let usable = members
-        .iter()
-        .filter(|m| m.health != Health::Down && !m.draining)
-        .count();
+    let healthy = members.iter().filter(|m| m.health == Health::Healthy && !m.draining).count();
+    let usable = members.iter().filter(|m| m.health != Health::Down && !m.draining).count();
     if usable < 2 && !members.iter().any(|m| m.draining) {
-        return Decision::skip(
-            SkipReason::TooFewHealthy,
-            format!("only {usable} member(s) can hold data"),
-        );
+        return Decision::skip(SkipReason::TooFewHealthy, format!("only {usable} member(s) can hold data"));
     }
     if healthy == 0 {
-        return Decision::skip(
-            SkipReason::TooFewHealthy,
-            "no healthy member can receive data".to_string(),
-        );
+        return Decision::skip(SkipReason::TooFewHealthy, "no healthy member can receive data".to_string());
     }
     if let Some(o) = snapshot.open_migrations.first() {
         return Decision::skip(
@@ -217,29 +187,15 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
         hb(t.minimum_size)
     );
     if t.force {
-        return Decision {
-            action: Action::Rebalance,
-            reason: None,
-            message: format!("forced: {figures}"),
-        };
+        return Decision { action: Action::Rebalance, reason: None, message: format!("forced: {figures}") };
     }
     if pct < t.size_threshold_percent as u64 {
-        return Decision::skip(
-            SkipReason::BelowThreshold,
-            format!("balanced enough: {figures}"),
-        );
+        return Decision::skip(SkipReason::BelowThreshold, format!("balanced enough: {figures}"));
     }
     if plan.transfer_bytes <= t.minimum_size {
-        return Decision::skip(
-            SkipReason::BelowMinimumSize,
-            format!("too little to move: {figures}"),
-        );
+        return Decision::skip(SkipReason::BelowMinimumSize, format!("too little to move: {figures}"));
     }
-    Decision {
-        action: Action::Rebalance,
-        reason: None,
-        message: format!("off balance: {figures}"),
-    }
+    Decision { action: Action::Rebalance, reason: None, message: format!("off balance: {figures}") }
 }
 
 #[cfg(test)]
@@ -251,11 +207,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn thresholds(pct: u32, min: u64) -> Thresholds {
-        Thresholds {
-            size_threshold_percent: pct,
-            minimum_size: min,
-            force: false,
-        }
+        Thresholds { size_threshold_percent: pct, minimum_size: min, force: false }
     }
 
     /// Two members: m1 holds `a` buckets of `size`, m2 holds `b`.
@@ -266,14 +218,7 @@ mod tests {
     }
 
     fn run(s: &ClusterSnapshot, t: Thresholds) -> (Decision, crate::plan::Plan) {
-        let p = plan(
-            s,
-            &PlanOptions {
-                tolerance_percent: 0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let p = plan(s, &PlanOptions { tolerance_percent: 0, ..Default::default() }).unwrap();
         (decide(s, &p, &t), p)
     }
 
@@ -310,10 +255,7 @@ mod tests {
     #[test]
     fn force_ignores_only_the_figures() {
         let s = two(52, 48, 1024);
-        let t = Thresholds {
-            force: true,
-            ..thresholds(99, u64::MAX)
-        };
+        let t = Thresholds { force: true, ..thresholds(99, u64::MAX) };
         let (d, _) = run(&s, t);
         assert_eq!(d.action, Action::Rebalance);
         let mut down = s.clone();
@@ -331,42 +273,26 @@ mod tests {
     #[test]
     fn one_member_is_standalone() {
         let s = make_snapshot(make_members(1), &[(10, vec![0])]);
-        assert_eq!(
-            run(&s, thresholds(10, 0)).0.reason,
-            Some(SkipReason::Standalone)
-        );
+        assert_eq!(run(&s, thresholds(10, 0)).0.reason, Some(SkipReason::Standalone));
     }
 
     #[test]
     fn a_down_member_skips() {
         let mut s = two(70, 30, MIB);
         s.members[0].health = Health::Down;
-        assert_eq!(
-            run(&s, thresholds(10, 0)).0.reason,
-            Some(SkipReason::MemberDown)
-        );
+        assert_eq!(run(&s, thresholds(10, 0)).0.reason, Some(SkipReason::MemberDown));
     }
 
     #[test]
     fn open_migration_skips() {
         let mut s = two(70, 30, MIB);
-        s.open_migrations.push(crate::model::OpenMigration {
-            bucket: 3,
-            from: None,
-            to: None,
-        });
-        assert_eq!(
-            run(&s, thresholds(10, 0)).0.reason,
-            Some(SkipReason::MigrationInProgress)
-        );
+        s.open_migrations.push(crate::model::OpenMigration { bucket: 3, from: None, to: None });
+        assert_eq!(run(&s, thresholds(10, 0)).0.reason, Some(SkipReason::MigrationInProgress));
     }
 
     #[test]
     fn all_receivers_critical_skips() {
-        let mut s = make_snapshot(
-            make_members(3),
-            &[(100, vec![0]), (100, vec![0]), (100, vec![0])],
-        );
+        let mut s = make_snapshot(make_members(3), &[(100, vec![0]), (100, vec![0]), (100, vec![0])]);
         s.members[1].health = Health::Critical;
         s.members[2].health = Health::Critical;
         let (d, _) = run(&s, thresholds(10, 0));
@@ -379,10 +305,7 @@ mod tests {
     fn no_healthy_receiver_is_too_few_healthy() {
         let mut s = two(10, 0, MIB);
         s.members[1].health = Health::Critical;
-        let extra = crate::model::Member {
-            health: Health::Critical,
-            ..crate::model::Member::new("m3")
-        };
+        let extra = crate::model::Member { health: Health::Critical, ..crate::model::Member::new("m3") };
         s.members.push(extra);
         s.members[0].health = Health::Critical;
         let (d, _) = run(&s, thresholds(10, 0));
@@ -397,13 +320,7 @@ mod tests {
         let mut after = s.clone();
         crate::plan::apply_moves(&mut after, &p.moves).unwrap();
         let (d2, _) = run(&after, thresholds(10, 0));
-        assert!(
-            matches!(
-                d2.reason,
-                Some(SkipReason::BelowThreshold | SkipReason::NothingToMove)
-            ),
-            "{d2:?}"
-        );
+        assert!(matches!(d2.reason, Some(SkipReason::BelowThreshold | SkipReason::NothingToMove)), "{d2:?}");
     }
 
     #[test]
@@ -414,10 +331,7 @@ mod tests {
             "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed"
         );
         for r in SkipReason::ALL {
-            assert_eq!(
-                serde_json::to_value(r).unwrap(),
-                serde_json::Value::String(r.as_str().into())
-            );
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));
         }
     }
 }

@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, ClusterError, Pace};
 use crate::metrics::Metrics;
@@ -50,6 +50,9 @@ impl Limits {
         }
     }
 }
+
+/// How often a running rebalance logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Asked before every move: is the lock still ours?
 pub trait Fence: Send + Sync {
@@ -133,10 +136,7 @@ pub struct RatePacer {
 
 impl RatePacer {
     pub fn new(bytes_per_second: u64) -> RatePacer {
-        RatePacer {
-            bytes_per_second,
-            next: Mutex::new(Instant::now()),
-        }
+        RatePacer { bytes_per_second, next: Mutex::new(Instant::now()) }
     }
 }
 
@@ -188,6 +188,7 @@ pub async fn execute<C: Cluster, F: Fence>(
     let mut moved_bytes = 0u64;
     let mut failed = 0u64;
     let mut inflight = FuturesUnordered::new();
+    let mut last_progress = Instant::now();
 
     loop {
         // Start what the limits allow, in plan order.
@@ -203,8 +204,7 @@ pub async fn execute<C: Cluster, F: Fence>(
             while inflight.len() < limits.max_concurrent_moves as usize && i < pending.len() {
                 let mv = &plan.moves[pending[i]];
                 let (f, t) = (mv.from as usize, mv.to as usize);
-                if busy[f] >= limits.max_moves_per_member || busy[t] >= limits.max_moves_per_member
-                {
+                if busy[f] >= limits.max_moves_per_member || busy[t] >= limits.max_moves_per_member {
                     i += 1;
                     continue;
                 }
@@ -212,9 +212,7 @@ pub async fn execute<C: Cluster, F: Fence>(
                     // Waits for the next run; smaller moves further down may still fit.
                     pending.remove(i);
                     if stopped.is_none()
-                        && pending
-                            .iter()
-                            .all(|&j| committed + plan.moves[j].bytes > limits.max_bytes_per_run)
+                        && pending.iter().all(|&j| committed + plan.moves[j].bytes > limits.max_bytes_per_run)
                     {
                         stopped = Some(StopReason::Budget);
                         break;
@@ -233,9 +231,7 @@ pub async fn execute<C: Cluster, F: Fence>(
                 let pacer = pacer.clone();
                 inflight.push(async move {
                     let t0 = Instant::now();
-                    let r = cluster
-                        .move_bucket(snapshot, &plan.moves[idx], pacer.as_ref())
-                        .await;
+                    let r = cluster.move_bucket(snapshot, &plan.moves[idx], pacer.as_ref()).await;
                     (idx, r, t0.elapsed())
                 });
             }
@@ -259,9 +255,14 @@ pub async fn execute<C: Cluster, F: Fence>(
                         metrics.moves_total.with_label_values(&["done"]).inc();
                         metrics.moved_bytes_total.inc_by(mv.bytes);
                         metrics.rebalance_moves_done.inc();
-                        info!(bucket = mv.bucket, from = %snapshot.members[mv.from as usize].id,
+                        debug!(bucket = mv.bucket, from = %snapshot.members[mv.from as usize].id,
                               to = %snapshot.members[mv.to as usize].id, bytes = mv.bytes, keys = stats.keys,
                               seconds = took.as_secs_f64(), "moved bucket");
+                        if last_progress.elapsed() >= PROGRESS_EVERY {
+                            last_progress = Instant::now();
+                            info!(moves_done = done.len(), moves_planned = plan.moves.len(), moved_bytes,
+                                  bytes_planned = planned_bytes, "progress");
+                        }
                     }
                     Err(e) => {
                         failed += 1;
@@ -290,10 +291,7 @@ pub async fn execute<C: Cluster, F: Fence>(
     }
     let not_started = pending.len() as u64;
     if not_started > 0 {
-        metrics
-            .moves_total
-            .with_label_values(&["cancelled"])
-            .inc_by(not_started);
+        metrics.moves_total.with_label_values(&["cancelled"]).inc_by(not_started);
         if stopped.is_none() {
             stopped = Some(StopReason::Budget);
         }
@@ -333,10 +331,7 @@ pub fn member_report(snapshot: &ClusterSnapshot, plan: &Plan, done: &[&Move]) ->
         f.requested_unload += 1;
         f.requested_unload_bytes += mv.bytes;
     }
-    for mv in done
-        .iter()
-        .filter(|m| m.kind == crate::plan::MoveKind::Copy)
-    {
+    for mv in done.iter().filter(|m| m.kind == crate::plan::MoveKind::Copy) {
         let f = &mut r[mv.from as usize];
         f.accepted_unload += 1;
         f.accepted_unload_bytes += mv.bytes;
@@ -398,17 +393,10 @@ mod tests {
             tokio::time::sleep(self.delay).await;
             self.running.fetch_sub(1, Ordering::SeqCst);
             if Some(mv.bucket) == self.fail_bucket {
-                return Err(ClusterError::Move {
-                    bucket: mv.bucket,
-                    message: "boom".into(),
-                    open: true,
-                });
+                return Err(ClusterError::Move { bucket: mv.bucket, message: "boom".into(), open: true });
             }
             self.moves.lock().unwrap().push(mv.bucket);
-            Ok(MoveStats {
-                keys: 1,
-                bytes: mv.bytes,
-            })
+            Ok(MoveStats { keys: 1, bytes: mv.bytes })
         }
     }
 
@@ -416,14 +404,7 @@ mod tests {
     fn scenario() -> (ClusterSnapshot, Plan) {
         let layout: Vec<(u64, Vec<u32>)> = (0..80).map(|i| (1000, vec![(i % 4) as u32])).collect();
         let s = make_snapshot(make_members(8), &layout);
-        let p = plan(
-            &s,
-            &PlanOptions {
-                tolerance_percent: 0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let p = plan(&s, &PlanOptions { tolerance_percent: 0, ..Default::default() }).unwrap();
         (s, p)
     }
 
@@ -443,28 +424,14 @@ mod tests {
         assert_eq!(p.moves.len(), 40);
         let rec = Recorder::new(5);
         let m = Metrics::new();
-        let r = execute(
-            &rec,
-            &s,
-            &p,
-            &limits(),
-            &NoFence,
-            &CancellationToken::new(),
-            &Progress::default(),
-            &m,
-        )
-        .await;
+        let r = execute(&rec, &s, &p, &limits(), &NoFence, &CancellationToken::new(), &Progress::default(), &m).await;
         assert_eq!(r.moves_done, 40);
         assert!(r.stopped.is_none());
         assert_eq!(rec.max_running.load(Ordering::SeqCst), 3);
         assert_eq!(r.moved_bytes, 40_000);
         let total_unload: u64 = r.members.iter().map(|x| x.accepted_unload).sum();
         assert_eq!(total_unload, 40);
-        assert!(
-            r.members.iter().all(|x| x.current_buckets == 10),
-            "{:?}",
-            r.members
-        );
+        assert!(r.members.iter().all(|x| x.current_buckets == 10), "{:?}", r.members);
         assert_eq!(m.moves_total.with_label_values(&["done"]).get(), 40);
     }
 
@@ -472,22 +439,8 @@ mod tests {
     async fn per_member_limit_serialises_moves_of_one_member() {
         let (s, p) = scenario();
         let rec = Recorder::new(2);
-        let l = Limits {
-            max_concurrent_moves: 100,
-            max_moves_per_member: 1,
-            ..limits()
-        };
-        execute(
-            &rec,
-            &s,
-            &p,
-            &l,
-            &NoFence,
-            &CancellationToken::new(),
-            &Progress::default(),
-            &Metrics::new(),
-        )
-        .await;
+        let l = Limits { max_concurrent_moves: 100, max_moves_per_member: 1, ..limits() };
+        execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
         // 4 sources, each in at most one move at a time.
         assert!(rec.max_running.load(Ordering::SeqCst) <= 4);
     }
@@ -496,21 +449,9 @@ mod tests {
     async fn byte_budget_stops_between_moves() {
         let (s, p) = scenario();
         let rec = Recorder::new(0);
-        let l = Limits {
-            max_bytes_per_run: 5500,
-            ..limits()
-        };
-        let r = execute(
-            &rec,
-            &s,
-            &p,
-            &l,
-            &NoFence,
-            &CancellationToken::new(),
-            &Progress::default(),
-            &Metrics::new(),
-        )
-        .await;
+        let l = Limits { max_bytes_per_run: 5500, ..limits() };
+        let r =
+            execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
         assert_eq!(r.moves_done, 5);
         assert_eq!(r.stopped, Some(StopReason::Budget));
         assert_eq!(r.moves_not_started, 35);
@@ -520,21 +461,9 @@ mod tests {
     async fn deadline_stops_between_moves() {
         let (s, p) = scenario();
         let rec = Recorder::new(40);
-        let l = Limits {
-            max_run_time: Duration::from_millis(100),
-            ..limits()
-        };
-        let r = execute(
-            &rec,
-            &s,
-            &p,
-            &l,
-            &NoFence,
-            &CancellationToken::new(),
-            &Progress::default(),
-            &Metrics::new(),
-        )
-        .await;
+        let l = Limits { max_run_time: Duration::from_millis(100), ..limits() };
+        let r =
+            execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
         assert_eq!(r.stopped, Some(StopReason::Deadline));
         assert!(r.moves_done >= 3 && r.moves_done < 40, "{}", r.moves_done);
         // Every started move finished: nothing failed or was left half-done.
@@ -552,17 +481,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(45)).await;
             c2.cancel();
         });
-        let r = execute(
-            &rec,
-            &s,
-            &p,
-            &limits(),
-            &NoFence,
-            &cancel,
-            &Progress::default(),
-            &Metrics::new(),
-        )
-        .await;
+        let r = execute(&rec, &s, &p, &limits(), &NoFence, &cancel, &Progress::default(), &Metrics::new()).await;
         assert_eq!(r.stopped, Some(StopReason::Cancelled));
         assert_eq!(r.moves_done, 6, "two rounds of three");
         assert_eq!(rec.running.load(Ordering::SeqCst), 0);
@@ -571,11 +490,7 @@ mod tests {
     struct FlakyFence(AtomicUsize);
     impl Fence for FlakyFence {
         async fn check(&self) -> Result<(), String> {
-            if self.0.fetch_add(1, Ordering::SeqCst) >= 4 {
-                Err("lease expired".into())
-            } else {
-                Ok(())
-            }
+            if self.0.fetch_add(1, Ordering::SeqCst) >= 4 { Err("lease expired".into()) } else { Ok(()) }
         }
     }
 
@@ -625,26 +540,9 @@ mod tests {
         let (s, p) = scenario();
         let rec = Recorder::new(0);
         // 40 moves x 1000 bytes at 100 kB/s: at least ~0.39 s (the first take is free).
-        let l = Limits {
-            max_bytes_per_second: 100_000,
-            ..limits()
-        };
+        let l = Limits { max_bytes_per_second: 100_000, ..limits() };
         let t0 = Instant::now();
-        execute(
-            &rec,
-            &s,
-            &p,
-            &l,
-            &NoFence,
-            &CancellationToken::new(),
-            &Progress::default(),
-            &Metrics::new(),
-        )
-        .await;
-        assert!(
-            t0.elapsed() >= Duration::from_millis(380),
-            "{:?}",
-            t0.elapsed()
-        );
+        execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
+        assert!(t0.elapsed() >= Duration::from_millis(380), "{:?}", t0.elapsed());
     }
 }

@@ -12,6 +12,7 @@
 //!
 //! `plan` and `decide` never touch tokio, etcd or Redis.
 
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod decide;
@@ -23,4 +24,5 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod sidecar;
 pub mod testkit;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -114,11 +114,7 @@ struct LocalState {
 }
 
 enum Backend {
-    Etcd {
-        options: ConnectOptions,
-        endpoints: Vec<String>,
-        client: Mutex<Option<Client>>,
-    },
+    Etcd { options: ConnectOptions, endpoints: Vec<String>, client: Mutex<Option<Client>> },
     Local(Arc<Mutex<LocalState>>),
 }
 
@@ -161,17 +157,9 @@ fn read_secret(path: &std::path::Path, key: &str) -> Result<String, LockError> {
 impl Coordinator {
     /// etcd when configured, otherwise in-process. Does not connect yet: etcd may be down
     /// at start and come back later.
-    pub fn new(
-        etcd: Option<&EtcdConfig>,
-        cluster_id: &str,
-        member: &str,
-    ) -> Result<Coordinator, LockError> {
+    pub fn new(etcd: Option<&EtcdConfig>, cluster_id: &str, member: &str) -> Result<Coordinator, LockError> {
         let (backend, base, ttl) = match etcd {
-            None => (
-                Backend::Local(Arc::default()),
-                format!("/local/{cluster_id}"),
-                Duration::from_secs(15),
-            ),
+            None => (Backend::Local(Arc::default()), format!("/local/{cluster_id}"), Duration::from_secs(15)),
             Some(e) => {
                 let mut options = ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(3))
@@ -186,18 +174,15 @@ impl Coordinator {
                 if tls_wanted {
                     let mut tls = TlsOptions::new();
                     if let Some(ca) = &e.ca_file {
-                        let pem = std::fs::read(ca).map_err(|x| {
-                            LockError::Config(format!("etcd.ca-file {}: {x}", ca.display()))
-                        })?;
+                        let pem = std::fs::read(ca)
+                            .map_err(|x| LockError::Config(format!("etcd.ca-file {}: {x}", ca.display())))?;
                         tls = tls.ca_certificate(Certificate::from_pem(pem));
                     }
                     if let (Some(c), Some(k)) = (&e.cert_file, &e.key_file) {
-                        let cert = std::fs::read(c).map_err(|x| {
-                            LockError::Config(format!("etcd.cert-file {}: {x}", c.display()))
-                        })?;
-                        let key = std::fs::read(k).map_err(|x| {
-                            LockError::Config(format!("etcd.key-file {}: {x}", k.display()))
-                        })?;
+                        let cert = std::fs::read(c)
+                            .map_err(|x| LockError::Config(format!("etcd.cert-file {}: {x}", c.display())))?;
+                        let key = std::fs::read(k)
+                            .map_err(|x| LockError::Config(format!("etcd.key-file {}: {x}", k.display())))?;
                         tls = tls.identity(Identity::from_pem(cert, key));
                     }
                     options = options.with_tls(tls);
@@ -216,11 +201,7 @@ impl Coordinator {
                     })
                     .collect();
                 (
-                    Backend::Etcd {
-                        options,
-                        endpoints,
-                        client: Mutex::new(None),
-                    },
+                    Backend::Etcd { options, endpoints, client: Mutex::new(None) },
                     format!("{}/{cluster_id}", e.prefix.trim_end_matches('/')),
                     e.lease_ttl.0,
                 )
@@ -244,24 +225,17 @@ impl Coordinator {
     }
 
     async fn client(&self) -> Result<Client, LockError> {
-        let Backend::Etcd {
-            options,
-            endpoints,
-            client,
-        } = &self.backend
-        else {
+        let Backend::Etcd { options, endpoints, client } = &self.backend else {
             unreachable!("etcd client asked for in standalone mode")
         };
         let mut c = client.lock().await;
         if let Some(c) = c.as_ref() {
             return Ok(c.clone());
         }
-        let fresh = tokio::time::timeout(
-            Duration::from_secs(5),
-            Client::connect(endpoints.clone(), Some(options.clone())),
-        )
-        .await
-        .map_err(|_| LockError::Unavailable(format!("connect to {endpoints:?} timed out")))??;
+        let fresh =
+            tokio::time::timeout(Duration::from_secs(5), Client::connect(endpoints.clone(), Some(options.clone())))
+                .await
+                .map_err(|_| LockError::Unavailable(format!("connect to {endpoints:?} timed out")))??;
         *c = Some(fresh.clone());
         Ok(fresh)
     }
@@ -294,11 +268,7 @@ impl Coordinator {
 
     /// Tries once to take the lock for `operation`.
     pub async fn try_lock(&self, operation: &str) -> Result<Acquire, LockError> {
-        let holder = Holder {
-            member: self.member.clone(),
-            started_at: Utc::now(),
-            operation: operation.to_string(),
-        };
+        let holder = Holder { member: self.member.clone(), started_at: Utc::now(), operation: operation.to_string() };
         match &self.backend {
             Backend::Local(state) => {
                 let mut s = state.lock().await;
@@ -317,26 +287,17 @@ impl Coordinator {
             }
             Backend::Etcd { .. } => {
                 let ttl = self.ttl.as_secs().max(1) as i64;
-                let lease = self
-                    .etcd(|mut c| async move { c.lease_grant(ttl, None).await })
-                    .await?
-                    .id();
+                let lease = self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id();
                 let key = self.keys.lock();
                 let value = serde_json::to_vec(&holder).expect("holder serializes");
                 let txn = Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key.clone(),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )])
+                    .and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(lease)))])
                     .or_else([TxnOp::get(key.clone(), None)]);
                 let resp = match self.etcd(|mut c| async move { c.txn(txn).await }).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = self
-                            .etcd(|mut c| async move { c.lease_revoke(lease).await })
-                            .await;
+                        let _ = self.etcd(|mut c| async move { c.lease_revoke(lease).await }).await;
                         return Err(e);
                     }
                 };
@@ -344,13 +305,7 @@ impl Coordinator {
                     let lost = CancellationToken::new();
                     let stop = CancellationToken::new();
                     let client = self.client().await?;
-                    tokio::spawn(keep_alive(
-                        client,
-                        lease,
-                        self.ttl,
-                        lost.clone(),
-                        stop.clone(),
-                    ));
+                    tokio::spawn(keep_alive(client, lease, self.ttl, lost.clone(), stop.clone()));
                     return Ok(Acquire::Acquired(LockGuard {
                         id: LockId::Lease(lease),
                         holder,
@@ -358,14 +313,11 @@ impl Coordinator {
                         stop_keepalive: stop,
                     }));
                 }
-                let _ = self
-                    .etcd(|mut c| async move { c.lease_revoke(lease).await })
-                    .await;
+                let _ = self.etcd(|mut c| async move { c.lease_revoke(lease).await }).await;
                 let other = resp.op_responses().into_iter().find_map(|r| match r {
-                    TxnOpResponse::Get(g) => g
-                        .kvs()
-                        .first()
-                        .and_then(|kv| serde_json::from_slice::<Holder>(kv.value()).ok()),
+                    TxnOpResponse::Get(g) => {
+                        g.kvs().first().and_then(|kv| serde_json::from_slice::<Holder>(kv.value()).ok())
+                    }
                     _ => None,
                 });
                 Ok(Acquire::HeldElsewhere(other.unwrap_or(Holder {
@@ -389,10 +341,7 @@ impl Coordinator {
             },
             (Backend::Etcd { .. }, LockId::Lease(lease)) => {
                 let key = self.keys.lock();
-                let resp = self
-                    .etcd(|mut c| async move { c.get(key, None).await })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let resp = self.etcd(|mut c| async move { c.get(key, None).await }).await.map_err(|e| e.to_string())?;
                 match resp.kvs().first() {
                     Some(kv) if kv.lease() == lease => Ok(()),
                     Some(kv) => Err(format!(
@@ -417,10 +366,7 @@ impl Coordinator {
                 }
             }
             (Backend::Etcd { .. }, LockId::Lease(lease)) => {
-                if let Err(e) = self
-                    .etcd(|mut c| async move { c.lease_revoke(lease).await })
-                    .await
-                {
+                if let Err(e) = self.etcd(|mut c| async move { c.lease_revoke(lease).await }).await {
                     warn!(cause = %e, "could not revoke the lock lease; it expires by itself");
                 }
             }
@@ -434,12 +380,8 @@ impl Coordinator {
             Backend::Local(s) => Ok(s.lock().await.holder.as_ref().map(|(_, h)| h.clone())),
             Backend::Etcd { .. } => {
                 let key = self.keys.lock();
-                let r = self
-                    .etcd(|mut c| async move { c.get(key, None).await })
-                    .await?;
-                Ok(r.kvs()
-                    .first()
-                    .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+                let r = self.etcd(|mut c| async move { c.get(key, None).await }).await?;
+                Ok(r.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
             }
         }
     }
@@ -449,22 +391,14 @@ impl Coordinator {
             Backend::Local(s) => Ok(s.lock().await.last_run.clone()),
             Backend::Etcd { .. } => {
                 let key = self.keys.last_run();
-                let r = self
-                    .etcd(|mut c| async move { c.get(key, None).await })
-                    .await?;
-                Ok(r.kvs()
-                    .first()
-                    .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+                let r = self.etcd(|mut c| async move { c.get(key, None).await }).await?;
+                Ok(r.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
             }
         }
     }
 
     /// Records a finished run, only while `guard` still holds the lock.
-    pub async fn record_run(
-        &self,
-        guard: &LockGuard,
-        record: &RunRecord,
-    ) -> Result<bool, LockError> {
+    pub async fn record_run(&self, guard: &LockGuard, record: &RunRecord) -> Result<bool, LockError> {
         match (&self.backend, guard.id) {
             (Backend::Local(s), _) => {
                 s.lock().await.last_run = Some(record.clone());
@@ -473,62 +407,33 @@ impl Coordinator {
             (Backend::Etcd { .. }, LockId::Lease(lease)) => {
                 let txn = Txn::new()
                     .when([Compare::lease(self.keys.lock(), CompareOp::Equal, lease)])
-                    .and_then([TxnOp::put(
-                        self.keys.last_run(),
-                        serde_json::to_vec(record).unwrap(),
-                        None,
-                    )]);
-                Ok(self
-                    .etcd(|mut c| async move { c.txn(txn).await })
-                    .await?
-                    .succeeded())
+                    .and_then([TxnOp::put(self.keys.last_run(), serde_json::to_vec(record).unwrap(), None)]);
+                Ok(self.etcd(|mut c| async move { c.txn(txn).await }).await?.succeeded())
             }
             _ => Ok(false),
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        key: String,
-    ) -> Result<Option<T>, LockError> {
-        let r = self
-            .etcd(|mut c| async move { c.get(key, None).await })
-            .await?;
-        Ok(r.kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> Result<Option<T>, LockError> {
+        let r = self.etcd(|mut c| async move { c.get(key, None).await }).await?;
+        Ok(r.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
     }
 
-    async fn put_json<T: Serialize>(
-        &self,
-        key: String,
-        value: &T,
-        lease: Option<i64>,
-    ) -> Result<(), LockError> {
+    async fn put_json<T: Serialize>(&self, key: String, value: &T, lease: Option<i64>) -> Result<(), LockError> {
         let v = serde_json::to_vec(value).expect("serializes");
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        self.etcd(|mut c| async move { c.put(key, v, opts).await })
-            .await?;
+        self.etcd(|mut c| async move { c.put(key, v, opts).await }).await?;
         Ok(())
     }
 
     async fn delete(&self, key: String) -> Result<(), LockError> {
-        self.etcd(|mut c| async move { c.delete(key, None).await })
-            .await?;
+        self.etcd(|mut c| async move { c.delete(key, None).await }).await?;
         Ok(())
     }
 
-    async fn list_json<T: serde::de::DeserializeOwned>(
-        &self,
-        prefix: String,
-    ) -> Result<Vec<T>, LockError> {
-        let r = self
-            .etcd(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
-            .await?;
-        Ok(r.kvs()
-            .iter()
-            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-            .collect())
+    async fn list_json<T: serde::de::DeserializeOwned>(&self, prefix: String) -> Result<Vec<T>, LockError> {
+        let r = self.etcd(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await?;
+        Ok(r.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
     }
 
     /// The pause flag: Some(who and why) while paused.
@@ -559,11 +464,7 @@ impl Coordinator {
         }
     }
 
-    pub async fn set_evacuation(
-        &self,
-        member: &str,
-        e: Option<&Evacuation>,
-    ) -> Result<(), LockError> {
+    pub async fn set_evacuation(&self, member: &str, e: Option<&Evacuation>) -> Result<(), LockError> {
         match &self.backend {
             Backend::Local(s) => {
                 let mut s = s.lock().await;
@@ -588,10 +489,7 @@ impl Coordinator {
     pub async fn register(&self, state: &serde_json::Value) -> Result<(), LockError> {
         match &self.backend {
             Backend::Local(s) => {
-                s.lock()
-                    .await
-                    .sidecars
-                    .insert(self.member.clone(), state.clone());
+                s.lock().await.sidecars.insert(self.member.clone(), state.clone());
                 Ok(())
             }
             Backend::Etcd { .. } => {
@@ -608,16 +506,10 @@ impl Coordinator {
                             .await;
                         match alive {
                             Ok(t) if t > 0 => l,
-                            _ => self
-                                .etcd(|mut c| async move { c.lease_grant(ttl, None).await })
-                                .await?
-                                .id(),
+                            _ => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
                         }
                     }
-                    None => self
-                        .etcd(|mut c| async move { c.lease_grant(ttl, None).await })
-                        .await?
-                        .id(),
+                    None => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
                 };
                 *reg = Some(lease);
                 let key = format!("{}{}", self.keys.sidecars(), self.member);
@@ -634,9 +526,7 @@ impl Coordinator {
             }
             Backend::Etcd { .. } => {
                 if let Some(l) = self.registration.lock().await.take() {
-                    let _ = self
-                        .etcd(|mut c| async move { c.lease_revoke(l).await })
-                        .await;
+                    let _ = self.etcd(|mut c| async move { c.lease_revoke(l).await }).await;
                 }
             }
         }
@@ -652,13 +542,7 @@ impl Coordinator {
 
 /// Keeps `lease` alive every TTL/3; cancels `lost` when no refresh succeeded for 3/4 of
 /// the TTL (before etcd can expire it and hand the lock to another sidecar).
-async fn keep_alive(
-    mut client: Client,
-    lease: i64,
-    ttl: Duration,
-    lost: CancellationToken,
-    stop: CancellationToken,
-) {
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken, stop: CancellationToken) {
     let mut last_ok = Instant::now();
     let mut stream = None;
     let mut tick = tokio::time::interval(ttl / 3);
@@ -691,11 +575,7 @@ async fn keep_alive(
             }
         }
         if last_ok.elapsed() >= ttl * 3 / 4 {
-            warn!(
-                lease,
-                since_ms = last_ok.elapsed().as_millis() as u64,
-                "lock lease keep-alive lost"
-            );
+            warn!(lease, since_ms = last_ok.elapsed().as_millis() as u64, "lock lease keep-alive lost");
             lost.cancel();
             return;
         }
@@ -728,9 +608,7 @@ mod tests {
     async fn local_lock_is_exclusive_and_fenced() {
         let c = Coordinator::new(None, "x", "m1").unwrap();
         assert!(c.is_standalone());
-        let Acquire::Acquired(g) = c.try_lock("manual").await.unwrap() else {
-            panic!("not acquired")
-        };
+        let Acquire::Acquired(g) = c.try_lock("manual").await.unwrap() else { panic!("not acquired") };
         match c.try_lock("scheduled").await.unwrap() {
             Acquire::HeldElsewhere(h) => assert_eq!(h.operation, "manual"),
             Acquire::Acquired(_) => panic!("acquired twice"),
@@ -749,8 +627,6 @@ mod tests {
         c.release(g).await;
         assert!(c.holder().await.unwrap().is_none());
         assert_eq!(c.last_run().await.unwrap().unwrap().slot, Some(5));
-        let Acquire::Acquired(_g) = c.try_lock("manual").await.unwrap() else {
-            panic!("not re-acquired")
-        };
+        let Acquire::Acquired(_g) = c.try_lock("manual").await.unwrap() else { panic!("not re-acquired") };
     }
 }

@@ -15,11 +15,7 @@ use autobalancer::plan::{PlanOptions, plan};
 use autobalancer::report::Outcome;
 
 #[derive(Parser)]
-#[command(
-    name = "autobalancer",
-    version,
-    about = "Keeps a partitioned data cluster balanced by bytes"
-)]
+#[command(name = "autobalancer", version, about = "Keeps a partitioned data cluster balanced by bytes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,17 +82,12 @@ fn load_config(path: &std::path::Path) -> Result<Config, Fail> {
 
 fn init_logs(config: Option<&Config>) {
     let (level, json) = match config {
-        Some(c) => (
-            c.log.level.clone(),
-            c.log.format == autobalancer::config::LogFormat::Json,
-        ),
+        Some(c) => (c.log.level.clone(), c.log.format == autobalancer::config::LogFormat::Json),
         None => ("warn".to_string(), false),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOBALANCER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // AUTOBALANCER_LOG_LEVEL overrides log.level like any other key.
+    let filter = tracing_subscriber::EnvFilter::new(level);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -105,10 +96,7 @@ fn init_logs(config: Option<&Config>) {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn context(config: Config) -> Result<autobalancer::run::Context, Fail> {
@@ -141,37 +129,21 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             }
         },
         Command::Snapshot { config, out } => snapshot(config, out),
-        Command::Rebalance {
-            config,
-            once,
-            force,
-            format,
-        } => rebalance(config, once, force, format),
-        Command::Simulate {
-            snapshot,
-            config,
-            format,
-        } => {
+        Command::Rebalance { config, once, force, format } => rebalance(config, once, force, format),
+        Command::Simulate { snapshot, config, format } => {
             let config = config.as_deref().map(load_config).transpose()?;
             init_logs(config.as_ref());
-            let balance = config
-                .as_ref()
-                .map(|c| c.balance.clone())
-                .unwrap_or_default();
+            let balance = config.as_ref().map(|c| c.balance.clone()).unwrap_or_default();
             let snap = match (&snapshot, config) {
                 (Some(path), _) => ClusterSnapshot::read_file(path).map_err(usage)?,
                 (None, Some(config)) => {
                     let ctx = context(config)?;
-                    let out = runtime()
-                        .block_on(ctx.simulate(false))
-                        .map_err(|e| Fail(1, anyhow::anyhow!(e)))?;
+                    let out = runtime().block_on(ctx.simulate(false)).map_err(|e| Fail(1, anyhow::anyhow!(e)))?;
                     print_outcome(&out, format);
                     return Ok(ExitCode::SUCCESS);
                 }
                 (None, None) => {
-                    return Err(usage(anyhow::anyhow!(
-                        "simulate needs --snapshot FILE or --config FILE"
-                    )));
+                    return Err(usage(anyhow::anyhow!("simulate needs --snapshot FILE or --config FILE")));
                 }
             };
             let p = plan(&snap, &PlanOptions::from_config(&balance)).context("planning")?;
@@ -188,9 +160,7 @@ fn snapshot(config: PathBuf, out: Option<PathBuf>) -> Result<ExitCode, Fail> {
     let config = load_config(&config)?;
     init_logs(Some(&config));
     let ctx = context(config)?;
-    let snap = runtime()
-        .block_on(ctx.snapshot())
-        .map_err(|e| Fail(1, anyhow::anyhow!(e)))?;
+    let snap = runtime().block_on(ctx.snapshot()).map_err(|e| Fail(1, anyhow::anyhow!(e)))?;
     let json = snap.to_json();
     match out {
         Some(p) => std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?,
@@ -203,9 +173,7 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
     let config = load_config(&config)?;
     init_logs(Some(&config));
     if !once {
-        return Err(usage(anyhow::anyhow!(
-            "pass --once to run here, or use PUT /rebalance on a running sidecar"
-        )));
+        return Err(usage(anyhow::anyhow!("pass --once to run here, or use PUT /rebalance on a running sidecar")));
     }
     let ctx = context(config)?;
     let rt = runtime();
@@ -214,26 +182,19 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
         let c2 = cancel.clone();
         // SIGINT/SIGTERM stop at the next safe point; the slot in flight finishes.
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             c2.cancel();
         });
-        ctx.run_once(autobalancer::run::Trigger::Manual { force }, &cancel)
-            .await
+        ctx.run_once(autobalancer::run::Trigger::Manual { force }, &cancel).await
     });
     print_outcome(&out, format);
     let failed = autobalancer::run::outcome_label(&out) == "failed"
         || out.decision.reason == Some(autobalancer::decide::SkipReason::SnapshotFailed);
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn print_outcome(out: &Outcome, format: Format) {

@@ -6,8 +6,8 @@
 //! change (callers set them).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::decide::SkipReason;
@@ -67,32 +67,20 @@ pub struct Metrics {
 pub type IntGaugeVecOne = prometheus::IntGaugeVec;
 
 fn buckets() -> Vec<f64> {
-    vec![
-        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-    ]
+    vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let opts =
-            |name: &str, help: &str| Opts::new(format!("autobalancer_{name}"), help.to_string());
+        let opts = |name: &str, help: &str| Opts::new(format!("autobalancer_{name}"), help.to_string());
         let hopts = |name: &str, help: &str| {
             HistogramOpts::new(format!("autobalancer_{name}"), help.to_string()).buckets(buckets())
         };
         let m = Metrics {
-            runs_total: IntCounterVec::new(opts("runs_total", "Runs by outcome."), &["outcome"])
-                .unwrap(),
-            skips_total: IntCounterVec::new(
-                opts("skips_total", "Skipped runs by reason."),
-                &["reason"],
-            )
-            .unwrap(),
-            lock_held: IntGauge::with_opts(opts(
-                "lock_held",
-                "1 while this sidecar holds the cluster lock.",
-            ))
-            .unwrap(),
+            runs_total: IntCounterVec::new(opts("runs_total", "Runs by outcome."), &["outcome"]).unwrap(),
+            skips_total: IntCounterVec::new(opts("skips_total", "Skipped runs by reason."), &["reason"]).unwrap(),
+            lock_held: IntGauge::with_opts(opts("lock_held", "1 while this sidecar holds the cluster lock.")).unwrap(),
             lock_acquisitions_total: IntCounterVec::new(
                 opts("lock_acquisitions_total", "Lock attempts by result."),
                 &["result"],
@@ -113,21 +101,12 @@ impl Metrics {
                 "Transfer size of the last simulation.",
             ))
             .unwrap(),
-            cluster_size_bytes: IntGauge::with_opts(opts(
-                "cluster_size_bytes",
-                "Total size of the last simulation.",
-            ))
-            .unwrap(),
-            transfer_ratio: Gauge::with_opts(opts(
-                "transfer_ratio",
-                "Transfer / total of the last simulation.",
-            ))
-            .unwrap(),
+            cluster_size_bytes: IntGauge::with_opts(opts("cluster_size_bytes", "Total size of the last simulation."))
+                .unwrap(),
+            transfer_ratio: Gauge::with_opts(opts("transfer_ratio", "Transfer / total of the last simulation."))
+                .unwrap(),
             member_load_bytes: GaugeVec::new(
-                opts(
-                    "member_load_bytes",
-                    "Bytes per member at the last snapshot.",
-                ),
+                opts("member_load_bytes", "Bytes per member at the last snapshot."),
                 &["member"],
             )
             .unwrap(),
@@ -137,20 +116,12 @@ impl Metrics {
             )
             .unwrap(),
             member_target_bytes: GaugeVec::new(
-                opts(
-                    "member_target_bytes",
-                    "Target bytes per member at the last plan.",
-                ),
+                opts("member_target_bytes", "Target bytes per member at the last plan."),
                 &["member"],
             )
             .unwrap(),
-            moves_total: IntCounterVec::new(
-                opts("moves_total", "Bucket moves by outcome."),
-                &["outcome"],
-            )
-            .unwrap(),
-            moved_bytes_total: IntCounter::with_opts(opts("moved_bytes_total", "Bytes moved."))
-                .unwrap(),
+            moves_total: IntCounterVec::new(opts("moves_total", "Bucket moves by outcome."), &["outcome"]).unwrap(),
+            moved_bytes_total: IntCounter::with_opts(opts("moved_bytes_total", "Bytes moved.")).unwrap(),
             rebalance_in_progress: IntGauge::with_opts(opts(
                 "rebalance_in_progress",
                 "1 while a rebalance or evacuation moves buckets.",
@@ -166,16 +137,10 @@ impl Metrics {
                 "Moves done in the running or last rebalance.",
             ))
             .unwrap(),
-            move_duration_seconds: Histogram::with_opts(hopts(
-                "move_duration_seconds",
-                "Duration of one bucket move.",
-            ))
-            .unwrap(),
-            plan_duration_seconds: Histogram::with_opts(hopts(
-                "plan_duration_seconds",
-                "Duration of planning.",
-            ))
-            .unwrap(),
+            move_duration_seconds: Histogram::with_opts(hopts("move_duration_seconds", "Duration of one bucket move."))
+                .unwrap(),
+            plan_duration_seconds: Histogram::with_opts(hopts("plan_duration_seconds", "Duration of planning."))
+                .unwrap(),
             snapshot_duration_seconds: Histogram::with_opts(hopts(
                 "snapshot_duration_seconds",
                 "Duration of a snapshot.",
@@ -201,9 +166,7 @@ impl Metrics {
         for o in MOVE_OUTCOMES {
             m.moves_total.with_label_values(&[o]);
         }
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m
     }
 
@@ -212,37 +175,23 @@ impl Metrics {
         r.register(Box::new(self.runs_total.clone())).unwrap();
         r.register(Box::new(self.skips_total.clone())).unwrap();
         r.register(Box::new(self.lock_held.clone())).unwrap();
-        r.register(Box::new(self.lock_acquisitions_total.clone()))
-            .unwrap();
-        r.register(Box::new(self.last_run_timestamp_seconds.clone()))
-            .unwrap();
-        r.register(Box::new(self.next_run_timestamp_seconds.clone()))
-            .unwrap();
-        r.register(Box::new(self.transfer_size_bytes.clone()))
-            .unwrap();
-        r.register(Box::new(self.cluster_size_bytes.clone()))
-            .unwrap();
+        r.register(Box::new(self.lock_acquisitions_total.clone())).unwrap();
+        r.register(Box::new(self.last_run_timestamp_seconds.clone())).unwrap();
+        r.register(Box::new(self.next_run_timestamp_seconds.clone())).unwrap();
+        r.register(Box::new(self.transfer_size_bytes.clone())).unwrap();
+        r.register(Box::new(self.cluster_size_bytes.clone())).unwrap();
         r.register(Box::new(self.transfer_ratio.clone())).unwrap();
-        r.register(Box::new(self.member_load_bytes.clone()))
-            .unwrap();
+        r.register(Box::new(self.member_load_bytes.clone())).unwrap();
         r.register(Box::new(self.member_buckets.clone())).unwrap();
-        r.register(Box::new(self.member_target_bytes.clone()))
-            .unwrap();
+        r.register(Box::new(self.member_target_bytes.clone())).unwrap();
         r.register(Box::new(self.moves_total.clone())).unwrap();
-        r.register(Box::new(self.moved_bytes_total.clone()))
-            .unwrap();
-        r.register(Box::new(self.rebalance_in_progress.clone()))
-            .unwrap();
-        r.register(Box::new(self.rebalance_moves_planned.clone()))
-            .unwrap();
-        r.register(Box::new(self.rebalance_moves_done.clone()))
-            .unwrap();
-        r.register(Box::new(self.move_duration_seconds.clone()))
-            .unwrap();
-        r.register(Box::new(self.plan_duration_seconds.clone()))
-            .unwrap();
-        r.register(Box::new(self.snapshot_duration_seconds.clone()))
-            .unwrap();
+        r.register(Box::new(self.moved_bytes_total.clone())).unwrap();
+        r.register(Box::new(self.rebalance_in_progress.clone())).unwrap();
+        r.register(Box::new(self.rebalance_moves_planned.clone())).unwrap();
+        r.register(Box::new(self.rebalance_moves_done.clone())).unwrap();
+        r.register(Box::new(self.move_duration_seconds.clone())).unwrap();
+        r.register(Box::new(self.plan_duration_seconds.clone())).unwrap();
+        r.register(Box::new(self.snapshot_duration_seconds.clone())).unwrap();
         r.register(Box::new(self.build_info.clone())).unwrap();
     }
 
@@ -259,15 +208,9 @@ impl Metrics {
         self.member_buckets.reset();
         self.member_target_bytes.reset();
         for m in &plan.members {
-            self.member_load_bytes
-                .with_label_values(&[&m.id])
-                .set(m.before.bytes as f64);
-            self.member_buckets
-                .with_label_values(&[&m.id])
-                .set(m.before.buckets as f64);
-            self.member_target_bytes
-                .with_label_values(&[&m.id])
-                .set(m.target_bytes as f64);
+            self.member_load_bytes.with_label_values(&[&m.id]).set(m.before.bytes as f64);
+            self.member_buckets.with_label_values(&[&m.id]).set(m.before.buckets as f64);
+            self.member_target_bytes.with_label_values(&[&m.id]).set(m.target_bytes as f64);
         }
     }
 
@@ -278,9 +221,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
         String::from_utf8(buf).expect("utf-8")
     }
 }
@@ -327,10 +268,7 @@ mod tests {
         let p = crate::plan::plan(&s, &Default::default()).unwrap();
         m.observe_plan(&p);
         let text = m.render();
-        assert!(
-            text.contains("autobalancer_member_load_bytes{member=\"m1\"} 300"),
-            "{text}"
-        );
+        assert!(text.contains("autobalancer_member_load_bytes{member=\"m1\"} 300"), "{text}");
         assert!(text.contains("autobalancer_member_buckets{member=\"m2\"} 1"));
         assert!(text.contains("autobalancer_member_target_bytes{member=\"m2\"} 200"));
         assert!(text.contains("autobalancer_transfer_ratio 0.25"));

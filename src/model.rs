@@ -100,10 +100,7 @@ pub struct ClusterSnapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("cannot read snapshot {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("snapshot is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("snapshot: {0}")]
@@ -161,10 +158,8 @@ struct BucketOut<'a> {
 
 impl ClusterSnapshot {
     pub fn read_file(path: &std::path::Path) -> Result<ClusterSnapshot, SnapshotError> {
-        let bytes = std::fs::read(path).map_err(|source| SnapshotError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| SnapshotError::Read { path: path.display().to_string(), source })?;
         ClusterSnapshot::from_json(&bytes)
     }
 
@@ -202,9 +197,7 @@ impl ClusterSnapshot {
                 Some(n) => match n.as_u64() {
                     Some(v) => v,
                     None => {
-                        return bad(format!(
-                            "bucket {id}: bytes must be a whole number >= 0, got {n}"
-                        ));
+                        return bad(format!("bucket {id}: bytes must be a whole number >= 0, got {n}"));
                     }
                 },
             };
@@ -224,18 +217,9 @@ impl ClusterSnapshot {
                 }
                 copies.push(m);
             }
-            let group = b.group.as_ref().map(|g| {
-                groups
-                    .entry(g.to_string())
-                    .or_insert_with(|| Arc::from(g.as_ref()))
-                    .clone()
-            });
-            buckets.push(Bucket {
-                id,
-                group,
-                bytes,
-                copies,
-            });
+            let group =
+                b.group.as_ref().map(|g| groups.entry(g.to_string()).or_insert_with(|| Arc::from(g.as_ref())).clone());
+            buckets.push(Bucket { id, group, bytes, copies });
         }
         Ok(ClusterSnapshot {
             cluster_id: raw.cluster_id.unwrap_or_default(),
@@ -260,11 +244,7 @@ impl ClusterSnapshot {
                     id: b.id,
                     group: b.group.as_deref(),
                     bytes: b.bytes,
-                    copies: b
-                        .copies
-                        .iter()
-                        .map(|&m| self.members[m as usize].id.as_str())
-                        .collect(),
+                    copies: b.copies.iter().map(|&m| self.members[m as usize].id.as_str()).collect(),
                 })
                 .collect(),
             open_migrations: &self.open_migrations,
@@ -274,17 +254,11 @@ impl ClusterSnapshot {
     }
 
     pub fn member_index(&self, id: &str) -> Option<MemberIdx> {
-        self.members
-            .iter()
-            .position(|m| m.id == id)
-            .map(|i| i as MemberIdx)
+        self.members.iter().position(|m| m.id == id).map(|i| i as MemberIdx)
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.buckets
-            .iter()
-            .map(|b| b.bytes * b.copies.len() as u64)
-            .sum()
+        self.buckets.iter().map(|b| b.bytes * b.copies.len() as u64).sum()
     }
 }
 
@@ -294,16 +268,11 @@ pub mod fixtures {
     use super::*;
 
     pub fn make_members(n: usize) -> Vec<Member> {
-        (0..n)
-            .map(|i| Member::new(&format!("m{}", i + 1)))
-            .collect()
+        (0..n).map(|i| Member::new(&format!("m{}", i + 1))).collect()
     }
 
     /// `layout[i]` = (bytes, copies as member indexes).
-    pub fn make_snapshot(
-        members: Vec<Member>,
-        layout: &[(u64, Vec<MemberIdx>)],
-    ) -> ClusterSnapshot {
+    pub fn make_snapshot(members: Vec<Member>, layout: &[(u64, Vec<MemberIdx>)]) -> ClusterSnapshot {
         ClusterSnapshot {
             cluster_id: "test".into(),
             taken_at: Utc::now(),
@@ -311,12 +280,7 @@ pub mod fixtures {
             buckets: layout
                 .iter()
                 .enumerate()
-                .map(|(i, (bytes, copies))| Bucket {
-                    id: i as u64,
-                    group: None,
-                    bytes: *bytes,
-                    copies: copies.clone(),
-                })
+                .map(|(i, (bytes, copies))| Bucket { id: i as u64, group: None, bytes: *bytes, copies: copies.clone() })
                 .collect(),
             open_migrations: vec![],
             replicas: vec![],
@@ -329,9 +293,7 @@ mod tests {
     use super::*;
 
     fn err(json: &str) -> String {
-        ClusterSnapshot::from_json(json.as_bytes())
-            .unwrap_err()
-            .to_string()
+        ClusterSnapshot::from_json(json.as_bytes()).unwrap_err().to_string()
     }
 
     const MEMBERS: &str = r#""members":[{"id":"m1","address":"a:1"},{"id":"m2","address":"a:2"}]"#;
@@ -357,39 +319,28 @@ mod tests {
     fn malformed_snapshots_name_the_culprit() {
         assert!(err("{").contains("not valid JSON"));
         assert!(
-            err(&format!(
-                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m9"]}}]}}"#
-            ))
-            .contains("bucket 7: copy on unknown member \"m9\"")
+            err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m9"]}}]}}"#))
+                .contains("bucket 7: copy on unknown member \"m9\"")
         );
         assert!(
-            err(&format!(
-                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m1","m1"]}}]}}"#
-            ))
-            .contains("bucket 7: two copies on member \"m1\"")
+            err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":["m1","m1"]}}]}}"#))
+                .contains("bucket 7: two copies on member \"m1\"")
         );
         assert!(
-            err(&format!(
-                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":-5,"copies":["m1"]}}]}}"#
-            ))
-            .contains("bucket 7: bytes must be a whole number >= 0, got -5")
+            err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":-5,"copies":["m1"]}}]}}"#))
+                .contains("bucket 7: bytes must be a whole number >= 0, got -5")
         );
         assert!(
-            err(&format!(
-                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"copies":["m1"]}}]}}"#
-            ))
-            .contains("bucket 7: bytes is missing")
+            err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"copies":["m1"]}}]}}"#))
+                .contains("bucket 7: bytes is missing")
         );
         assert!(
-            err(&format!(
-                r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":[]}}]}}"#
-            ))
-            .contains("bucket 7 has no copies")
+            err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":7,"bytes":1,"copies":[]}}]}}"#))
+                .contains("bucket 7 has no copies")
         );
         assert!(err(&format!(r#"{{"version":2,{MEMBERS},"buckets":[]}}"#)).contains("version 2"));
         assert!(
-            err(r#"{"version":1,"members":[{"id":"m1"},{"id":"m1"}],"buckets":[]}"#)
-                .contains("\"m1\" is listed twice")
+            err(r#"{"version":1,"members":[{"id":"m1"},{"id":"m1"}],"buckets":[]}"#).contains("\"m1\" is listed twice")
         );
         assert!(err(&format!(r#"{{"version":1,{MEMBERS},"buckets":[{{"id":1,"bytes":1,"copies":["m1"]}},{{"id":1,"bytes":1,"copies":["m2"]}}]}}"#))
             .contains("bucket 1 is listed twice"));

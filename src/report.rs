@@ -60,12 +60,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn new(
-        snapshot: &ClusterSnapshot,
-        plan: &Plan,
-        decision: Decision,
-        t: &Thresholds,
-    ) -> Outcome {
+    pub fn new(snapshot: &ClusterSnapshot, plan: &Plan, decision: Decision, t: &Thresholds) -> Outcome {
         let id = |m: u32| snapshot.members[m as usize].id.clone();
         Outcome {
             decision,
@@ -78,13 +73,7 @@ impl Outcome {
             moves: plan
                 .moves
                 .iter()
-                .map(|m| MoveOut {
-                    kind: m.kind,
-                    bucket: m.bucket,
-                    from: id(m.from),
-                    to: id(m.to),
-                    bytes: m.bytes,
-                })
+                .map(|m| MoveOut { kind: m.kind, bucket: m.bucket, from: id(m.from), to: id(m.to), bytes: m.bytes })
                 .collect(),
             members: plan.members.clone(),
             explanation: plan.explanation.clone(),
@@ -130,10 +119,7 @@ impl Outcome {
             "member", "before", "target", "after", "dev", "buckets", "primaries"
         );
         for m in &self.members {
-            let dev = m
-                .deviation_percent(m.after.bytes)
-                .map(|d| format!("{d:+.1}%"))
-                .unwrap_or_else(|| "-".into());
+            let dev = m.deviation_percent(m.after.bytes).map(|d| format!("{d:+.1}%")).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
                 "{:<24} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
@@ -146,11 +132,7 @@ impl Outcome {
                 format!("{} -> {}", m.before.primaries, m.after.primaries),
             );
         }
-        let copies = self
-            .moves
-            .iter()
-            .filter(|m| m.kind == MoveKind::Copy)
-            .count();
+        let copies = self.moves.iter().filter(|m| m.kind == MoveKind::Copy).count();
         let _ = writeln!(
             out,
             "\ntransfer {} of {} = {:.2}% (threshold {}%, minimum {}); lower bound {}; {} copy moves, {} primary moves",

@@ -70,12 +70,8 @@ pub struct RunStatus {
 impl Context {
     pub fn new(config: Config) -> Result<Context, String> {
         let cluster = AnyCluster::from_config(&config).map_err(|e| e.to_string())?;
-        let coordinator = Coordinator::new(
-            config.etcd.as_ref(),
-            &config.cluster.id,
-            &config.member_id(),
-        )
-        .map_err(|e| e.to_string())?;
+        let coordinator = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &config.member_id())
+            .map_err(|e| e.to_string())?;
         if coordinator.is_standalone() {
             warn!(
                 "no [etcd] section: running standalone with an in-process lock; run only one sidecar per cluster like this"
@@ -87,10 +83,7 @@ impl Context {
             coordinator,
             metrics: Arc::new(Metrics::new()),
             progress: Arc::new(Progress::default()),
-            status: Arc::new(std::sync::Mutex::new(RunStatus {
-                state: "idle".into(),
-                ..Default::default()
-            })),
+            status: Arc::new(std::sync::Mutex::new(RunStatus { state: "idle".into(), ..Default::default() })),
         })
     }
 
@@ -104,9 +97,7 @@ impl Context {
     pub async fn snapshot(&self) -> Result<ClusterSnapshot, String> {
         let t0 = Instant::now();
         let mut snap = self.cluster.snapshot().await.map_err(|e| e.to_string())?;
-        self.metrics
-            .snapshot_duration_seconds
-            .observe(t0.elapsed().as_secs_f64());
+        self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
         match self.coordinator.evacuations().await {
             Ok(ev) => {
                 for e in ev {
@@ -122,11 +113,8 @@ impl Context {
 
     pub fn plan(&self, snap: &ClusterSnapshot) -> Result<Plan, String> {
         let t0 = Instant::now();
-        let p = plan(snap, &PlanOptions::from_config(&self.config.balance))
-            .map_err(|e| e.to_string())?;
-        self.metrics
-            .plan_duration_seconds
-            .observe(t0.elapsed().as_secs_f64());
+        let p = plan(snap, &PlanOptions::from_config(&self.config.balance)).map_err(|e| e.to_string())?;
+        self.metrics.plan_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_plan(&p);
         Ok(p)
     }
@@ -143,9 +131,7 @@ impl Context {
     fn skip(&self, reason: SkipReason, message: String) -> Outcome {
         info!(reason = %reason, "skip: {message}");
         self.metrics.record_skip(reason);
-        self.metrics
-            .last_run_timestamp_seconds
-            .set(Utc::now().timestamp() as f64);
+        self.metrics.last_run_timestamp_seconds.set(Utc::now().timestamp() as f64);
         let d = Decision::skip(reason, message);
         let mut s = self.status.lock().unwrap();
         s.last_decision = Some(d.clone());
@@ -164,42 +150,25 @@ impl Context {
             }
             Ok(_) => {}
             Err(e) => {
-                return self.skip(
-                    SkipReason::LockUnavailable,
-                    format!("cannot read the pause flag: {e}"),
-                );
+                return self.skip(SkipReason::LockUnavailable, format!("cannot read the pause flag: {e}"));
             }
         }
         self.metrics.lock_held.set(0);
         let guard = match self.coordinator.try_lock(trigger.operation()).await {
             Ok(Acquire::Acquired(g)) => {
-                self.metrics
-                    .lock_acquisitions_total
-                    .with_label_values(&["acquired"])
-                    .inc();
+                self.metrics.lock_acquisitions_total.with_label_values(&["acquired"]).inc();
                 self.metrics.lock_held.set(1);
                 g
             }
             Ok(Acquire::HeldElsewhere(h)) => {
-                self.metrics
-                    .lock_acquisitions_total
-                    .with_label_values(&["held_elsewhere"])
-                    .inc();
+                self.metrics.lock_acquisitions_total.with_label_values(&["held_elsewhere"]).inc();
                 return self.skip(
                     SkipReason::LockHeldElsewhere,
-                    format!(
-                        "the lock is held by {} ({} since {})",
-                        h.member,
-                        h.operation,
-                        h.started_at.to_rfc3339()
-                    ),
+                    format!("the lock is held by {} ({} since {})", h.member, h.operation, h.started_at.to_rfc3339()),
                 );
             }
             Err(e) => {
-                self.metrics
-                    .lock_acquisitions_total
-                    .with_label_values(&["error"])
-                    .inc();
+                self.metrics.lock_acquisitions_total.with_label_values(&["error"]).inc();
                 return self.skip(SkipReason::LockUnavailable, e.to_string());
             }
         };
@@ -240,20 +209,12 @@ impl Context {
                 Ok(Some(last)) if last.slot.is_some_and(|s| s >= slot.timestamp()) => {
                     return self.skip(
                         SkipReason::AlreadyRanThisSlot,
-                        format!(
-                            "slot {} already ran on {} ({})",
-                            slot.to_rfc3339(),
-                            last.member,
-                            last.outcome
-                        ),
+                        format!("slot {} already ran on {} ({})", slot.to_rfc3339(), last.member, last.outcome),
                     );
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    return self.skip(
-                        SkipReason::LockUnavailable,
-                        format!("cannot read runs/last: {e}"),
-                    );
+                    return self.skip(SkipReason::LockUnavailable, format!("cannot read runs/last: {e}"));
                 }
             }
         }
@@ -283,10 +244,7 @@ impl Context {
             }
         };
         let force = matches!(trigger, Trigger::Manual { force: true });
-        let t = Thresholds::from_config(
-            &self.config.balance,
-            force || *trigger == Trigger::Evacuation,
-        );
+        let t = Thresholds::from_config(&self.config.balance, force || *trigger == Trigger::Evacuation);
         let d = decide(&snap, &p, &t);
         info!(
             action = ?d.action, reason = d.reason.map(|r| r.as_str()).unwrap_or("-"),
@@ -300,11 +258,7 @@ impl Context {
             self.finish_status("skipped", 0, None);
             return outcome;
         }
-        let state = if *trigger == Trigger::Evacuation {
-            "evacuating"
-        } else {
-            "moving"
-        };
+        let state = if *trigger == Trigger::Evacuation { "evacuating" } else { "moving" };
         self.set_state(state, Some(trigger.operation()));
         let run_cancel = cancel.child_token();
         let lost = guard.lost.clone();
@@ -321,21 +275,9 @@ impl Context {
                 }
             }
         }
-        let fence = GuardFence {
-            coordinator: &self.coordinator,
-            guard,
-        };
-        let report = execute(
-            &self.cluster,
-            &snap,
-            &p,
-            &limits,
-            &fence,
-            &run_cancel,
-            &self.progress,
-            &self.metrics,
-        )
-        .await;
+        let fence = GuardFence { coordinator: &self.coordinator, guard };
+        let report =
+            execute(&self.cluster, &snap, &p, &limits, &fence, &run_cancel, &self.progress, &self.metrics).await;
         watcher.abort();
         let label = match (&report.stopped, report.moves_failed) {
             (_, f) if f > 0 => "failed",
@@ -344,9 +286,7 @@ impl Context {
             (Some(_), _) => "stopped",
         };
         self.metrics.runs_total.with_label_values(&[label]).inc();
-        self.metrics
-            .last_run_timestamp_seconds
-            .set(Utc::now().timestamp() as f64);
+        self.metrics.last_run_timestamp_seconds.set(Utc::now().timestamp() as f64);
         info!(
             outcome = label,
             moves_done = report.moves_done,
@@ -354,11 +294,7 @@ impl Context {
             moves_not_started = report.moves_not_started,
             moved_bytes = report.moved_bytes,
             seconds = report.duration_seconds,
-            stopped = report
-                .stopped
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
+            stopped = report.stopped.as_ref().map(|s| s.to_string()).unwrap_or_default(),
             "run finished"
         );
         self.finish_status(label, report.moved_bytes, report.failures.first().cloned());
@@ -393,11 +329,7 @@ pub fn outcome_label(o: &Outcome) -> &'static str {
         "failed"
     } else if o.decision.reason.is_some() {
         "skipped"
-    } else if o
-        .stopped
-        .as_deref()
-        .is_some_and(|s| !s.contains("max-bytes-per-run"))
-    {
+    } else if o.stopped.as_deref().is_some_and(|s| !s.contains("max-bytes-per-run")) {
         "stopped"
     } else {
         "rebalanced"

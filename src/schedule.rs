@@ -37,18 +37,10 @@ impl Schedule {
                 });
             }
         };
-        let cron = cron::Schedule::from_str(&full).map_err(|e| ScheduleError::Cron {
-            expr: expr.into(),
-            reason: e.to_string(),
-        })?;
-        let tz: Tz = timezone
-            .parse()
-            .map_err(|_| ScheduleError::Timezone(timezone.into()))?;
-        Ok(Schedule {
-            expr: expr.to_string(),
-            cron,
-            tz,
-        })
+        let cron = cron::Schedule::from_str(&full)
+            .map_err(|e| ScheduleError::Cron { expr: expr.into(), reason: e.to_string() })?;
+        let tz: Tz = timezone.parse().map_err(|_| ScheduleError::Timezone(timezone.into()))?;
+        Ok(Schedule { expr: expr.to_string(), cron, tz })
     }
 
     pub fn expression(&self) -> &str {
@@ -57,10 +49,7 @@ impl Schedule {
 
     /// The first fire time strictly after `now`.
     pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .after(&now.with_timezone(&self.tz))
-            .next()
-            .map(|t| t.with_timezone(&Utc))
+        self.cron.after(&now.with_timezone(&self.tz)).next().map(|t| t.with_timezone(&Utc))
     }
 
     /// The latest fire time at or before `now` (the slot `now` belongs to), looking back
@@ -88,15 +77,9 @@ mod tests {
     fn six_and_five_fields() {
         let s = Schedule::new("0 0 3 * * *", "UTC").unwrap();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
-        assert_eq!(
-            s.next_after(now).unwrap(),
-            Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap()
-        );
+        assert_eq!(s.next_after(now).unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap());
         let s5 = Schedule::new("30 3 * * *", "UTC").unwrap();
-        assert_eq!(
-            s5.next_after(now).unwrap(),
-            Utc.with_ymd_and_hms(2026, 1, 1, 3, 30, 0).unwrap()
-        );
+        assert_eq!(s5.next_after(now).unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 3, 30, 0).unwrap());
     }
 
     #[test]
@@ -104,36 +87,23 @@ mod tests {
         let s = Schedule::new("0 0 3 * * *", "Europe/Berlin").unwrap();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         // 03:00 in Berlin in winter is 02:00 UTC.
-        assert_eq!(
-            s.next_after(now).unwrap(),
-            Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap()
-        );
+        assert_eq!(s.next_after(now).unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap());
     }
 
     #[test]
     fn slot_is_the_latest_fire_time() {
         let s = Schedule::new("*/5 * * * * *", "UTC").unwrap();
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 7).unwrap();
-        assert_eq!(
-            s.slot_at(now).unwrap(),
-            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap()
-        );
+        assert_eq!(s.slot_at(now).unwrap(), Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap());
     }
 
     #[test]
     fn errors_name_the_key_and_expression() {
-        let e = Schedule::new("61 * * * * *", "UTC")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("schedule.cron") && e.contains("61 * * * * *"),
-            "{e}"
-        );
+        let e = Schedule::new("61 * * * * *", "UTC").unwrap_err().to_string();
+        assert!(e.contains("schedule.cron") && e.contains("61 * * * * *"), "{e}");
         let e = Schedule::new("* *", "UTC").unwrap_err().to_string();
         assert!(e.contains("5 or 6 fields"), "{e}");
-        let e = Schedule::new("* * * * *", "Nowhere/City")
-            .unwrap_err()
-            .to_string();
+        let e = Schedule::new("* * * * *", "Nowhere/City").unwrap_err().to_string();
         assert!(e.contains("schedule.timezone"), "{e}");
     }
 }

@@ -41,11 +41,7 @@ fn port_free(p: u16) -> bool {
 /// A free port whose +10000 (the Redis cluster bus) is free too.
 pub fn free_port() -> u16 {
     for _ in 0..1000 {
-        let p = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let p = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         if p < 55000 && port_free(p) && port_free(p + 10000) {
             return p;
         }
@@ -54,16 +50,9 @@ pub fn free_port() -> u16 {
 }
 
 fn need(bin: &str) -> Result<()> {
-    match Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
+    match Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(_) => Ok(()),
-        Err(_) => Err(format!(
-            "{bin} not found: install it (apt-get install etcd-server redis-server redis-tools)"
-        )),
+        Err(_) => Err(format!("{bin} not found: install it (apt-get install etcd-server redis-server redis-tools)")),
     }
 }
 
@@ -73,17 +62,11 @@ async fn connect(addr: &str, password: Option<&str>) -> Result<MultiplexedConnec
     if let Some(pw) = password {
         info = info.set_password(pw);
     }
-    let ci = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
-        h.into(),
-        p.parse().unwrap(),
-    ))
-    .map_err(|e| e.to_string())?
-    .set_redis_settings(info);
+    let ci = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(h.into(), p.parse().unwrap()))
+        .map_err(|e| e.to_string())?
+        .set_redis_settings(info);
     let client = redis::Client::open(ci).map_err(|e| e.to_string())?;
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("{addr}: {e}"))
+    client.get_multiplexed_async_connection().await.map_err(|e| format!("{addr}: {e}"))
 }
 
 pub struct RedisNode {
@@ -111,16 +94,8 @@ pub struct LocalRedisCluster {
 impl LocalRedisCluster {
     /// `loaded` masters share the 16384 slots evenly, `empty` masters hold none, and every
     /// master gets `replicas` replicas.
-    pub async fn start(
-        loaded: usize,
-        empty: usize,
-        replicas: usize,
-        password: Option<&str>,
-    ) -> Result<Self> {
-        let tmp = tempfile::Builder::new()
-            .prefix("ab-redis-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+    pub async fn start(loaded: usize, empty: usize, replicas: usize, password: Option<&str>) -> Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("ab-redis-").tempdir().map_err(|e| e.to_string())?;
         let mut c = Self::start_in(tmp.path(), loaded, empty, replicas, password).await?;
         c._tmp = Some(tmp);
         Ok(c)
@@ -142,35 +117,14 @@ impl LocalRedisCluster {
             let d = dir.join(format!("node-{port}"));
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
             let mut cmd = Command::new("redis-server");
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-            ])
-            .args([
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "3000",
-            ])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "no",
-            ])
-            .args(["--logfile", "redis.log"])
-            .arg("--dir")
-            .arg(&d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"])
+                .args(["--logfile", "redis.log"])
+                .arg("--dir")
+                .arg(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             if let Some(pw) = password {
                 cmd.args(["--requirepass", pw, "--masterauth", pw]);
             }
@@ -178,10 +132,7 @@ impl LocalRedisCluster {
             let replica_of = (i >= n_masters).then(|| (i - n_masters) % n_masters);
             nodes.push(RedisNode {
                 port,
-                proc: Some(Proc {
-                    child,
-                    name: format!("redis-{port}"),
-                }),
+                proc: Some(Proc { child, name: format!("redis-{port}") }),
                 id: String::new(),
                 replica_of,
             });
@@ -198,11 +149,7 @@ impl LocalRedisCluster {
             let deadline = Instant::now() + Duration::from_secs(10);
             let id: String = loop {
                 match c.conn(&addr).await {
-                    Ok(mut con) => match redis::cmd("CLUSTER")
-                        .arg("MYID")
-                        .query_async(&mut con)
-                        .await
-                    {
+                    Ok(mut con) => match redis::cmd("CLUSTER").arg("MYID").query_async(&mut con).await {
                         Ok(id) => break id,
                         Err(e) if Instant::now() > deadline => return Err(format!("{addr}: {e}")),
                         Err(_) => {}
@@ -252,7 +199,29 @@ impl LocalRedisCluster {
             }
         }
         c.wait_ok(Duration::from_secs(30)).await?;
+        c.wait_roles(n_masters).await?;
         Ok(c)
+    }
+
+    /// Waits until every live node sees exactly `masters` masters (replicas settled).
+    async fn wait_roles(&self, masters: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut settled = true;
+            for a in self.live_addrs() {
+                let nodes = crate::cluster::redis::parse_nodes(&self.info(&a, &["CLUSTER", "NODES"]).await?)?;
+                if nodes.iter().filter(|n| n.is_master()).count() != masters {
+                    settled = false;
+                }
+            }
+            if settled {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("replica roles did not settle within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn conn(&self, addr: &str) -> Result<MultiplexedConnection> {
@@ -264,11 +233,7 @@ impl LocalRedisCluster {
     }
 
     pub fn live_addrs(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .filter(|n| n.proc.is_some())
-            .map(|n| n.addr())
-            .collect()
+        self.nodes.iter().filter(|n| n.proc.is_some()).map(|n| n.addr()).collect()
     }
 
     async fn info(&self, addr: &str, what: &[&str]) -> Result<String> {
@@ -277,9 +242,7 @@ impl LocalRedisCluster {
         for a in &what[1..] {
             c.arg(*a);
         }
-        c.query_async(&mut con)
-            .await
-            .map_err(|e| format!("{addr}: {e}"))
+        c.query_async(&mut con).await.map_err(|e| format!("{addr}: {e}"))
     }
 
     async fn wait_known(&self, n: usize) -> Result<()> {
@@ -288,12 +251,7 @@ impl LocalRedisCluster {
             let mut all = true;
             for a in self.live_addrs() {
                 let nodes = self.info(&a, &["CLUSTER", "NODES"]).await?;
-                if nodes
-                    .lines()
-                    .filter(|l| !l.contains("handshake") && !l.trim().is_empty())
-                    .count()
-                    < n
-                {
+                if nodes.lines().filter(|l| !l.contains("handshake") && !l.trim().is_empty()).count() < n {
                     all = false;
                 }
             }
@@ -324,8 +282,7 @@ impl LocalRedisCluster {
     pub async fn all_ok(&self) -> Result<bool> {
         for a in self.live_addrs() {
             let info = self.info(&a, &["CLUSTER", "INFO"]).await?;
-            if !info.contains("cluster_state:ok") || !info.contains("cluster_slots_assigned:16384")
-            {
+            if !info.contains("cluster_state:ok") || !info.contains("cluster_slots_assigned:16384") {
                 return Ok(false);
             }
         }
@@ -338,11 +295,7 @@ impl LocalRedisCluster {
         for a in self.live_addrs() {
             let nodes = self.info(&a, &["CLUSTER", "NODES"]).await?;
             for l in nodes.lines().filter(|l| l.contains("myself")) {
-                out.extend(
-                    l.split_whitespace()
-                        .filter(|w| w.starts_with('['))
-                        .map(|w| format!("{a} {w}")),
-                );
+                out.extend(l.split_whitespace().filter(|w| w.starts_with('[')).map(|w| format!("{a} {w}")));
             }
         }
         Ok(out)
@@ -365,9 +318,7 @@ impl LocalRedisCluster {
         let mut any = self.conn(&first).await?;
         let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let mut next = move || {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             rng >> 33
         };
         let tenants = (keys / 40).max(10);
@@ -398,18 +349,10 @@ impl LocalRedisCluster {
         let mut total = 0u64;
         for (k, s) in names.into_iter().zip(slots) {
             let base = 64 + (next() % 256) as usize;
-            let size = if owner[s as usize] == first {
-                base * 3
-            } else {
-                base
-            };
-            let v: Vec<u8> = (0..size)
-                .map(|j| b'a' + ((j + s as usize) % 26) as u8)
-                .collect();
+            let size = if owner[s as usize] == first { base * 3 } else { base };
+            let v: Vec<u8> = (0..size).map(|j| b'a' + ((j + s as usize) % 26) as u8).collect();
             total += v.len() as u64;
-            per.entry(owner[s as usize].clone())
-                .or_default()
-                .push((k, v));
+            per.entry(owner[s as usize].clone()).or_default().push((k, v));
         }
         for (addr, kvs) in per {
             let mut con = self.conn(&addr).await?;
@@ -418,9 +361,7 @@ impl LocalRedisCluster {
                 for (k, v) in chunk {
                     p.cmd("SET").arg(k).arg(v.as_slice()).ignore();
                 }
-                p.query_async::<()>(&mut con)
-                    .await
-                    .map_err(|e| format!("{addr}: {e}"))?;
+                p.query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
             }
         }
         Ok(total)
@@ -429,13 +370,8 @@ impl LocalRedisCluster {
     /// Slot -> owner address, from the first master's view.
     pub async fn slot_owners(&self) -> Result<Vec<String>> {
         let mut owner = vec![String::new(); 16384];
-        let addr = self
-            .live_addrs()
-            .into_iter()
-            .find(|a| self.master_addrs().contains(a))
-            .unwrap();
-        let nodes =
-            crate::cluster::redis::parse_nodes(&self.info(&addr, &["CLUSTER", "NODES"]).await?)?;
+        let addr = self.live_addrs().into_iter().find(|a| self.master_addrs().contains(a)).unwrap();
+        let nodes = crate::cluster::redis::parse_nodes(&self.info(&addr, &["CLUSTER", "NODES"]).await?)?;
         for n in nodes.iter().filter(|n| n.is_master()) {
             for &(a, b) in &n.slots {
                 for s in a..=b {
@@ -454,10 +390,7 @@ impl LocalRedisCluster {
                 continue;
             }
             let mut con = self.conn(&a).await?;
-            let role: Vec<redis::Value> = redis::cmd("ROLE")
-                .query_async(&mut con)
-                .await
-                .map_err(|e| e.to_string())?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut con).await.map_err(|e| e.to_string())?;
             if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
                 continue;
             }
@@ -475,15 +408,11 @@ impl LocalRedisCluster {
                     for k in &keys {
                         p.cmd("DUMP").arg(k.as_slice());
                     }
-                    let vals: Vec<Option<Vec<u8>>> =
-                        p.query_async(&mut con).await.map_err(|e| e.to_string())?;
+                    let vals: Vec<Option<Vec<u8>>> = p.query_async(&mut con).await.map_err(|e| e.to_string())?;
                     for (k, v) in keys.into_iter().zip(vals) {
                         if let Some(v) = v {
                             if out.insert(k.clone(), v).is_some() {
-                                return Err(format!(
-                                    "key {:?} found on two masters",
-                                    String::from_utf8_lossy(&k)
-                                ));
+                                return Err(format!("key {:?} found on two masters", String::from_utf8_lossy(&k)));
                             }
                         }
                     }
@@ -502,10 +431,7 @@ impl LocalRedisCluster {
         let mut out = BTreeMap::new();
         for a in self.master_addrs() {
             if let Ok(mut con) = self.conn(&a).await {
-                let n: u64 = redis::cmd("DBSIZE")
-                    .query_async(&mut con)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let n: u64 = redis::cmd("DBSIZE").query_async(&mut con).await.map_err(|e| e.to_string())?;
                 out.insert(a, n);
             }
         }
@@ -532,10 +458,7 @@ impl LocalEtcd {
     /// Starts with extra flags (TLS, auth); `scheme` is the client URL scheme.
     pub fn start_with(extra: Vec<String>, scheme: &'static str) -> Result<LocalEtcd> {
         need("etcd")?;
-        let tmp = tempfile::Builder::new()
-            .prefix("ab-etcd-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let tmp = tempfile::Builder::new().prefix("ab-etcd-").tempdir().map_err(|e| e.to_string())?;
         let mut e = LocalEtcd {
             port: free_port(),
             peer_port: free_port(),
@@ -560,28 +483,15 @@ impl LocalEtcd {
         let child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}")])
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .map_err(|e| format!("etcd: {e}"))?;
-        self.proc = Some(Proc {
-            child,
-            name: "etcd".into(),
-        });
+        self.proc = Some(Proc { child, name: "etcd".into() });
         // Wait for the client port.
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {

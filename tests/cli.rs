@@ -13,35 +13,18 @@ fn fixture() -> String {
 
 #[test]
 fn simulate_json_has_the_documented_fields() {
-    let out = bin()
-        .args(["simulate", "--snapshot", &fixture(), "--format", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bin().args(["simulate", "--snapshot", &fixture(), "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"]["action"], "rebalance");
     assert!(v["decision"]["reason"].is_null());
-    for key in [
-        "transfer_bytes",
-        "total_bytes",
-        "transfer_percent",
-        "lower_bound_bytes",
-    ] {
+    for key in ["transfer_bytes", "total_bytes", "transfer_percent", "lower_bound_bytes"] {
         assert!(v[key].is_number(), "{key} missing");
     }
     let transfer = v["transfer_bytes"].as_u64().unwrap();
     let moves = v["moves"].as_array().unwrap();
     assert!(!moves.is_empty());
-    let sum: u64 = moves
-        .iter()
-        .filter(|m| m["kind"] == "copy")
-        .map(|m| m["bytes"].as_u64().unwrap())
-        .sum();
+    let sum: u64 = moves.iter().filter(|m| m["kind"] == "copy").map(|m| m["bytes"].as_u64().unwrap()).sum();
     assert_eq!(sum, transfer);
     for m in moves {
         for k in ["kind", "bucket", "from", "to", "bytes"] {
@@ -66,10 +49,7 @@ fn simulate_json_has_the_documented_fields() {
 
 #[test]
 fn simulate_table_states_the_decision() {
-    let out = bin()
-        .args(["simulate", "--snapshot", &fixture()])
-        .output()
-        .unwrap();
+    let out = bin().args(["simulate", "--snapshot", &fixture()]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("decision: rebalance: off balance"), "{text}");
@@ -81,17 +61,13 @@ fn simulate_table_states_the_decision() {
 fn thresholds_come_from_the_config() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[cluster]\nid = \"x\"\nseeds = [\"127.0.0.1:7001\"]\n[balance]\nsize-threshold-percent = 60\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[cluster]\nid = \"x\"\nseeds = [\"127.0.0.1:7001\"]\n[balance]\nsize-threshold-percent = 60\n",
+    )
+    .unwrap();
     let out = bin()
-        .args([
-            "simulate",
-            "--snapshot",
-            &fixture(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
+        .args(["simulate", "--snapshot", &fixture(), "--config", cfg.to_str().unwrap(), "--format", "json"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -104,15 +80,9 @@ fn thresholds_come_from_the_config() {
 fn malformed_snapshot_is_exit_2_naming_the_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("s.json");
-    std::fs::write(
-        &p,
-        r#"{"version":1,"members":[{"id":"a"}],"buckets":[{"id":5,"bytes":1,"copies":["zz"]}]}"#,
-    )
-    .unwrap();
-    let out = bin()
-        .args(["simulate", "--snapshot", p.to_str().unwrap()])
-        .output()
+    std::fs::write(&p, r#"{"version":1,"members":[{"id":"a"}],"buckets":[{"id":5,"bytes":1,"copies":["zz"]}]}"#)
         .unwrap();
+    let out = bin().args(["simulate", "--snapshot", p.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bucket 5") && err.contains("\"zz\""), "{err}");
@@ -120,19 +90,8 @@ fn malformed_snapshot_is_exit_2_naming_the_bucket() {
 
 #[test]
 fn bad_usage_is_exit_2() {
-    assert_eq!(
-        bin().args(["simulate"]).output().unwrap().status.code(),
-        Some(2)
-    );
-    assert_eq!(
-        bin()
-            .args(["no-such-command"])
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(2)
-    );
+    assert_eq!(bin().args(["simulate"]).output().unwrap().status.code(), Some(2));
+    assert_eq!(bin().args(["no-such-command"]).output().unwrap().status.code(), Some(2));
 }
 
 #[test]
@@ -144,18 +103,9 @@ fn check_config_prints_ok_or_every_error() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[cluster]\nid = \"x\"\nseeds = [\"127.0.0.1:7001\"]\n[balance]\nsize-threshold-percent = 0\ntolerance-percent = 99\n").unwrap();
-    let out = bin()
-        .args(["check-config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = bin().args(["check-config", bad.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("balance.size-threshold-percent must be 1..=99, got 0"),
-        "{text}"
-    );
-    assert!(
-        text.contains("balance.tolerance-percent must be 0..=50, got 99"),
-        "{text}"
-    );
+    assert!(text.contains("balance.size-threshold-percent must be 1..=99, got 0"), "{text}");
+    assert!(text.contains("balance.tolerance-percent must be 0..=50, got 99"), "{text}");
 }

@@ -11,11 +11,7 @@ fn bin() -> Command {
 }
 
 fn write_config(dir: &std::path::Path, c: &LocalRedisCluster, extra: &str) -> std::path::PathBuf {
-    let seeds: Vec<String> = c
-        .master_addrs()
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect();
+    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
     let pw = match &c.password {
         Some(p) => {
             let f = dir.join("redis-password");
@@ -25,7 +21,7 @@ fn write_config(dir: &std::path::Path, c: &LocalRedisCluster, extra: &str) -> st
         None => String::new(),
     };
     let text = format!(
-        "[cluster]\nid = \"t\"\nseeds = [{}]\n{pw}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\n{extra}\n",
+        "[cluster]\nid = \"t\"\nseeds = [{}]\n{pw}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n{extra}\n",
         seeds.join(", ")
     );
     let p = dir.join("config.toml");
@@ -35,14 +31,7 @@ fn write_config(dir: &std::path::Path, c: &LocalRedisCluster, extra: &str) -> st
 
 fn rebalance_json(cfg: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
     let out = bin()
-        .args([
-            "rebalance",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--once",
-            "--format",
-            "json",
-        ])
+        .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
         .args(extra)
         .output()
         .unwrap();
@@ -53,22 +42,8 @@ fn rebalance_json(cfg: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Va
 }
 
 async fn simulate(cfg: &std::path::Path) -> serde_json::Value {
-    let out = bin()
-        .args([
-            "simulate",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bin().args(["simulate", "--config", cfg.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -84,23 +59,11 @@ async fn rebalance_by_bytes_loses_nothing() {
     // The snapshot sees 4 masters (replicas recorded), the empty one at zero bytes.
     let snap_path = dir.path().join("s.json");
     let out = bin()
-        .args([
-            "snapshot",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            snap_path.to_str().unwrap(),
-        ])
+        .args(["snapshot", "--config", cfg.to_str().unwrap(), "--out", snap_path.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let snap: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&snap_path).unwrap()).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let snap: serde_json::Value = serde_json::from_slice(&std::fs::read(&snap_path).unwrap()).unwrap();
     assert_eq!(snap["members"].as_array().unwrap().len(), 4);
     assert_eq!(snap["replicas"].as_array().unwrap().len(), 4);
     assert_eq!(snap["buckets"].as_array().unwrap().len(), 16384);
@@ -117,16 +80,7 @@ async fn rebalance_by_bytes_loses_nothing() {
     assert_eq!(bytes_on(&snap, &empty), 0);
     assert!(bytes_on(&snap, &c.master_addrs()[0]) > 2 * bytes_on(&snap, &c.master_addrs()[2]));
     // The snapshot replays offline.
-    let out = bin()
-        .args([
-            "simulate",
-            "--snapshot",
-            snap_path.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
+    let out = bin().args(["simulate", "--snapshot", snap_path.to_str().unwrap(), "--format", "json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 
     let (code, v, stderr) = rebalance_json(&cfg, &[]);
@@ -148,21 +102,14 @@ async fn rebalance_by_bytes_loses_nothing() {
     for m in again["members"].as_array().unwrap() {
         let t = m["target_bytes"].as_f64().unwrap();
         let b = m["before"]["bytes"].as_f64().unwrap();
-        assert!(
-            (b - t).abs() / t <= 0.06,
-            "{} at {b} vs target {t}",
-            m["id"]
-        );
+        assert!((b - t).abs() / t <= 0.06, "{} at {b} vs target {t}", m["id"]);
     }
     // Replicas follow their masters.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counts = c.key_counts().await.unwrap();
     let mut con = c.conn(&c.nodes[7].addr()).await.unwrap();
     let replica_keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
-    assert_eq!(
-        Some(&replica_keys),
-        counts.get(&c.nodes[c.nodes[7].replica_of.unwrap()].addr())
-    );
+    assert_eq!(Some(&replica_keys), counts.get(&c.nodes[c.nodes[7].replica_of.unwrap()].addr()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,18 +119,12 @@ async fn a_cluster_aware_writer_loses_no_write_during_the_move() {
     let dir = tempfile::tempdir().unwrap();
     // Paced so that the writer runs across many migrating slots.
     let cfg = write_config(dir.path(), &c, "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "max-bytes-per-second = 0",
-        "max-bytes-per-second = \"2MiB\"",
-    );
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("max-bytes-per-second = 0", "max-bytes-per-second = \"2MiB\"");
     std::fs::write(&cfg, text).unwrap();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let nodes: Vec<String> = c
-        .master_addrs()
-        .iter()
-        .map(|a| format!("redis://{a}"))
-        .collect();
+    let nodes: Vec<String> = c.master_addrs().iter().map(|a| format!("redis://{a}")).collect();
     let client = redis::cluster::ClusterClient::new(nodes).unwrap();
     let mut con = client.get_async_connection().await.unwrap();
     let s2 = stop.clone();
@@ -192,42 +133,26 @@ async fn a_cluster_aware_writer_loses_no_write_during_the_move() {
         let mut i = 0u64;
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
             let key = format!("w:{{tenant{}}}:{i}", i % 97);
-            let r: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(&key)
-                .arg(i)
-                .query_async(&mut con)
-                .await;
+            let r: redis::RedisResult<()> = redis::cmd("SET").arg(&key).arg(i).query_async(&mut con).await;
             if r.is_ok() {
                 acked.push((key, i));
             }
             // Also overwrite a pre-loaded key's neighbour space with reads.
-            let _: redis::RedisResult<Option<String>> = redis::cmd("GET")
-                .arg(format!("user:{i}:1"))
-                .query_async(&mut con)
-                .await;
+            let _: redis::RedisResult<Option<String>> =
+                redis::cmd("GET").arg(format!("user:{i}:1")).query_async(&mut con).await;
             i += 1;
         }
         (acked, con)
     });
     let cfg2 = cfg.clone();
-    let (code, v, stderr) = tokio::task::spawn_blocking(move || rebalance_json(&cfg2, &[]))
-        .await
-        .unwrap();
+    let (code, v, stderr) = tokio::task::spawn_blocking(move || rebalance_json(&cfg2, &[])).await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, mut con) = writer.await.unwrap();
     assert_eq!(code, 0, "{stderr}");
     assert!(v["moved_bytes"].as_u64().unwrap() > 0, "{v:#}");
-    assert!(
-        acked.len() > 100,
-        "writer made too few writes: {}",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "writer made too few writes: {}", acked.len());
     for (k, i) in &acked {
-        let got: Option<u64> = redis::cmd("GET")
-            .arg(k)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let got: Option<u64> = redis::cmd("GET").arg(k).query_async(&mut con).await.unwrap();
         assert_eq!(got, Some(*i), "acknowledged write to {k} lost");
     }
     assert!(c.open_slots().await.unwrap().is_empty());
@@ -238,35 +163,17 @@ async fn a_half_done_move_is_repaired_before_planning() {
     let c = LocalRedisCluster::start(2, 1, 0, None).await.unwrap();
     c.load_skewed(6_000, 3).await.unwrap();
     let before = c.digest().await.unwrap();
-    let [a, b, e] = [
-        c.master_addrs()[0].clone(),
-        c.master_addrs()[1].clone(),
-        c.master_addrs()[2].clone(),
-    ];
-    let id = |addr: &str| {
-        c.nodes
-            .iter()
-            .find(|n| n.addr() == addr)
-            .unwrap()
-            .id
-            .clone()
-    };
+    let [a, b, e] = [c.master_addrs()[0].clone(), c.master_addrs()[1].clone(), c.master_addrs()[2].clone()];
+    let id = |addr: &str| c.nodes.iter().find(|n| n.addr() == addr).unwrap().id.clone();
     let owners = c.slot_owners().await.unwrap();
     // Slot 1: keys half-moved from a to e (finish). Slot 16000: only flags set (roll back).
-    let half = (0..16384u16)
-        .find(|&s| owners[s as usize] == a && s > 0)
-        .unwrap();
+    let half = (0..16384u16).find(|&s| owners[s as usize] == a && s > 0).unwrap();
     let mut ca = c.conn(&a).await.unwrap();
     let mut ce = c.conn(&e).await.unwrap();
     let mut cb = c.conn(&b).await.unwrap();
     let mut half = half;
     loop {
-        let n: u64 = redis::cmd("CLUSTER")
-            .arg("COUNTKEYSINSLOT")
-            .arg(half)
-            .query_async(&mut ca)
-            .await
-            .unwrap();
+        let n: u64 = redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(half).query_async(&mut ca).await.unwrap();
         if n >= 2 {
             break;
         }
@@ -288,13 +195,8 @@ async fn a_half_done_move_is_repaired_before_planning() {
         .query_async::<()>(&mut ca)
         .await
         .unwrap();
-    let keys: Vec<String> = redis::cmd("CLUSTER")
-        .arg("GETKEYSINSLOT")
-        .arg(half)
-        .arg(1)
-        .query_async(&mut ca)
-        .await
-        .unwrap();
+    let keys: Vec<String> =
+        redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(half).arg(1).query_async(&mut ca).await.unwrap();
     let (h, p) = e.rsplit_once(':').unwrap();
     redis::cmd("MIGRATE")
         .arg(h)
@@ -331,20 +233,11 @@ async fn a_half_done_move_is_repaired_before_planning() {
     let cfg = write_config(dir.path(), &c, "");
     // A dry run sees the open slots and refuses to plan over them.
     let sim = simulate(&cfg).await;
-    assert_eq!(
-        sim["decision"]["reason"], "migration_in_progress",
-        "{sim:#}"
-    );
+    assert_eq!(sim["decision"]["reason"], "migration_in_progress", "{sim:#}");
     let (code, v, stderr) = rebalance_json(&cfg, &[]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains(&format!("slot {half}: finished the move")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("slot {rolled}: rolled back")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("slot {half}: finished the move")), "{stderr}");
+    assert!(stderr.contains(&format!("slot {rolled}: rolled back")), "{stderr}");
     assert_eq!(v["decision"]["action"], "rebalance", "{v:#}");
     c.wait_ok(Duration::from_secs(10)).await.unwrap();
     assert!(c.open_slots().await.unwrap().is_empty());
@@ -360,10 +253,9 @@ async fn a_killed_mover_is_repaired_by_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &c, "");
     // Slow: small batches at a low rate, so a kill lands mid-slot.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "max-bytes-per-second = 0",
-        "max-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5",
-    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max-bytes-per-second = 0", "max-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5");
     std::fs::write(&cfg, text).unwrap();
     let mut child = bin()
         .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once"])
@@ -407,9 +299,7 @@ async fn a_down_master_skips_with_member_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_and_password_from_a_file() {
-    let c = LocalRedisCluster::start(2, 1, 0, Some("s3cret-pw"))
-        .await
-        .unwrap();
+    let c = LocalRedisCluster::start(2, 1, 0, Some("s3cret-pw")).await.unwrap();
     c.load_skewed(3_000, 6).await.unwrap();
     let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -418,6 +308,34 @@ async fn acl_user_and_password_from_a_file() {
     assert_eq!(code, 0, "{stderr}");
     assert!(v["moved_bytes"].as_u64().unwrap() > 0, "{v:#}");
     assert!(!stderr.contains("s3cret-pw"), "password logged");
+    assert_eq!(c.digest().await.unwrap(), before);
+    // An ACL user (AUTH2 on MIGRATE), draining one member with weight 0.
+    for a in c.live_addrs() {
+        let mut con = c.conn(&a).await.unwrap();
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("balancer")
+            .arg("on")
+            .arg(">acl-pw-9")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
+    }
+    std::fs::write(dir.path().join("redis-password"), "acl-pw-9\n").unwrap();
+    let drained = c.master_addrs()[0].clone();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[cluster]\n", "[cluster]\nusername = \"balancer\"\n")
+        + &format!("\n[balance.weights]\n\"{drained}\" = 0\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, v, stderr) = rebalance_json(&cfg, &[]);
+    assert_eq!(code, 0, "{stderr}\n{v:#}");
+    let report = v["report"].as_array().unwrap();
+    let r = report.iter().find(|r| r["id"] == drained.as_str()).unwrap();
+    assert_eq!(r["current_buckets"], 0, "{v:#}");
+    assert!(!stderr.contains("acl-pw-9"), "password logged");
+    assert_eq!(c.key_counts().await.unwrap()[&drained], 0);
     assert_eq!(c.digest().await.unwrap(), before);
     // Wrong password: a clear snapshot failure, exit 1.
     std::fs::write(dir.path().join("redis-password"), "wrong\n").unwrap();

@@ -19,16 +19,11 @@ pub struct FileCluster {
 
 impl FileCluster {
     pub fn new(path: PathBuf, cluster_id: String) -> FileCluster {
-        FileCluster {
-            path,
-            cluster_id,
-            write: Mutex::new(()),
-        }
+        FileCluster { path, cluster_id, write: Mutex::new(()) }
     }
 
     fn read(&self) -> Result<ClusterSnapshot, ClusterError> {
-        let mut s = ClusterSnapshot::read_file(&self.path)
-            .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+        let mut s = ClusterSnapshot::read_file(&self.path).map_err(|e| ClusterError::Snapshot(e.to_string()))?;
         if s.cluster_id.is_empty() {
             s.cluster_id = self.cluster_id.clone();
         }
@@ -46,29 +41,15 @@ impl Cluster for FileCluster {
         Ok(Vec::new())
     }
 
-    async fn move_bucket<P: Pace>(
-        &self,
-        _s: &ClusterSnapshot,
-        mv: &Move,
-        pace: &P,
-    ) -> Result<MoveStats, ClusterError> {
+    async fn move_bucket<P: Pace>(&self, _s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
         pace.take(mv.bytes).await;
         let _g = self.write.lock().await;
         let mut s = self.read()?;
-        let fail = |message: String| ClusterError::Move {
-            bucket: mv.bucket,
-            message,
-            open: false,
-        };
+        let fail = |message: String| ClusterError::Move { bucket: mv.bucket, message, open: false };
         apply_moves(&mut s, std::slice::from_ref(mv)).map_err(fail)?;
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, s.to_json())
-            .map_err(|e| fail(format!("write {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &self.path)
-            .map_err(|e| fail(format!("rename to {}: {e}", self.path.display())))?;
-        Ok(MoveStats {
-            keys: 0,
-            bytes: mv.bytes,
-        })
+        std::fs::write(&tmp, s.to_json()).map_err(|e| fail(format!("write {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| fail(format!("rename to {}: {e}", self.path.display())))?;
+        Ok(MoveStats { keys: 0, bytes: mv.bytes })
     }
 }

@@ -19,11 +19,7 @@ pub enum ClusterError {
     Connect(String),
     /// A move that failed; `open` says whether the bucket was left mid-migration.
     #[error("moving bucket {bucket}: {message}")]
-    Move {
-        bucket: u64,
-        message: String,
-        open: bool,
-    },
+    Move { bucket: u64, message: String, open: bool },
     #[error("repair of bucket {bucket}: {message}")]
     Repair { bucket: u64, message: String },
     #[error("{0}")]
@@ -67,15 +63,10 @@ pub enum AnyCluster {
 impl AnyCluster {
     pub fn from_config(config: &crate::config::Config) -> Result<AnyCluster, ClusterError> {
         match config.cluster.backend {
-            crate::config::Backend::Redis => {
-                Ok(AnyCluster::Redis(redis::RedisCluster::from_config(config)?))
-            }
+            crate::config::Backend::Redis => Ok(AnyCluster::Redis(redis::RedisCluster::from_config(config)?)),
             crate::config::Backend::File => {
                 let path = config.cluster.snapshot_file.clone().expect("validated");
-                Ok(AnyCluster::File(file::FileCluster::new(
-                    path,
-                    config.cluster.id.clone(),
-                )))
+                Ok(AnyCluster::File(file::FileCluster::new(path, config.cluster.id.clone())))
             }
         }
     }
@@ -96,12 +87,7 @@ impl Cluster for AnyCluster {
         }
     }
 
-    async fn move_bucket<P: Pace>(
-        &self,
-        s: &ClusterSnapshot,
-        mv: &Move,
-        pace: &P,
-    ) -> Result<MoveStats, ClusterError> {
+    async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
         match self {
             AnyCluster::Redis(c) => c.move_bucket(s, mv, pace).await,
             AnyCluster::File(c) => c.move_bucket(s, mv, pace).await,

@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
-    RedisConnectionInfo,
-};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -55,9 +52,7 @@ impl NodeLine {
         self.flags.iter().any(|f| f == "myself")
     }
     pub fn is_failed(&self) -> bool {
-        self.flags
-            .iter()
-            .any(|f| f == "fail" || f == "fail?" || f == "noaddr" || f == "handshake")
+        self.flags.iter().any(|f| f == "fail" || f == "fail?" || f == "noaddr" || f == "handshake")
     }
     pub fn owns(&self, slot: u16) -> bool {
         self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
@@ -70,10 +65,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<NodeLine>, String> {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 8 {
-            return Err(format!(
-                "CLUSTER NODES line has {} fields: {line:?}",
-                f.len()
-            ));
+            return Err(format!("CLUSTER NODES line has {} fields: {line:?}", f.len()));
         }
         // ip:port@cport[,hostname]
         let addr = f[1].split('@').next().unwrap_or("").to_string();
@@ -91,15 +83,9 @@ pub fn parse_nodes(text: &str) -> Result<Vec<NodeLine>, String> {
         for s in &f[8..] {
             if let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
                 if let Some((slot, to)) = inner.split_once("->-") {
-                    node.migrating.push((
-                        slot.parse().map_err(|_| format!("bad slot in {s}"))?,
-                        to.to_string(),
-                    ));
+                    node.migrating.push((slot.parse().map_err(|_| format!("bad slot in {s}"))?, to.to_string()));
                 } else if let Some((slot, from)) = inner.split_once("-<-") {
-                    node.importing.push((
-                        slot.parse().map_err(|_| format!("bad slot in {s}"))?,
-                        from.to_string(),
-                    ));
+                    node.importing.push((slot.parse().map_err(|_| format!("bad slot in {s}"))?, from.to_string()));
                 }
             } else if let Some((a, b)) = s.split_once('-') {
                 let a = a.parse().map_err(|_| format!("bad slot range {s}"))?;
@@ -148,6 +134,8 @@ pub struct RedisCluster {
     batch_bytes: u64,
     migrate_timeout: Duration,
     conns: Mutex<HashMap<String, MultiplexedConnection>>,
+    /// The topology read by the last snapshot or repair; moves use its node ids.
+    topo: Mutex<Option<std::sync::Arc<Topology>>>,
 }
 
 fn err(e: redis::RedisError) -> String {
@@ -160,9 +148,7 @@ impl RedisCluster {
         let password = match &c.password_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
-                    .map_err(|e| {
-                        ClusterError::Config(format!("cluster.password-file {}: {e}", p.display()))
-                    })?
+                    .map_err(|e| ClusterError::Config(format!("cluster.password-file {}: {e}", p.display())))?
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
             ),
@@ -187,6 +173,7 @@ impl RedisCluster {
             batch_bytes: config.execution.migrate_batch_bytes.0,
             migrate_timeout: config.execution.migrate_timeout.0,
             conns: Mutex::new(HashMap::new()),
+            topo: Mutex::new(None),
         })
     }
 
@@ -195,12 +182,8 @@ impl RedisCluster {
         if let Some(c) = self.conns.lock().await.get(addr) {
             return Ok(c.clone());
         }
-        let (host, port) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{addr} is not host:port"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("{addr} is not host:port"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr} is not host:port"))?;
+        let port: u16 = port.parse().map_err(|_| format!("{addr} is not host:port"))?;
         let info: ConnectionInfo = ConnectionAddr::Tcp(host.to_string(), port)
             .into_connection_info()
             .map_err(err)?
@@ -221,11 +204,7 @@ impl RedisCluster {
         self.conns.lock().await.remove(addr);
     }
 
-    async fn query<T: redis::FromRedisValue>(
-        &self,
-        addr: &str,
-        cmd: &redis::Cmd,
-    ) -> Result<T, String> {
+    async fn query<T: redis::FromRedisValue>(&self, addr: &str, cmd: &redis::Cmd) -> Result<T, String> {
         let mut c = self.conn(addr).await?;
         match cmd.query_async(&mut c).await {
             Ok(v) => Ok(v),
@@ -238,11 +217,7 @@ impl RedisCluster {
         }
     }
 
-    async fn pipeline<T: redis::FromRedisValue>(
-        &self,
-        addr: &str,
-        p: &redis::Pipeline,
-    ) -> Result<Vec<T>, String> {
+    async fn pipeline<T: redis::FromRedisValue>(&self, addr: &str, p: &redis::Pipeline) -> Result<Vec<T>, String> {
         let mut c = self.conn(addr).await?;
         match p.query_async(&mut c).await {
             Ok(v) => Ok(v),
@@ -273,9 +248,7 @@ impl RedisCluster {
                 Err(e) => last = e,
             }
         }
-        let nodes = nodes.ok_or_else(|| {
-            ClusterError::Snapshot(format!("no seed answered CLUSTER NODES: {last}"))
-        })?;
+        let nodes = nodes.ok_or_else(|| ClusterError::Snapshot(format!("no seed answered CLUSTER NODES: {last}")))?;
         let mut masters: Vec<NodeLine> = nodes.iter().filter(|n| n.is_master()).cloned().collect();
         masters.sort_by(|a, b| a.addr.cmp(&b.addr));
         let replicas = nodes.iter().filter(|n| !n.is_master()).cloned().collect();
@@ -311,12 +284,17 @@ impl RedisCluster {
                 }
             }
         }
-        Ok(Topology {
-            masters,
-            replicas,
-            myself,
-            owner,
-        })
+        let topo = Topology { masters, replicas, myself, owner };
+        *self.topo.lock().await = Some(std::sync::Arc::new(topo.clone()));
+        Ok(topo)
+    }
+
+    /// The topology of the last snapshot, read afresh when there is none.
+    async fn cached_topology(&self) -> Result<std::sync::Arc<Topology>, ClusterError> {
+        if let Some(t) = self.topo.lock().await.clone() {
+            return Ok(t);
+        }
+        Ok(std::sync::Arc::new(self.topology().await?))
     }
 
     /// Bytes of each slot `addr` owns: COUNTKEYSINSLOT, then MEMORY USAGE of up to
@@ -337,19 +315,14 @@ impl RedisCluster {
         for chunk in nonempty.chunks((PIPELINE / per).max(1) * 4) {
             let mut p = redis::pipe();
             for &(s, c) in chunk {
-                p.cmd("CLUSTER")
-                    .arg("GETKEYSINSLOT")
-                    .arg(s)
-                    .arg(c.min(per as u64));
+                p.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s).arg(c.min(per as u64));
             }
             let keys: Vec<Vec<Vec<u8>>> = self.pipeline(addr, &p).await?;
             sampled.extend(chunk.iter().zip(keys).map(|(&(s, c), k)| (s, c, k)));
         }
         let mut bytes: HashMap<u16, u64> = HashMap::with_capacity(sampled.len());
-        let flat: Vec<(u16, u64, &Vec<u8>)> = sampled
-            .iter()
-            .flat_map(|(s, c, ks)| ks.iter().map(move |k| (*s, *c, k)))
-            .collect();
+        let flat: Vec<(u16, u64, &Vec<u8>)> =
+            sampled.iter().flat_map(|(s, c, ks)| ks.iter().map(move |k| (*s, *c, k))).collect();
         let mut usage: HashMap<u16, (u64, u64)> = HashMap::new();
         for chunk in flat.chunks(PIPELINE) {
             let mut p = redis::pipe();
@@ -378,10 +351,7 @@ impl RedisCluster {
             };
             bytes.insert(*s, b);
         }
-        Ok(counts
-            .into_iter()
-            .map(|(s, _)| (s, bytes.get(&s).copied().unwrap_or(0)))
-            .collect())
+        Ok(counts.into_iter().map(|(s, _)| (s, bytes.get(&s).copied().unwrap_or(0))).collect())
     }
 
     /// Memory figures from INFO: (used_memory, maxmemory, cluster_state ok).
@@ -389,18 +359,11 @@ impl RedisCluster {
         let mem: String = self.query(addr, redis::cmd("INFO").arg("memory")).await?;
         let info: String = self.query(addr, redis::cmd("CLUSTER").arg("INFO")).await?;
         let field = |text: &str, key: &str| {
-            text.lines().find_map(|l| {
-                l.strip_prefix(key)
-                    .and_then(|v| v.strip_prefix(':'))
-                    .map(|v| v.trim().to_string())
-            })
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
         };
-        let used = field(&mem, "used_memory")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let max = field(&mem, "maxmemory")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let used = field(&mem, "used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let max = field(&mem, "maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0);
         let ok = field(&info, "cluster_state").as_deref() == Some("ok");
         Ok((used, max, ok))
     }
@@ -421,18 +384,13 @@ impl RedisCluster {
     }
 
     async fn count_keys(&self, addr: &str, slot: u16) -> Result<u64, String> {
-        self.query(addr, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot))
-            .await
+        self.query(addr, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await
     }
 
     fn migrate_cmd(&self, dst: &str, keys: &[Vec<u8>], replace: bool) -> redis::Cmd {
         let (host, port) = dst.rsplit_once(':').unwrap_or((dst, "6379"));
         let mut c = redis::cmd("MIGRATE");
-        c.arg(host)
-            .arg(port)
-            .arg("")
-            .arg(0)
-            .arg(self.migrate_timeout.as_millis() as u64);
+        c.arg(host).arg(port).arg("").arg(0).arg(self.migrate_timeout.as_millis() as u64);
         if replace {
             c.arg("REPLACE");
         }
@@ -460,17 +418,20 @@ impl RedisCluster {
         src: &str,
         dst: &str,
         keys: &[Vec<u8>],
-    ) -> Result<(), ClusterError> {
-        let fail = |message: String| ClusterError::Move {
-            bucket: slot as u64,
-            message,
-            open: true,
-        };
+        then: Option<redis::Cmd>,
+    ) -> Result<Option<Vec<Vec<u8>>>, ClusterError> {
+        let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
         let mut c = self.conn(src).await.map_err(fail)?;
-        let res: Result<redis::Value, redis::RedisError> =
-            self.migrate_cmd(dst, keys, false).query_async(&mut c).await;
+        let res: Result<Option<Vec<Vec<u8>>>, redis::RedisError> = match &then {
+            Some(list) => {
+                let mut p = redis::pipe();
+                p.add_command(self.migrate_cmd(dst, keys, false)).ignore().add_command(list.clone());
+                p.query_async::<(Vec<Vec<u8>>,)>(&mut c).await.map(|(k,)| Some(k))
+            }
+            None => self.migrate_cmd(dst, keys, false).query_async::<redis::Value>(&mut c).await.map(|_| None),
+        };
         let e = match res {
-            Ok(_) => return Ok(()),
+            Ok(next) => return Ok(next),
             Err(e) => e,
         };
         if e.code() != Some("BUSYKEY") {
@@ -501,100 +462,97 @@ impl RedisCluster {
                     )));
                 }
             };
-            self.query::<redis::Value>(
-                src,
-                &self.migrate_cmd(dst, std::slice::from_ref(k), replace),
-            )
-            .await
-            .map_err(|e| fail(format!("MIGRATE of {:?}: {e}", String::from_utf8_lossy(k))))?;
+            self.query::<redis::Value>(src, &self.migrate_cmd(dst, std::slice::from_ref(k), replace))
+                .await
+                .map_err(|e| fail(format!("MIGRATE of {:?}: {e}", String::from_utf8_lossy(k))))?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Moves every key of `slot` from `src` to `dst`, in batches by keys and bytes.
+    /// `estimate` is the slot's size from the snapshot (0 = unknown): a slot well under
+    /// `migrate-batch-bytes` skips sizing its keys. The last MIGRATE of each listing is
+    /// pipelined with the next listing, so an emptied slot costs no extra round trip.
     async fn drain_slot<P: Pace>(
         &self,
         slot: u16,
         src: &str,
         dst: &str,
         pace: &P,
+        estimate: u64,
     ) -> Result<MoveStats, ClusterError> {
-        let fail = |message: String| ClusterError::Move {
-            bucket: slot as u64,
-            message,
-            open: true,
+        let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
+        let list = || {
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys);
+            c
         };
         let mut stats = MoveStats::default();
-        loop {
-            let keys: Vec<Vec<u8>> = self
-                .query(
-                    src,
-                    redis::cmd("CLUSTER")
-                        .arg("GETKEYSINSLOT")
-                        .arg(slot)
-                        .arg(self.batch_keys),
-                )
-                .await
-                .map_err(fail)?;
-            if keys.is_empty() {
-                return Ok(stats);
-            }
-            let mut p = redis::pipe();
-            for k in &keys {
-                p.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
-            }
-            let sizes: Vec<Option<u64>> = self.pipeline(src, &p).await.map_err(fail)?;
+        let mut keys: Vec<Vec<u8>> = self.query(src, &list()).await.map_err(fail)?;
+        let mut first = true;
+        while !keys.is_empty() {
+            let small = first
+                && estimate > 0
+                && estimate.saturating_mul(2) <= self.batch_bytes
+                && keys.len() < self.batch_keys as usize;
+            first = false;
+            let sizes: Vec<u64> = if small {
+                vec![estimate / keys.len() as u64; keys.len()]
+            } else {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
+                }
+                let s: Vec<Option<u64>> = self.pipeline(src, &p).await.map_err(fail)?;
+                s.into_iter().map(|x| x.unwrap_or(0)).collect()
+            };
             let mut start = 0;
+            let mut next = None;
             while start < keys.len() {
                 let mut end = start;
                 let mut bytes = 0u64;
-                while end < keys.len()
-                    && (end == start || bytes + sizes[end].unwrap_or(0) <= self.batch_bytes)
-                {
-                    bytes += sizes[end].unwrap_or(0);
+                while end < keys.len() && (end == start || bytes + sizes[end] <= self.batch_bytes) {
+                    bytes += sizes[end];
                     end += 1;
                 }
                 pace.take(bytes).await;
-                self.migrate_batch(slot, src, dst, &keys[start..end])
-                    .await?;
+                let last = end == keys.len();
+                next = self.migrate_batch(slot, src, dst, &keys[start..end], last.then(list)).await?;
                 stats.keys += (end - start) as u64;
                 stats.bytes += bytes;
                 start = end;
             }
+            keys = match next {
+                Some(k) => k,
+                None => self.query(src, &list()).await.map_err(fail)?,
+            };
         }
+        Ok(stats)
     }
 
     /// Assigns `slot` to `dst_id`: on the target first, then the source, then the others.
-    async fn assign(
-        &self,
-        topo: &Topology,
-        slot: u16,
-        src: &str,
-        dst: &str,
-        dst_id: &str,
-    ) -> Result<(), ClusterError> {
-        let fail = |message: String| ClusterError::Move {
-            bucket: slot as u64,
-            message,
-            open: true,
-        };
-        self.setslot(dst, slot, &["NODE", dst_id])
-            .await
-            .map_err(fail)?;
+    async fn assign(&self, topo: &Topology, slot: u16, src: &str, dst: &str, dst_id: &str) -> Result<(), ClusterError> {
+        let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
+        self.setslot(dst, slot, &["NODE", dst_id]).await.map_err(fail)?;
         if let Err(e) = self.setslot(src, slot, &["NODE", dst_id]).await {
             warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
         }
-        for m in &topo.masters {
-            if m.addr != src && m.addr != dst && !m.is_failed() {
-                if let Err(e) = self.setslot(&m.addr, slot, &["NODE", dst_id]).await {
-                    debug!(slot, node = %m.addr, cause = %e, "SETSLOT NODE on another master failed; gossip will carry it");
-                }
+        let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
+        let results = futures::future::join_all(
+            others.map(|m| async move { (m.addr.as_str(), self.setslot(&m.addr, slot, &["NODE", dst_id]).await) }),
+        )
+        .await;
+        for (addr, r) in results {
+            if let Err(e) = r {
+                debug!(slot, node = %addr, cause = %e, "SETSLOT NODE on another master failed; gossip will carry it");
             }
         }
         Ok(())
     }
 
-    /// Finishes a move of `slot` from `src` to `dst`, whatever step it stopped at.
+    /// Moves `slot` from `src` to `dst`. `resume` continues a move a crash interrupted,
+    /// where either side may be past its first step; a fresh move requires both steps,
+    /// so a stale plan (the source no longer owns the slot) fails before any key moves.
     async fn finish<P: Pace>(
         &self,
         topo: &Topology,
@@ -602,26 +560,28 @@ impl RedisCluster {
         src: &str,
         dst: &str,
         pace: &P,
+        resume: bool,
+        estimate: u64,
     ) -> Result<MoveStats, ClusterError> {
-        let fail = |message: String| ClusterError::Move {
-            bucket: slot as u64,
-            message,
-            open: true,
-        };
         let src_id = self.node_id_of(topo, src)?;
         let dst_id = self.node_id_of(topo, dst)?;
-        // Either may already be past this step ("already the owner", "not the owner").
+        let early = |message: String| ClusterError::Move { bucket: slot as u64, message, open: false };
         if let Err(e) = self.setslot(dst, slot, &["IMPORTING", &src_id]).await {
+            if !resume {
+                return Err(early(format!("IMPORTING on {dst}: {e}")));
+            }
             debug!(slot, cause = %e, "IMPORTING not set");
         }
         if let Err(e) = self.setslot(src, slot, &["MIGRATING", &dst_id]).await {
+            if !resume {
+                // Undo the first step: nothing has moved yet.
+                let _ = self.setslot(dst, slot, &["STABLE"]).await;
+                return Err(early(format!("MIGRATING on {src}: {e}")));
+            }
             debug!(slot, cause = %e, "MIGRATING not set");
         }
-        let stats = self.drain_slot(slot, src, dst, pace).await?;
-        let left = self.count_keys(src, slot).await.map_err(fail)?;
-        if left > 0 {
-            return Err(fail(format!("{left} keys still on {src} after draining")));
-        }
+        // drain_slot returns only once GETKEYSINSLOT on the source answers empty.
+        let stats = self.drain_slot(slot, src, dst, pace, estimate).await?;
         self.assign(topo, slot, src, dst, &dst_id).await?;
         Ok(stats)
     }
@@ -633,9 +593,7 @@ impl Cluster for RedisCluster {
         let mut members = Vec::with_capacity(topo.masters.len());
         let mut slot_sizes: Vec<u64> = vec![0; SLOTS];
         let jobs = futures::future::join_all(topo.masters.iter().enumerate().map(|(i, m)| {
-            let owned: Vec<u16> = (0..SLOTS as u16)
-                .filter(|&s| topo.owner[s as usize] == Some(i))
-                .collect();
+            let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
             let addr = m.addr.clone();
             let failed = m.is_failed();
             async move {
@@ -654,9 +612,8 @@ impl Cluster for RedisCluster {
             match (&health, &bytes) {
                 (Ok((used, max, ok)), Ok(sizes)) => {
                     member.capacity_bytes = (*max > 0).then_some(*max);
-                    let critical = *max > 0
-                        && used.saturating_mul(100)
-                            > max.saturating_mul(self.critical_percent as u64);
+                    let critical =
+                        *max > 0 && used.saturating_mul(100) > max.saturating_mul(self.critical_percent as u64);
                     if critical || !ok {
                         member.health = Health::Critical;
                         if !ok {
@@ -668,12 +625,7 @@ impl Cluster for RedisCluster {
                     }
                 }
                 _ => {
-                    let cause = health
-                        .as_ref()
-                        .err()
-                        .or(bytes.as_ref().err())
-                        .cloned()
-                        .unwrap_or_default();
+                    let cause = health.as_ref().err().or(bytes.as_ref().err()).cloned().unwrap_or_default();
                     warn!(member = %m.addr, cause = %cause, "master is down or unreachable");
                     member.health = Health::Down;
                 }
@@ -713,11 +665,7 @@ impl Cluster for RedisCluster {
             .iter()
             .map(|r| Replica {
                 id: r.addr.clone(),
-                master: r
-                    .master_id
-                    .as_ref()
-                    .and_then(|id| topo.master_by_id(id))
-                    .map(|m| m.addr.clone()),
+                master: r.master_id.as_ref().and_then(|id| topo.master_by_id(id)).map(|m| m.addr.clone()),
                 healthy: !r.is_failed(),
             })
             .collect();
@@ -734,8 +682,7 @@ impl Cluster for RedisCluster {
     async fn repair(&self) -> Result<Vec<String>, ClusterError> {
         let topo = self.topology().await?;
         // slot -> (source addr, target addr), from either side's flags.
-        let mut open: std::collections::BTreeMap<u16, (Option<String>, Option<String>)> =
-            Default::default();
+        let mut open: std::collections::BTreeMap<u16, (Option<String>, Option<String>)> = Default::default();
         for m in &topo.masters {
             let Some(me) = topo.myself.get(&m.addr) else {
                 continue;
@@ -757,14 +704,9 @@ impl Cluster for RedisCluster {
         }
         let mut lines = Vec::new();
         for (slot, (src, dst)) in open {
-            let rep = |message: String| ClusterError::Repair {
-                bucket: slot as u64,
-                message,
-            };
+            let rep = |message: String| ClusterError::Repair { bucket: slot as u64, message };
             let (Some(src), Some(dst)) = (src, dst) else {
-                return Err(rep(
-                    "open slot names a node that is not a known master".into()
-                ));
+                return Err(rep("open slot names a node that is not a known master".into()));
             };
             let src_keys = self.count_keys(&src, slot).await.map_err(rep)?;
             let dst_keys = self.count_keys(&dst, slot).await.map_err(rep)?;
@@ -772,10 +714,8 @@ impl Cluster for RedisCluster {
             if dst_keys > 0 || dst_owns {
                 // Keys already sit on the target (or it took ownership): finish, so no key
                 // is stranded on a node that does not own its slot.
-                let stats = self
-                    .finish(&topo, slot, &src, &dst, &NoPace)
-                    .await
-                    .map_err(|e| rep(e.to_string()))?;
+                let stats =
+                    self.finish(&topo, slot, &src, &dst, &NoPace, true, 0).await.map_err(|e| rep(e.to_string()))?;
                 let line = format!(
                     "slot {slot}: finished the move {src} -> {dst} ({src_keys} keys were left on the source, {} moved now)",
                     stats.keys
@@ -786,9 +726,7 @@ impl Cluster for RedisCluster {
                 // Nothing reached the target: return the slot to its owner.
                 let _ = self.setslot(&dst, slot, &["STABLE"]).await;
                 self.setslot(&src, slot, &["STABLE"]).await.map_err(rep)?;
-                let line = format!(
-                    "slot {slot}: rolled back to {src} ({src_keys} keys, none had moved to {dst})"
-                );
+                let line = format!("slot {slot}: rolled back to {src} ({src_keys} keys, none had moved to {dst})");
                 info!(slot, owner = %src, "{line}");
                 lines.push(line);
             }
@@ -796,35 +734,18 @@ impl Cluster for RedisCluster {
         Ok(lines)
     }
 
-    async fn move_bucket<P: Pace>(
-        &self,
-        s: &ClusterSnapshot,
-        mv: &Move,
-        pace: &P,
-    ) -> Result<MoveStats, ClusterError> {
+    async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
         let slot = u16::try_from(mv.bucket)
             .ok()
             .filter(|&x| (x as usize) < SLOTS)
-            .ok_or_else(|| ClusterError::Move {
-                bucket: mv.bucket,
-                message: "not a hash slot".into(),
-                open: false,
-            })?;
+            .ok_or_else(|| ClusterError::Move { bucket: mv.bucket, message: "not a hash slot".into(), open: false })?;
         let src = s.members[mv.from as usize].address.clone();
         let dst = s.members[mv.to as usize].address.clone();
-        let topo = self.topology().await?;
-        let owner = topo.owner[slot as usize].map(|i| topo.masters[i].addr.clone());
-        if owner.as_deref() != Some(src.as_str()) {
-            return Err(ClusterError::Move {
-                bucket: mv.bucket,
-                message: format!(
-                    "slot {slot} is owned by {owner:?}, not {src}; the snapshot is stale"
-                ),
-                open: false,
-            });
-        }
+        // Node ids come from the snapshot's topology; ownership is checked by Redis
+        // itself (MIGRATING fails on a node that no longer owns the slot).
+        let topo = self.cached_topology().await?;
         let started = Instant::now();
-        let stats = self.finish(&topo, slot, &src, &dst, pace).await?;
+        let stats = self.finish(&topo, slot, &src, &dst, pace, false, mv.bytes).await?;
         debug!(slot, from = %src, to = %dst, keys = stats.keys, bytes = stats.bytes, ms = started.elapsed().as_millis() as u64, "slot moved");
         Ok(stats)
     }
@@ -854,21 +775,12 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
         assert_eq!(n.len(), 5);
         assert_eq!(n[0].addr, "127.0.0.1:30004");
         assert!(!n[0].is_master());
-        assert_eq!(
-            n[0].master_id.as_deref(),
-            Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca")
-        );
+        assert_eq!(n[0].master_id.as_deref(), Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca"));
         let me = &n[3];
         assert!(me.is_myself() && me.is_master());
         assert_eq!(me.slots, vec![(0, 5460), (7000, 7000)]);
-        assert_eq!(
-            me.importing,
-            vec![(5461, "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1".to_string())]
-        );
-        assert_eq!(
-            me.migrating,
-            vec![(93, "292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f".to_string())]
-        );
+        assert_eq!(me.importing, vec![(5461, "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1".to_string())]);
+        assert_eq!(me.migrating, vec![(93, "292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f".to_string())]);
         assert!(me.owns(7000) && me.owns(0) && !me.owns(5461));
         assert!(n[4].is_failed() && !n[4].connected);
         assert!(parse_nodes("abc 1.2.3.4:5").is_err());

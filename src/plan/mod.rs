@@ -25,10 +25,7 @@ pub struct PlanOptions {
 
 impl PlanOptions {
     pub fn from_config(b: &crate::config::BalanceConfig) -> PlanOptions {
-        PlanOptions {
-            tolerance_percent: b.tolerance_percent,
-            weights: b.weights.clone(),
-        }
+        PlanOptions { tolerance_percent: b.tolerance_percent, weights: b.weights.clone() }
     }
 }
 
@@ -75,8 +72,7 @@ pub struct MemberPlan {
 impl MemberPlan {
     /// Signed distance of `load` from target, in percent of target (None when target is 0).
     pub fn deviation_percent(&self, load: u64) -> Option<f64> {
-        (self.target_bytes > 0)
-            .then(|| 100.0 * (load as f64 - self.target_bytes as f64) / self.target_bytes as f64)
+        (self.target_bytes > 0).then(|| 100.0 * (load as f64 - self.target_bytes as f64) / self.target_bytes as f64)
     }
 }
 
@@ -98,11 +94,7 @@ impl Plan {
     }
 
     pub fn transfer_percent(&self) -> f64 {
-        if self.total_bytes == 0 {
-            0.0
-        } else {
-            100.0 * self.transfer_bytes as f64 / self.total_bytes as f64
-        }
+        if self.total_bytes == 0 { 0.0 } else { 100.0 * self.transfer_bytes as f64 / self.total_bytes as f64 }
     }
 }
 
@@ -128,46 +120,28 @@ pub fn apply_moves(snapshot: &mut ClusterSnapshot, moves: &[Move]) -> Result<(),
             .buckets
             .get_mut(mv.bucket_index as usize)
             .filter(|b| b.id == mv.bucket)
-            .ok_or_else(|| {
-                format!(
-                    "move {i}: bucket {} is not at index {}",
-                    mv.bucket, mv.bucket_index
-                )
-            })?;
+            .ok_or_else(|| format!("move {i}: bucket {} is not at index {}", mv.bucket, mv.bucket_index))?;
         match mv.kind {
             MoveKind::Copy => {
-                let pos = b.copies.iter().position(|&m| m == mv.from).ok_or_else(|| {
-                    format!(
-                        "move {i}: bucket {} has no copy on member #{}",
-                        mv.bucket, mv.from
-                    )
-                })?;
+                let pos = b
+                    .copies
+                    .iter()
+                    .position(|&m| m == mv.from)
+                    .ok_or_else(|| format!("move {i}: bucket {} has no copy on member #{}", mv.bucket, mv.from))?;
                 if b.copies.contains(&mv.to) {
-                    return Err(format!(
-                        "move {i}: bucket {} would have two copies on member #{}",
-                        mv.bucket, mv.to
-                    ));
+                    return Err(format!("move {i}: bucket {} would have two copies on member #{}", mv.bucket, mv.to));
                 }
                 if mv.bytes != b.bytes {
-                    return Err(format!(
-                        "move {i}: bucket {} moves {} bytes, holds {}",
-                        mv.bucket, mv.bytes, b.bytes
-                    ));
+                    return Err(format!("move {i}: bucket {} moves {} bytes, holds {}", mv.bucket, mv.bytes, b.bytes));
                 }
                 b.copies[pos] = mv.to;
             }
             MoveKind::Primary => {
                 if b.copies.first() != Some(&mv.from) {
-                    return Err(format!(
-                        "move {i}: member #{} is not primary of bucket {}",
-                        mv.from, mv.bucket
-                    ));
+                    return Err(format!("move {i}: member #{} is not primary of bucket {}", mv.from, mv.bucket));
                 }
                 let pos = b.copies.iter().position(|&m| m == mv.to).ok_or_else(|| {
-                    format!(
-                        "move {i}: primary of bucket {} to #{} which holds no copy",
-                        mv.bucket, mv.to
-                    )
+                    format!("move {i}: primary of bucket {} to #{} which holds no copy", mv.bucket, mv.to)
                 })?;
                 b.copies.swap(0, pos);
             }
@@ -193,10 +167,7 @@ pub fn member_loads(snapshot: &ClusterSnapshot) -> Vec<MemberLoad> {
 }
 
 fn distinct_zones(snapshot: &ClusterSnapshot, copies: &[MemberIdx]) -> usize {
-    let mut zones: Vec<&str> = copies
-        .iter()
-        .filter_map(|&m| snapshot.members[m as usize].zone.as_deref())
-        .collect();
+    let mut zones: Vec<&str> = copies.iter().filter_map(|&m| snapshot.members[m as usize].zone.as_deref()).collect();
     zones.sort_unstable();
     zones.dedup();
     zones.len()
@@ -209,16 +180,10 @@ fn check(snapshot: &ClusterSnapshot, plan: &Plan) -> Result<(), PlanError> {
     for mv in &plan.moves {
         let to = &snapshot.members[mv.to as usize];
         if mv.kind == MoveKind::Copy && !plan.members[mv.to as usize].receives {
-            return fail(format!(
-                "bucket {} moved onto {} which may not receive",
-                mv.bucket, to.id
-            ));
+            return fail(format!("bucket {} moved onto {} which may not receive", mv.bucket, to.id));
         }
         if to.health == Health::Down || to.draining {
-            return fail(format!(
-                "bucket {} given to {} which is down or draining",
-                mv.bucket, to.id
-            ));
+            return fail(format!("bucket {} given to {} which is down or draining", mv.bucket, to.id));
         }
     }
     let mut after = snapshot.clone();
@@ -240,18 +205,12 @@ fn check(snapshot: &ClusterSnapshot, plan: &Plan) -> Result<(), PlanError> {
     let loads = member_loads(&after);
     for (m, l) in plan.members.iter().zip(&loads) {
         if m.after != *l {
-            return fail(format!(
-                "member {} after-load {:?} differs from replay {:?}",
-                m.id, m.after, l
-            ));
+            return fail(format!("member {} after-load {:?} differs from replay {:?}", m.id, m.after, l));
         }
     }
     let transfer: u64 = plan.copy_moves().map(|m| m.bytes).sum();
     if transfer != plan.transfer_bytes {
-        return fail(format!(
-            "transfer {} differs from the sum of copy moves {}",
-            plan.transfer_bytes, transfer
-        ));
+        return fail(format!("transfer {} differs from the sum of copy moves {}", plan.transfer_bytes, transfer));
     }
     Ok(())
 }

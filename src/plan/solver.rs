@@ -58,9 +58,8 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
         let m = &snap.members[i];
         m.health != Health::Down && !m.draining
     };
-    let all_have_capacity = (0..n)
-        .filter(|&i| eligible(i))
-        .all(|i| snap.members[i].capacity_bytes.is_some_and(|c| c > 0));
+    let all_have_capacity =
+        (0..n).filter(|&i| eligible(i)).all(|i| snap.members[i].capacity_bytes.is_some_and(|c| c > 0));
     let mut weight_basis = "equal shares";
     let weight: Vec<f64> = (0..n)
         .map(|i| {
@@ -80,49 +79,22 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
         })
         .collect();
     let wsum: f64 = weight.iter().sum();
-    let target: Vec<i64> = weight
-        .iter()
-        .map(|w| {
-            if wsum > 0.0 {
-                (total as f64 * w / wsum).round() as i64
-            } else {
-                0
-            }
-        })
-        .collect();
-    let lo: Vec<i64> = target
-        .iter()
-        .map(|&t| (t as f64 * (1.0 - tol)).floor() as i64)
-        .collect();
-    let hi: Vec<i64> = target
-        .iter()
-        .map(|&t| (t as f64 * (1.0 + tol)).ceil() as i64)
-        .collect();
-    let receiver: Vec<bool> = (0..n)
-        .map(|i| weight[i] > 0.0 && snap.members[i].health == Health::Healthy)
-        .collect();
+    let target: Vec<i64> =
+        weight.iter().map(|w| if wsum > 0.0 { (total as f64 * w / wsum).round() as i64 } else { 0 }).collect();
+    let lo: Vec<i64> = target.iter().map(|&t| (t as f64 * (1.0 - tol)).floor() as i64).collect();
+    let hi: Vec<i64> = target.iter().map(|&t| (t as f64 * (1.0 + tol)).ceil() as i64).collect();
+    let receiver: Vec<bool> = (0..n).map(|i| weight[i] > 0.0 && snap.members[i].health == Health::Healthy).collect();
     let load: Vec<i64> = before.iter().map(|l| l.bytes as i64).collect();
 
     let sum_over: i64 = (0..n).map(|i| (load[i] - hi[i]).max(0)).sum();
     let sum_under: i64 = (0..n).map(|i| (lo[i] - load[i]).max(0)).sum();
     let lower_bound = sum_over.max(sum_under) as u64;
 
-    let mut zone_names: Vec<&str> = snap
-        .members
-        .iter()
-        .filter_map(|m| m.zone.as_deref())
-        .collect();
+    let mut zone_names: Vec<&str> = snap.members.iter().filter_map(|m| m.zone.as_deref()).collect();
     zone_names.sort_unstable();
     zone_names.dedup();
-    let zone = snap
-        .members
-        .iter()
-        .map(|m| {
-            m.zone
-                .as_deref()
-                .map(|z| zone_names.binary_search(&z).unwrap() as u32)
-        })
-        .collect();
+    let zone =
+        snap.members.iter().map(|m| m.zone.as_deref().map(|z| zone_names.binary_search(&z).unwrap() as u32)).collect();
 
     let mut held = vec![BTreeSet::new(); n];
     for (bi, b) in snap.buckets.iter().enumerate() {
@@ -178,13 +150,8 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
 
     // Most valuable first: urgent moves, then bigger, with all moves of one bucket kept in
     // the order they were found (a later one may depend on an earlier one).
-    let mut copy_moves: Vec<(usize, Move, bool)> = s
-        .moves
-        .into_iter()
-        .zip(s.urgent)
-        .enumerate()
-        .filter_map(|(seq, (m, u))| m.map(|m| (seq, m, u)))
-        .collect();
+    let mut copy_moves: Vec<(usize, Move, bool)> =
+        s.moves.into_iter().zip(s.urgent).enumerate().filter_map(|(seq, (m, u))| m.map(|m| (seq, m, u))).collect();
     let mut bucket_urgent: HashMap<u32, bool> = HashMap::new();
     for (_, m, u) in &copy_moves {
         *bucket_urgent.entry(m.bucket_index).or_default() |= *u;
@@ -192,10 +159,7 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
     copy_moves.sort_by(|(sa, a, _), (sb, b, _)| {
         let ua = bucket_urgent[&a.bucket_index];
         let ub = bucket_urgent[&b.bucket_index];
-        ub.cmp(&ua)
-            .then(b.bytes.cmp(&a.bytes))
-            .then(a.bucket_index.cmp(&b.bucket_index))
-            .then(sa.cmp(sb))
+        ub.cmp(&ua).then(b.bytes.cmp(&a.bytes)).then(a.bucket_index.cmp(&b.bucket_index)).then(sa.cmp(sb))
     });
     let mut moves: Vec<Move> = copy_moves.into_iter().map(|(_, m, _)| m).collect();
     let transfer: u64 = moves.iter().map(|m| m.bytes).sum();
@@ -226,10 +190,7 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
         .collect();
 
     let ratio = if lower_bound > 0 {
-        format!(
-            " ({:.2} x the lower bound)",
-            transfer as f64 / lower_bound as f64
-        )
+        format!(" ({:.2} x the lower bound)", transfer as f64 / lower_bound as f64)
     } else {
         String::new()
     };
@@ -246,22 +207,15 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
             a >= s.lo[i] && a <= s.hi[i]
         })
         .count();
-    explanation.push(format!(
-        "after the plan {within} of {n} members are within ±{}% of target",
-        opts.tolerance_percent
-    ));
+    explanation
+        .push(format!("after the plan {within} of {n} members are within ±{}% of target", opts.tolerance_percent));
     for i in 0..n {
         let a = after[i].bytes as i64;
         if a > s.hi[i] || a < s.lo[i] {
             let dev = members[i]
                 .deviation_percent(after[i].bytes)
                 .map(|d| format!("{d:+.1}% from target"))
-                .unwrap_or_else(|| {
-                    format!(
-                        "{} left on a member with target 0",
-                        human_bytes(after[i].bytes)
-                    )
-                });
+                .unwrap_or_else(|| format!("{} left on a member with target 0", human_bytes(after[i].bytes)));
             let reason = if stuck.contains(&i) || unplaced.contains(&i) {
                 "no copy fits anywhere else (bucket sizes, copies or zones)"
             } else {
@@ -310,10 +264,7 @@ impl Solver<'_> {
 
     fn apply(&mut self, b: usize, from: MemberIdx, to: MemberIdx, urgent: bool) {
         let bytes = self.snap.buckets[b].bytes;
-        let pos = self.copies[b]
-            .iter()
-            .position(|&m| m == from)
-            .expect("copy present");
+        let pos = self.copies[b].iter().position(|&m| m == from).expect("copy present");
         self.copies[b][pos] = to;
         self.load[from as usize] -= bytes as i64;
         self.load[to as usize] += bytes as i64;
@@ -359,9 +310,8 @@ impl Solver<'_> {
             if self.target[e] > 0 || self.receiver[e] {
                 continue;
             }
-            let mut mine: Vec<usize> = (0..self.copies.len())
-                .filter(|&b| self.copies[b].contains(&(e as MemberIdx)))
-                .collect();
+            let mut mine: Vec<usize> =
+                (0..self.copies.len()).filter(|&b| self.copies[b].contains(&(e as MemberIdx))).collect();
             mine.sort_by_key(|&b| (std::cmp::Reverse(self.snap.buckets[b].bytes), b));
             for b in mine {
                 let best = (0..self.n())
@@ -424,16 +374,8 @@ impl Solver<'_> {
     /// Moves one copy off `s`, which must shed `must` bytes: to the receiver that needs
     /// most, else has most room; others in that order when nothing fits.
     fn give(&mut self, s: usize, must: i64) -> bool {
-        let mut cands: Vec<usize> = (0..self.n())
-            .filter(|&d| d != s && self.receiver[d] && self.room(d) > 0)
-            .collect();
-        let key = |this: &Self, d: usize| {
-            (
-                (this.lo[d] - this.load[d]).max(0),
-                this.room(d),
-                std::cmp::Reverse(d),
-            )
-        };
+        let mut cands: Vec<usize> = (0..self.n()).filter(|&d| d != s && self.receiver[d] && self.room(d) > 0).collect();
+        let key = |this: &Self, d: usize| ((this.lo[d] - this.load[d]).max(0), this.room(d), std::cmp::Reverse(d));
         let Some(best) = cands.iter().copied().max_by_key(|&d| key(self, d)) else {
             return false;
         };
@@ -448,9 +390,7 @@ impl Solver<'_> {
     /// Moves one copy onto `d`, which needs `need` bytes: from the member with most bytes
     /// above its band's floor, others in that order when nothing fits.
     fn fill(&mut self, d: usize, need: i64) -> bool {
-        let mut cands: Vec<usize> = (0..self.n())
-            .filter(|&s| s != d && self.slack(s) > 0)
-            .collect();
+        let mut cands: Vec<usize> = (0..self.n()).filter(|&s| s != d && self.slack(s) > 0).collect();
         let key = |this: &Self, s: usize| (this.slack(s), std::cmp::Reverse(s));
         let Some(best) = cands.iter().copied().max_by_key(|&s| key(self, s)) else {
             return false;
@@ -502,28 +442,16 @@ impl Solver<'_> {
     /// primary role to a secondary when that narrows the gap between the two members.
     fn balance_primaries(&mut self) -> Vec<Move> {
         let n = self.n();
-        let multi: Vec<usize> = (0..self.copies.len())
-            .filter(|&b| self.copies[b].len() > 1)
-            .collect();
+        let multi: Vec<usize> = (0..self.copies.len()).filter(|&b| self.copies[b].len() > 1).collect();
         if multi.is_empty() {
             return Vec::new();
         }
-        let wsum: f64 = (0..n)
-            .filter(|&i| self.receiver[i])
-            .map(|i| self.weight[i])
-            .sum();
+        let wsum: f64 = (0..n).filter(|&i| self.receiver[i]).map(|i| self.weight[i]).sum();
         if wsum <= 0.0 {
             return Vec::new();
         }
-        let tp: Vec<f64> = (0..n)
-            .map(|i| {
-                if self.receiver[i] {
-                    multi.len() as f64 * self.weight[i] / wsum
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let tp: Vec<f64> =
+            (0..n).map(|i| if self.receiver[i] { multi.len() as f64 * self.weight[i] / wsum } else { 0.0 }).collect();
         let mut prim = vec![0i64; n];
         let mut lists: Vec<Vec<usize>> = vec![Vec::new(); n];
         for &b in &multi {
@@ -550,17 +478,11 @@ impl Solver<'_> {
                         .map(|&m| m as usize)
                         .filter(|&d| self.receiver[d] && es - (prim[d] as f64 - tp[d]) > 1.0)
                         .min_by(|&a, &c| {
-                            (prim[a] as f64 - tp[a])
-                                .partial_cmp(&(prim[c] as f64 - tp[c]))
-                                .unwrap()
-                                .then(a.cmp(&c))
+                            (prim[a] as f64 - tp[a]).partial_cmp(&(prim[c] as f64 - tp[c])).unwrap().then(a.cmp(&c))
                         });
                     match best {
                         Some(d) => {
-                            let pos = self.copies[b]
-                                .iter()
-                                .position(|&m| m as usize == d)
-                                .unwrap();
+                            let pos = self.copies[b].iter().position(|&m| m as usize == d).unwrap();
                             self.copies[b].swap(0, pos);
                             prim[s] -= 1;
                             prim[d] += 1;

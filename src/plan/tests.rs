@@ -11,10 +11,7 @@ use crate::model::{Bucket, ClusterSnapshot, Member, MemberIdx};
 const MIB: u64 = 1 << 20;
 
 fn opts(tol: u32) -> PlanOptions {
-    PlanOptions {
-        tolerance_percent: tol,
-        ..Default::default()
-    }
+    PlanOptions { tolerance_percent: tol, ..Default::default() }
 }
 
 /// Single-copy, Redis-like: 16384 slots with skewed sizes (a few hash-tagged tenants make
@@ -25,11 +22,7 @@ pub fn redis_like(seed: u64) -> ClusterSnapshot {
     let layout: Vec<(u64, Vec<MemberIdx>)> = (0..16384u64)
         .map(|slot| {
             let base: f64 = rng.gen_range(0.5..1.5) * 20_000.0;
-            let tenant = if rng.gen_ratio(1, 200) {
-                rng.gen_range(10.0..60.0)
-            } else {
-                1.0
-            };
+            let tenant = if rng.gen_ratio(1, 200) { rng.gen_range(10.0..60.0) } else { 1.0 };
             // Skew: the first master's range is denser.
             let skew = if slot < 5461 {
                 1.6
@@ -38,10 +31,7 @@ pub fn redis_like(seed: u64) -> ClusterSnapshot {
             } else {
                 0.8
             };
-            (
-                (base * tenant * skew) as u64,
-                vec![(slot / 5462) as MemberIdx],
-            )
+            ((base * tenant * skew) as u64, vec![(slot / 5462) as MemberIdx])
         })
         .collect();
     make_snapshot(members, &layout)
@@ -63,11 +53,7 @@ pub fn geode_like(seed: u64) -> ClusterSnapshot {
             // Members 0..6 are favoured: the layout starts skewed.
             let pick = |rng: &mut StdRng, zone: usize| -> MemberIdx {
                 let choices: Vec<usize> = (0..12).filter(|i| i % 3 == zone).collect();
-                let k = if rng.gen_ratio(2, 3) {
-                    0
-                } else {
-                    rng.gen_range(0..choices.len())
-                };
+                let k = if rng.gen_ratio(2, 3) { 0 } else { rng.gen_range(0..choices.len()) };
                 choices[k] as MemberIdx
             };
             let z1 = rng.gen_range(0..3);
@@ -123,11 +109,8 @@ fn greedy_oracle(s: &ClusterSnapshot, p: &Plan) -> Vec<u64> {
     let target: Vec<i64> = p.members.iter().map(|m| m.target_bytes as i64).collect();
     let zone_ok = |cs: &[MemberIdx], from: MemberIdx, to: MemberIdx| {
         let zones = |it: Vec<MemberIdx>| {
-            let mut z: Vec<&Option<String>> = it
-                .iter()
-                .map(|&m| &s.members[m as usize].zone)
-                .filter(|z| z.is_some())
-                .collect();
+            let mut z: Vec<&Option<String>> =
+                it.iter().map(|&m| &s.members[m as usize].zone).filter(|z| z.is_some()).collect();
             z.sort();
             z.dedup();
             z.len()
@@ -135,12 +118,9 @@ fn greedy_oracle(s: &ClusterSnapshot, p: &Plan) -> Vec<u64> {
         zones(cs.iter().map(|&m| if m == from { to } else { m }).collect()) >= zones(cs.to_vec())
     };
     for _ in 0..100_000 {
-        let src = (0..n)
-            .max_by_key(|&i| (load[i] - target[i], std::cmp::Reverse(i)))
-            .unwrap();
-        let dst = (0..n)
-            .filter(|&i| p.members[i].receives)
-            .max_by_key(|&i| (target[i] - load[i], std::cmp::Reverse(i)));
+        let src = (0..n).max_by_key(|&i| (load[i] - target[i], std::cmp::Reverse(i))).unwrap();
+        let dst =
+            (0..n).filter(|&i| p.members[i].receives).max_by_key(|&i| (target[i] - load[i], std::cmp::Reverse(i)));
         let Some(dst) = dst else { break };
         let fit = (load[src] - target[src]).min(target[dst] - load[dst]);
         if fit <= 0 {
@@ -172,22 +152,10 @@ fn assert_quality(name: &str, s: &ClusterSnapshot, tol: u32) -> Plan {
     let ours = band_violation(&after, &targets, tol);
     let greedy = greedy_oracle(s, &p);
     let theirs = band_violation(&greedy, &targets, tol);
-    assert!(
-        p.lower_bound_bytes > 0,
-        "{name}: scenario should be off-balance"
-    );
+    assert!(p.lower_bound_bytes > 0, "{name}: scenario should be off-balance");
     let ratio = p.transfer_bytes as f64 / p.lower_bound_bytes as f64;
-    assert!(
-        ratio <= 1.10,
-        "{name}: transfer {} is {ratio:.3} x lower bound {}",
-        p.transfer_bytes,
-        p.lower_bound_bytes
-    );
-    assert!(
-        ours <= theirs,
-        "{name}: band violation {ours} worse than greedy {theirs}\n{:#?}",
-        p.explanation
-    );
+    assert!(ratio <= 1.10, "{name}: transfer {} is {ratio:.3} x lower bound {}", p.transfer_bytes, p.lower_bound_bytes);
+    assert!(ours <= theirs, "{name}: band violation {ours} worse than greedy {theirs}\n{:#?}", p.explanation);
     p
 }
 
@@ -199,12 +167,7 @@ fn redis_like_new_empty_member() {
         // The slot sizes allow every member within tolerance here.
         for m in &p.members {
             let dev = m.deviation_percent(m.after.bytes).unwrap();
-            assert!(
-                dev.abs() <= 5.0,
-                "{} at {dev:.2}%: {:#?}",
-                m.id,
-                p.explanation
-            );
+            assert!(dev.abs() <= 5.0, "{} at {dev:.2}%: {:#?}", m.id, p.explanation);
         }
         assert!(p.moves.iter().all(|m| m.kind == MoveKind::Copy));
         assert!(p.members[3].after.buckets > 0);
@@ -224,11 +187,7 @@ fn geode_like_zones_critical_draining() {
         let mut after = s.clone();
         apply_moves(&mut after, &p.moves).unwrap();
         for b in &after.buckets {
-            let z: Vec<_> = b
-                .copies
-                .iter()
-                .map(|&m| after.members[m as usize].zone.clone())
-                .collect();
+            let z: Vec<_> = b.copies.iter().map(|&m| after.members[m as usize].zone.clone()).collect();
             assert_ne!(z[0], z[1], "bucket {} has both copies in one zone", b.id);
         }
         // Primaries balanced by count: no single swap to a receiving secondary would
@@ -264,31 +223,19 @@ fn heavy_tailed_unequal_capacities() {
     for seed in 0..3 {
         let s = heavy_tailed(seed);
         let p = assert_quality("heavy_tailed", &s, 5);
-        let cap: Vec<u64> = s
-            .members
-            .iter()
-            .map(|m| m.capacity_bytes.unwrap())
-            .collect();
+        let cap: Vec<u64> = s.members.iter().map(|m| m.capacity_bytes.unwrap()).collect();
         // Targets follow capacity.
         assert!(
             p.members[3].target_bytes > 3 * p.members[0].target_bytes,
             "{:?}",
-            (
-                p.members[3].target_bytes,
-                p.members[0].target_bytes,
-                cap[3],
-                cap[0]
-            )
+            (p.members[3].target_bytes, p.members[0].target_bytes, cap[3], cap[0])
         );
     }
 }
 
 #[test]
 fn a_balanced_cluster_moves_nothing() {
-    let s = make_snapshot(
-        make_members(3),
-        &[(10, vec![0]), (10, vec![1]), (10, vec![2])],
-    );
+    let s = make_snapshot(make_members(3), &[(10, vec![0]), (10, vec![1]), (10, vec![2])]);
     let p = plan(&s, &opts(5)).unwrap();
     assert!(p.moves.is_empty());
     assert_eq!(p.lower_bound_bytes, 0);
@@ -299,35 +246,17 @@ fn a_balanced_cluster_moves_nothing() {
 fn a_draining_member_is_emptied_even_of_empty_buckets() {
     let mut members = make_members(3);
     members[0].draining = true;
-    let s = make_snapshot(
-        members,
-        &[
-            (0, vec![0]),
-            (0, vec![0]),
-            (5, vec![0]),
-            (5, vec![1]),
-            (5, vec![2]),
-        ],
-    );
+    let s = make_snapshot(members, &[(0, vec![0]), (0, vec![0]), (5, vec![0]), (5, vec![1]), (5, vec![2])]);
     let p = plan(&s, &opts(5)).unwrap();
     assert_eq!(p.members[0].after.buckets, 0);
     // Urgent moves first.
     assert_eq!(p.moves[0].from, 0);
-    assert!(
-        p.explanation.iter().any(|l| l.contains("m1 is draining")),
-        "{:?}",
-        p.explanation
-    );
+    assert!(p.explanation.iter().any(|l| l.contains("m1 is draining")), "{:?}", p.explanation);
 }
 
 #[test]
 fn weights_replace_capacities_and_zero_drains() {
-    let s = make_snapshot(
-        make_members(3),
-        &(0..300)
-            .map(|i| (MIB, vec![(i % 3) as MemberIdx]))
-            .collect::<Vec<_>>(),
-    );
+    let s = make_snapshot(make_members(3), &(0..300).map(|i| (MIB, vec![(i % 3) as MemberIdx])).collect::<Vec<_>>());
     let mut o = opts(0);
     o.weights.insert("m1".into(), 2.0);
     o.weights.insert("m3".into(), 0.0);
@@ -343,11 +272,7 @@ fn a_bucket_larger_than_any_room_stays_and_is_explained() {
     let s = make_snapshot(make_members(2), &[(1000, vec![0]), (10, vec![1])]);
     let p = plan(&s, &opts(5)).unwrap();
     assert!(p.moves.is_empty());
-    assert!(
-        p.explanation.iter().any(|l| l.contains("m1 stays")),
-        "{:?}",
-        p.explanation
-    );
+    assert!(p.explanation.iter().any(|l| l.contains("m1 stays")), "{:?}", p.explanation);
 }
 
 #[test]
@@ -398,17 +323,8 @@ fn arb_cluster() -> impl Strategy<Value = ClusterSnapshot> {
                         copies.push(m);
                     }
                 }
-                let bytes = if rng.gen_ratio(1, 10) {
-                    0
-                } else {
-                    rng.gen_range(1..1000)
-                };
-                Bucket {
-                    id: i as u64 * 3,
-                    group: None,
-                    bytes,
-                    copies,
-                }
+                let bytes = if rng.gen_ratio(1, 10) { 0 } else { rng.gen_range(1..1000) };
+                Bucket { id: i as u64 * 3, group: None, bytes, copies }
             })
             .collect();
         ClusterSnapshot {
