@@ -46,7 +46,12 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// One run now: lock, repair, snapshot, plan, decide, move.
+    /// The sidecar daemon: schedule, lock, moves, HTTP API and metrics.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// One run now: with --once in this process, otherwise through the local sidecar.
     Rebalance {
         #[arg(long)]
         config: PathBuf,
@@ -59,8 +64,58 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Drain the local member before maintenance (persisted until `evacuate stop`).
+    Evacuate {
+        #[command(subcommand)]
+        action: EvacuateAction,
+    },
+    /// Pause scheduled and on-demand runs cluster-wide (persisted in etcd).
+    Pause {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Lift a pause.
+    Resume {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The local sidecar's status, or with --cluster every sidecar's.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Check a config file: prints `ok` or every error.
     CheckConfig { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum EvacuateAction {
+    /// Start moving every bucket off the local member.
+    Start {
+        #[arg(long)]
+        config: PathBuf,
+        /// Bytes per second (e.g. 10485760 or "10MiB"); default: execution.max-bytes-per-second.
+        #[arg(long, allow_hyphen_values = true)]
+        rate: Option<String>,
+        /// Members to move to (repeatable); default: the planner's choice.
+        #[arg(long = "migrate-to")]
+        migrate_to: Vec<String>,
+        /// Block until the member holds nothing (for a preStop hook).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// End the evacuation: the member may receive buckets again.
+    Stop {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Progress of the evacuation.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// A failure with its exit code.
@@ -129,6 +184,25 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             }
         },
         Command::Snapshot { config, out } => snapshot(config, out),
+        Command::Run { config } => {
+            let config = load_config(&config)?;
+            init_logs(Some(&config));
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            runtime().block_on(autobalancer::sidecar::serve(config, shutdown)).map_err(|e| match e {
+                autobalancer::sidecar::SidecarError::Config(_) => usage(e),
+                other => Fail(1, other.into()),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pause { config } => pause(config, true),
+        Command::Resume { config } => pause(config, false),
+        Command::Status { config, cluster } => {
+            let config = load_config(&config)?;
+            let v = Local::new(&config)?.call("GET", if cluster { "/status/cluster" } else { "/status" }, None)?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evacuate { action } => evacuate(action),
         Command::Rebalance { config, once, force, format } => rebalance(config, once, force, format),
         Command::Simulate { snapshot, config, format } => {
             let config = config.as_deref().map(load_config).transpose()?;
@@ -173,7 +247,19 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
     let config = load_config(&config)?;
     init_logs(Some(&config));
     if !once {
-        return Err(usage(anyhow::anyhow!("pass --once to run here, or use PUT /rebalance on a running sidecar")));
+        let path = if force { "/rebalance?force=true" } else { "/rebalance" };
+        let v = Local::new(&config)?.call("PUT", path, None)?;
+        match format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap()),
+            Format::Table => match serde_json::from_value::<Outcome>(v.clone()) {
+                Ok(o) => print!("{}", o.to_table()),
+                Err(_) => println!("{}", serde_json::to_string_pretty(&v).unwrap()),
+            },
+        }
+        if let Some(m) = v["message"].as_str() {
+            println!("{m}");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let ctx = context(config)?;
     let rt = runtime();
@@ -197,9 +283,129 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+fn pause(config: PathBuf, on: bool) -> Result<ExitCode, Fail> {
+    let config = load_config(&config)?;
+    init_logs(Some(&config));
+    let member = config.member_id();
+    let c = autobalancer::lock::Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &member)
+        .map_err(|e| usage(anyhow::anyhow!(e)))?;
+    if c.is_standalone() {
+        return Err(usage(anyhow::anyhow!("pause and resume need [etcd]: a standalone sidecar keeps no shared state")));
+    }
+    let by = on.then(|| format!("paused by {member} at {}", chrono::Utc::now().to_rfc3339()));
+    runtime().block_on(c.set_paused(by.clone())).map_err(|e| Fail(1, e.into()))?;
+    println!("{}", by.unwrap_or_else(|| "resumed".into()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
+    match action {
+        EvacuateAction::Start { config, rate, migrate_to, wait } => {
+            let rate = match rate {
+                None => None,
+                Some(r) => match autobalancer::config::Size::parse(&r) {
+                    Ok(s) if s.0 > 0 => Some(s.0),
+                    _ => {
+                        return Err(usage(anyhow::anyhow!(
+                            "--rate must be a positive size in bytes per second (e.g. 10485760 or \"10MiB\"), got {r:?}"
+                        )));
+                    }
+                },
+            };
+            let config = load_config(&config)?;
+            let me = config.member_id();
+            if migrate_to.iter().any(|m| *m == me) {
+                return Err(usage(anyhow::anyhow!("--migrate-to names {me}, the member being evacuated")));
+            }
+            let local = Local::new(&config)?;
+            let v = local.call(
+                "POST",
+                "/evacuation/start",
+                Some(serde_json::json!({"rate": rate, "migrate_to": migrate_to})),
+            )?;
+            println!("evacuation of {me} started: {}", v["evacuation"]);
+            if wait {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    let s = local.call("GET", "/status", None)?;
+                    let e = &s["evacuation"];
+                    if !e["active"].as_bool().unwrap_or(false) {
+                        return Err(Fail(1, anyhow::anyhow!("the evacuation was stopped before the member was empty")));
+                    }
+                    if e["buckets_left"].as_u64() == Some(0) {
+                        println!("{me} holds nothing: evacuated");
+                        break;
+                    }
+                    println!("{} buckets, {} bytes left", e["buckets_left"], e["bytes_left"]);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EvacuateAction::Stop { config } => {
+            let config = load_config(&config)?;
+            Local::new(&config)?.call("POST", "/evacuation/stop", None)?;
+            println!("evacuation of {} stopped", config.member_id());
+            Ok(ExitCode::SUCCESS)
+        }
+        EvacuateAction::Status { config } => {
+            let config = load_config(&config)?;
+            let s = Local::new(&config)?.call("GET", "/status", None)?;
+            println!("{}", serde_json::to_string_pretty(&s["evacuation"]).unwrap());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn print_outcome(out: &Outcome, format: Format) {
     match format {
         Format::Json => println!("{}", out.to_json()),
         Format::Table => print!("{}", out.to_table()),
+    }
+}
+
+/// Talks to the local sidecar's API (address and token from the config).
+struct Local {
+    base: String,
+    token: Option<String>,
+}
+
+impl Local {
+    fn new(config: &Config) -> Result<Local, Fail> {
+        let token = match &config.api.token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| usage(anyhow::anyhow!("api.token-file {}: {e}", p.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Local { base: format!("http://{}", config.api.listen), token })
+    }
+
+    /// Calls `method path`; a JSON error answer becomes a failure with its message.
+    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, Fail> {
+        let mut req =
+            ureq::request(method, &format!("{}{path}", self.base)).timeout(std::time::Duration::from_secs(3600));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match resp {
+            Ok(r) => r.into_json().map_err(|e| Fail(1, anyhow::anyhow!("{method} {path}: bad answer: {e}"))),
+            Err(ureq::Error::Status(code, r)) => {
+                let v: serde_json::Value = r.into_json().unwrap_or_default();
+                let msg = v["error"]["message"].as_str().unwrap_or("no message").to_string();
+                let c = v["error"]["code"].as_str().unwrap_or("error").to_string();
+                Err(Fail(1, anyhow::anyhow!("{method} {path}: {code} {c}: {msg}")))
+            }
+            Err(e) => Err(Fail(
+                1,
+                anyhow::anyhow!("cannot reach the local sidecar at {}: {e} (is `autobalancer run` up?)", self.base),
+            )),
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::decide::{Decision, Thresholds};
 use crate::model::ClusterSnapshot;
 use crate::plan::{MemberPlan, MoveKind, Plan};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct MoveOut {
     pub kind: MoveKind,
     pub bucket: u64,
@@ -35,7 +35,7 @@ pub struct MemberReport {
     pub current_bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub decision: Decision,
     pub transfer_bytes: u64,
@@ -55,7 +55,7 @@ pub struct Outcome {
     pub duration_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
 }
 

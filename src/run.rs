@@ -112,8 +112,15 @@ impl Context {
     }
 
     pub fn plan(&self, snap: &ClusterSnapshot) -> Result<Plan, String> {
+        self.plan_with(snap, None)
+    }
+
+    /// Plans with an optional receiver list (an evacuation's `--migrate-to`).
+    pub fn plan_with(&self, snap: &ClusterSnapshot, receivers: Option<Vec<String>>) -> Result<Plan, String> {
         let t0 = Instant::now();
-        let p = plan(snap, &PlanOptions::from_config(&self.config.balance)).map_err(|e| e.to_string())?;
+        let mut opts = PlanOptions::from_config(&self.config.balance);
+        opts.receivers = receivers;
+        let p = plan(snap, &opts).map_err(|e| e.to_string())?;
         self.metrics.plan_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_plan(&p);
         Ok(p)
@@ -233,7 +240,15 @@ impl Context {
             Ok(s) => s,
             Err(e) => return self.skip(SkipReason::SnapshotFailed, e),
         };
-        let p = match self.plan(&snap) {
+        // An evacuation naming targets moves only onto them.
+        let receivers = match trigger {
+            Trigger::Evacuation => self.coordinator.evacuations().await.ok().and_then(|ev| {
+                let to: Vec<String> = ev.into_iter().flat_map(|e| e.migrate_to).collect();
+                (!to.is_empty()).then_some(to)
+            }),
+            _ => None,
+        };
+        let p = match self.plan_with(&snap, receivers) {
             Ok(p) => p,
             Err(e) => {
                 error!(cause = %e, "planning failed");

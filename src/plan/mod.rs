@@ -21,15 +21,18 @@ pub struct PlanOptions {
     /// Relative weights by member id, replacing capacities; members not named weigh 1.
     /// A weight of 0 drains the member.
     pub weights: BTreeMap<String, f64>,
+    /// When set, only these members may receive copies (an evacuation's `--migrate-to`);
+    /// the others keep their targets.
+    pub receivers: Option<Vec<String>>,
 }
 
 impl PlanOptions {
     pub fn from_config(b: &crate::config::BalanceConfig) -> PlanOptions {
-        PlanOptions { tolerance_percent: b.tolerance_percent, weights: b.weights.clone() }
+        PlanOptions { tolerance_percent: b.tolerance_percent, weights: b.weights.clone(), receivers: None }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MoveKind {
     /// A copy changes member: its bytes travel.
@@ -51,14 +54,14 @@ pub struct Move {
     pub bytes: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MemberLoad {
     pub bytes: u64,
     pub buckets: u64,
     pub primaries: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct MemberPlan {
     pub id: String,
     pub target_bytes: u64,

@@ -83,7 +83,9 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
         weight.iter().map(|w| if wsum > 0.0 { (total as f64 * w / wsum).round() as i64 } else { 0 }).collect();
     let lo: Vec<i64> = target.iter().map(|&t| (t as f64 * (1.0 - tol)).floor() as i64).collect();
     let hi: Vec<i64> = target.iter().map(|&t| (t as f64 * (1.0 + tol)).ceil() as i64).collect();
-    let receiver: Vec<bool> = (0..n).map(|i| weight[i] > 0.0 && snap.members[i].health == Health::Healthy).collect();
+    let allowed = |i: usize| opts.receivers.as_ref().is_none_or(|r| r.contains(&snap.members[i].id));
+    let receiver: Vec<bool> =
+        (0..n).map(|i| weight[i] > 0.0 && snap.members[i].health == Health::Healthy && allowed(i)).collect();
     let load: Vec<i64> = before.iter().map(|l| l.bytes as i64).collect();
 
     let sum_over: i64 = (0..n).map(|i| (load[i] - hi[i]).max(0)).sum();

@@ -268,6 +268,18 @@ fn weights_replace_capacities_and_zero_drains() {
 }
 
 #[test]
+fn only_named_receivers_receive() {
+    let mut members = make_members(4);
+    members[0].draining = true;
+    let s = make_snapshot(members, &(0..40).map(|i| (MIB, vec![(i % 4) as MemberIdx])).collect::<Vec<_>>());
+    let mut o = opts(5);
+    o.receivers = Some(vec!["m3".into()]);
+    let p = plan(&s, &o).unwrap();
+    assert_eq!(p.members[0].after.buckets, 0);
+    assert!(p.copy_moves().all(|m| m.to == 2), "{:?}", p.moves);
+}
+
+#[test]
 fn a_bucket_larger_than_any_room_stays_and_is_explained() {
     let s = make_snapshot(make_members(2), &[(1000, vec![0]), (10, vec![1])]);
     let p = plan(&s, &opts(5)).unwrap();
