@@ -189,6 +189,8 @@ pub async fn execute<C: Cluster, F: Fence>(
     let mut failed = 0u64;
     let mut inflight = FuturesUnordered::new();
     let mut last_progress = Instant::now();
+    // Moves left for the next run because they would pass max-bytes-per-run.
+    let mut deferred: u64 = 0;
 
     loop {
         // Start what the limits allow, in plan order.
@@ -211,6 +213,7 @@ pub async fn execute<C: Cluster, F: Fence>(
                 if limits.max_bytes_per_run > 0 && committed + mv.bytes > limits.max_bytes_per_run {
                     // Waits for the next run; smaller moves further down may still fit.
                     pending.remove(i);
+                    deferred += 1;
                     if stopped.is_none()
                         && pending.iter().all(|&j| committed + plan.moves[j].bytes > limits.max_bytes_per_run)
                     {
@@ -289,7 +292,11 @@ pub async fn execute<C: Cluster, F: Fence>(
             }
         }
     }
-    let not_started = pending.len() as u64;
+    if let Err(e) = cluster.flush().await {
+        warn!(cause = %e, "could not make the run's moves durable");
+        failures.push(e.to_string());
+    }
+    let not_started = pending.len() as u64 + deferred;
     if not_started > 0 {
         metrics.moves_total.with_label_values(&["cancelled"]).inc_by(not_started);
         if stopped.is_none() {

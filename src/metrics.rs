@@ -264,12 +264,12 @@ mod tests {
         }
         assert_eq!(text.matches("autobalancer_skips_total{").count(), 14);
         use crate::model::fixtures::*;
-        let s = make_snapshot(make_members(2), &[(300, vec![0]), (100, vec![1])]);
+        let s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])]);
         let p = crate::plan::plan(&s, &Default::default()).unwrap();
         m.observe_plan(&p);
         let text = m.render();
         assert!(text.contains("autobalancer_member_load_bytes{member=\"m1\"} 300"), "{text}");
-        assert!(text.contains("autobalancer_member_buckets{member=\"m2\"} 1"));
+        assert!(text.contains("autobalancer_member_buckets{member=\"m1\"} 3"));
         assert!(text.contains("autobalancer_member_target_bytes{member=\"m2\"} 200"));
         assert!(text.contains("autobalancer_transfer_ratio 0.25"));
     }

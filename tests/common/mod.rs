@@ -1,0 +1,152 @@
+//! Shared by the integration tests: sidecar processes with their own config, API
+//! calls, and reading their JSON logs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_autobalancer"))
+}
+
+/// A running `autobalancer run`, killed on drop.
+pub struct SidecarProc {
+    pub child: Option<Child>,
+    pub api: String,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl SidecarProc {
+    /// Writes `config` (with `[api] listen` filled in) to `dir/name.toml` and starts it.
+    pub fn start(dir: &Path, name: &str, config: &str) -> SidecarProc {
+        Self::start_with(dir, name, config, "")
+    }
+
+    /// As `start`, with more lines for the `[api]` section.
+    pub fn start_with(dir: &Path, name: &str, config: &str, api_extra: &str) -> SidecarProc {
+        let port = autobalancer::testkit::free_port();
+        let api = format!("127.0.0.1:{port}");
+        let text = format!("{config}\n[api]\nlisten = \"{api}\"\n{api_extra}\n");
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let mut p = SidecarProc { child: None, api, log: dir.join(format!("{name}.log")), config: cfg };
+        p.spawn();
+        p
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = bin()
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .env("AUTOBALANCER_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while get(&self.url("/healthz")).is_err() {
+            assert!(Instant::now() < deadline, "sidecar did not answer /healthz: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM; returns the exit code and how long it took.
+    pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let mut c = self.child.take().unwrap();
+        let t0 = Instant::now();
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        let status = c.wait().unwrap();
+        (status.code(), t0.elapsed())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The JSON log lines whose message is `message`.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(&get(&self.url("/metrics")).unwrap().1, name)
+    }
+}
+
+impl Drop for SidecarProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The value of one series in a text exposition (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// GET: (status, body).
+pub fn get(url: &str) -> Result<(u16, String), String> {
+    call("GET", url, None, None)
+}
+
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Result<(u16, String), String> {
+    let mut r = ureq::request(method, url).timeout(Duration::from_secs(120));
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => r.set("Content-Type", "application/json").send_string(b),
+        None => r.call(),
+    };
+    match res {
+        Ok(resp) => {
+            let code = resp.status();
+            Ok((code, resp.into_string().unwrap_or_default()))
+        }
+        Err(ureq::Error::Status(code, resp)) => Ok((code, resp.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Polls `f` every 100 ms until it is true or `secs` pass.
+pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `[cluster]` section for a live Redis cluster, beside `member`.
+pub fn redis_section(c: &autobalancer::testkit::LocalRedisCluster, member: &str) -> String {
+    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[cluster]\nid = \"t\"\nseeds = [{}]\nmember-id = \"{member}\"\n", seeds.join(", "))
+}

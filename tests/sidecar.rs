@@ -1,0 +1,464 @@
+//! The sidecar daemon against a real etcd and a real Redis Cluster started here: one
+//! run per slot across the fleet, takeover after a SIGKILL, etcd outages, lost leases,
+//! TLS and authentication, the HTTP API and its metrics.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use autobalancer::testkit::{LocalEtcd, LocalRedisCluster};
+use common::*;
+
+fn etcd_section(etcd: &LocalEtcd, ttl: &str) -> String {
+    format!("[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-test\"\nlease-ttl = \"{ttl}\"\n", etcd.endpoint())
+}
+
+const FAST: &str = "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance() {
+    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+    c.load_skewed(8_000, 11).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecars: Vec<SidecarProc> = c.master_addrs()[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let cfg = format!(
+                "{}\n[schedule]\ncron = \"*/3 * * * * *\"\n{}\n{FAST}",
+                redis_section(&c, m),
+                etcd_section(&etcd, "3s")
+            );
+            SidecarProc::start(dir.path(), &format!("s{i}"), &cfg)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    // SIGTERM: each stops cleanly and quickly.
+    for s in sidecars.iter_mut() {
+        let (code, took) = s.terminate();
+        assert_eq!(code, Some(0), "{}", s.logs());
+        assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    }
+    // slot -> outcomes from every sidecar.
+    let mut slots: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for s in &sidecars {
+        for e in s.events("scheduled run done") {
+            let f = &e["fields"];
+            slots
+                .entry(f["slot"].as_str().unwrap().to_string())
+                .or_default()
+                .push((f["outcome"].as_str().unwrap().to_string(), f["reason"].as_str().unwrap().to_string()));
+        }
+    }
+    let complete: Vec<_> = slots.iter().filter(|(_, v)| v.len() == 3).collect();
+    assert!(complete.len() >= 2, "too few complete slots: {slots:?}");
+    let mut rebalanced = 0;
+    for (slot, outcomes) in &complete {
+        let evaluations: Vec<_> =
+            outcomes.iter().filter(|(_, r)| r != "lock_held_elsewhere" && r != "already_ran_this_slot").collect();
+        assert_eq!(evaluations.len(), 1, "slot {slot}: {outcomes:?}");
+        rebalanced += outcomes.iter().filter(|(o, _)| o == "rebalanced").count();
+    }
+    assert_eq!(rebalanced, 1, "{slots:?}");
+    assert_eq!(c.digest().await.unwrap(), before);
+    assert!(c.open_slots().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lock_holder_is_taken_over_and_repaired() {
+    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+    c.load_skewed(6_000, 12).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let slow = "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"200KiB\"\nmigrate-batch-keys = 5\n";
+    let mut sidecars: Vec<SidecarProc> = c.master_addrs()[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let cfg = format!(
+                "{}\n[schedule]\ncron = \"*/2 * * * * *\"\n{}\n{slow}",
+                redis_section(&c, m),
+                etcd_section(&etcd, "2s")
+            );
+            SidecarProc::start(dir.path(), &format!("k{i}"), &cfg)
+        })
+        .collect();
+    // Wait for a holder that is moving with a slot open, then SIGKILL it.
+    let mut victim = None;
+    wait_for(30, "a sidecar moving with an open slot", || {
+        for (i, s) in sidecars.iter().enumerate() {
+            if let Ok((200, body)) = get(&s.url("/status")) {
+                if json(&body)["state"] == "moving" {
+                    victim = Some(i);
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    for i in 0.. {
+        if !c.open_slots().await.unwrap().is_empty() {
+            break;
+        }
+        assert!(i < 200, "no slot was open while moving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = victim.unwrap();
+    sidecars[v].kill9();
+    let survivor = &sidecars[1 - v];
+    // The survivor takes over after the lease expires, repairs, and finishes.
+    wait_for(90, "the survivor to finish a rebalance", || {
+        survivor.metric("autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0
+    });
+    assert!(survivor.logs().contains("repair: slot"), "{}", survivor.logs());
+    assert!(c.open_slots().await.unwrap().is_empty());
+    c.wait_ok(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(c.digest().await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_skips_with_lock_unavailable_and_recovers() {
+    let mut etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("cluster.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/redis-16384.json"), &snap).unwrap();
+    let cfg = format!(
+        "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"10.0.0.1:7001\"\n[schedule]\ncron = \"* * * * * *\"\n{}\n{FAST}",
+        snap.display(),
+        etcd_section(&etcd, "2s")
+    );
+    let s = SidecarProc::start(dir.path(), "o", &cfg);
+    wait_for(20, "a first rebalance", || s.metric("autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0);
+    assert_eq!(get(&s.url("/readyz")).unwrap().0, 200);
+    etcd.stop();
+    wait_for(20, "lock_unavailable skips", || s.metric("autobalancer_skips_total{reason=\"lock_unavailable\"}") >= 2.0);
+    wait_for(20, "readyz to say why", || {
+        let (code, body) = get(&s.url("/readyz")).unwrap();
+        code == 503 && body.contains("etcd unavailable")
+    });
+    assert_eq!(get(&s.url("/healthz")).unwrap().0, 200, "the process stays up");
+    etcd.restart().unwrap();
+    let evaluated = s.metric("autobalancer_skips_total{reason=\"below_threshold\"}")
+        + s.metric("autobalancer_skips_total{reason=\"nothing_to_move\"}");
+    wait_for(30, "runs to succeed again", || {
+        s.metric("autobalancer_skips_total{reason=\"below_threshold\"}")
+            + s.metric("autobalancer_skips_total{reason=\"nothing_to_move\"}")
+            > evaluated
+    });
+    wait_for(20, "readyz 200 again", || get(&s.url("/readyz")).unwrap().0 == 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_mid_run_stops_before_the_next_move() {
+    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+    c.load_skewed(8_000, 13).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n{}\n[balance]\nminimum-size = 0\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 10\n",
+            redis_section(&c, &c.master_addrs()[0]),
+            etcd_section(&etcd, "2s")
+        ),
+    )
+    .unwrap();
+    let child = bin()
+        .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Revoke the lock's lease once the run holds it.
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let mut lease = 0;
+    for _ in 0..100 {
+        let r = client.get("/ab-test/t/lock", None).await.unwrap();
+        if let Some(kv) = r.kvs().first() {
+            lease = kv.lease();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(lease, 0, "the run never took the lock");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.lease_revoke(lease).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stopped"], "the lock was lost", "{v:#}\n{}", String::from_utf8_lossy(&out.stderr));
+    let planned = v["moves"].as_array().unwrap().len() as u64;
+    let done: u64 = v["report"].as_array().unwrap().iter().map(|r| r["accepted_unload"].as_u64().unwrap()).sum();
+    assert!(done > 0 && done < planned, "done {done} of {planned}");
+    assert!(c.open_slots().await.unwrap().is_empty(), "a slot was left open");
+    assert_eq!(c.digest().await.unwrap(), before);
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_client_tls_and_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "root")] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+    }
+    let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let etcd = LocalEtcd::start_with(
+        vec![
+            "--cert-file".into(),
+            p("server.pem"),
+            "--key-file".into(),
+            p("server.key"),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            p("ca.pem"),
+        ],
+        "https",
+    )
+    .unwrap();
+    // Enable authentication with a root user.
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(d.join("ca.pem")).unwrap()))
+        .identity(etcd_client::Identity::from_pem(
+            std::fs::read(d.join("client.pem")).unwrap(),
+            std::fs::read(d.join("client.key")).unwrap(),
+        ));
+    let mut admin =
+        etcd_client::Client::connect([etcd.endpoint()], Some(etcd_client::ConnectOptions::new().with_tls(tls.clone())))
+            .await
+            .unwrap();
+    admin.user_add("root", "etcd-pw-1", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let snap = d.join("cluster.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/redis-16384.json"), &snap).unwrap();
+    std::fs::write(d.join("etcd-password"), "etcd-pw-1\n").unwrap();
+    let cfg = d.join("c.toml");
+    let write_cfg = |password_file: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"10.0.0.1:7001\"\n{FAST}\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-test\"\nusername = \"root\"\npassword-file = \"{}\"\nca-file = \"{}\"\ncert-file = \"{}\"\nkey-file = \"{}\"\n",
+                snap.display(), etcd.endpoint(), p(password_file), p("ca.pem"), p("client.pem"), p("client.key")
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg("etcd-password");
+    let out =
+        bin().args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"]["action"], "rebalance", "{v:#}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The run record went through the authenticated, encrypted connection.
+    let mut root = etcd_client::Client::connect(
+        [etcd.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls).with_user("root", "etcd-pw-1")),
+    )
+    .await
+    .unwrap();
+    let r = root.get("/ab-test/t/runs/last", None).await.unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(r.kvs()[0].value()).unwrap();
+    assert_eq!(rec["outcome"], "rebalanced");
+    // A wrong password: the run skips with lock_unavailable, naming etcd.
+    std::fs::write(d.join("bad-password"), "nope\n").unwrap();
+    write_cfg("bad-password");
+    let out =
+        bin().args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"]["reason"], "lock_unavailable", "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_every_call_and_its_metrics_pass_promtool() {
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("cluster.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/redis-16384.json"), &snap).unwrap();
+    std::fs::write(dir.path().join("token"), "tok-123\n").unwrap();
+    let cfg = format!(
+        "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"10.0.0.1:7001\"\n[schedule]\ncron = \"0 0 3 * * *\"\n{}\n{FAST}",
+        snap.display(),
+        etcd_section(&etcd, "3s")
+    );
+    let token = format!("token-file = \"{}\"", dir.path().join("token").display());
+    let s = SidecarProc::start_with(dir.path(), "api", &cfg, &token);
+
+    // /metrics passes promtool and carries every metric of the design.
+    let (code, metrics) = get(&s.url("/metrics")).unwrap();
+    assert_eq!(code, 200);
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install Debian's prometheus package (the test command does)");
+    use std::io::Write;
+    let mut promtool = promtool;
+    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in [
+        "autobalancer_runs_total",
+        "autobalancer_skips_total",
+        "autobalancer_lock_held",
+        "autobalancer_lock_acquisitions_total",
+        "autobalancer_last_run_timestamp_seconds",
+        "autobalancer_next_run_timestamp_seconds",
+        "autobalancer_transfer_size_bytes",
+        "autobalancer_cluster_size_bytes",
+        "autobalancer_transfer_ratio",
+        "autobalancer_moves_total",
+        "autobalancer_moved_bytes_total",
+        "autobalancer_rebalance_in_progress",
+        "autobalancer_rebalance_moves_planned",
+        "autobalancer_rebalance_moves_done",
+        "autobalancer_move_duration_seconds",
+        "autobalancer_plan_duration_seconds",
+        "autobalancer_snapshot_duration_seconds",
+        "autobalancer_build_info",
+    ] {
+        assert!(metrics.contains(&format!("# TYPE {m} ")), "{m} missing");
+    }
+    assert!(metric(&metrics, "autobalancer_next_run_timestamp_seconds") > 1e9);
+
+    assert_eq!(get(&s.url("/healthz")).unwrap().0, 200);
+    wait_for(10, "readyz", || get(&s.url("/readyz")).unwrap().0 == 200);
+    let st = json(&get(&s.url("/status")).unwrap().1);
+    assert_eq!(st["member"], "10.0.0.1:7001");
+    assert_eq!(st["state"], "idle");
+    assert!(st["next_run"].is_string(), "{st:#}");
+    assert_eq!(st["schedule"]["cron"], "0 0 3 * * *");
+    let plan = json(&get(&s.url("/plan")).unwrap().1);
+    assert_eq!(plan["decision"]["action"], "rebalance");
+
+    // Mutating calls need the token; errors are JSON with 4xx codes.
+    let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
+    assert_eq!(code, 401);
+    assert_eq!(json(&body)["error"]["code"], "unauthorized");
+    let (code, _) = call("PUT", &s.url("/rebalance"), Some("wrong"), None).unwrap();
+    assert_eq!(code, 403);
+    let (code, body) = call("PUT", &s.url("/rebalance?force=maybe"), Some("tok-123"), None).unwrap();
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = call("PUT", &s.url("/rebalance?bogus=1"), Some("tok-123"), None).unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(json(&body)["error"]["message"].as_str().unwrap().contains("bogus"));
+    let (code, body) = get(&s.url("/no/such/thing")).unwrap();
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (404, serde_json::json!("not_found")));
+    let (code, body) = call("DELETE", &s.url("/rebalance"), Some("tok-123"), None).unwrap();
+    assert_eq!(code, 405, "{body}");
+    json(&body);
+    let (code, body) = call("POST", &s.url("/evacuation/start"), Some("tok-123"), Some("{not json")).unwrap();
+    assert_eq!(code, 400, "{body}");
+    json(&body);
+    let (code, body) = call("POST", &s.url("/rebalance/stop"), Some("tok-123"), None).unwrap();
+    assert_eq!(code, 409, "{body}");
+
+    // PUT /rebalance runs now and answers per member.
+    let (code, body) = call("PUT", &s.url("/rebalance"), Some("tok-123"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let report = v["report"].as_array().unwrap();
+    assert_eq!(report.len(), 4);
+    for r in report {
+        for k in ["previous_buckets", "requested_unload", "accepted_unload", "current_buckets"] {
+            assert!(r[k].is_u64(), "{k} missing in {r}");
+        }
+    }
+    let accepted: u64 = report.iter().map(|r| r["accepted_unload"].as_u64().unwrap()).sum();
+    assert!(accepted > 0);
+    // Again: converged, a clear answer, not an error.
+    let (code, body) = call("PUT", &s.url("/rebalance"), Some("tok-123"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["message"], "No buckets found for rebalance.");
+    let m = get(&s.url("/metrics")).unwrap().1;
+    assert_eq!(metric(&m, "autobalancer_runs_total{outcome=\"rebalanced\"}"), 1.0);
+    assert!(metric(&m, "autobalancer_moved_bytes_total") > 0.0);
+    assert_eq!(metric(&m, "autobalancer_lock_held"), 0.0);
+    // One decision line per run, with its figures.
+    let decisions = s.logs().matches("\"message\":\"decision: ").count();
+    assert!(decisions >= 2, "{}", s.logs());
+}
+
+#[test]
+fn a_non_loopback_api_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[cluster]\nid = \"t\"\nseeds = [\"127.0.0.1:1\"]\n[api]\nlisten = \"0.0.0.0:9410\"\n")
+        .unwrap();
+    let out = bin().args(["run", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api.token-file"));
+}
