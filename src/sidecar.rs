@@ -197,27 +197,26 @@ impl Sidecar {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // The evacuation flag first, so the registration below reflects it.
+            if let Ok(ev) = self.ctx.coordinator.evacuations().await {
+                let mine = ev.into_iter().find(|e| e.member == self.member());
+                let wake = {
+                    let mut s = self.evacuation.lock().unwrap();
+                    let was = s.active;
+                    s.active = mine.is_some();
+                    s.request = mine;
+                    s.active && !was
+                };
+                if wake {
+                    self.evac_wake.notify_one();
+                }
+            }
             let state = self.registration().await;
             let res = self.ctx.coordinator.register(&state).await.map_err(|e| e.to_string());
             if let Err(e) = &res {
                 warn!(cause = %e, "etcd heartbeat failed");
             }
-            *self.etcd.lock().unwrap() = res.clone();
-            if res.is_ok() {
-                if let Ok(ev) = self.ctx.coordinator.evacuations().await {
-                    let mine = ev.into_iter().find(|e| e.member == self.member());
-                    let wake = {
-                        let mut s = self.evacuation.lock().unwrap();
-                        let was = s.active;
-                        s.active = mine.is_some();
-                        s.request = mine;
-                        s.active && !was
-                    };
-                    if wake {
-                        self.evac_wake.notify_one();
-                    }
-                }
-            }
+            *self.etcd.lock().unwrap() = res;
         }
     }
 

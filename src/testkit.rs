@@ -119,6 +119,8 @@ impl LocalRedisCluster {
             let mut cmd = Command::new("redis-server");
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000"])
+                // An emptied master stays a master (Redis 7 would otherwise make it a replica).
+                .args(["--cluster-allow-replica-migration", "no"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"])
                 .args(["--logfile", "redis.log"])
                 .arg("--dir")

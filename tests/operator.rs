@@ -1,0 +1,251 @@
+//! Operator features against real etcd and Redis: evacuation, pause, on-demand
+//! rebalance answers, fleet status, and refusal of bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use autobalancer::testkit::{LocalEtcd, LocalRedisCluster};
+use common::*;
+
+fn etcd_section(etcd: &LocalEtcd) -> String {
+    format!("[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-op\"\nlease-ttl = \"3s\"\n", etcd.endpoint())
+}
+
+const QUIET: &str = "[schedule]\ncron = \"0 0 3 * * *\"\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n";
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evacuation_drains_a_master_and_the_503_outlives_a_restart() {
+    let c = LocalRedisCluster::start(3, 0, 0, None).await.unwrap();
+    c.load_skewed(8_000, 21).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let masters = c.master_addrs();
+    let mut s0 = SidecarProc::start(
+        dir.path(),
+        "e0",
+        &format!("{}{}{QUIET}", redis_section(&c, &masters[0]), etcd_section(&etcd)),
+    );
+    let s1 = SidecarProc::start(
+        dir.path(),
+        "e1",
+        &format!("{}{}{QUIET}", redis_section(&c, &masters[1]), etcd_section(&etcd)),
+    );
+    assert_eq!(get(&s0.url("/availability")).unwrap().0, 200);
+
+    let cfg0 = s0.config.to_str().unwrap().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&["evacuate", "start", "--config", &cfg0, "--rate", "50MiB", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}\n{}", s0.logs());
+    assert!(out.contains("evacuated"), "{out}");
+    // Nothing left on the member, nothing lost.
+    assert_eq!(c.key_counts().await.unwrap()[&masters[0]], 0);
+    assert!(c.slot_owners().await.unwrap().iter().all(|o| *o != masters[0]));
+    assert_eq!(c.digest().await.unwrap(), before);
+    let (code, body) = get(&s0.url("/availability")).unwrap();
+    assert_eq!((code, json(&body)["state"].clone()), (503, serde_json::json!("evacuated")));
+    let st = json(&get(&s0.url("/status")).unwrap().1);
+    assert_eq!(st["evacuation"]["buckets_left"], 0, "{st:#}");
+
+    // The state is in etcd: it survives a restart of the sidecar.
+    let (code, _) = s0.terminate();
+    assert_eq!(code, Some(0));
+    s0.spawn();
+    wait_for(10, "503 after restart", || get(&s0.url("/availability")).unwrap().0 == 503);
+
+    // A rebalance never moves buckets back onto the evacuated member.
+    let (code, body) = call("PUT", &s1.url("/rebalance?force=true"), None, None).unwrap();
+    assert!(code == 200, "{body}");
+    assert!(c.slot_owners().await.unwrap().iter().all(|o| *o != masters[0]));
+
+    // Fleet status lists both sidecars, the evacuation and their states.
+    let cfg1 = s1.config.to_str().unwrap().to_string();
+    let mut fleet = serde_json::Value::Null;
+    wait_for(15, "the fleet status to show the evacuated member", || {
+        let (code, out, _) = cli(&["status", "--config", &cfg1, "--cluster"]);
+        if code != 0 {
+            return false;
+        }
+        fleet = json(&out);
+        fleet["sidecars"].as_array().is_some_and(|s| {
+            s.len() == 2
+                && s.iter().any(|x| x["member"] == masters[0].as_str() && x["state"] == "evacuated")
+                && s.iter().any(|x| x["member"] == masters[1].as_str() && !x["last_decision"].is_null())
+        })
+    });
+    assert_eq!(fleet["evacuations"][0]["member"], masters[0].as_str());
+    let e1 = fleet["sidecars"].as_array().unwrap().iter().find(|s| s["member"] == masters[1].as_str()).unwrap();
+    for k in ["state", "last_decision", "next_run", "progress", "version"] {
+        assert!(!e1[k].is_null(), "{k} missing: {e1:#}");
+    }
+
+    // Stop: available again, and the member may receive buckets again.
+    let cfg0 = s0.config.to_str().unwrap().to_string();
+    let (code, _, err) = cli(&["evacuate", "stop", "--config", &cfg0]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(get(&s0.url("/availability")).unwrap().0, 200);
+    let (code, body) = call("PUT", &s1.url("/rebalance"), None, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(c.key_counts().await.unwrap()[&masters[0]] > 0, "{}", &body[..body.len().min(3000)]);
+    assert_eq!(c.digest().await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_blocks_scheduled_and_on_demand_runs() {
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("cluster.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/redis-16384.json"), &snap).unwrap();
+    let cluster = format!(
+        "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"10.0.0.1:7001\"\n",
+        snap.display()
+    );
+    // Paused before the sidecar's first slot.
+    let cfg = dir.path().join("pre.toml");
+    std::fs::write(&cfg, format!("{cluster}{}", etcd_section(&etcd))).unwrap();
+    let (code, out, err) = cli(&["pause", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("paused by"));
+    let every_second = QUIET.replace("0 0 3 * * *", "* * * * * *");
+    let s = SidecarProc::start(dir.path(), "p", &format!("{cluster}{}{every_second}", etcd_section(&etcd)));
+    wait_for(15, "paused skips", || s.metric("autobalancer_skips_total{reason=\"paused\"}") >= 2.0);
+    assert_eq!(s.metric("autobalancer_runs_total{outcome=\"rebalanced\"}"), 0.0);
+    let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "paused");
+    assert!(json(&body)["error"]["message"].as_str().unwrap().contains("paused"));
+    assert!(json(&get(&s.url("/status")).unwrap().1)["paused"].is_string());
+    let (code, _, err) = cli(&["resume", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(20, "a run after resume", || s.metric("autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_answers_and_their_errors() {
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One member: standalone.
+    let one = dir.path().join("one.json");
+    std::fs::write(&one, r#"{"version":1,"members":[{"id":"a"}],"buckets":[{"id":0,"bytes":5,"copies":["a"]}]}"#)
+        .unwrap();
+    let s = SidecarProc::start(
+        dir.path(),
+        "one",
+        &format!(
+            "[cluster]\nid = \"one\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"a\"\n{}{QUIET}",
+            one.display(),
+            etcd_section(&etcd)
+        ),
+    );
+    let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (409, serde_json::json!("standalone")), "{body}");
+    drop(s);
+    // Two members, one down: too few healthy.
+    let down = dir.path().join("down.json");
+    std::fs::write(&down, r#"{"version":1,"members":[{"id":"a"},{"id":"b","health":"down"}],"buckets":[{"id":0,"bytes":5,"copies":["a"]}]}"#).unwrap();
+    let s = SidecarProc::start(
+        dir.path(),
+        "down",
+        &format!(
+            "[cluster]\nid = \"down\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"a\"\n{}{QUIET}",
+            down.display(),
+            etcd_section(&etcd)
+        ),
+    );
+    let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (409, serde_json::json!("too_few_healthy")), "{body}");
+    drop(s);
+    // A slow run: a second call while it runs is refused.
+    let snap = dir.path().join("cluster.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/redis-16384.json"), &snap).unwrap();
+    let slow = QUIET.replace("max-bytes-per-second = 0", "max-bytes-per-second = \"40MiB\"");
+    let s = SidecarProc::start(
+        dir.path(),
+        "slow",
+        &format!(
+            "[cluster]\nid = \"slow\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"10.0.0.1:7001\"\n{}{slow}",
+            snap.display(),
+            etcd_section(&etcd)
+        ),
+    );
+    let url = s.url("/rebalance");
+    let first = std::thread::spawn(move || call("PUT", &url, None, None).unwrap());
+    wait_for(10, "the run to start", || json(&get(&s.url("/status")).unwrap().1)["state"] == "moving");
+    let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (409, serde_json::json!("already_running")), "{body}");
+    // Stop it: it ends at a safe point, and says so.
+    let (code, _) = call("POST", &s.url("/rebalance/stop"), None, None).unwrap();
+    assert_eq!(code, 200);
+    let (code, body) = first.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["stopped"], "stopped on request");
+    // Repeated calls converge.
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
+        assert_eq!(code, 200, "{body}");
+        last = body;
+        if json(&last)["message"] == "No buckets found for rebalance." {
+            break;
+        }
+    }
+    assert_eq!(json(&last)["message"], "No buckets found for rebalance.", "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_evacuation_input_is_refused_and_moves_nothing() {
+    let mut c = LocalRedisCluster::start(3, 0, 0, None).await.unwrap();
+    c.load_skewed(2_000, 22).await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let masters = c.master_addrs();
+    let s0 = SidecarProc::start(
+        dir.path(),
+        "b0",
+        &format!("{}{}{QUIET}", redis_section(&c, &masters[0]), etcd_section(&etcd)),
+    );
+    let cfg = s0.config.to_str().unwrap().to_string();
+    let owners = c.slot_owners().await.unwrap();
+
+    let (code, _, err) = cli(&["evacuate", "start", "--config", &cfg, "--rate", "-5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--rate"), "{err}");
+    let (code, _, err) = cli(&["evacuate", "start", "--config", &cfg, "--migrate-to", &masters[0]]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--migrate-to") && err.contains(&masters[0]), "{err}");
+    let (code, _, err) = cli(&["evacuate", "start", "--config", &cfg, "--migrate-to", "10.9.9.9:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown member") && err.contains("10.9.9.9:1"), "{err}");
+    c.kill(&masters[2]);
+    let (code, _, err) = cli(&["evacuate", "start", "--config", &cfg, "--migrate-to", &masters[2]]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot receive"), "{err}");
+    // A sidecar whose member is not in the cluster.
+    let ghost = SidecarProc::start(
+        dir.path(),
+        "ghost",
+        &format!("{}{}{QUIET}", redis_section(&c, "127.0.0.1:1"), etcd_section(&etcd)),
+    );
+    let (code, body) = call("POST", &ghost.url("/evacuation/start"), None, Some("{}")).unwrap();
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (400, serde_json::json!("unknown_member")), "{body}");
+    // Nothing was persisted or moved.
+    assert_eq!(get(&s0.url("/availability")).unwrap().0, 200);
+    let (_, out, _) = cli(&["evacuate", "status", "--config", &cfg]);
+    assert_eq!(json(&out)["active"], false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = c.slot_owners().await.unwrap();
+    assert_eq!(now, owners);
+}
