@@ -61,6 +61,10 @@ pub struct Metrics {
     pub snapshot_duration_seconds: Histogram,
     /// Always 1; the version as a label.
     pub build_info: IntGaugeVecOne,
+    /// balance.size-threshold-percent / 100, to draw beside the transfer ratio.
+    pub size_threshold_ratio: Gauge,
+    /// 1 while etcd answers the heartbeat (always 1 when standalone).
+    pub etcd_up: IntGauge,
 }
 
 /// `autobalancer_build_info{version}`.
@@ -146,6 +150,13 @@ impl Metrics {
                 "Duration of a snapshot.",
             ))
             .unwrap(),
+            size_threshold_ratio: Gauge::with_opts(opts(
+                "size_threshold_ratio",
+                "balance.size-threshold-percent / 100, to draw beside the transfer ratio.",
+            ))
+            .unwrap(),
+            etcd_up: IntGauge::with_opts(opts("etcd_up", "1 while etcd answers the heartbeat (1 when standalone)."))
+                .unwrap(),
             build_info: prometheus::IntGaugeVec::new(
                 opts("build_info", "Always 1; the version as a label."),
                 &["version"],
@@ -193,6 +204,8 @@ impl Metrics {
         r.register(Box::new(self.plan_duration_seconds.clone())).unwrap();
         r.register(Box::new(self.snapshot_duration_seconds.clone())).unwrap();
         r.register(Box::new(self.build_info.clone())).unwrap();
+        r.register(Box::new(self.size_threshold_ratio.clone())).unwrap();
+        r.register(Box::new(self.etcd_up.clone())).unwrap();
     }
 
     /// Records the figures of a simulation.

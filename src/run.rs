@@ -65,6 +65,8 @@ pub struct RunStatus {
     pub last_outcome: Option<String>,
     pub last_moved_bytes: u64,
     pub last_error: Option<String>,
+    /// Per member, of the last run that moved buckets.
+    pub last_report: Option<Vec<crate::report::MemberReport>>,
 }
 
 impl Context {
@@ -77,11 +79,14 @@ impl Context {
                 "no [etcd] section: running standalone with an in-process lock; run only one sidecar per cluster like this"
             );
         }
+        let metrics = Arc::new(Metrics::new());
+        metrics.size_threshold_ratio.set(config.balance.size_threshold_percent as f64 / 100.0);
+        metrics.etcd_up.set(coordinator.is_standalone() as i64);
         Ok(Context {
             config,
             cluster,
             coordinator,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             progress: Arc::new(Progress::default()),
             status: Arc::new(std::sync::Mutex::new(RunStatus { state: "idle".into(), ..Default::default() })),
         })
@@ -313,6 +318,21 @@ impl Context {
             "run finished"
         );
         self.finish_status(label, report.moved_bytes, report.failures.first().cloned());
+        if report.moves_done > 0 {
+            // What is left: the gauges show the cluster after the moves, not before.
+            if let Ok(after) = self.snapshot().await {
+                if let Ok(p2) = self.plan(&after) {
+                    info!(
+                        transfer_bytes = p2.transfer_bytes,
+                        total_bytes = p2.total_bytes,
+                        "after the run: transfer {:.2}% (threshold {}%)",
+                        p2.transfer_percent(),
+                        self.config.balance.size_threshold_percent
+                    );
+                }
+            }
+            self.status.lock().unwrap().last_report = Some(report.members.clone());
+        }
         outcome.moved_bytes = Some(report.moved_bytes);
         outcome.duration_seconds = Some((report.duration_seconds * 1000.0).round() / 1000.0);
         outcome.stopped = report.stopped.as_ref().map(|s| s.to_string());

@@ -216,6 +216,9 @@ impl Sidecar {
             if let Err(e) = &res {
                 warn!(cause = %e, "etcd heartbeat failed");
             }
+            if !self.ctx.coordinator.is_standalone() {
+                self.ctx.metrics.etcd_up.set(res.is_ok() as i64);
+            }
             *self.etcd.lock().unwrap() = res;
         }
     }
@@ -247,6 +250,7 @@ impl Sidecar {
             "last_decision": status.last_decision,
             "last_run_at": status.last_run_at,
             "last_outcome": status.last_outcome,
+            "last_report": status.last_report,
             "next_run": *self.next_run.lock().unwrap(),
             "evacuation": evac,
             "updated_at": Utc::now(),
