@@ -459,17 +459,18 @@ impl LocalEtcd {
 
     /// Starts with extra flags (TLS, auth); `scheme` is the client URL scheme.
     pub fn start_with(extra: Vec<String>, scheme: &'static str) -> Result<LocalEtcd> {
-        need("etcd")?;
         let tmp = tempfile::Builder::new().prefix("ab-etcd-").tempdir().map_err(|e| e.to_string())?;
-        let mut e = LocalEtcd {
-            port: free_port(),
-            peer_port: free_port(),
-            proc: None,
-            dir: tmp.path().to_path_buf(),
-            _tmp: Some(tmp),
-            extra,
-            scheme,
-        };
+        let mut e = Self::start_in(tmp.path(), extra, scheme)?;
+        e._tmp = Some(tmp);
+        Ok(e)
+    }
+
+    /// As `start_with`, in a directory that outlives the value (the demo's `--keep`).
+    pub fn start_in(dir: &Path, extra: Vec<String>, scheme: &'static str) -> Result<LocalEtcd> {
+        need("etcd")?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let mut e =
+            LocalEtcd { port: free_port(), peer_port: free_port(), proc: None, dir: dir.to_path_buf(), _tmp: None, extra, scheme };
         e.spawn()?;
         Ok(e)
     }
