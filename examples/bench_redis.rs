@@ -60,7 +60,7 @@ async fn run(tool: &'static str, keys: usize, bin: &str) -> Row {
             std::fs::write(
                 &cfg,
                 format!(
-                    "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 16\nmax-moves-per-member = 8\n",
+                    "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\n",
                     seeds.join(",")
                 ),
             )

@@ -5,10 +5,19 @@
 //!
 //! - [`config`]: TOML and environment into a validated `Config`; errors name the key.
 //! - [`schedule`]: cron expressions and fire times in a time zone (clock passed in).
+//! - [`lock`]: etcd (or in-process) lock with lease and fence, run record, registration,
+//!   pause and evacuation state.
 //! - [`model`]: `Member`, `Bucket`, `ClusterSnapshot` and the snapshot JSON.
+//! - [`cluster`]: the `Cluster` trait at the I/O edge; the Redis Cluster and file backends.
 //! - [`plan`]: the pure, synchronous planner: ordered moves, loads, lower bound.
 //! - [`decide`]: rebalance or skip, with one reason from a closed set.
+//! - [`execute`]: moves within the limits, fenced by the lock; the per-member report.
+//! - [`run`]: one run of the whole pipeline, shared by every trigger.
 //! - [`report`]: the answer of `simulate` and `rebalance`, as a table or JSON.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`api`]: the HTTP API.
+//! - [`sidecar`]: the daemon: schedule, heartbeat, evacuations, shutdown order.
+//! - [`testkit`]: local etcd and Redis Cluster processes for tests, benchmarks, the demo.
 //!
 //! `plan` and `decide` never touch tokio, etcd or Redis.
 
