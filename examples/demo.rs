@@ -39,7 +39,10 @@ async fn main() {
     let cluster = LocalRedisCluster::start_in(&dir.join("redis"), 3, 1, 0, None).await.expect("redis cluster");
     let total = cluster.load_skewed(keys, 7).await.expect("load");
     let before = cluster.digest().await.unwrap();
-    println!("   loaded {keys} keys ({} of values), hash-tagged tenants, skewed towards the first master", human_bytes(total));
+    println!(
+        "   loaded {keys} keys ({} of values), hash-tagged tenants, skewed towards the first master",
+        human_bytes(total)
+    );
 
     // Wake in a few seconds, then at the same time every day: a nightly schedule.
     let at = chrono::Utc::now() + chrono::Duration::seconds(8);
@@ -63,10 +66,14 @@ async fn main() {
     }
 
     println!("\n== what the sidecars will find (autobalancer simulate --config sidecar-0.toml)");
-    let out = Command::new(&bin).args(["simulate", "--config", sidecars[0].2.to_str().unwrap()]).output().expect("simulate");
+    let out =
+        Command::new(&bin).args(["simulate", "--config", sidecars[0].2.to_str().unwrap()]).output().expect("simulate");
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
-    println!("\n== starting a sidecar beside each master; they wake at {} UTC (cron \"{cron}\")", at.format("%H:%M:%S"));
+    println!(
+        "\n== starting a sidecar beside each master; they wake at {} UTC (cron \"{cron}\")",
+        at.format("%H:%M:%S")
+    );
     let mut children = Vec::new();
     for (i, (m, api, cfg)) in sidecars.iter().enumerate() {
         let log = std::fs::File::create(dir.join(format!("sidecar-{i}.log"))).unwrap();
@@ -101,13 +108,15 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status: serde_json::Value = serde_json::from_str(&http(&format!("http://{}/status", sidecars[winner].1)).unwrap()).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&http(&format!("http://{}/status", sidecars[winner].1)).unwrap()).unwrap();
     println!("\n== sidecar-{winner} won the lock and rebalanced; the others skipped:");
     for (i, (_, api, _)) in sidecars.iter().enumerate() {
         if i == winner {
             continue;
         }
-        let s: serde_json::Value = serde_json::from_str(&http(&format!("http://{api}/status")).unwrap_or_default()).unwrap_or_default();
+        let s: serde_json::Value =
+            serde_json::from_str(&http(&format!("http://{api}/status")).unwrap_or_default()).unwrap_or_default();
         println!("   sidecar-{i}: {}", s["last_decision"]["message"].as_str().unwrap_or("(no decision yet)"));
     }
     println!("\n   decision: {}", status["last_decision"]["message"].as_str().unwrap_or("?"));
@@ -128,7 +137,8 @@ async fn main() {
         );
     }
     println!("\n== after the run (autobalancer simulate --config sidecar-0.toml)");
-    let out = Command::new(&bin).args(["simulate", "--config", sidecars[0].2.to_str().unwrap()]).output().expect("simulate");
+    let out =
+        Command::new(&bin).args(["simulate", "--config", sidecars[0].2.to_str().unwrap()]).output().expect("simulate");
     print!("{}", String::from_utf8_lossy(&out.stdout));
     let after = cluster.digest().await.unwrap();
     let intact = after == before && cluster.open_slots().await.unwrap().is_empty();

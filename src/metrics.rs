@@ -65,6 +65,10 @@ pub struct Metrics {
     pub size_threshold_ratio: Gauge,
     /// 1 while etcd answers the heartbeat (always 1 when standalone).
     pub etcd_up: IntGauge,
+    /// Buckets still on the local member while it is evacuated (0 otherwise).
+    pub evacuation_buckets_left: IntGauge,
+    /// Bytes still on the local member while it is evacuated (0 otherwise).
+    pub evacuation_bytes_left: IntGauge,
 }
 
 /// `autobalancer_build_info{version}`.
@@ -157,6 +161,16 @@ impl Metrics {
             .unwrap(),
             etcd_up: IntGauge::with_opts(opts("etcd_up", "1 while etcd answers the heartbeat (1 when standalone)."))
                 .unwrap(),
+            evacuation_buckets_left: IntGauge::with_opts(opts(
+                "evacuation_buckets_left",
+                "Buckets still on the local member while it is evacuated (0 otherwise).",
+            ))
+            .unwrap(),
+            evacuation_bytes_left: IntGauge::with_opts(opts(
+                "evacuation_bytes_left",
+                "Bytes still on the local member while it is evacuated (0 otherwise).",
+            ))
+            .unwrap(),
             build_info: prometheus::IntGaugeVec::new(
                 opts("build_info", "Always 1; the version as a label."),
                 &["version"],
@@ -206,6 +220,8 @@ impl Metrics {
         r.register(Box::new(self.build_info.clone())).unwrap();
         r.register(Box::new(self.size_threshold_ratio.clone())).unwrap();
         r.register(Box::new(self.etcd_up.clone())).unwrap();
+        r.register(Box::new(self.evacuation_buckets_left.clone())).unwrap();
+        r.register(Box::new(self.evacuation_bytes_left.clone())).unwrap();
     }
 
     /// Records the figures of a simulation.

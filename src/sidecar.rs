@@ -147,6 +147,8 @@ impl Sidecar {
     pub async fn stop_evacuation(&self) -> Result<(), String> {
         self.ctx.coordinator.set_evacuation(self.member(), None).await.map_err(|x| x.to_string())?;
         *self.evacuation.lock().unwrap() = EvacuationStatus::default();
+        self.ctx.metrics.evacuation_buckets_left.set(0);
+        self.ctx.metrics.evacuation_bytes_left.set(0);
         // An evacuation run in progress stops at its next safe point.
         let cur = self.current.lock().await;
         if let Some((op, t)) = cur.as_ref() {
@@ -285,6 +287,8 @@ impl Sidecar {
                         st.buckets_left = Some(b);
                         st.bytes_left = Some(bytes);
                     }
+                    self.ctx.metrics.evacuation_buckets_left.set(b as i64);
+                    self.ctx.metrics.evacuation_bytes_left.set(bytes as i64);
                     if b == 0 {
                         // Evacuated: stays so (503 on /availability) until stopped.
                         tokio::select! {

@@ -469,8 +469,15 @@ impl LocalEtcd {
     pub fn start_in(dir: &Path, extra: Vec<String>, scheme: &'static str) -> Result<LocalEtcd> {
         need("etcd")?;
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let mut e =
-            LocalEtcd { port: free_port(), peer_port: free_port(), proc: None, dir: dir.to_path_buf(), _tmp: None, extra, scheme };
+        let mut e = LocalEtcd {
+            port: free_port(),
+            peer_port: free_port(),
+            proc: None,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            extra,
+            scheme,
+        };
         e.spawn()?;
         Ok(e)
     }

@@ -51,6 +51,8 @@ async fn evacuation_drains_a_master_and_the_503_outlives_a_restart() {
     .unwrap();
     assert_eq!(code, 0, "{out}\n{err}\n{}", s0.logs());
     assert!(out.contains("evacuated"), "{out}");
+    // --wait reported progress on the way down (the move takes several seconds).
+    assert!(out.lines().any(|l| l.ends_with("bytes left") && !l.starts_with("0 buckets")), "{out}");
     // Nothing left on the member, nothing lost.
     assert_eq!(c.key_counts().await.unwrap()[&masters[0]], 0);
     assert!(c.slot_owners().await.unwrap().iter().all(|o| *o != masters[0]));
@@ -59,6 +61,8 @@ async fn evacuation_drains_a_master_and_the_503_outlives_a_restart() {
     assert_eq!((code, json(&body)["state"].clone()), (503, serde_json::json!("evacuated")));
     let st = json(&get(&s0.url("/status")).unwrap().1);
     assert_eq!(st["evacuation"]["buckets_left"], 0, "{st:#}");
+    assert_eq!(s0.metric("autobalancer_evacuation_buckets_left"), 0.0);
+    assert!(s0.logs().contains("evacuation round done"), "{}", s0.logs());
 
     // The state is in etcd: it survives a restart of the sidecar.
     let (code, _) = s0.terminate();

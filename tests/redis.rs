@@ -343,3 +343,80 @@ async fn acl_user_and_password_from_a_file() {
     assert_eq!(code, 1);
     assert_eq!(v["decision"]["reason"], "snapshot_failed");
 }
+
+/// A stray copy of a key on the target (left by an earlier, interrupted attempt): an
+/// identical value is replaced, a different one stops the move and names the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busykey_is_replaced_only_when_the_values_are_identical() {
+    use autobalancer::cluster::{Cluster, redis::NoPace, redis::RedisCluster};
+    use autobalancer::plan::{Move, MoveKind};
+    let c = LocalRedisCluster::start(2, 1, 0, None).await.unwrap();
+    c.load_skewed(4_000, 31).await.unwrap();
+    let [a, e] = [c.master_addrs()[0].clone(), c.master_addrs()[2].clone()];
+    let a_id = c.nodes.iter().find(|n| n.addr() == a).unwrap().id.clone();
+    let owners = c.slot_owners().await.unwrap();
+    let mut ca = c.conn(&a).await.unwrap();
+    let mut ce = c.conn(&e).await.unwrap();
+    // Two slots of `a` with keys; plant a stray copy of one key of each on `e`.
+    let mut picked = Vec::new();
+    for s in 0..16384u16 {
+        if owners[s as usize] != a {
+            continue;
+        }
+        let keys: Vec<String> =
+            redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s).arg(1).query_async(&mut ca).await.unwrap();
+        if let Some(k) = keys.into_iter().next() {
+            picked.push((s, k));
+            if picked.len() == 2 {
+                break;
+            }
+        }
+    }
+    for (i, (s, k)) in picked.iter().enumerate() {
+        let v: Vec<u8> = redis::cmd("GET").arg(k).query_async(&mut ca).await.unwrap();
+        let stray = if i == 0 { v.clone() } else { b"a different value".to_vec() };
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(*s)
+            .arg("IMPORTING")
+            .arg(&a_id)
+            .query_async::<()>(&mut ce)
+            .await
+            .unwrap();
+        let mut p = redis::pipe();
+        p.cmd("ASKING").ignore().cmd("SET").arg(k).arg(stray).ignore();
+        p.query_async::<()>(&mut ce).await.unwrap();
+        redis::cmd("CLUSTER").arg("SETSLOT").arg(*s).arg("STABLE").query_async::<()>(&mut ce).await.unwrap();
+    }
+    let mut cfg = autobalancer::config::Config::default();
+    cfg.cluster.id = "t".into();
+    cfg.cluster.seeds = c.master_addrs();
+    let rc = RedisCluster::from_config(&cfg).unwrap();
+    let snap = rc.snapshot().await.unwrap();
+    let idx = |m: &str| snap.member_index(m).unwrap();
+    let mv = |s: u16| Move {
+        kind: MoveKind::Copy,
+        bucket: s as u64,
+        bucket_index: snap.buckets.iter().position(|b| b.id == s as u64).unwrap() as u32,
+        from: idx(&a),
+        to: idx(&e),
+        bytes: 1,
+    };
+    // Identical: replaced, the move completes, the value is the original.
+    let (s0, k0) = &picked[0];
+    let before: Vec<u8> = redis::cmd("GET").arg(k0).query_async(&mut ca).await.unwrap();
+    rc.move_bucket(&snap, &mv(*s0), &NoPace).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after: Vec<u8> = redis::cmd("GET").arg(k0).query_async(&mut ce).await.unwrap();
+    assert_eq!(after, before);
+    assert_eq!(c.slot_owners().await.unwrap()[*s0 as usize], e);
+    // Different: the move stops, names the key, and leaves the slot open for inspection
+    // with both values in place.
+    let (s1, k1) = &picked[1];
+    let err = rc.move_bucket(&snap, &mv(*s1), &NoPace).await.unwrap_err().to_string();
+    assert!(err.contains(k1.as_str()) && err.contains("different values"), "{err}");
+    let open = c.open_slots().await.unwrap();
+    assert!(open.iter().any(|o| o.contains(&format!("[{s1}->-"))), "{open:?}");
+    let kept: Vec<u8> = redis::cmd("GET").arg(k1).query_async(&mut ca).await.unwrap();
+    assert_ne!(kept, b"a different value".to_vec());
+}

@@ -462,3 +462,63 @@ fn a_non_loopback_api_without_a_token_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("api.token-file"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_stops_at_a_safe_point_and_releases_the_lock() {
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("cluster.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/redis-16384.json"), &snap).unwrap();
+    // ~146 MiB to move at 20 MiB/s: several seconds of moving.
+    let cfg = format!(
+        "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"10.0.0.1:7001\"\n[schedule]\ncron = \"0 0 3 * * *\"\n{}\n[balance]\nminimum-size = 0\n[execution]\nmax-bytes-per-second = \"20MiB\"\n",
+        snap.display(),
+        etcd_section(&etcd, "3s")
+    );
+    let mut s = SidecarProc::start(dir.path(), "t", &cfg);
+    let url = s.url("/rebalance");
+    let put = std::thread::spawn(move || call("PUT", &url, None, None));
+    wait_for(10, "moving", || json(&get(&s.url("/status")).unwrap().1)["state"] == "moving");
+    let (code, took) = s.terminate();
+    assert_eq!(code, Some(0), "{}", s.logs());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The on-demand caller got its answer: stopped, with what was done.
+    let (code, body) = put.join().unwrap().unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["stopped"], "stopped on request");
+    let done: u64 = v["report"].as_array().unwrap().iter().map(|r| r["accepted_unload"].as_u64().unwrap()).sum();
+    assert!(done > 0 && done < v["moves"].as_array().unwrap().len() as u64, "{done}");
+    // The moves done are in the file, the lock and the registration are gone.
+    let after = autobalancer::model::ClusterSnapshot::read_file(&snap).unwrap();
+    let on_new = after.buckets.iter().filter(|b| b.copies[0] == 3).count() as u64;
+    assert!(on_new > 0 && on_new <= done);
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    assert!(client.get("/ab-test/t/lock", None).await.unwrap().kvs().is_empty(), "lock not released");
+    let reg = client.get("/ab-test/t/sidecars/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    assert!(reg.kvs().is_empty(), "registration not removed");
+}
+
+#[test]
+fn a_disabled_schedule_never_wakes_but_serves_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("cluster.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/redis-16384.json"), &snap).unwrap();
+    let cfg = format!(
+        "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"10.0.0.1:7001\"\n[schedule]\ncron = \"* * * * * *\"\nenabled = false\n{FAST}",
+        snap.display()
+    );
+    let s = SidecarProc::start(dir.path(), "off", &cfg);
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = get(&s.url("/metrics")).unwrap().1;
+    assert_eq!(metric(&m, "autobalancer_skips_total{reason=\"disabled\"}"), 1.0);
+    assert_eq!(metric(&m, "autobalancer_next_run_timestamp_seconds"), 0.0);
+    assert_eq!(metric(&m, "autobalancer_runs_total{outcome=\"rebalanced\"}"), 0.0);
+    let st = json(&get(&s.url("/status")).unwrap().1);
+    assert_eq!(st["schedule"]["enabled"], false);
+    assert!(st["next_run"].is_null());
+    // On demand still works.
+    let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["moved_bytes"].as_u64().unwrap() > 0);
+}

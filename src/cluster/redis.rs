@@ -434,7 +434,10 @@ impl RedisCluster {
             Ok(next) => return Ok(next),
             Err(e) => e,
         };
-        if e.code() != Some("BUSYKEY") {
+        // MIGRATE relays the target's refusal inside its own error:
+        // "ERR Target instance replied with error: BUSYKEY Target key name already exists."
+        let busy = e.code() == Some("BUSYKEY") || e.to_string().contains("BUSYKEY");
+        if !busy {
             if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                 self.forget(src).await;
             }
