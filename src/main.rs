@@ -262,6 +262,7 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
         return Ok(ExitCode::SUCCESS);
     }
     let ctx = context(config)?;
+    ctx.warn_if_standalone();
     let rt = runtime();
     let out = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();

@@ -74,11 +74,6 @@ impl Context {
         let cluster = AnyCluster::from_config(&config).map_err(|e| e.to_string())?;
         let coordinator = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &config.member_id())
             .map_err(|e| e.to_string())?;
-        if coordinator.is_standalone() {
-            warn!(
-                "no [etcd] section: running standalone with an in-process lock; run only one sidecar per cluster like this"
-            );
-        }
         let metrics = Arc::new(Metrics::new());
         metrics.size_threshold_ratio.set(config.balance.size_threshold_percent as f64 / 100.0);
         metrics.etcd_up.set(coordinator.is_standalone() as i64);
@@ -90,6 +85,15 @@ impl Context {
             progress: Arc::new(Progress::default()),
             status: Arc::new(std::sync::Mutex::new(RunStatus { state: "idle".into(), ..Default::default() })),
         })
+    }
+
+    /// Says so when the lock is in-process only (for the commands that take it).
+    pub fn warn_if_standalone(&self) {
+        if self.coordinator.is_standalone() {
+            warn!(
+                "no [etcd] section: running standalone with an in-process lock; run only one sidecar per cluster like this"
+            );
+        }
     }
 
     fn set_state(&self, state: &str, operation: Option<&str>) {

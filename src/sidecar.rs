@@ -328,6 +328,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Si
         .await
         .map_err(|e| SidecarError::Bind { addr: listen.clone(), cause: e.to_string() })?;
     info!(member = sc.member(), api = %listen, cron = sc.schedule.expression(), "sidecar started");
+    sc.ctx.warn_if_standalone();
     let signals = {
         let s = shutdown.clone();
         tokio::spawn(async move {
