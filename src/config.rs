@@ -65,17 +65,27 @@ pub fn human_bytes(n: u64) -> String {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) if n >= 0 => Ok(Size(n as u64)),
-            Raw::Int(n) => Err(serde::de::Error::custom(format!("a size cannot be negative, got {n}"))),
-            Raw::Text(t) => Size::parse(&t).map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, "size", Size, Size::parse)
+    }
+}
+
+/// A whole number (`from_int`) or a human form (`parse`), with negatives refused by name.
+fn number_or_text<'de, D: Deserializer<'de>, T>(
+    d: D,
+    what: &str,
+    from_int: impl Fn(u64) -> T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) if n >= 0 => Ok(from_int(n as u64)),
+        Raw::Int(n) => Err(serde::de::Error::custom(format!("a {what} cannot be negative, got {n}"))),
+        Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
     }
 }
 
@@ -103,17 +113,7 @@ impl fmt::Display for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) if n >= 0 => Ok(Dur(Duration::from_secs(n as u64))),
-            Raw::Int(n) => Err(serde::de::Error::custom(format!("a duration cannot be negative, got {n}"))),
-            Raw::Text(t) => Dur::parse(&t).map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, "duration", |n| Dur(Duration::from_secs(n)), Dur::parse)
     }
 }
 

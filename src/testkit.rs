@@ -207,20 +207,26 @@ impl LocalRedisCluster {
 
     /// Waits until every live node sees exactly `masters` masters (replicas settled).
     async fn wait_roles(&self, masters: usize) -> Result<()> {
+        self.wait_views("replica roles to settle", |text| {
+            crate::cluster::redis::parse_nodes(text)
+                .is_ok_and(|n| n.iter().filter(|x| x.is_master()).count() == masters)
+        })
+        .await
+    }
+
+    /// Polls every live node's CLUSTER NODES until `settled` holds for all (30 s at most).
+    async fn wait_views(&self, what: &str, settled: impl Fn(&str) -> bool) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut settled = true;
+            let mut all = true;
             for a in self.live_addrs() {
-                let nodes = crate::cluster::redis::parse_nodes(&self.info(&a, &["CLUSTER", "NODES"]).await?)?;
-                if nodes.iter().filter(|n| n.is_master()).count() != masters {
-                    settled = false;
-                }
+                all &= settled(&self.info(&a, &["CLUSTER", "NODES"]).await?);
             }
-            if settled {
+            if all {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err("replica roles did not settle within 30 s".into());
+                return Err(format!("timed out after 30 s waiting for {what}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -248,23 +254,10 @@ impl LocalRedisCluster {
     }
 
     async fn wait_known(&self, n: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut all = true;
-            for a in self.live_addrs() {
-                let nodes = self.info(&a, &["CLUSTER", "NODES"]).await?;
-                if nodes.lines().filter(|l| !l.contains("handshake") && !l.trim().is_empty()).count() < n {
-                    all = false;
-                }
-            }
-            if all {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("nodes did not all meet within 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_views("every node to meet every other", |text| {
+            text.lines().filter(|l| !l.contains("handshake") && !l.trim().is_empty()).count() >= n
+        })
+        .await
     }
 
     /// Waits until every live node says `cluster_state:ok` with all slots assigned.

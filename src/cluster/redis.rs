@@ -208,12 +208,7 @@ impl RedisCluster {
         let mut c = self.conn(addr).await?;
         match cmd.query_async(&mut c).await {
             Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    self.forget(addr).await;
-                }
-                Err(format!("{addr}: {e}"))
-            }
+            Err(e) => Err(self.failed(addr, e).await),
         }
     }
 
@@ -221,13 +216,17 @@ impl RedisCluster {
         let mut c = self.conn(addr).await?;
         match p.query_async(&mut c).await {
             Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    self.forget(addr).await;
-                }
-                Err(format!("{addr}: {e}"))
-            }
+            Err(e) => Err(self.failed(addr, e).await),
         }
+    }
+
+    /// Drops the cached connection after a transport error (the next call reconnects);
+    /// says which node failed.
+    async fn failed(&self, addr: &str, e: redis::RedisError) -> String {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            self.forget(addr).await;
+        }
+        format!("{addr}: {e}")
     }
 
     async fn cluster_nodes(&self, addr: &str) -> Result<Vec<NodeLine>, String> {
