@@ -38,11 +38,21 @@ fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
 
-/// A free port whose +10000 (the Redis cluster bus) is free too.
+/// A free port whose +10000 (the Redis cluster bus) is free too. Ports come from
+/// 10000..20000 (buses 20000..30000), below the kernel's ephemeral range, so a bus port
+/// never collides with another cluster's node port or an outgoing connection; a counter
+/// keeps one process from handing the same port out twice.
 pub fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let p = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if p < 55000 && port_free(p) && port_free(p + 10000) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        (std::process::id().wrapping_mul(7919) ^ nanos) % 10000
+    });
+    for _ in 0..10000 {
+        let p = 10000 + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % 10000) as u16;
+        if port_free(p) && port_free(p + 10000) {
             return p;
         }
     }
