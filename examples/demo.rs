@@ -92,10 +92,10 @@ async fn main() {
     let winner = loop {
         let mut found = None;
         for (i, (_, api, _)) in sidecars.iter().enumerate() {
-            if let Some(m) = http(&format!("http://{api}/metrics")) {
-                if metric(&m, "autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0 {
-                    found = Some(i);
-                }
+            if let Some(m) = http(&format!("http://{api}/metrics"))
+                && metric(&m, "autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0
+            {
+                found = Some(i);
             }
         }
         if let Some(i) = found {

@@ -158,16 +158,17 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
             ),
         );
     }
-    if plan.transfer_bytes == 0 && plan.lower_bound_bytes > 0 {
-        if let Some(m) = members.iter().find(|m| m.health == Health::Critical) {
-            return Decision::skip(
-                SkipReason::CriticalMember,
-                format!(
-                    "the cluster is off-balance but the members that could take data are above critical memory (first: {})",
-                    m.id
-                ),
-            );
-        }
+    if plan.transfer_bytes == 0
+        && plan.lower_bound_bytes > 0
+        && let Some(m) = members.iter().find(|m| m.health == Health::Critical)
+    {
+        return Decision::skip(
+            SkipReason::CriticalMember,
+            format!(
+                "the cluster is off-balance but the members that could take data are above critical memory (first: {})",
+                m.id
+            ),
+        );
     }
     let moves = plan.moves.len();
     if moves == 0 || plan.total_bytes == 0 {

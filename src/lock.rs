@@ -582,12 +582,6 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: Cancell
     }
 }
 
-impl LockGuard {
-    pub fn age(&self) -> chrono::Duration {
-        Utc::now() - self.holder.started_at
-    }
-}
-
 /// The fence the executor asks before each move.
 pub struct GuardFence<'a> {
     pub coordinator: &'a Coordinator,

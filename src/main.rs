@@ -315,7 +315,7 @@ fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
             };
             let config = load_config(&config)?;
             let me = config.member_id();
-            if migrate_to.iter().any(|m| *m == me) {
+            if migrate_to.contains(&me) {
                 return Err(usage(anyhow::anyhow!("--migrate-to names {me}, the member being evacuated")));
             }
             let local = Local::new(&config)?;

@@ -19,7 +19,7 @@ use crate::decide::{Decision, SkipReason, Thresholds, decide};
 use crate::execute::{Limits, Progress, StopReason, execute};
 use crate::lock::{Acquire, Coordinator, GuardFence, RunRecord};
 use crate::metrics::Metrics;
-use crate::model::{ClusterSnapshot, Health};
+use crate::model::ClusterSnapshot;
 use crate::plan::{Plan, PlanOptions, plan};
 use crate::report::Outcome;
 
@@ -292,12 +292,11 @@ impl Context {
             rc.cancel();
         });
         let mut limits = Limits::from_config(&self.config.execution);
-        if *trigger == Trigger::Evacuation {
-            if let Ok(ev) = self.coordinator.evacuations().await {
-                if let Some(rate) = ev.iter().map(|e| e.rate).filter(|&r| r > 0).min() {
-                    limits.max_bytes_per_second = rate;
-                }
-            }
+        if *trigger == Trigger::Evacuation
+            && let Ok(ev) = self.coordinator.evacuations().await
+            && let Some(rate) = ev.iter().map(|e| e.rate).filter(|&r| r > 0).min()
+        {
+            limits.max_bytes_per_second = rate;
         }
         let fence = GuardFence { coordinator: &self.coordinator, guard };
         let report =
@@ -324,16 +323,16 @@ impl Context {
         self.finish_status(label, report.moved_bytes, report.failures.first().cloned());
         if report.moves_done > 0 {
             // What is left: the gauges show the cluster after the moves, not before.
-            if let Ok(after) = self.snapshot().await {
-                if let Ok(p2) = self.plan(&after) {
-                    info!(
-                        transfer_bytes = p2.transfer_bytes,
-                        total_bytes = p2.total_bytes,
-                        "after the run: transfer {:.2}% (threshold {}%)",
-                        p2.transfer_percent(),
-                        self.config.balance.size_threshold_percent
-                    );
-                }
+            if let Ok(after) = self.snapshot().await
+                && let Ok(p2) = self.plan(&after)
+            {
+                info!(
+                    transfer_bytes = p2.transfer_bytes,
+                    total_bytes = p2.total_bytes,
+                    "after the run: transfer {:.2}% (threshold {}%)",
+                    p2.transfer_percent(),
+                    self.config.balance.size_threshold_percent
+                );
             }
             self.status.lock().unwrap().last_report = Some(report.members.clone());
         }
@@ -373,9 +372,4 @@ pub fn outcome_label(o: &Outcome) -> &'static str {
     } else {
         "rebalanced"
     }
-}
-
-/// Whether any member is down (for callers that gate before locking).
-pub fn any_down(s: &ClusterSnapshot) -> bool {
-    s.members.iter().any(|m| m.health == Health::Down)
 }

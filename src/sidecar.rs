@@ -151,10 +151,10 @@ impl Sidecar {
         self.ctx.metrics.evacuation_bytes_left.set(0);
         // An evacuation run in progress stops at its next safe point.
         let cur = self.current.lock().await;
-        if let Some((op, t)) = cur.as_ref() {
-            if op == "evacuation" {
-                t.cancel();
-            }
+        if let Some((op, t)) = cur.as_ref()
+            && op == "evacuation"
+        {
+            t.cancel();
         }
         Ok(())
     }

@@ -308,10 +308,10 @@ impl LocalRedisCluster {
 
     /// Kills one node (a crash: no shutdown).
     pub fn kill(&mut self, addr: &str) {
-        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr() == addr) {
-            if let Some(mut p) = n.proc.take() {
-                p.kill();
-            }
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.addr() == addr)
+            && let Some(mut p) = n.proc.take()
+        {
+            p.kill();
         }
     }
 
@@ -415,10 +415,10 @@ impl LocalRedisCluster {
                     }
                     let vals: Vec<Option<Vec<u8>>> = p.query_async(&mut con).await.map_err(|e| e.to_string())?;
                     for (k, v) in keys.into_iter().zip(vals) {
-                        if let Some(v) = v {
-                            if out.insert(k.clone(), v).is_some() {
-                                return Err(format!("key {:?} found on two masters", String::from_utf8_lossy(&k)));
-                            }
+                        if let Some(v) = v
+                            && out.insert(k.clone(), v).is_some()
+                        {
+                            return Err(format!("key {:?} found on two masters", String::from_utf8_lossy(&k)));
                         }
                     }
                 }

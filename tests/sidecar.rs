@@ -98,11 +98,11 @@ async fn a_killed_lock_holder_is_taken_over_and_repaired() {
     let mut victim = None;
     wait_for(30, "a sidecar moving with an open slot", || {
         for (i, s) in sidecars.iter().enumerate() {
-            if let Ok((200, body)) = get(&s.url("/status")) {
-                if json(&body)["state"] == "moving" {
-                    victim = Some(i);
-                    return true;
-                }
+            if let Ok((200, body)) = get(&s.url("/status"))
+                && json(&body)["state"] == "moving"
+            {
+                victim = Some(i);
+                return true;
             }
         }
         false
