@@ -45,8 +45,6 @@ impl From<Busy> for ApiError {
     fn from(b: Busy) -> ApiError {
         match &b {
             Busy::Running(_) => ApiError::new(StatusCode::CONFLICT, "already_running", b.to_string()),
-            Busy::Paused(_) => ApiError::new(StatusCode::CONFLICT, "paused", b.to_string()),
-            Busy::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "lock_unavailable", b.to_string()),
         }
     }
 }
@@ -221,9 +219,6 @@ async fn rebalance(State(sc): S, headers: HeaderMap, RawQuery(raw): RawQuery) ->
     authorize(&sc, &headers)?;
     let q = query(raw, &["force"])?;
     let force = flag(&q, "force")?;
-    if let Ok(Some(by)) = sc.ctx.coordinator.paused().await {
-        return Err(Busy::Paused(by).into());
-    }
     let out = sc.run(Trigger::Manual { force }).await?;
     match out.decision.reason {
         None => Ok(axum::Json(out).into_response()),

@@ -304,7 +304,7 @@ pub async fn execute<C: Cluster, F: Fence>(
         }
     }
     metrics.rebalance_in_progress.set(0);
-    let members = member_report(snapshot, plan, &done);
+    let members = member_report(plan, &done);
     RunReport {
         moves_planned: plan.moves.len() as u64,
         moves_done: done.len() as u64,
@@ -320,7 +320,7 @@ pub async fn execute<C: Cluster, F: Fence>(
 }
 
 /// Per member: buckets before, asked to unload, actually unloaded, held now (and bytes).
-pub fn member_report(snapshot: &ClusterSnapshot, plan: &Plan, done: &[&Move]) -> Vec<MemberReport> {
+pub fn member_report(plan: &Plan, done: &[&Move]) -> Vec<MemberReport> {
     let mut r: Vec<MemberReport> = plan
         .members
         .iter()
@@ -348,7 +348,6 @@ pub fn member_report(snapshot: &ClusterSnapshot, plan: &Plan, done: &[&Move]) ->
         t.current_buckets += 1;
         t.current_bytes += mv.bytes;
     }
-    let _ = snapshot;
     r
 }
 

@@ -378,22 +378,14 @@ impl Coordinator {
     pub async fn holder(&self) -> Result<Option<Holder>, LockError> {
         match &self.backend {
             Backend::Local(s) => Ok(s.lock().await.holder.as_ref().map(|(_, h)| h.clone())),
-            Backend::Etcd { .. } => {
-                let key = self.keys.lock();
-                let r = self.etcd(|mut c| async move { c.get(key, None).await }).await?;
-                Ok(r.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
-            }
+            Backend::Etcd { .. } => self.get_json(self.keys.lock()).await,
         }
     }
 
     pub async fn last_run(&self) -> Result<Option<RunRecord>, LockError> {
         match &self.backend {
             Backend::Local(s) => Ok(s.lock().await.last_run.clone()),
-            Backend::Etcd { .. } => {
-                let key = self.keys.last_run();
-                let r = self.etcd(|mut c| async move { c.get(key, None).await }).await?;
-                Ok(r.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
-            }
+            Backend::Etcd { .. } => self.get_json(self.keys.last_run()).await,
         }
     }
 

@@ -17,7 +17,7 @@ use crate::cluster::{AnyCluster, Cluster};
 use crate::config::Config;
 use crate::decide::{Decision, SkipReason, Thresholds, decide};
 use crate::execute::{Limits, Progress, StopReason, execute};
-use crate::lock::{Acquire, Coordinator, GuardFence, RunRecord};
+use crate::lock::{Acquire, Coordinator, Evacuation, GuardFence, RunRecord};
 use crate::metrics::Metrics;
 use crate::model::ClusterSnapshot;
 use crate::plan::{Plan, PlanOptions, plan};
@@ -104,20 +104,27 @@ impl Context {
 
     /// Snapshot with the operator's persistent state applied (evacuated members drain).
     pub async fn snapshot(&self) -> Result<ClusterSnapshot, String> {
+        self.snapshot_and_evacuations().await.map(|(s, _)| s)
+    }
+
+    /// As `snapshot`, also returning the evacuations it applied (one read of etcd).
+    async fn snapshot_and_evacuations(&self) -> Result<(ClusterSnapshot, Vec<Evacuation>), String> {
         let t0 = Instant::now();
         let mut snap = self.cluster.snapshot().await.map_err(|e| e.to_string())?;
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
-        match self.coordinator.evacuations().await {
-            Ok(ev) => {
-                for e in ev {
-                    if let Some(m) = snap.members.iter_mut().find(|m| m.id == e.member) {
-                        m.draining = true;
-                    }
-                }
+        let evacuations = match self.coordinator.evacuations().await {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(cause = %e, "cannot read evacuations; planning without them");
+                Vec::new()
             }
-            Err(e) => warn!(cause = %e, "cannot read evacuations; planning without them"),
+        };
+        for e in &evacuations {
+            if let Some(m) = snap.members.iter_mut().find(|m| m.id == e.member) {
+                m.draining = true;
+            }
         }
-        Ok(snap)
+        Ok((snap, evacuations))
     }
 
     pub fn plan(&self, snap: &ClusterSnapshot) -> Result<Plan, String> {
@@ -245,18 +252,15 @@ impl Context {
                 warn!(cause = %e, "repair of open buckets failed; the plan will see them open")
             }
         }
-        let snap = match self.snapshot().await {
-            Ok(s) => s,
+        let (snap, evacuations) = match self.snapshot_and_evacuations().await {
+            Ok(x) => x,
             Err(e) => return self.skip(SkipReason::SnapshotFailed, e),
         };
+        let evacuating = *trigger == Trigger::Evacuation;
         // An evacuation naming targets moves only onto them.
-        let receivers = match trigger {
-            Trigger::Evacuation => self.coordinator.evacuations().await.ok().and_then(|ev| {
-                let to: Vec<String> = ev.into_iter().flat_map(|e| e.migrate_to).collect();
-                (!to.is_empty()).then_some(to)
-            }),
-            _ => None,
-        };
+        let receivers = evacuating
+            .then(|| evacuations.iter().flat_map(|e| e.migrate_to.clone()).collect::<Vec<_>>())
+            .filter(|to| !to.is_empty());
         let p = match self.plan_with(&snap, receivers) {
             Ok(p) => p,
             Err(e) => {
@@ -292,10 +296,7 @@ impl Context {
             rc.cancel();
         });
         let mut limits = Limits::from_config(&self.config.execution);
-        if *trigger == Trigger::Evacuation
-            && let Ok(ev) = self.coordinator.evacuations().await
-            && let Some(rate) = ev.iter().map(|e| e.rate).filter(|&r| r > 0).min()
-        {
+        if evacuating && let Some(rate) = evacuations.iter().map(|e| e.rate).filter(|&r| r > 0).min() {
             limits.max_bytes_per_second = rate;
         }
         let fence = GuardFence { coordinator: &self.coordinator, guard };

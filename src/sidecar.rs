@@ -39,10 +39,6 @@ pub enum SidecarError {
 pub enum Busy {
     #[error("a {0} is already running on this sidecar")]
     Running(String),
-    #[error("the cluster is paused ({0})")]
-    Paused(String),
-    #[error("etcd is unavailable: {0}")]
-    Unavailable(String),
 }
 
 /// Evacuation progress of the local member.
