@@ -171,7 +171,7 @@ async fn status(State(sc): S) -> ApiResult {
 
 async fn status_cluster(State(sc): S) -> ApiResult {
     let unavailable =
-        |e: crate::lock::LockError| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "lock_unavailable", e.to_string());
+        |e: crate::coord::LockError| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "lock_unavailable", e.to_string());
     let sidecars = sc.ctx.coordinator.sidecars().await.map_err(unavailable)?;
     let holder = sc.ctx.coordinator.holder().await.map_err(unavailable)?;
     let paused = sc.ctx.coordinator.paused().await.map_err(unavailable)?;

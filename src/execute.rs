@@ -10,7 +10,6 @@
 //! (cancel, deadline, lost lock) lets moves in flight finish and starts no more.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, ClusterError, Pace};
+pub use crate::coord::{Fence, FenceError, NoFence};
 use crate::metrics::Metrics;
 use crate::model::ClusterSnapshot;
 use crate::plan::{Move, Plan};
@@ -53,20 +53,6 @@ impl Limits {
 
 /// How often a running rebalance logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
-/// Asked before every move: is the lock still ours?
-pub trait Fence: Send + Sync {
-    fn check(&self) -> impl Future<Output = Result<(), String>> + Send;
-}
-
-/// A fence that always passes (dry runs of the executor in tests).
-pub struct NoFence;
-
-impl Fence for NoFence {
-    async fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
 
 /// Why a run ended before its last move.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -292,10 +278,6 @@ pub async fn execute<C: Cluster, F: Fence>(
             }
         }
     }
-    if let Err(e) = cluster.flush().await {
-        warn!(cause = %e, "could not make the run's moves durable");
-        failures.push(e.to_string());
-    }
     let not_started = pending.len() as u64 + deferred;
     if not_started > 0 {
         metrics.moves_total.with_label_values(&["cancelled"]).inc_by(not_started);
@@ -495,8 +477,8 @@ mod tests {
 
     struct FlakyFence(AtomicUsize);
     impl Fence for FlakyFence {
-        async fn check(&self) -> Result<(), String> {
-            if self.0.fetch_add(1, Ordering::SeqCst) >= 4 { Err("lease expired".into()) } else { Ok(()) }
+        async fn check(&self) -> Result<(), FenceError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) >= 4 { Err(FenceError::Expired) } else { Ok(()) }
         }
     }
 

@@ -24,9 +24,9 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod coord;
 pub mod decide;
 pub mod execute;
-pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -288,7 +288,7 @@ fn pause(config: PathBuf, on: bool) -> Result<ExitCode, Fail> {
     let config = load_config(&config)?;
     init_logs(Some(&config));
     let member = config.member_id();
-    let c = autobalancer::lock::Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &member)
+    let c = autobalancer::coord::Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &member)
         .map_err(|e| usage(anyhow::anyhow!(e)))?;
     if c.is_standalone() {
         return Err(usage(anyhow::anyhow!("pause and resume need [etcd]: a standalone sidecar keeps no shared state")));

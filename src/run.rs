@@ -15,9 +15,9 @@ use tracing::{error, info, warn};
 
 use crate::cluster::{AnyCluster, Cluster};
 use crate::config::Config;
+use crate::coord::{Acquire, Coordinator, Evacuation, GuardFence, RunRecord};
 use crate::decide::{Decision, SkipReason, Thresholds, decide};
 use crate::execute::{Limits, Progress, StopReason, execute};
-use crate::lock::{Acquire, Coordinator, Evacuation, GuardFence, RunRecord};
 use crate::metrics::Metrics;
 use crate::model::ClusterSnapshot;
 use crate::plan::{Plan, PlanOptions, plan};
@@ -224,7 +224,7 @@ impl Context {
     async fn run_locked(
         &self,
         trigger: &Trigger,
-        guard: &crate::lock::LockGuard,
+        guard: &crate::coord::LockGuard,
         cancel: &CancellationToken,
     ) -> Outcome {
         if let Trigger::Scheduled { slot } = trigger {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::lock::Evacuation;
+use crate::coord::Evacuation;
 use crate::report::Outcome;
 use crate::run::{Context, Trigger};
 use crate::schedule::Schedule;

@@ -1,28 +1,46 @@
 //! The file backend: a snapshot JSON as the cluster, for what-if runs and for exercising
-//! the lock, executor and API without a data store. Moves apply to the layout in memory
-//! and the file is rewritten once at the end of each run (`flush`), so repeated runs
-//! converge as they would on a live cluster.
+//! the lock, executor and API without a data store.
+//!
+//! Moves apply to the layout in memory; the file is written behind them by a writer task
+//! that gathers the moves of a burst into one write (a 16384-bucket file is about 1 MB,
+//! and rewriting it per move made large runs take minutes). The file is also written
+//! before the next snapshot and when the backend is dropped, so repeated runs converge as
+//! they would on a live cluster. Owns: that batching. Does not own: planning or limits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 
 use super::{Cluster, ClusterError, MoveStats, Pace};
 use crate::model::ClusterSnapshot;
 use crate::plan::{Move, apply_moves};
 
+/// How long the writer waits for more moves before it writes.
+const GATHER: Duration = Duration::from_millis(20);
+
 pub struct FileCluster {
-    path: PathBuf,
-    cluster_id: String,
-    /// The layout moves apply to, and whether it differs from the file.
-    state: Mutex<Option<(ClusterSnapshot, bool)>>,
+    inner: Arc<Inner>,
 }
 
-impl FileCluster {
-    pub fn new(path: PathBuf, cluster_id: String) -> FileCluster {
-        FileCluster { path, cluster_id, state: Mutex::new(None) }
-    }
+struct Inner {
+    path: PathBuf,
+    cluster_id: String,
+    /// The layout moves apply to, whether it differs from the file, and whether the
+    /// writer task runs.
+    state: Mutex<State>,
+    wake: Arc<Notify>,
+}
 
+#[derive(Default)]
+struct State {
+    layout: Option<ClusterSnapshot>,
+    dirty: bool,
+    writer: bool,
+}
+
+impl Inner {
     fn read(&self) -> Result<ClusterSnapshot, ClusterError> {
         let mut s = ClusterSnapshot::read_file(&self.path).map_err(|e| ClusterError::Snapshot(e.to_string()))?;
         if s.cluster_id.is_empty() {
@@ -30,51 +48,90 @@ impl FileCluster {
         }
         Ok(s)
     }
+
+    /// Writes the layout if it differs from the file (atomically: temp file, rename).
+    fn write_if_dirty(&self) -> Result<(), ClusterError> {
+        let mut st = self.state.lock().unwrap();
+        let (Some(layout), true) = (st.layout.as_ref(), st.dirty) else {
+            return Ok(());
+        };
+        write_atomically(&self.path, &layout.to_json())?;
+        st.dirty = false;
+        Ok(())
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), ClusterError> {
+    let fail = |m: String| ClusterError::Snapshot(m);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| fail(format!("write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(format!("rename to {}: {e}", path.display())))
+}
+
+/// Writes behind the moves until the backend is dropped.
+async fn writer(inner: std::sync::Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        tokio::time::sleep(GATHER).await;
+        let Some(i) = inner.upgrade() else { return };
+        if let Err(e) = i.write_if_dirty() {
+            tracing::warn!(cause = %e, "could not write the snapshot file; retrying after the next move");
+        }
+    }
+}
+
+impl FileCluster {
+    pub fn new(path: PathBuf, cluster_id: String) -> FileCluster {
+        FileCluster {
+            inner: Arc::new(Inner { path, cluster_id, state: Mutex::new(State::default()), wake: Arc::default() }),
+        }
+    }
+}
+
+impl Drop for FileCluster {
+    fn drop(&mut self) {
+        // Ends the writer task: it finds no backend to write for.
+        self.inner.wake.notify_one();
+        if let Err(e) = self.inner.write_if_dirty() {
+            tracing::error!(cause = %e, "moves not written to the snapshot file");
+        }
+    }
 }
 
 impl Cluster for FileCluster {
     async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
-        let mut st = self.state.lock().await;
-        match st.as_ref() {
-            // Moves not yet written are part of the cluster's state.
-            Some((s, true)) => Ok(s.clone()),
-            _ => {
-                let s = self.read()?;
-                *st = Some((s.clone(), false));
-                Ok(s)
-            }
-        }
+        self.inner.write_if_dirty()?;
+        let s = self.inner.read()?;
+        self.inner.state.lock().unwrap().layout = Some(s.clone());
+        Ok(s)
     }
 
     async fn repair(&self) -> Result<Vec<String>, ClusterError> {
         Ok(Vec::new())
     }
 
-    async fn flush(&self) -> Result<(), ClusterError> {
-        let mut st = self.state.lock().await;
-        if let Some((s, dirty @ true)) = st.as_mut() {
-            let fail = |m: String| ClusterError::Snapshot(m);
-            let tmp = self.path.with_extension("json.tmp");
-            std::fs::write(&tmp, s.to_json()).map_err(|e| fail(format!("write {}: {e}", tmp.display())))?;
-            std::fs::rename(&tmp, &self.path).map_err(|e| fail(format!("rename to {}: {e}", self.path.display())))?;
-            *dirty = false;
-        }
-        Ok(())
-    }
-
     async fn move_bucket<P: Pace>(&self, _s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
         pace.take(mv.bytes).await;
-        let mut st = self.state.lock().await;
-        if st.is_none() {
-            *st = Some((self.read()?, false));
+        let loaded = self.inner.state.lock().unwrap().layout.is_some();
+        let fresh = if loaded { None } else { Some(self.inner.read()?) };
+        let start_writer = {
+            let mut st = self.inner.state.lock().unwrap();
+            if let Some(f) = fresh {
+                st.layout.get_or_insert(f);
+            }
+            let layout = st.layout.as_mut().expect("loaded");
+            apply_moves(layout, std::slice::from_ref(mv)).map_err(|message| ClusterError::Move {
+                bucket: mv.bucket,
+                message,
+                open: false,
+            })?;
+            st.dirty = true;
+            !std::mem::replace(&mut st.writer, true)
+        };
+        if start_writer {
+            tokio::spawn(writer(Arc::downgrade(&self.inner), self.inner.wake.clone()));
         }
-        let (s, dirty) = st.as_mut().expect("loaded");
-        apply_moves(s, std::slice::from_ref(mv)).map_err(|message| ClusterError::Move {
-            bucket: mv.bucket,
-            message,
-            open: false,
-        })?;
-        *dirty = true;
+        self.inner.wake.notify_one();
         Ok(MoveStats { keys: 0, bytes: mv.bytes })
     }
 }

@@ -45,11 +45,6 @@ pub trait Cluster: Send + Sync {
     /// Closes buckets left mid-migration (finish or roll back, never dropping data).
     /// Returns one line per bucket repaired.
     fn repair(&self) -> impl Future<Output = Result<Vec<String>, ClusterError>> + Send;
-    /// Makes the moves of a run durable where the backend batches them (the file
-    /// backend writes its file once per run). Called by the executor at the end of a run.
-    fn flush(&self) -> impl Future<Output = Result<(), ClusterError>> + Send {
-        async { Ok(()) }
-    }
     /// Moves one bucket copy. Runs to a safe end once started.
     fn move_bucket<P: Pace>(
         &self,
@@ -89,13 +84,6 @@ impl Cluster for AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.repair().await,
             AnyCluster::File(c) => c.repair().await,
-        }
-    }
-
-    async fn flush(&self) -> Result<(), ClusterError> {
-        match self {
-            AnyCluster::Redis(c) => c.flush().await,
-            AnyCluster::File(c) => c.flush().await,
         }
     }
 

@@ -1,0 +1,233 @@
+//! The legacy mover: the documented slot-migration protocol.
+//!
+//! A move: SETSLOT IMPORTING on the target, MIGRATING on the source, then
+//! GETKEYSINSLOT + MIGRATE ... KEYS in batches bounded by keys and bytes, then SETSLOT NODE
+//! on the target, the source, and the other masters. Once started, a move runs to its end
+//! (or fails and says the slot is open), so a stop never leaves a half-moved slot behind.
+//!
+//! Owns: those steps, BUSYKEY handling. Does not own: which slot moves, or closing slots a
+//! crash left open ([`super::repair`]).
+
+use tracing::{debug, warn};
+
+use super::RedisCluster;
+use super::topology::Topology;
+use crate::cluster::{ClusterError, MoveStats, Pace};
+
+impl RedisCluster {
+    pub(super) async fn setslot(&self, addr: &str, slot: u16, args: &[&str]) -> Result<(), String> {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("SETSLOT").arg(slot);
+        for a in args {
+            c.arg(*a);
+        }
+        self.conns.query::<()>(addr, &c).await
+    }
+
+    pub(super) async fn count_keys(&self, addr: &str, slot: u16) -> Result<u64, String> {
+        self.conns.query(addr, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await
+    }
+
+    fn migrate_cmd(&self, dst: &str, keys: &[Vec<u8>], replace: bool) -> redis::Cmd {
+        let (host, port) = dst.rsplit_once(':').unwrap_or((dst, "6379"));
+        let mut c = redis::cmd("MIGRATE");
+        c.arg(host).arg(port).arg("").arg(0).arg(self.migrate_timeout.as_millis() as u64);
+        if replace {
+            c.arg("REPLACE");
+        }
+        match (&self.conns.auth.username, &self.conns.auth.password) {
+            (Some(u), Some(p)) => {
+                c.arg("AUTH2").arg(u).arg(p);
+            }
+            (None, Some(p)) => {
+                c.arg("AUTH").arg(p);
+            }
+            _ => {}
+        }
+        c.arg("KEYS");
+        for k in keys {
+            c.arg(k.as_slice());
+        }
+        c
+    }
+
+    /// Migrates `keys` from `src` to `dst`. On BUSYKEY, a key present on both sides is
+    /// replaced only when both values are identical; otherwise the move stops naming it.
+    async fn migrate_batch(
+        &self,
+        slot: u16,
+        src: &str,
+        dst: &str,
+        keys: &[Vec<u8>],
+        then: Option<redis::Cmd>,
+    ) -> Result<Option<Vec<Vec<u8>>>, ClusterError> {
+        let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
+        let mut c = self.conns.conn(src).await.map_err(fail)?;
+        let res: Result<Option<Vec<Vec<u8>>>, redis::RedisError> = match &then {
+            Some(list) => {
+                let mut p = redis::pipe();
+                p.add_command(self.migrate_cmd(dst, keys, false)).ignore().add_command(list.clone());
+                p.query_async::<(Vec<Vec<u8>>,)>(&mut c).await.map(|(k,)| Some(k))
+            }
+            None => self.migrate_cmd(dst, keys, false).query_async::<redis::Value>(&mut c).await.map(|_| None),
+        };
+        let e = match res {
+            Ok(next) => return Ok(next),
+            Err(e) => e,
+        };
+        // MIGRATE relays the target's refusal inside its own error:
+        // "ERR Target instance replied with error: BUSYKEY Target key name already exists."
+        let busy = e.code() == Some("BUSYKEY") || e.to_string().contains("BUSYKEY");
+        if !busy {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                self.conns.forget(src).await;
+            }
+            return Err(fail(format!("MIGRATE from {src} to {dst}: {e}")));
+        }
+        // Keys MIGRATE did move are gone from the source; look at the rest one by one.
+        for k in keys {
+            let mut p = redis::pipe();
+            p.cmd("DUMP").arg(k.as_slice());
+            let here: Vec<Option<Vec<u8>>> = self.conns.pipeline(src, &p).await.map_err(fail)?;
+            let Some(here) = here.into_iter().next().flatten() else {
+                continue;
+            };
+            let mut p = redis::pipe();
+            p.cmd("ASKING").ignore().cmd("DUMP").arg(k.as_slice());
+            let there: Vec<Option<Vec<u8>>> = self.conns.pipeline(dst, &p).await.map_err(fail)?;
+            let there = there.into_iter().next().flatten();
+            let replace = match there {
+                None => false,
+                Some(t) if t == here => true,
+                Some(_) => {
+                    return Err(fail(format!(
+                        "key {:?} exists on both {src} and {dst} with different values; slot {slot} left open for inspection",
+                        String::from_utf8_lossy(k)
+                    )));
+                }
+            };
+            self.conns
+                .query::<redis::Value>(src, &self.migrate_cmd(dst, std::slice::from_ref(k), replace))
+                .await
+                .map_err(|e| fail(format!("MIGRATE of {:?}: {e}", String::from_utf8_lossy(k))))?;
+        }
+        Ok(None)
+    }
+
+    /// Moves every key of `slot` from `src` to `dst`, in batches by keys and bytes.
+    /// `estimate` is the slot's size from the snapshot (0 = unknown): a slot well under
+    /// `migrate-batch-bytes` skips sizing its keys. The last MIGRATE of each listing is
+    /// pipelined with the next listing, so an emptied slot costs no extra round trip.
+    async fn drain_slot<P: Pace>(
+        &self,
+        slot: u16,
+        src: &str,
+        dst: &str,
+        pace: &P,
+        estimate: u64,
+    ) -> Result<MoveStats, ClusterError> {
+        let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
+        let list = || {
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys);
+            c
+        };
+        let mut stats = MoveStats::default();
+        let mut keys: Vec<Vec<u8>> = self.conns.query(src, &list()).await.map_err(fail)?;
+        let mut first = true;
+        while !keys.is_empty() {
+            let small = first
+                && estimate > 0
+                && estimate.saturating_mul(2) <= self.batch_bytes
+                && keys.len() < self.batch_keys as usize;
+            first = false;
+            let sizes: Vec<u64> = if small {
+                vec![estimate / keys.len() as u64; keys.len()]
+            } else {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
+                }
+                let s: Vec<Option<u64>> = self.conns.pipeline(src, &p).await.map_err(fail)?;
+                s.into_iter().map(|x| x.unwrap_or(0)).collect()
+            };
+            let mut start = 0;
+            let mut next = None;
+            while start < keys.len() {
+                let mut end = start;
+                let mut bytes = 0u64;
+                while end < keys.len() && (end == start || bytes + sizes[end] <= self.batch_bytes) {
+                    bytes += sizes[end];
+                    end += 1;
+                }
+                pace.take(bytes).await;
+                let last = end == keys.len();
+                next = self.migrate_batch(slot, src, dst, &keys[start..end], last.then(list)).await?;
+                stats.keys += (end - start) as u64;
+                stats.bytes += bytes;
+                start = end;
+            }
+            keys = match next {
+                Some(k) => k,
+                None => self.conns.query(src, &list()).await.map_err(fail)?,
+            };
+        }
+        Ok(stats)
+    }
+
+    /// Assigns `slot` to `dst_id`: on the target first, then the source, then the others.
+    async fn assign(&self, topo: &Topology, slot: u16, src: &str, dst: &str, dst_id: &str) -> Result<(), ClusterError> {
+        let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
+        self.setslot(dst, slot, &["NODE", dst_id]).await.map_err(fail)?;
+        if let Err(e) = self.setslot(src, slot, &["NODE", dst_id]).await {
+            warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
+        }
+        let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
+        let results = futures::future::join_all(
+            others.map(|m| async move { (m.addr.as_str(), self.setslot(&m.addr, slot, &["NODE", dst_id]).await) }),
+        )
+        .await;
+        for (addr, r) in results {
+            if let Err(e) = r {
+                debug!(slot, node = %addr, cause = %e, "SETSLOT NODE on another master failed; gossip will carry it");
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `slot` from `src` to `dst`. `resume` continues a move a crash interrupted,
+    /// where either side may be past its first step; a fresh move requires both steps,
+    /// so a stale plan (the source no longer owns the slot) fails before any key moves.
+    pub(super) async fn finish<P: Pace>(
+        &self,
+        topo: &Topology,
+        slot: u16,
+        src: &str,
+        dst: &str,
+        pace: &P,
+        resume: bool,
+        estimate: u64,
+    ) -> Result<MoveStats, ClusterError> {
+        let src_id = self.node_id_of(topo, src)?;
+        let dst_id = self.node_id_of(topo, dst)?;
+        let early = |message: String| ClusterError::Move { bucket: slot as u64, message, open: false };
+        if let Err(e) = self.setslot(dst, slot, &["IMPORTING", &src_id]).await {
+            if !resume {
+                return Err(early(format!("IMPORTING on {dst}: {e}")));
+            }
+            debug!(slot, cause = %e, "IMPORTING not set");
+        }
+        if let Err(e) = self.setslot(src, slot, &["MIGRATING", &dst_id]).await {
+            if !resume {
+                // Undo the first step: nothing has moved yet.
+                let _ = self.setslot(dst, slot, &["STABLE"]).await;
+                return Err(early(format!("MIGRATING on {src}: {e}")));
+            }
+            debug!(slot, cause = %e, "MIGRATING not set");
+        }
+        // drain_slot returns only once GETKEYSINSLOT on the source answers empty.
+        let stats = self.drain_slot(slot, src, dst, pace, estimate).await?;
+        self.assign(topo, slot, src, dst, &dst_id).await?;
+        Ok(stats)
+    }
+}

@@ -1,0 +1,227 @@
+//! The cluster's topology: CLUSTER NODES parsed, each master's view of itself, who owns
+//! which slot, and the health figures of a master.
+//!
+//! Owns: `NodeLine`, `Topology`, reading them. Does not own: sizes or moves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::{RedisCluster, SLOTS};
+use crate::cluster::ClusterError;
+
+/// One line of CLUSTER NODES.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeLine {
+    pub id: String,
+    /// `ip:port` as the cluster announces it.
+    pub addr: String,
+    pub flags: Vec<String>,
+    pub master_id: Option<String>,
+    pub config_epoch: u64,
+    pub connected: bool,
+    pub slots: Vec<(u16, u16)>,
+    /// (slot, target node id): this node is migrating the slot away.
+    pub migrating: Vec<(u16, String)>,
+    /// (slot, source node id): this node is importing the slot.
+    pub importing: Vec<(u16, String)>,
+}
+
+impl NodeLine {
+    pub fn is_master(&self) -> bool {
+        self.flags.iter().any(|f| f == "master")
+    }
+    pub fn is_myself(&self) -> bool {
+        self.flags.iter().any(|f| f == "myself")
+    }
+    pub fn is_failed(&self) -> bool {
+        self.flags.iter().any(|f| f == "fail" || f == "fail?" || f == "noaddr" || f == "handshake")
+    }
+    pub fn owns(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    }
+}
+
+/// Parses CLUSTER NODES output.
+pub fn parse_nodes(text: &str) -> Result<Vec<NodeLine>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            return Err(format!("CLUSTER NODES line has {} fields: {line:?}", f.len()));
+        }
+        // ip:port@cport[,hostname]
+        let addr = f[1].split('@').next().unwrap_or("").to_string();
+        let mut node = NodeLine {
+            id: f[0].to_string(),
+            addr,
+            flags: f[2].split(',').map(str::to_string).collect(),
+            master_id: (f[3] != "-").then(|| f[3].to_string()),
+            config_epoch: f[6].parse().unwrap_or(0),
+            connected: f[7] == "connected",
+            slots: Vec::new(),
+            migrating: Vec::new(),
+            importing: Vec::new(),
+        };
+        for s in &f[8..] {
+            if let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+                if let Some((slot, to)) = inner.split_once("->-") {
+                    node.migrating.push((slot.parse().map_err(|_| format!("bad slot in {s}"))?, to.to_string()));
+                } else if let Some((slot, from)) = inner.split_once("-<-") {
+                    node.importing.push((slot.parse().map_err(|_| format!("bad slot in {s}"))?, from.to_string()));
+                }
+            } else if let Some((a, b)) = s.split_once('-') {
+                let a = a.parse().map_err(|_| format!("bad slot range {s}"))?;
+                let b = b.parse().map_err(|_| format!("bad slot range {s}"))?;
+                node.slots.push((a, b));
+            } else {
+                let a = s.parse().map_err(|_| format!("bad slot {s}"))?;
+                node.slots.push((a, a));
+            }
+        }
+        out.push(node);
+    }
+    Ok(out)
+}
+
+/// The topology as the masters see themselves.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Topology {
+    /// Masters in a stable order (by address).
+    pub(super) masters: Vec<NodeLine>,
+    pub(super) replicas: Vec<NodeLine>,
+    /// Each master's own CLUSTER NODES "myself" line, when it answered.
+    pub(super) myself: HashMap<String, NodeLine>,
+    /// Slot -> index into `masters`.
+    pub(super) owner: Vec<Option<usize>>,
+}
+
+impl Topology {
+    pub(super) fn master_by_id(&self, id: &str) -> Option<&NodeLine> {
+        self.masters.iter().find(|m| m.id == id)
+    }
+    pub(super) fn master_by_addr(&self, addr: &str) -> Option<&NodeLine> {
+        self.masters.iter().find(|m| m.addr == addr)
+    }
+}
+
+impl RedisCluster {
+    pub(super) async fn cluster_nodes(&self, addr: &str) -> Result<Vec<NodeLine>, String> {
+        let text: String = self.conns.query(addr, redis::cmd("CLUSTER").arg("NODES")).await?;
+        parse_nodes(&text)
+    }
+
+    /// Reads the topology from the first seed that answers, then each master's own view.
+    pub(super) async fn topology(&self) -> Result<Topology, ClusterError> {
+        let mut last = String::from("no seeds configured");
+        let mut nodes = None;
+        for seed in &self.seeds {
+            match self.cluster_nodes(seed).await {
+                Ok(n) => {
+                    nodes = Some(n);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let nodes = nodes.ok_or_else(|| ClusterError::Snapshot(format!("no seed answered CLUSTER NODES: {last}")))?;
+        let mut masters: Vec<NodeLine> = nodes.iter().filter(|n| n.is_master()).cloned().collect();
+        masters.sort_by(|a, b| a.addr.cmp(&b.addr));
+        let replicas = nodes.iter().filter(|n| !n.is_master()).cloned().collect();
+        let views = futures::future::join_all(masters.iter().map(|m| {
+            let addr = m.addr.clone();
+            async move { (addr.clone(), self.cluster_nodes(&addr).await) }
+        }))
+        .await;
+        let mut myself = HashMap::new();
+        for (addr, view) in views {
+            match view {
+                Ok(v) => {
+                    if let Some(me) = v.into_iter().find(|n| n.is_myself()) {
+                        myself.insert(addr, me);
+                    }
+                }
+                Err(e) => debug!(node = %addr, cause = %e, "master did not answer CLUSTER NODES"),
+            }
+        }
+        // Ownership: each master's claim about itself, the higher config epoch winning a
+        // conflict; slots no master claims fall back to the seed's view.
+        let mut owner: Vec<Option<usize>> = vec![None; SLOTS];
+        let mut epoch: Vec<u64> = vec![0; SLOTS];
+        for (i, m) in masters.iter().enumerate() {
+            let me = myself.get(&m.addr).unwrap_or(m);
+            for &(a, b) in &me.slots {
+                for s in a..=b {
+                    let s = s as usize;
+                    if owner[s].is_none() || me.config_epoch > epoch[s] {
+                        owner[s] = Some(i);
+                        epoch[s] = me.config_epoch;
+                    }
+                }
+            }
+        }
+        let topo = Topology { masters, replicas, myself, owner };
+        *self.topo.lock().await = Some(Arc::new(topo.clone()));
+        Ok(topo)
+    }
+
+    /// The topology of the last snapshot, read afresh when there is none.
+    pub(super) async fn cached_topology(&self) -> Result<Arc<Topology>, ClusterError> {
+        if let Some(t) = self.topo.lock().await.clone() {
+            return Ok(t);
+        }
+        Ok(Arc::new(self.topology().await?))
+    }
+
+    /// Bytes of each slot `addr` owns: COUNTKEYSINSLOT, then MEMORY USAGE of up to
+
+    /// Memory figures from INFO: (used_memory, maxmemory, cluster_state ok).
+    pub(super) async fn health_figures(&self, addr: &str) -> Result<(u64, u64, bool), String> {
+        let mem: String = self.conns.query(addr, redis::cmd("INFO").arg("memory")).await?;
+        let info: String = self.conns.query(addr, redis::cmd("CLUSTER").arg("INFO")).await?;
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
+        };
+        let used = field(&mem, "used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let max = field(&mem, "maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let ok = field(&info, "cluster_state").as_deref() == Some("ok");
+        Ok((used, max, ok))
+    }
+
+    pub(super) fn node_id_of(&self, topo: &Topology, addr: &str) -> Result<String, ClusterError> {
+        topo.master_by_addr(addr)
+            .map(|m| m.id.clone())
+            .ok_or_else(|| ClusterError::Snapshot(format!("{addr} is not a master of the cluster")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cluster_nodes() {
+        let text = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host-a slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 [5461-<-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1] [93->-292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f] 7000
+6ec23923021cf3ffec47632106199cb7f496ce01 127.0.0.1:30005@31005 master,fail? - 0 1426238316232 5 disconnected
+";
+        let n = parse_nodes(text).unwrap();
+        assert_eq!(n.len(), 5);
+        assert_eq!(n[0].addr, "127.0.0.1:30004");
+        assert!(!n[0].is_master());
+        assert_eq!(n[0].master_id.as_deref(), Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca"));
+        let me = &n[3];
+        assert!(me.is_myself() && me.is_master());
+        assert_eq!(me.slots, vec![(0, 5460), (7000, 7000)]);
+        assert_eq!(me.importing, vec![(5461, "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1".to_string())]);
+        assert_eq!(me.migrating, vec![(93, "292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f".to_string())]);
+        assert!(me.owns(7000) && me.owns(0) && !me.owns(5461));
+        assert!(n[4].is_failed() && !n[4].connected);
+        assert!(parse_nodes("abc 1.2.3.4:5").is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! Coordination between sidecars, in etcd or in-process when the config has no `[etcd]`
+//! (standalone: a warning says so).
+//!
+//! Keys under `<prefix>/<cluster_id>/`:
+//! - `lock`: created in one transaction with our lease iff absent (try once, never queue);
+//!   released by revoking the lease; the value names the holder and its start.
+//! - `runs/last`: the last run's report, written only while the lock is ours (a
+//!   transaction compares the lock's lease).
+//! - `sidecars/<member>`: registration under a lease of its own.
+//! - `paused`, `evacuations/<member>`: persistent, written by operators.
+//!
+//! Layout: this file owns the connection (client, timeouts, the in-process stand-in) and
+//! the key names; [`lock`] the lock, its keep-alive and the fence; [`state`] the records
+//! and operator state. Does not own: when to lock (the sidecar) or what runs under the
+//! lock (the run).
+
+pub mod lock;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::config::EtcdConfig;
+
+pub use lock::{Acquire, Fence, FenceError, GuardFence, Holder, LockGuard, NoFence};
+pub use state::{Evacuation, RunRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// etcd cannot be reached or answered with an error.
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<etcd_client::Error> for LockError {
+    fn from(e: etcd_client::Error) -> Self {
+        LockError::Unavailable(e.to_string())
+    }
+}
+
+pub(crate) struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub(crate) fn lock(&self) -> String {
+        format!("{}/lock", self.base)
+    }
+    pub(crate) fn last_run(&self) -> String {
+        format!("{}/runs/last", self.base)
+    }
+    pub(crate) fn sidecars(&self) -> String {
+        format!("{}/sidecars/", self.base)
+    }
+    pub(crate) fn paused(&self) -> String {
+        format!("{}/paused", self.base)
+    }
+    pub(crate) fn evacuations(&self) -> String {
+        format!("{}/evacuations/", self.base)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct LocalState {
+    pub(crate) holder: Option<(u64, Holder)>,
+    pub(crate) next_id: u64,
+    pub(crate) last_run: Option<RunRecord>,
+    pub(crate) paused: Option<String>,
+    pub(crate) evacuations: BTreeMap<String, Evacuation>,
+    pub(crate) sidecars: BTreeMap<String, serde_json::Value>,
+}
+
+pub(crate) enum Backend {
+    Etcd { options: ConnectOptions, endpoints: Vec<String>, client: Mutex<Option<Client>> },
+    Local(Arc<Mutex<LocalState>>),
+}
+
+pub struct Coordinator {
+    pub(crate) backend: Backend,
+    pub(crate) keys: Keys,
+    pub(crate) member: String,
+    pub(crate) ttl: Duration,
+    /// Registration lease (etcd), re-granted when lost.
+    pub(crate) registration: Mutex<Option<i64>>,
+}
+
+fn read_secret(path: &std::path::Path, key: &str) -> Result<String, LockError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| LockError::Config(format!("{key} {}: {e}", path.display())))
+}
+
+impl Coordinator {
+    /// etcd when configured, otherwise in-process. Does not connect yet: etcd may be down
+    /// at start and come back later.
+    pub fn new(etcd: Option<&EtcdConfig>, cluster_id: &str, member: &str) -> Result<Coordinator, LockError> {
+        let (backend, base, ttl) = match etcd {
+            None => (Backend::Local(Arc::default()), format!("/local/{cluster_id}"), Duration::from_secs(15)),
+            Some(e) => {
+                let mut options = ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(3))
+                    .with_timeout(Duration::from_secs(5))
+                    .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+                if let (Some(u), Some(p)) = (&e.username, &e.password_file) {
+                    options = options.with_user(u.clone(), read_secret(p, "etcd.password-file")?);
+                }
+                let tls_wanted = e.ca_file.is_some()
+                    || e.cert_file.is_some()
+                    || e.endpoints.iter().any(|x| x.starts_with("https://"));
+                if tls_wanted {
+                    let mut tls = TlsOptions::new();
+                    if let Some(ca) = &e.ca_file {
+                        let pem = std::fs::read(ca)
+                            .map_err(|x| LockError::Config(format!("etcd.ca-file {}: {x}", ca.display())))?;
+                        tls = tls.ca_certificate(Certificate::from_pem(pem));
+                    }
+                    if let (Some(c), Some(k)) = (&e.cert_file, &e.key_file) {
+                        let cert = std::fs::read(c)
+                            .map_err(|x| LockError::Config(format!("etcd.cert-file {}: {x}", c.display())))?;
+                        let key = std::fs::read(k)
+                            .map_err(|x| LockError::Config(format!("etcd.key-file {}: {x}", k.display())))?;
+                        tls = tls.identity(Identity::from_pem(cert, key));
+                    }
+                    options = options.with_tls(tls);
+                }
+                let endpoints = e
+                    .endpoints
+                    .iter()
+                    .map(|x| {
+                        if x.starts_with("http://") || x.starts_with("https://") {
+                            x.clone()
+                        } else if tls_wanted {
+                            format!("https://{x}")
+                        } else {
+                            format!("http://{x}")
+                        }
+                    })
+                    .collect();
+                (
+                    Backend::Etcd { options, endpoints, client: Mutex::new(None) },
+                    format!("{}/{cluster_id}", e.prefix.trim_end_matches('/')),
+                    e.lease_ttl.0,
+                )
+            }
+        };
+        Ok(Coordinator {
+            backend,
+            keys: Keys { base },
+            member: member.to_string(),
+            ttl,
+            registration: Mutex::new(None),
+        })
+    }
+
+    pub fn is_standalone(&self) -> bool {
+        matches!(self.backend, Backend::Local(_))
+    }
+
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    pub(crate) async fn client(&self) -> Result<Client, LockError> {
+        let Backend::Etcd { options, endpoints, client } = &self.backend else {
+            unreachable!("etcd client asked for in standalone mode")
+        };
+        let mut c = client.lock().await;
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let fresh =
+            tokio::time::timeout(Duration::from_secs(5), Client::connect(endpoints.clone(), Some(options.clone())))
+                .await
+                .map_err(|_| LockError::Unavailable(format!("connect to {endpoints:?} timed out")))??;
+        *c = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Drops the cached client after an error, so the next call reconnects.
+    pub(crate) async fn reset(&self) {
+        if let Backend::Etcd { client, .. } = &self.backend {
+            *client.lock().await = None;
+        }
+    }
+
+    pub(crate) async fn etcd<T, F, Fut>(&self, f: F) -> Result<T, LockError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let c = self.client().await?;
+        match tokio::time::timeout(Duration::from_secs(6), f(c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.reset().await;
+                Err(e.into())
+            }
+            Err(_) => {
+                self.reset().await;
+                Err(LockError::Unavailable("etcd request timed out".into()))
+            }
+        }
+    }
+
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> Result<Option<T>, LockError> {
+        let r = self.etcd(|mut c| async move { c.get(key, None).await }).await?;
+        Ok(r.kvs().first().and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    }
+
+    pub(crate) async fn put_json<T: Serialize>(
+        &self,
+        key: String,
+        value: &T,
+        lease: Option<i64>,
+    ) -> Result<(), LockError> {
+        let v = serde_json::to_vec(value).expect("serializes");
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        self.etcd(|mut c| async move { c.put(key, v, opts).await }).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete(&self, key: String) -> Result<(), LockError> {
+        self.etcd(|mut c| async move { c.delete(key, None).await }).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn list_json<T: serde::de::DeserializeOwned>(&self, prefix: String) -> Result<Vec<T>, LockError> {
+        let r = self.etcd(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await?;
+        Ok(r.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
+    }
+}

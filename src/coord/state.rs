@@ -1,0 +1,160 @@
+//! Records kept in the coordinator: the last run, pause, evacuations, registrations.
+//!
+//! Owns: their types and keys' contents. Does not own: the lock ([`super::lock`]).
+
+use chrono::{DateTime, Utc};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use super::lock::{LockGuard, LockId};
+use super::{Backend, Coordinator, LockError};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The cron slot (Unix seconds) the run belonged to; None for on-demand runs.
+    pub slot: Option<i64>,
+    pub member: String,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub moved_bytes: u64,
+}
+
+/// An evacuation request, persisted until stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evacuation {
+    pub member: String,
+    pub started_at: DateTime<Utc>,
+    /// Bytes per second; 0 = the configured rate.
+    pub rate: u64,
+    /// Members to move to; empty = the planner's choice.
+    pub migrate_to: Vec<String>,
+}
+
+impl Coordinator {
+    pub async fn last_run(&self) -> Result<Option<RunRecord>, LockError> {
+        match &self.backend {
+            Backend::Local(s) => Ok(s.lock().await.last_run.clone()),
+            Backend::Etcd { .. } => self.get_json(self.keys.last_run()).await,
+        }
+    }
+
+    /// Records a finished run, only while `guard` still holds the lock.
+    pub async fn record_run(&self, guard: &LockGuard, record: &RunRecord) -> Result<bool, LockError> {
+        match (&self.backend, guard.id) {
+            (Backend::Local(s), _) => {
+                s.lock().await.last_run = Some(record.clone());
+                Ok(true)
+            }
+            (Backend::Etcd { .. }, LockId::Lease(lease)) => {
+                let txn = Txn::new()
+                    .when([Compare::lease(self.keys.lock(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::put(self.keys.last_run(), serde_json::to_vec(record).unwrap(), None)]);
+                Ok(self.etcd(|mut c| async move { c.txn(txn).await }).await?.succeeded())
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub async fn paused(&self) -> Result<Option<String>, LockError> {
+        match &self.backend {
+            Backend::Local(s) => Ok(s.lock().await.paused.clone()),
+            Backend::Etcd { .. } => self.get_json(self.keys.paused()).await,
+        }
+    }
+
+    pub async fn set_paused(&self, by: Option<String>) -> Result<(), LockError> {
+        match &self.backend {
+            Backend::Local(s) => {
+                s.lock().await.paused = by;
+                Ok(())
+            }
+            Backend::Etcd { .. } => match by {
+                Some(b) => self.put_json(self.keys.paused(), &b, None).await,
+                None => self.delete(self.keys.paused()).await,
+            },
+        }
+    }
+
+    pub async fn evacuations(&self) -> Result<Vec<Evacuation>, LockError> {
+        match &self.backend {
+            Backend::Local(s) => Ok(s.lock().await.evacuations.values().cloned().collect()),
+            Backend::Etcd { .. } => self.list_json(self.keys.evacuations()).await,
+        }
+    }
+
+    pub async fn set_evacuation(&self, member: &str, e: Option<&Evacuation>) -> Result<(), LockError> {
+        match &self.backend {
+            Backend::Local(s) => {
+                let mut s = s.lock().await;
+                match e {
+                    Some(e) => s.evacuations.insert(member.to_string(), e.clone()),
+                    None => s.evacuations.remove(member),
+                };
+                Ok(())
+            }
+            Backend::Etcd { .. } => {
+                let key = format!("{}{member}", self.keys.evacuations());
+                match e {
+                    Some(e) => self.put_json(key, e, None).await,
+                    None => self.delete(key).await,
+                }
+            }
+        }
+    }
+
+    /// Writes this sidecar's registration under a lease of its own, kept alive by
+    /// calling this again at least every TTL/3 (the sidecar's heartbeat does).
+    pub async fn register(&self, state: &serde_json::Value) -> Result<(), LockError> {
+        match &self.backend {
+            Backend::Local(s) => {
+                s.lock().await.sidecars.insert(self.member.clone(), state.clone());
+                Ok(())
+            }
+            Backend::Etcd { .. } => {
+                let mut reg = self.registration.lock().await;
+                let ttl = self.ttl.as_secs().max(1) as i64;
+                let lease = match *reg {
+                    Some(l) => {
+                        let alive = self
+                            .etcd(|mut c| async move {
+                                let (mut k, mut s) = c.lease_keep_alive(l).await?;
+                                k.keep_alive().await?;
+                                Ok(s.message().await?.map(|r| r.ttl()).unwrap_or(0))
+                            })
+                            .await;
+                        match alive {
+                            Ok(t) if t > 0 => l,
+                            _ => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
+                        }
+                    }
+                    None => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
+                };
+                *reg = Some(lease);
+                let key = format!("{}{}", self.keys.sidecars(), self.member);
+                self.put_json(key, state, Some(lease)).await
+            }
+        }
+    }
+
+    /// Removes the registration (clean shutdown).
+    pub async fn deregister(&self) {
+        match &self.backend {
+            Backend::Local(s) => {
+                s.lock().await.sidecars.remove(&self.member);
+            }
+            Backend::Etcd { .. } => {
+                if let Some(l) = self.registration.lock().await.take() {
+                    let _ = self.etcd(|mut c| async move { c.lease_revoke(l).await }).await;
+                }
+            }
+        }
+    }
+
+    pub async fn sidecars(&self) -> Result<Vec<serde_json::Value>, LockError> {
+        match &self.backend {
+            Backend::Local(s) => Ok(s.lock().await.sidecars.values().cloned().collect()),
+            Backend::Etcd { .. } => self.list_json(self.keys.sidecars()).await,
+        }
+    }
+}
