@@ -95,6 +95,81 @@ pub struct ClusterSnapshot {
     pub buckets: Vec<Bucket>,
     pub open_migrations: Vec<OpenMigration>,
     pub replicas: Vec<Replica>,
+    /// What the backend measured beside the layout.
+    pub observed: Observed,
+}
+
+/// How bucket sizes were taken, and what the backend found beside the layout. Empty for
+/// a snapshot file that carries none of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Observed {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sizing: Option<SizingSummary>,
+    /// Buckets not to move automatically (a key above `execution.max-key-bytes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<Pinned>,
+    /// Per member, in the order of `members`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberFacts>,
+    /// The data store's engine and version ("redis 7.0.15", "valkey 9.1.2").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+}
+
+/// The state of the sizes a snapshot carries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SizingSummary {
+    /// "exact" (sum of MEMORY USAGE of every key) or "sampled".
+    pub mode: String,
+    /// Keys in the measured buckets.
+    pub keys: u64,
+    /// Keys measured during this snapshot (the rest came from the cache).
+    pub keys_measured_now: u64,
+    /// Seconds since the oldest size was measured.
+    pub oldest_seconds: f64,
+    /// How long this snapshot's measuring took.
+    pub duration_seconds: f64,
+    /// Sampled mode: the 95% bound on the error of the total, in bytes (0 when exact).
+    pub error_bytes: u64,
+}
+
+impl SizingSummary {
+    /// One line for explanations: "sizes: exact, measured 3 s ago, 1.02M keys".
+    pub fn line(&self) -> String {
+        let keys = match self.keys {
+            k if k >= 1_000_000 => format!("{:.2}M", k as f64 / 1e6),
+            k if k >= 10_000 => format!("{:.1}k", k as f64 / 1e3),
+            k => k.to_string(),
+        };
+        let mut line =
+            format!("sizes: {}, measured {:.0} s ago at the oldest, {keys} keys", self.mode, self.oldest_seconds);
+        if self.error_bytes > 0 {
+            line.push_str(&format!(", error within {} bytes (95%)", self.error_bytes));
+        }
+        line
+    }
+}
+
+/// A bucket that stays where it is, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pinned {
+    pub bucket: u64,
+    /// Its largest key, in bytes.
+    pub largest_key_bytes: u64,
+    pub reason: String,
+}
+
+/// What a member's server says of itself beside the buckets it holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemberFacts {
+    /// The server's own memory figure (Redis: `used_memory`).
+    pub used_memory_bytes: u64,
+    /// Keys held outside the buckets the member owns (left by a failover mid-move).
+    pub stray_keys: u64,
+    /// Keys above `execution.max-key-bytes`.
+    pub big_keys: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +197,8 @@ struct SnapshotIn<'a> {
     open_migrations: Vec<OpenMigration>,
     #[serde(default)]
     replicas: Vec<Replica>,
+    #[serde(default)]
+    observed: Observed,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +222,12 @@ struct SnapshotOut<'a> {
     open_migrations: &'a [OpenMigration],
     #[serde(skip_serializing_if = "<[Replica]>::is_empty")]
     replicas: &'a [Replica],
+    #[serde(skip_serializing_if = "is_default")]
+    observed: &'a Observed,
+}
+
+fn is_default(o: &&Observed) -> bool {
+    **o == Observed::default()
 }
 
 #[derive(Serialize)]
@@ -228,6 +311,7 @@ impl ClusterSnapshot {
             buckets,
             open_migrations: raw.open_migrations,
             replicas: raw.replicas,
+            observed: raw.observed,
         })
     }
 
@@ -249,6 +333,7 @@ impl ClusterSnapshot {
                 .collect(),
             open_migrations: &self.open_migrations,
             replicas: &self.replicas,
+            observed: &self.observed,
         };
         serde_json::to_string(&out).expect("snapshot serializes")
     }
@@ -284,6 +369,7 @@ pub mod fixtures {
                 .collect(),
             open_migrations: vec![],
             replicas: vec![],
+            observed: Observed::default(),
         }
     }
 }

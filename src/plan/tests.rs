@@ -345,6 +345,7 @@ fn arb_cluster() -> impl Strategy<Value = ClusterSnapshot> {
             members,
             buckets,
             open_migrations: vec![],
+            observed: Default::default(),
             replicas: vec![],
         }
     })

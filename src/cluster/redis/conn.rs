@@ -78,11 +78,7 @@ impl Conns {
     }
 
     pub async fn pipeline<T: redis::FromRedisValue>(&self, addr: &str, p: &redis::Pipeline) -> Result<Vec<T>, String> {
-        let mut c = self.conn(addr).await?;
-        match p.query_async(&mut c).await {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self.failed(addr, e).await),
-        }
+        self.pipeline_as(addr, p).await
     }
 
     /// Drops the cached connection after a transport error (the next call reconnects);
@@ -92,5 +88,14 @@ impl Conns {
             self.forget(addr).await;
         }
         format!("{addr}: {e}")
+    }
+
+    /// A pipeline read as one value (a tuple, for commands of different reply types).
+    pub async fn pipeline_as<T: redis::FromRedisValue>(&self, addr: &str, p: &redis::Pipeline) -> Result<T, String> {
+        let mut c = self.conn(addr).await?;
+        match p.query_async(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(addr, e).await),
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 mod conn;
 mod legacy;
+mod observe;
 mod repair;
 mod sizing;
 mod topology;
@@ -15,16 +16,17 @@ mod topology;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio::sync::Mutex;
-use tracing::{debug, warn};
+use tracing::debug;
 
-pub use topology::{NodeLine, parse_nodes};
+pub use sizing::{Mode as SizingMode, SizingOptions};
+pub use topology::{NodeInfo, NodeLine, parse_nodes};
 
 use super::{Cluster, ClusterError, MoveStats, Pace};
-use crate::model::{Bucket, ClusterSnapshot, Health, Member, OpenMigration, Replica};
+use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 use conn::{Auth, Conns};
+use sizing::SizeCache;
 use topology::Topology;
 
 pub const SLOTS: usize = 16384;
@@ -35,7 +37,9 @@ pub struct RedisCluster {
     cluster_id: String,
     seeds: Vec<String>,
     conns: Conns,
-    sample_keys: u32,
+    sizing: SizingOptions,
+    /// Slot sizes measured so far; a slot keeps its entry when it moves.
+    sizes: SizeCache,
     critical_percent: u32,
     batch_keys: u32,
     batch_bytes: u64,
@@ -62,7 +66,15 @@ impl RedisCluster {
             cluster_id: c.id.clone(),
             seeds: c.seeds.clone(),
             conns: Conns::new(auth, migrate_timeout + Duration::from_secs(10)),
-            sample_keys: c.slot_sample_keys,
+            // TODO(config): the [cluster] sizing keys.
+            sizing: SizingOptions {
+                mode: SizingMode::Exact,
+                keys_per_second: 100_000,
+                max_age: Duration::from_secs(3600),
+                sample_keys: c.slot_sample_keys,
+                max_key_bytes: 64 << 20,
+            },
+            sizes: SizeCache::default(),
             critical_percent: config.balance.critical_memory_percent,
             batch_keys: config.execution.migrate_batch_keys,
             batch_bytes: config.execution.migrate_batch_bytes.0,
@@ -74,94 +86,7 @@ impl RedisCluster {
 
 impl Cluster for RedisCluster {
     async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
-        let topo = self.topology().await?;
-        let mut members = Vec::with_capacity(topo.masters.len());
-        let mut slot_sizes: Vec<u64> = vec![0; SLOTS];
-        let jobs = futures::future::join_all(topo.masters.iter().enumerate().map(|(i, m)| {
-            let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
-            let addr = m.addr.clone();
-            let failed = m.is_failed();
-            async move {
-                if failed {
-                    return (Err("flagged fail".to_string()), Err(String::new()));
-                }
-                let h = self.health_figures(&addr).await;
-                let b = self.slot_bytes(&addr, &owned).await;
-                (h, b)
-            }
-        }))
-        .await;
-        let mut open = Vec::new();
-        for (m, (health, bytes)) in topo.masters.iter().zip(jobs) {
-            let mut member = Member::new(&m.addr);
-            match (&health, &bytes) {
-                (Ok((used, max, ok)), Ok(sizes)) => {
-                    member.capacity_bytes = (*max > 0).then_some(*max);
-                    let critical =
-                        *max > 0 && used.saturating_mul(100) > max.saturating_mul(self.critical_percent as u64);
-                    if critical || !ok {
-                        member.health = Health::Critical;
-                        if !ok {
-                            warn!(member = %m.addr, "node reports cluster_state other than ok");
-                        }
-                    }
-                    for &(s, b) in sizes {
-                        slot_sizes[s as usize] = b;
-                    }
-                }
-                _ => {
-                    let cause = health.as_ref().err().or(bytes.as_ref().err()).cloned().unwrap_or_default();
-                    warn!(member = %m.addr, cause = %cause, "master is down or unreachable");
-                    member.health = Health::Down;
-                }
-            }
-            if let Some(me) = topo.myself.get(&m.addr) {
-                for (slot, to) in &me.migrating {
-                    open.push(OpenMigration {
-                        bucket: *slot as u64,
-                        from: Some(m.addr.clone()),
-                        to: topo.master_by_id(to).map(|t| t.addr.clone()),
-                    });
-                }
-                for (slot, from) in &me.importing {
-                    open.push(OpenMigration {
-                        bucket: *slot as u64,
-                        from: topo.master_by_id(from).map(|t| t.addr.clone()),
-                        to: Some(m.addr.clone()),
-                    });
-                }
-            }
-            members.push(member);
-        }
-        open.sort_by_key(|o| o.bucket);
-        open.dedup_by(|a, b| a.bucket == b.bucket);
-        let buckets = (0..SLOTS)
-            .filter_map(|s| {
-                topo.owner[s].map(|o| Bucket {
-                    id: s as u64,
-                    group: None,
-                    bytes: slot_sizes[s],
-                    copies: vec![o as u32],
-                })
-            })
-            .collect();
-        let replicas = topo
-            .replicas
-            .iter()
-            .map(|r| Replica {
-                id: r.addr.clone(),
-                master: r.master_id.as_ref().and_then(|id| topo.master_by_id(id)).map(|m| m.addr.clone()),
-                healthy: !r.is_failed(),
-            })
-            .collect();
-        Ok(ClusterSnapshot {
-            cluster_id: self.cluster_id.clone(),
-            taken_at: Utc::now(),
-            members,
-            buckets,
-            open_migrations: open,
-            replicas,
-        })
+        self.observe().await
     }
 
     async fn repair(&self) -> Result<Vec<String>, ClusterError> {
@@ -179,7 +104,20 @@ impl Cluster for RedisCluster {
         // itself (MIGRATING fails on a node that no longer owns the slot).
         let topo = self.cached_topology().await?;
         let started = Instant::now();
-        let stats = self.finish(&topo, slot, &src, &dst, pace, false, mv.bytes).await?;
+        // An exact size is a measurement the mover may use for pacing and the report; a
+        // sampled one is not, so the mover measures the keys it moves.
+        let measured = match self.sizing.mode {
+            SizingMode::Exact => mv.bytes,
+            SizingMode::Sampled => 0,
+        };
+        let result = self.finish(&topo, slot, &src, &dst, pace, false, measured).await;
+        // The check after the run measures the slot again where it now lives.
+        self.sizes.forget(slot);
+        let mut stats = result?;
+        if measured > 0 {
+            // Report in the units the snapshot measured, not the mover's own batch sizing.
+            stats.bytes = measured;
+        }
         debug!(slot, from = %src, to = %dst, keys = stats.keys, bytes = stats.bytes, ms = started.elapsed().as_millis() as u64, "slot moved");
         Ok(stats)
     }

@@ -1,65 +1,344 @@
-//! Slot sizes in bytes.
+//! Slot sizes in bytes, measured.
 //!
-//! Owns: measuring the slots a master holds. Does not own: which slots move.
+//! Exact (the default): a slot's bytes are the sum of MEMORY USAGE of its keys, with the
+//! server's default sampling inside aggregates (never `SAMPLES 0`, which walks a huge
+//! aggregate whole and blocks the server). Keys are listed per slot (GETKEYSINSLOT with
+//! the slot's full count) and measured in pipelines; masters are measured in parallel,
+//! each within `cluster.sizing-keys-per-second`.
+//!
+//! Sampled: a uniform random sample of `cluster.sizing-sample-keys` keys of each slot is
+//! measured and scaled by the key count; the variance of each estimate is kept so the
+//! snapshot can state a 95% bound on the error of the total.
+//!
+//! Every result is cached per slot and served again while the slot's key count is
+//! unchanged and the result is younger than `cluster.sizing-max-age`: a slot's size does
+//! not depend on which node holds it, so a slot that moved keeps its entry.
+//!
+//! Owns: the cache, the budget, big-key detection. Does not own: which slots move.
 
-use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use super::{PIPELINE, RedisCluster};
+use rand::seq::index::sample;
+
+use super::{PIPELINE, RedisCluster, SLOTS};
+
+/// How slot sizes are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Exact,
+    Sampled,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Exact => "exact",
+            Mode::Sampled => "sampled",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SizingOptions {
+    pub mode: Mode,
+    /// Keys measured per second on one master; 0 = no limit.
+    pub keys_per_second: u64,
+    /// A cached size older than this is measured again.
+    pub max_age: Duration,
+    /// Sampled mode: keys measured per slot.
+    pub sample_keys: u32,
+    /// A key bigger than this pins its slot.
+    pub max_key_bytes: u64,
+}
+
+/// One slot's measured size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlotSize {
+    pub keys: u64,
+    pub bytes: u64,
+    /// The largest key measured, and how many measured keys exceed `max-key-bytes`.
+    pub largest_key: u64,
+    pub big_keys: u32,
+    /// Variance of `bytes` as an estimate (0 when every key was measured).
+    pub variance: f64,
+    pub measured_at: Instant,
+}
+
+impl SlotSize {
+    fn empty() -> SlotSize {
+        SlotSize { keys: 0, bytes: 0, largest_key: 0, big_keys: 0, variance: 0.0, measured_at: Instant::now() }
+    }
+    fn is_exact(&self) -> bool {
+        self.variance == 0.0
+    }
+}
+
+/// Per-slot sizes, shared by snapshots and the movers.
+pub struct SizeCache {
+    slots: Mutex<Vec<Option<SlotSize>>>,
+}
+
+impl Default for SizeCache {
+    fn default() -> Self {
+        SizeCache { slots: Mutex::new(vec![None; SLOTS]) }
+    }
+}
+
+impl SizeCache {
+    /// The cached size when it still stands for a slot holding `keys` keys.
+    fn fresh(&self, slot: u16, keys: u64, opts: &SizingOptions) -> Option<SlotSize> {
+        let e = self.slots.lock().unwrap()[slot as usize]?;
+        let usable = e.keys == keys
+            && e.measured_at.elapsed() <= opts.max_age
+            && (opts.mode == Mode::Sampled || e.is_exact() || keys <= opts.sample_keys as u64);
+        usable.then_some(e)
+    }
+
+    fn put(&self, slot: u16, size: SlotSize) {
+        self.slots.lock().unwrap()[slot as usize] = Some(size);
+    }
+
+    /// Forgets a slot (it moved, or a move of it failed): the next snapshot measures it.
+    pub fn forget(&self, slot: u16) {
+        self.slots.lock().unwrap()[slot as usize] = None;
+    }
+}
+
+/// Keeps one master's measuring within its keys-per-second budget.
+struct KeyBudget {
+    per_second: u64,
+    started: Instant,
+    spent: u64,
+}
+
+impl KeyBudget {
+    fn new(per_second: u64) -> KeyBudget {
+        KeyBudget { per_second, started: Instant::now(), spent: 0 }
+    }
+
+    /// Waits until `n` more keys may be measured.
+    async fn take(&mut self, n: u64) {
+        if self.per_second > 0 {
+            let due = self.started + Duration::from_secs_f64(self.spent as f64 / self.per_second as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        self.spent += n;
+    }
+}
+
+/// What sizing one master found.
+#[derive(Debug, Default)]
+pub struct MasterSizes {
+    /// (slot, size) for each slot asked for, in the order asked.
+    pub slots: Vec<(u16, SlotSize)>,
+    pub keys_measured_now: u64,
+}
+
+/// A key at least this large is measured again with more samples (most keys are
+/// smaller: strings are exact at any size, and small aggregates are packed and exact).
+const REFINE_BYTES: u64 = 2048;
+/// Elements looked at in a large key's second measurement.
+const REFINE_SAMPLES: u32 = 1024;
+/// What a second measurement counts in the keys-per-second budget.
+const REFINE_WEIGHT: u64 = 16;
+/// Keys listed per GETKEYSINSLOT round trip (a group of slots).
+const LIST_KEYS: u64 = 8192;
+/// Slots listed per round trip at most.
+const LIST_SLOTS: usize = 512;
 
 impl RedisCluster {
-    /// `sample_keys` keys per non-empty slot.
-    pub(super) async fn slot_bytes(&self, addr: &str, slots: &[u16]) -> Result<Vec<(u16, u64)>, String> {
+    /// Key counts of `slots` on `addr` (COUNTKEYSINSLOT, pipelined).
+    pub(super) async fn key_counts(&self, addr: &str, slots: &[u16]) -> Result<Vec<u64>, String> {
         let mut counts = Vec::with_capacity(slots.len());
         for chunk in slots.chunks(PIPELINE) {
             let mut p = redis::pipe();
             for &s in chunk {
                 p.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s);
             }
-            let c: Vec<u64> = self.conns.pipeline(addr, &p).await?;
-            counts.extend(chunk.iter().copied().zip(c));
+            counts.extend(self.conns.pipeline::<u64>(addr, &p).await?);
         }
-        let nonempty: Vec<(u16, u64)> = counts.iter().copied().filter(|&(_, c)| c > 0).collect();
-        let per = self.sample_keys.max(1) as usize;
-        let mut sampled: Vec<(u16, u64, Vec<Vec<u8>>)> = Vec::with_capacity(nonempty.len());
-        for chunk in nonempty.chunks((PIPELINE / per).max(1) * 4) {
-            let mut p = redis::pipe();
-            for &(s, c) in chunk {
-                p.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s).arg(c.min(per as u64));
+        Ok(counts)
+    }
+
+    /// Sizes of `slots` on `addr` whose key counts are `counts`: from the cache when
+    /// fresh, measured otherwise.
+    pub(super) async fn size_master(&self, addr: &str, slots: &[u16], counts: &[u64]) -> Result<MasterSizes, String> {
+        let opts = &self.sizing;
+        let mut out = MasterSizes::default();
+        let mut todo: Vec<(u16, u64)> = Vec::new();
+        for (&slot, &keys) in slots.iter().zip(counts) {
+            match (keys, self.sizes.fresh(slot, keys, opts)) {
+                (0, _) => out.slots.push((slot, SlotSize::empty())),
+                (_, Some(e)) => out.slots.push((slot, e)),
+                (_, None) => todo.push((slot, keys)),
             }
-            let keys: Vec<Vec<Vec<u8>>> = self.conns.pipeline(addr, &p).await?;
-            sampled.extend(chunk.iter().zip(keys).map(|(&(s, c), k)| (s, c, k)));
         }
-        let mut bytes: HashMap<u16, u64> = HashMap::with_capacity(sampled.len());
-        let flat: Vec<(u16, u64, &Vec<u8>)> =
-            sampled.iter().flat_map(|(s, c, ks)| ks.iter().map(move |k| (*s, *c, k))).collect();
-        let mut usage: HashMap<u16, (u64, u64)> = HashMap::new();
-        for chunk in flat.chunks(PIPELINE) {
+        let mut budget = KeyBudget::new(opts.keys_per_second);
+        let mut start = 0;
+        while start < todo.len() {
+            let mut end = start;
+            let mut listed = 0;
+            while end < todo.len() && end - start < LIST_SLOTS && (end == start || listed + todo[end].1 <= LIST_KEYS) {
+                listed += todo[end].1;
+                end += 1;
+            }
+            for (slot, size) in self.measure_group(addr, &todo[start..end], &mut budget).await? {
+                self.sizes.put(slot, size);
+                out.keys_measured_now += size.keys.min(self.measured_per_slot(size.keys));
+                out.slots.push((slot, size));
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn measured_per_slot(&self, keys: u64) -> u64 {
+        match self.sizing.mode {
+            Mode::Exact => keys,
+            Mode::Sampled => keys.min(self.sizing.sample_keys.max(1) as u64),
+        }
+    }
+
+    /// Lists the keys of a group of slots and measures them (all, or a random sample).
+    async fn measure_group(
+        &self,
+        addr: &str,
+        group: &[(u16, u64)],
+        budget: &mut KeyBudget,
+    ) -> Result<Vec<(u16, SlotSize)>, String> {
+        let mut p = redis::pipe();
+        for &(slot, keys) in group {
+            p.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(keys);
+        }
+        let listed: Vec<Vec<Vec<u8>>> = self.conns.pipeline(addr, &p).await?;
+        let mut chosen: Vec<Vec<Vec<u8>>> = Vec::with_capacity(listed.len());
+        for keys in listed {
+            let n = self.measured_per_slot(keys.len() as u64) as usize;
+            if n >= keys.len() {
+                chosen.push(keys);
+            } else {
+                let picks = sample(&mut rand::thread_rng(), keys.len(), n);
+                chosen.push(picks.into_iter().map(|i| keys[i].clone()).collect());
+            }
+        }
+        let flat: Vec<&[u8]> = chosen.iter().flatten().map(Vec::as_slice).collect();
+        let usage = self.memory_usage(addr, &flat, budget).await?;
+        let mut sizes = Vec::with_capacity(group.len());
+        let mut at = 0;
+        for (&(slot, counted), keys) in group.iter().zip(&chosen) {
+            let measured = &usage[at..at + keys.len()];
+            at += keys.len();
+            sizes.push((slot, self.estimate(counted, measured)));
+        }
+        Ok(sizes)
+    }
+
+    /// MEMORY USAGE of `keys`, pipelined, within the budget. A key gone meanwhile is 0.
+    ///
+    /// The server's default looks at 5 elements of an aggregate, which for a hash or set
+    /// of uneven values can be tens of percent off, and differently on each node (the
+    /// elements it looks at depend on the node's hash table). Keys the first pass finds
+    /// large are measured again with `SAMPLES` [`REFINE_SAMPLES`]: exact for aggregates of
+    /// up to that many elements, a bounded cost for huge ones (never `SAMPLES 0`).
+    async fn memory_usage(&self, addr: &str, keys: &[&[u8]], budget: &mut KeyBudget) -> Result<Vec<u64>, String> {
+        let mut out = self.memory_usage_pass(addr, keys, None, budget).await?;
+        let large: Vec<usize> = (0..keys.len()).filter(|&i| out[i] >= REFINE_BYTES).collect();
+        let again: Vec<&[u8]> = large.iter().map(|&i| keys[i]).collect();
+        let refined = self.memory_usage_pass(addr, &again, Some(REFINE_SAMPLES), budget).await?;
+        for (i, bytes) in large.into_iter().zip(refined) {
+            out[i] = bytes;
+        }
+        Ok(out)
+    }
+
+    async fn memory_usage_pass(
+        &self,
+        addr: &str,
+        keys: &[&[u8]],
+        samples: Option<u32>,
+        budget: &mut KeyBudget,
+    ) -> Result<Vec<u64>, String> {
+        // A refined key costs the server up to REFINE_SAMPLES element visits: charge it.
+        let weight = if samples.is_some() { REFINE_WEIGHT } else { 1 };
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PIPELINE / 2) {
+            budget.take(chunk.len() as u64 * weight).await;
             let mut p = redis::pipe();
-            for (_, _, k) in chunk {
-                p.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
+            for k in chunk {
+                p.cmd("MEMORY").arg("USAGE").arg(*k);
+                if let Some(n) = samples {
+                    p.arg("SAMPLES").arg(n);
+                }
             }
             let u: Vec<Option<u64>> = self.conns.pipeline(addr, &p).await?;
-            for ((s, _, _), u) in chunk.iter().zip(u) {
-                if let Some(u) = u {
-                    let e = usage.entry(*s).or_default();
-                    e.0 += u;
-                    e.1 += 1;
-                }
-            }
+            out.extend(u.into_iter().map(Option::unwrap_or_default));
         }
-        for (s, c, _) in &sampled {
-            let b = match usage.get(s) {
-                Some(&(sum, n)) if n > 0 => {
-                    if *c <= n {
-                        sum
-                    } else {
-                        ((sum as f64 / n as f64) * *c as f64).round() as u64
-                    }
-                }
-                _ => 0,
-            };
-            bytes.insert(*s, b);
+        Ok(out)
+    }
+
+    /// A slot's size from the keys measured: their sum when all were measured, else the
+    /// mean scaled by the key count, with the variance of that estimate (finite
+    /// population corrected).
+    fn estimate(&self, counted: u64, measured: &[u64]) -> SlotSize {
+        let n = measured.len() as f64;
+        let sum: u64 = measured.iter().sum();
+        let largest_key = measured.iter().copied().max().unwrap_or(0);
+        let big_keys = measured.iter().filter(|&&b| b > self.sizing.max_key_bytes).count() as u32;
+        let all = counted <= measured.len() as u64;
+        let (bytes, variance) = if all || measured.is_empty() {
+            (sum, 0.0)
+        } else {
+            let mean = sum as f64 / n;
+            let var = measured.iter().map(|&b| (b as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            let big_n = counted as f64;
+            ((mean * big_n).round() as u64, big_n * big_n * var / n * (1.0 - n / big_n))
+        };
+        SlotSize { keys: counted, bytes, largest_key, big_keys, variance, measured_at: Instant::now() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(mode: Mode) -> SizingOptions {
+        SizingOptions {
+            mode,
+            keys_per_second: 0,
+            max_age: Duration::from_secs(60),
+            sample_keys: 4,
+            max_key_bytes: 1000,
         }
-        Ok(counts.into_iter().map(|(s, _)| (s, bytes.get(&s).copied().unwrap_or(0))).collect())
+    }
+
+    #[test]
+    fn cache_serves_a_slot_while_its_key_count_holds() {
+        let c = SizeCache::default();
+        let e = SlotSize { keys: 10, bytes: 500, ..SlotSize::empty() };
+        c.put(7, e);
+        assert_eq!(c.fresh(7, 10, &opts(Mode::Exact)), Some(e));
+        assert_eq!(c.fresh(7, 11, &opts(Mode::Exact)), None, "a key came or went");
+        let mut short = opts(Mode::Exact);
+        short.max_age = Duration::ZERO;
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(c.fresh(7, 10, &short), None, "too old");
+        // A sampled estimate does not stand in for an exact size.
+        c.put(8, SlotSize { keys: 10, bytes: 500, variance: 4.0, ..SlotSize::empty() });
+        assert_eq!(c.fresh(8, 10, &opts(Mode::Exact)), None);
+        assert!(c.fresh(8, 10, &opts(Mode::Sampled)).is_some());
+        c.forget(7);
+        assert_eq!(c.fresh(7, 10, &opts(Mode::Exact)), None, "forgotten");
+    }
+
+    #[tokio::test]
+    async fn budget_spreads_keys_over_time() {
+        let mut b = KeyBudget::new(10_000);
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.take(1000).await;
+        }
+        // Five takes of 1000 at 10k/s: the fifth may start at 0.4 s, not before.
+        assert!(t.elapsed() >= Duration::from_millis(390), "{:?}", t.elapsed());
     }
 }

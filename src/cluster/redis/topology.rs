@@ -106,6 +106,54 @@ impl Topology {
     }
 }
 
+/// A master's figures from INFO and CLUSTER INFO.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeInfo {
+    /// "redis" or "valkey".
+    pub engine: String,
+    /// (major, minor, patch).
+    pub version: (u32, u32, u32),
+    pub used_memory: u64,
+    pub maxmemory: u64,
+    /// Keys in db0 (a cluster node has no other database).
+    pub keys: u64,
+    pub cluster_ok: bool,
+}
+
+impl NodeInfo {
+    pub fn parse(info: &str, cluster_info: &str) -> NodeInfo {
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
+        };
+        let num = |key: &str| field(info, key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let (engine, version) = match field(info, "valkey_version") {
+            Some(v) => ("valkey", v),
+            None => ("redis", field(info, "redis_version").unwrap_or_default()),
+        };
+        let mut parts = version.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        // db0:keys=12,expires=0,avg_ttl=0
+        let keys = field(info, "db0")
+            .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix("keys=").and_then(|n| n.parse().ok())))
+            .unwrap_or(0);
+        NodeInfo {
+            engine: engine.to_string(),
+            version,
+            used_memory: num("used_memory"),
+            maxmemory: num("maxmemory"),
+            keys,
+            cluster_ok: field(cluster_info, "cluster_state").as_deref() == Some("ok"),
+        }
+    }
+
+    /// "valkey 9.1.2"
+    pub fn engine_version(&self) -> String {
+        let (a, b, c) = self.version;
+        format!("{} {a}.{b}.{c}", self.engine)
+    }
+}
+
 impl RedisCluster {
     pub(super) async fn cluster_nodes(&self, addr: &str) -> Result<Vec<NodeLine>, String> {
         let text: String = self.conns.query(addr, redis::cmd("CLUSTER").arg("NODES")).await?;
@@ -177,17 +225,12 @@ impl RedisCluster {
     /// Bytes of each slot `addr` owns: COUNTKEYSINSLOT, then MEMORY USAGE of up to
 
     /// Memory figures from INFO: (used_memory, maxmemory, cluster_state ok).
-    pub(super) async fn health_figures(&self, addr: &str) -> Result<(u64, u64, bool), String> {
-        let mem: String = self.conns.query(addr, redis::cmd("INFO").arg("memory")).await?;
-        let info: String = self.conns.query(addr, redis::cmd("CLUSTER").arg("INFO")).await?;
-        let field = |text: &str, key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
-        };
-        let used = field(&mem, "used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let max = field(&mem, "maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let ok = field(&info, "cluster_state").as_deref() == Some("ok");
-        Ok((used, max, ok))
+    /// What a master says of itself: INFO server, memory and keyspace, and CLUSTER INFO.
+    pub(super) async fn node_info(&self, addr: &str) -> Result<NodeInfo, String> {
+        let mut p = redis::pipe();
+        p.cmd("INFO").arg("server").arg("memory").arg("keyspace").cmd("CLUSTER").arg("INFO");
+        let (info, cluster): (String, String) = self.conns.pipeline_as(addr, &p).await?;
+        Ok(NodeInfo::parse(&info, &cluster))
     }
 
     pub(super) fn node_id_of(&self, topo: &Topology, addr: &str) -> Result<String, ClusterError> {
@@ -223,5 +266,18 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
         assert!(me.owns(7000) && me.owns(0) && !me.owns(5461));
         assert!(n[4].is_failed() && !n[4].connected);
         assert!(parse_nodes("abc 1.2.3.4:5").is_err());
+    }
+
+    #[test]
+    fn reads_engine_memory_and_keys_from_info() {
+        let redis = "# Server\r\nredis_version:7.0.15\r\n# Memory\r\nused_memory:1048576\r\nmaxmemory:0\r\n# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=0\r\n";
+        let n = NodeInfo::parse(redis, "cluster_state:ok\r\n");
+        assert_eq!((n.engine.as_str(), n.version, n.used_memory, n.keys), ("redis", (7, 0, 15), 1048576, 12));
+        assert!(n.cluster_ok);
+        let valkey = "redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.2\r\nused_memory:5\r\n";
+        let n = NodeInfo::parse(valkey, "cluster_state:fail\r\n");
+        assert_eq!(n.engine_version(), "valkey 9.1.2");
+        assert_eq!(n.keys, 0);
+        assert!(!n.cluster_ok);
     }
 }

@@ -1,0 +1,177 @@
+//! The snapshot: what each master says of itself (INFO), the slots it owns, their key
+//! counts and sizes, the keys it holds outside its slots, big keys, moves in flight and
+//! replicas, assembled into the backend-neutral `ClusterSnapshot`.
+//!
+//! Owns: turning observations into members, buckets and `Observed`. Does not own: how a
+//! slot is measured ([`super::sizing`]) or read ([`super::topology`]).
+
+use std::time::Instant;
+
+use chrono::Utc;
+use tracing::warn;
+
+use super::sizing::MasterSizes;
+use super::topology::{NodeInfo, NodeLine, Topology};
+use super::{RedisCluster, SLOTS};
+use crate::cluster::ClusterError;
+use crate::model::{
+    Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, Replica, SizingSummary,
+};
+
+/// What one master showed.
+struct MasterView {
+    info: NodeInfo,
+    sizes: MasterSizes,
+    /// Keys in the slots it owns.
+    owned_keys: u64,
+}
+
+impl RedisCluster {
+    /// Reads the topology, observes every master in parallel and assembles the snapshot.
+    pub(super) async fn observe(&self) -> Result<ClusterSnapshot, ClusterError> {
+        let started = Instant::now();
+        let topo = self.topology().await?;
+        let views =
+            futures::future::join_all(topo.masters.iter().enumerate().map(|(i, m)| self.observe_master(&topo, i, m)))
+                .await;
+        let mut snap = ClusterSnapshot {
+            cluster_id: self.cluster_id.clone(),
+            taken_at: Utc::now(),
+            members: Vec::with_capacity(topo.masters.len()),
+            buckets: Vec::new(),
+            open_migrations: open_migrations(&topo),
+            replicas: replicas(&topo),
+            observed: Observed::default(),
+        };
+        let mut sizes = vec![0u64; SLOTS];
+        for (m, view) in topo.masters.iter().zip(&views) {
+            let (member, facts) = self.member(m, view);
+            snap.members.push(member);
+            snap.observed.members.push(facts);
+            if let Ok(v) = view {
+                for (slot, s) in &v.sizes.slots {
+                    sizes[*slot as usize] = s.bytes;
+                }
+            }
+        }
+        snap.buckets = (0..SLOTS)
+            .filter_map(|s| {
+                topo.owner[s].map(|o| Bucket { id: s as u64, group: None, bytes: sizes[s], copies: vec![o as u32] })
+            })
+            .collect();
+        let seen: Vec<&MasterView> = views.iter().filter_map(|v| v.as_ref().ok()).collect();
+        snap.observed.pinned = self.pinned(&seen);
+        snap.observed.sizing = Some(self.summary(&seen, started));
+        snap.observed.engine = engine(&seen);
+        Ok(snap)
+    }
+
+    async fn observe_master(&self, topo: &Topology, i: usize, m: &NodeLine) -> Result<MasterView, String> {
+        if m.is_failed() {
+            return Err("flagged fail".into());
+        }
+        let info = self.node_info(&m.addr).await?;
+        let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
+        let counts = self.key_counts(&m.addr, &owned).await?;
+        let sizes = self.size_master(&m.addr, &owned, &counts).await?;
+        Ok(MasterView { info, sizes, owned_keys: counts.iter().sum() })
+    }
+
+    /// The member a master is, with its health, and the facts beside it.
+    fn member(&self, m: &NodeLine, view: &Result<MasterView, String>) -> (Member, MemberFacts) {
+        let mut member = Member::new(&m.addr);
+        let v = match view {
+            Ok(v) => v,
+            Err(cause) => {
+                warn!(member = %m.addr, cause = %cause, "master is down or unreachable");
+                member.health = Health::Down;
+                return (member, MemberFacts::default());
+            }
+        };
+        let (used, max) = (v.info.used_memory, v.info.maxmemory);
+        member.capacity_bytes = (max > 0).then_some(max);
+        let critical = max > 0 && used.saturating_mul(100) > max.saturating_mul(self.critical_percent as u64);
+        if !v.info.cluster_ok {
+            warn!(member = %m.addr, "node reports cluster_state other than ok");
+        }
+        if critical || !v.info.cluster_ok {
+            member.health = Health::Critical;
+        }
+        let facts = MemberFacts {
+            used_memory_bytes: used,
+            stray_keys: v.info.keys.saturating_sub(v.owned_keys),
+            big_keys: v.sizes.slots.iter().map(|(_, s)| s.big_keys as u64).sum(),
+        };
+        (member, facts)
+    }
+
+    /// Slots holding a key above `execution.max-key-bytes`.
+    fn pinned(&self, views: &[&MasterView]) -> Vec<Pinned> {
+        let limit = self.sizing.max_key_bytes;
+        let mut pinned: Vec<Pinned> = views
+            .iter()
+            .flat_map(|v| v.sizes.slots.iter())
+            .filter(|(_, s)| s.big_keys > 0)
+            .map(|(slot, s)| Pinned {
+                bucket: *slot as u64,
+                largest_key_bytes: s.largest_key,
+                reason: format!("{} key(s) above execution.max-key-bytes ({limit} bytes)", s.big_keys),
+            })
+            .collect();
+        pinned.sort_by_key(|p| p.bucket);
+        pinned
+    }
+
+    fn summary(&self, views: &[&MasterView], started: Instant) -> SizingSummary {
+        let slots = || views.iter().flat_map(|v| v.sizes.slots.iter().map(|(_, s)| s));
+        let variance: f64 = slots().map(|s| s.variance).sum();
+        SizingSummary {
+            mode: self.sizing.mode.name().to_string(),
+            keys: slots().map(|s| s.keys).sum(),
+            keys_measured_now: views.iter().map(|v| v.sizes.keys_measured_now).sum(),
+            oldest_seconds: slots()
+                .filter(|s| s.keys > 0)
+                .map(|s| s.measured_at.elapsed().as_secs_f64())
+                .fold(0.0, f64::max),
+            duration_seconds: started.elapsed().as_secs_f64(),
+            error_bytes: (1.96 * variance.sqrt()).round() as u64,
+        }
+    }
+}
+
+/// The engine every master runs, at the lowest version seen (what all of them support).
+fn engine(views: &[&MasterView]) -> Option<String> {
+    let lowest = views.iter().map(|v| &v.info).min_by_key(|i| (i.engine != "redis", i.version))?;
+    let mixed = views.iter().any(|v| v.info.engine != lowest.engine);
+    Some(if mixed { format!("{} (mixed engines)", lowest.engine_version()) } else { lowest.engine_version() })
+}
+
+/// Slots MIGRATING or IMPORTING, from either side's own view.
+fn open_migrations(topo: &Topology) -> Vec<OpenMigration> {
+    let mut open = Vec::new();
+    for m in &topo.masters {
+        let Some(me) = topo.myself.get(&m.addr) else { continue };
+        for (slot, to) in &me.migrating {
+            let to = topo.master_by_id(to).map(|t| t.addr.clone());
+            open.push(OpenMigration { bucket: *slot as u64, from: Some(m.addr.clone()), to });
+        }
+        for (slot, from) in &me.importing {
+            let from = topo.master_by_id(from).map(|t| t.addr.clone());
+            open.push(OpenMigration { bucket: *slot as u64, from, to: Some(m.addr.clone()) });
+        }
+    }
+    open.sort_by_key(|o| o.bucket);
+    open.dedup_by(|a, b| a.bucket == b.bucket);
+    open
+}
+
+fn replicas(topo: &Topology) -> Vec<Replica> {
+    topo.replicas
+        .iter()
+        .map(|r| Replica {
+            id: r.addr.clone(),
+            master: r.master_id.as_ref().and_then(|id| topo.master_by_id(id)).map(|m| m.addr.clone()),
+            healthy: !r.is_failed(),
+        })
+        .collect()
+}
