@@ -32,7 +32,11 @@ impl Lcg {
 fn key_commands(i: usize, n: usize, rng: &mut Lcg) -> (String, Vec<redis::Cmd>) {
     // Older keys (small i) hold larger values: formats that grew, sessions that piled up.
     let age = 1.0 + 4.0 * (1.0 - i as f64 / n as f64);
-    let name = if rng.next() % 4 == 0 { format!("{{tenant{}}}:{i}", rng.heavy(1.0, 60.0)) } else { format!("key:{i}") };
+    let name = if rng.next().is_multiple_of(4) {
+        format!("{{tenant{}}}:{i}", rng.heavy(1.0, 60.0))
+    } else {
+        format!("key:{i}")
+    };
     let value = |len: usize| vec![b'a' + (i % 26) as u8; len.max(1)];
     let mut cmds = Vec::new();
     match rng.next() % 10 {

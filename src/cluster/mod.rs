@@ -56,14 +56,14 @@ pub trait Cluster: Send + Sync {
 
 /// The backend named by the configuration.
 pub enum AnyCluster {
-    Redis(redis::RedisCluster),
+    Redis(Box<redis::RedisCluster>),
     File(file::FileCluster),
 }
 
 impl AnyCluster {
     pub fn from_config(config: &crate::config::Config) -> Result<AnyCluster, ClusterError> {
         match config.cluster.backend {
-            crate::config::Backend::Redis => Ok(AnyCluster::Redis(redis::RedisCluster::from_config(config)?)),
+            crate::config::Backend::Redis => Ok(AnyCluster::Redis(Box::new(redis::RedisCluster::from_config(config)?))),
             crate::config::Backend::File => {
                 let path = config.cluster.snapshot_file.clone().expect("validated");
                 Ok(AnyCluster::File(file::FileCluster::new(path, config.cluster.id.clone())))

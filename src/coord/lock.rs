@@ -95,7 +95,7 @@ impl Coordinator {
                     stop_keepalive: CancellationToken::new(),
                 }))
             }
-            Backend::Etcd { .. } => {
+            Backend::Etcd(_) => {
                 let ttl = self.ttl.as_secs().max(1) as i64;
                 let lease = self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id();
                 let key = self.keys.lock();
@@ -150,7 +150,7 @@ impl Coordinator {
                 Some((_, h)) => Err(FenceError::HeldElsewhere(format!("in-process, by {}", h.member))),
                 None => Err(FenceError::Expired),
             },
-            (Backend::Etcd { .. }, LockId::Lease(lease)) => {
+            (Backend::Etcd(_), LockId::Lease(lease)) => {
                 let key = self.keys.lock();
                 let resp = self
                     .etcd(|mut c| async move { c.get(key, None).await })
@@ -176,7 +176,7 @@ impl Coordinator {
                     s.holder = None;
                 }
             }
-            (Backend::Etcd { .. }, LockId::Lease(lease)) => {
+            (Backend::Etcd(_), LockId::Lease(lease)) => {
                 if let Err(e) = self.etcd(|mut c| async move { c.lease_revoke(lease).await }).await {
                     warn!(cause = %e, "could not revoke the lock lease; it expires by itself");
                 }
@@ -189,7 +189,7 @@ impl Coordinator {
     pub async fn holder(&self) -> Result<Option<Holder>, LockError> {
         match &self.backend {
             Backend::Local(s) => Ok(s.lock().await.holder.as_ref().map(|(_, h)| h.clone())),
-            Backend::Etcd { .. } => self.get_json(self.keys.lock()).await,
+            Backend::Etcd(_) => self.get_json(self.keys.lock()).await,
         }
     }
 }

@@ -77,8 +77,14 @@ pub(crate) struct LocalState {
     pub(crate) sidecars: BTreeMap<String, serde_json::Value>,
 }
 
+pub(crate) struct EtcdBackend {
+    options: ConnectOptions,
+    endpoints: Vec<String>,
+    client: Mutex<Option<Client>>,
+}
+
 pub(crate) enum Backend {
-    Etcd { options: ConnectOptions, endpoints: Vec<String>, client: Mutex<Option<Client>> },
+    Etcd(Box<EtcdBackend>),
     Local(Arc<Mutex<LocalState>>),
 }
 
@@ -144,7 +150,7 @@ impl Coordinator {
                     })
                     .collect();
                 (
-                    Backend::Etcd { options, endpoints, client: Mutex::new(None) },
+                    Backend::Etcd(Box::new(EtcdBackend { options, endpoints, client: Mutex::new(None) })),
                     format!("{}/{cluster_id}", e.prefix.trim_end_matches('/')),
                     e.lease_ttl.0,
                 )
@@ -168,25 +174,25 @@ impl Coordinator {
     }
 
     pub(crate) async fn client(&self) -> Result<Client, LockError> {
-        let Backend::Etcd { options, endpoints, client } = &self.backend else {
-            unreachable!("etcd client asked for in standalone mode")
-        };
-        let mut c = client.lock().await;
+        let Backend::Etcd(etcd) = &self.backend else { unreachable!("etcd client asked for in standalone mode") };
+        let mut c = etcd.client.lock().await;
         if let Some(c) = c.as_ref() {
             return Ok(c.clone());
         }
-        let fresh =
-            tokio::time::timeout(Duration::from_secs(5), Client::connect(endpoints.clone(), Some(options.clone())))
-                .await
-                .map_err(|_| LockError::Unavailable(format!("connect to {endpoints:?} timed out")))??;
+        let fresh = tokio::time::timeout(
+            Duration::from_secs(5),
+            Client::connect(etcd.endpoints.clone(), Some(etcd.options.clone())),
+        )
+        .await
+        .map_err(|_| LockError::Unavailable(format!("connect to {:?} timed out", etcd.endpoints)))??;
         *c = Some(fresh.clone());
         Ok(fresh)
     }
 
     /// Drops the cached client after an error, so the next call reconnects.
     pub(crate) async fn reset(&self) {
-        if let Backend::Etcd { client, .. } = &self.backend {
-            *client.lock().await = None;
+        if let Backend::Etcd(etcd) = &self.backend {
+            *etcd.client.lock().await = None;
         }
     }
 

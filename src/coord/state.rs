@@ -35,7 +35,7 @@ impl Coordinator {
     pub async fn last_run(&self) -> Result<Option<RunRecord>, LockError> {
         match &self.backend {
             Backend::Local(s) => Ok(s.lock().await.last_run.clone()),
-            Backend::Etcd { .. } => self.get_json(self.keys.last_run()).await,
+            Backend::Etcd(_) => self.get_json(self.keys.last_run()).await,
         }
     }
 
@@ -46,7 +46,7 @@ impl Coordinator {
                 s.lock().await.last_run = Some(record.clone());
                 Ok(true)
             }
-            (Backend::Etcd { .. }, LockId::Lease(lease)) => {
+            (Backend::Etcd(_), LockId::Lease(lease)) => {
                 let txn = Txn::new()
                     .when([Compare::lease(self.keys.lock(), CompareOp::Equal, lease)])
                     .and_then([TxnOp::put(self.keys.last_run(), serde_json::to_vec(record).unwrap(), None)]);
@@ -59,7 +59,7 @@ impl Coordinator {
     pub async fn paused(&self) -> Result<Option<String>, LockError> {
         match &self.backend {
             Backend::Local(s) => Ok(s.lock().await.paused.clone()),
-            Backend::Etcd { .. } => self.get_json(self.keys.paused()).await,
+            Backend::Etcd(_) => self.get_json(self.keys.paused()).await,
         }
     }
 
@@ -69,7 +69,7 @@ impl Coordinator {
                 s.lock().await.paused = by;
                 Ok(())
             }
-            Backend::Etcd { .. } => match by {
+            Backend::Etcd(_) => match by {
                 Some(b) => self.put_json(self.keys.paused(), &b, None).await,
                 None => self.delete(self.keys.paused()).await,
             },
@@ -79,7 +79,7 @@ impl Coordinator {
     pub async fn evacuations(&self) -> Result<Vec<Evacuation>, LockError> {
         match &self.backend {
             Backend::Local(s) => Ok(s.lock().await.evacuations.values().cloned().collect()),
-            Backend::Etcd { .. } => self.list_json(self.keys.evacuations()).await,
+            Backend::Etcd(_) => self.list_json(self.keys.evacuations()).await,
         }
     }
 
@@ -93,7 +93,7 @@ impl Coordinator {
                 };
                 Ok(())
             }
-            Backend::Etcd { .. } => {
+            Backend::Etcd(_) => {
                 let key = format!("{}{member}", self.keys.evacuations());
                 match e {
                     Some(e) => self.put_json(key, e, None).await,
@@ -111,7 +111,7 @@ impl Coordinator {
                 s.lock().await.sidecars.insert(self.member.clone(), state.clone());
                 Ok(())
             }
-            Backend::Etcd { .. } => {
+            Backend::Etcd(_) => {
                 let mut reg = self.registration.lock().await;
                 let ttl = self.ttl.as_secs().max(1) as i64;
                 let lease = match *reg {
@@ -143,7 +143,7 @@ impl Coordinator {
             Backend::Local(s) => {
                 s.lock().await.sidecars.remove(&self.member);
             }
-            Backend::Etcd { .. } => {
+            Backend::Etcd(_) => {
                 if let Some(l) = self.registration.lock().await.take() {
                     let _ = self.etcd(|mut c| async move { c.lease_revoke(l).await }).await;
                 }
@@ -154,7 +154,7 @@ impl Coordinator {
     pub async fn sidecars(&self) -> Result<Vec<serde_json::Value>, LockError> {
         match &self.backend {
             Backend::Local(s) => Ok(s.lock().await.sidecars.values().cloned().collect()),
-            Backend::Etcd { .. } => self.list_json(self.keys.sidecars()).await,
+            Backend::Etcd(_) => self.list_json(self.keys.sidecars()).await,
         }
     }
 }

@@ -14,6 +14,18 @@ use super::RedisCluster;
 use super::topology::Topology;
 use crate::cluster::{ClusterError, MoveStats, Pace};
 
+/// One slot to move between two masters (by address).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SlotMove<'a> {
+    pub slot: u16,
+    pub src: &'a str,
+    pub dst: &'a str,
+    /// Continues a move a crash interrupted (either side may be past its first step).
+    pub resume: bool,
+    /// The slot's measured size, 0 when unknown (the mover then measures its keys).
+    pub estimate: u64,
+}
+
 impl RedisCluster {
     pub(super) async fn setslot(&self, addr: &str, slot: u16, args: &[&str]) -> Result<(), String> {
         let mut c = redis::cmd("CLUSTER");
@@ -201,13 +213,10 @@ impl RedisCluster {
     pub(super) async fn finish<P: Pace>(
         &self,
         topo: &Topology,
-        slot: u16,
-        src: &str,
-        dst: &str,
+        m: SlotMove<'_>,
         pace: &P,
-        resume: bool,
-        estimate: u64,
     ) -> Result<MoveStats, ClusterError> {
+        let SlotMove { slot, src, dst, resume, estimate } = m;
         let src_id = self.node_id_of(topo, src)?;
         let dst_id = self.node_id_of(topo, dst)?;
         let early = |message: String| ClusterError::Move { bucket: slot as u64, message, open: false };

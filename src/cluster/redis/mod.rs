@@ -26,6 +26,7 @@ use super::{Cluster, ClusterError, MoveStats, Pace};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 use conn::{Auth, Conns};
+use legacy::SlotMove;
 use sizing::SizeCache;
 use topology::Topology;
 
@@ -110,7 +111,8 @@ impl Cluster for RedisCluster {
             SizingMode::Exact => mv.bytes,
             SizingMode::Sampled => 0,
         };
-        let result = self.finish(&topo, slot, &src, &dst, pace, false, measured).await;
+        let m = SlotMove { slot, src: &src, dst: &dst, resume: false, estimate: measured };
+        let result = self.finish(&topo, m, pace).await;
         // The check after the run measures the slot again where it now lives.
         self.sizes.forget(slot);
         let mut stats = result?;

@@ -6,6 +6,7 @@
 
 use tracing::info;
 
+use super::legacy::SlotMove;
 use super::{NoPace, RedisCluster};
 use crate::cluster::ClusterError;
 
@@ -46,8 +47,10 @@ impl RedisCluster {
             if dst_keys > 0 || dst_owns {
                 // Keys already sit on the target (or it took ownership): finish, so no key
                 // is stranded on a node that does not own its slot.
-                let stats =
-                    self.finish(&topo, slot, &src, &dst, &NoPace, true, 0).await.map_err(|e| rep(e.to_string()))?;
+                let stats = self
+                    .finish(&topo, SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 }, &NoPace)
+                    .await
+                    .map_err(|e| rep(e.to_string()))?;
                 let line = format!(
                     "slot {slot}: finished the move {src} -> {dst} ({src_keys} keys were left on the source, {} moved now)",
                     stats.keys

@@ -222,9 +222,6 @@ impl RedisCluster {
         Ok(Arc::new(self.topology().await?))
     }
 
-    /// Bytes of each slot `addr` owns: COUNTKEYSINSLOT, then MEMORY USAGE of up to
-
-    /// Memory figures from INFO: (used_memory, maxmemory, cluster_state ok).
     /// What a master says of itself: INFO server, memory and keyspace, and CLUSTER INFO.
     pub(super) async fn node_info(&self, addr: &str) -> Result<NodeInfo, String> {
         let mut p = redis::pipe();
