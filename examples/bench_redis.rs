@@ -1,8 +1,9 @@
 //! Head-to-head on the same skewed data set: `redis-cli --cluster rebalance
 //! --cluster-use-empty-masters` against `autobalancer rebalance --once`.
-//! Usage: bench_redis KEYS [AUTOBALANCER_BIN]. Prints a Markdown table.
+//! Usage: bench_redis [--valkey] KEYS [AUTOBALANCER_BIN]. Prints a Markdown table.
 //!
-//! Each tool gets a fresh cluster (3 loaded masters + 1 empty, loopback) loaded with the
+//! Each tool gets a fresh cluster (3 loaded masters + 1 empty, loopback; Redis 7, or
+//! Valkey 9 with `--valkey`) loaded with the
 //! same keys. Bytes per master are measured exactly (MEMORY USAGE of every key), slots
 //! and bytes moved from the owners before and after, and every key and value is
 //! compared before and after.
@@ -12,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use autobalancer::cluster::Cluster;
-use autobalancer::testkit::LocalRedisCluster;
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster};
 
 struct Row {
     tool: &'static str,
@@ -24,7 +25,7 @@ struct Row {
     intact: bool,
 }
 
-async fn exact_bytes(c: &LocalRedisCluster) -> (Vec<String>, Vec<u64>) {
+async fn exact_bytes(c: &LocalCluster) -> (Vec<String>, Vec<u64>) {
     let mut cfg = autobalancer::config::Config::default();
     cfg.cluster.id = "bench".into();
     cfg.cluster.seeds = c.master_addrs();
@@ -40,8 +41,8 @@ async fn exact_bytes(c: &LocalRedisCluster) -> (Vec<String>, Vec<u64>) {
     (owner, bytes)
 }
 
-async fn run(tool: &'static str, keys: usize, bin: &str) -> Row {
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn run(engine: Engine, tool: &'static str, keys: usize, bin: &str) -> Row {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(keys, 42).await.unwrap();
     let digest = c.digest().await.unwrap();
     let (owner0, bytes0) = exact_bytes(&c).await;
@@ -102,7 +103,9 @@ async fn run(tool: &'static str, keys: usize, bin: &str) -> Row {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let engine = if args.iter().any(|a| a == "--valkey") { Engine::Valkey } else { Engine::Redis };
+    args.retain(|a| a != "--valkey");
     let keys: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(200_000);
     let bin = args.get(2).cloned().unwrap_or_else(|| "target/release/autobalancer".into());
     println!(
@@ -110,7 +113,7 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     for tool in ["redis-cli", "autobalancer"] {
-        let r = run(tool, keys, &bin).await;
+        let r = run(engine, tool, keys, &bin).await;
         let mb: Vec<String> = r.masters_mb.iter().map(|m| format!("{m:.1}")).collect();
         println!(
             "| {} | {:.2} | {} | {:.1} | {} | {:.1}% | {} |",

@@ -1,18 +1,20 @@
-//! Snapshot speed: a Redis Cluster (3 loaded masters + 1 empty, loopback) with KEYS keys,
-//! then `autobalancer snapshot` timed 3 times.
-//! Usage: bench_snapshot KEYS [AUTOBALANCER_BIN]
+//! Snapshot speed: a Redis Cluster (3 loaded masters + 1 empty, loopback; Valkey with
+//! `--valkey`) with KEYS keys, then `autobalancer snapshot` timed 3 times.
+//! Usage: bench_snapshot [--valkey] KEYS [AUTOBALANCER_BIN]
 
 use std::process::Command;
 use std::time::Instant;
 
-use autobalancer::testkit::LocalRedisCluster;
+use autobalancer_testkit::{ClusterSpec, Engine};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let engine = if args.iter().any(|a| a == "--valkey") { Engine::Valkey } else { Engine::Redis };
+    args.retain(|a| a != "--valkey");
     let keys: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
     let bin = args.get(2).cloned().unwrap_or_else(|| "target/release/autobalancer".into());
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     let t0 = Instant::now();
     let bytes = c.load_skewed(keys, 5).await.unwrap();
     println!("loaded {keys} keys ({bytes} bytes of values) in {:.1} s", t0.elapsed().as_secs_f64());

@@ -1,16 +1,18 @@
-//! The local demo: etcd, a Redis Cluster of 3 loaded masters and 1 empty one with a
-//! skewed data set, and a sidecar beside each master, all on loopback. The sidecars wake
+//! The local demo: etcd, a Redis Cluster (or with `--valkey` a Valkey Cluster) of 3
+//! loaded masters and 1 empty one with a skewed data set, and a sidecar beside each
+//! master, all on loopback. The sidecars wake
 //! on their (nightly-style) schedule a few seconds from now; one wins the lock and
 //! rebalances by bytes. Shows the decision and the per-member before/after, checks that
 //! every key survived, then stops everything, or with `--keep` leaves it running.
 //!
-//! Usage: demo [--keep] [--keys N] [--bin PATH]
+//! Usage: demo [--keep] [--valkey] [--keys N] [--bin PATH] [--dir PATH]
+//! (`--dir`: where the servers and sidecars keep their files; default `target/demo`)
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autobalancer::config::human_bytes;
-use autobalancer::testkit::{LocalEtcd, LocalRedisCluster, free_port};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalEtcd, free_port};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -30,13 +32,19 @@ async fn main() {
     let keep = args.iter().any(|a| a == "--keep");
     let keys: usize = arg(&args, "--keys").map(|k| k.parse().expect("--keys N")).unwrap_or(60_000);
     let bin = arg(&args, "--bin").unwrap_or_else(|| "target/release/autobalancer".into());
-    let dir = std::env::current_dir().unwrap().join("target/demo");
+    let engine = if args.iter().any(|a| a == "--valkey") { Engine::Valkey } else { Engine::Redis };
+    let dir = std::env::current_dir().unwrap().join(arg(&args, "--dir").unwrap_or_else(|| "target/demo".into()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
-    println!("== starting etcd and a Redis Cluster (3 loaded masters + 1 empty) on loopback");
+    let kind = match engine {
+        Engine::Redis => "Redis Cluster",
+        Engine::Valkey => "Valkey Cluster",
+    };
+    println!("== starting etcd and a {kind} (3 loaded masters + 1 empty) on loopback");
+    println!("   {}", engine.server_version().expect("server"));
     let etcd = LocalEtcd::start_in(&dir.join("etcd"), Vec::new(), "http").expect("etcd");
-    let cluster = LocalRedisCluster::start_in(&dir.join("redis"), 3, 1, 0, None).await.expect("redis cluster");
+    let cluster = ClusterSpec::new(engine, 3, 1).start_in(&dir.join(engine.name())).await.expect("cluster");
     let total = cluster.load_skewed(keys, 7).await.expect("load");
     let before = cluster.digest().await.unwrap();
     println!(
@@ -154,14 +162,14 @@ async fn main() {
         for (i, (_, api, _)) in sidecars.iter().enumerate() {
             println!("   sidecar-{i}: http://{api}/status   http://{api}/metrics");
         }
-        println!("   etcd: {}   redis seeds: {}", etcd.endpoint(), masters.join(" "));
+        println!("   etcd: {}   {engine} seeds: {}", etcd.endpoint(), masters.join(" "));
         println!("   stop everything with: sh {}", stop.display());
         std::mem::forget(children);
         std::mem::forget(cluster);
         std::mem::forget(etcd);
         return;
     }
-    println!("\n== stopping the sidecars (SIGTERM), Redis and etcd");
+    println!("\n== stopping the sidecars (SIGTERM), the {kind} and etcd");
     for c in &mut children {
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
     }

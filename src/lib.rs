@@ -17,7 +17,6 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`api`]: the HTTP API.
 //! - [`sidecar`]: the daemon: schedule, heartbeat, evacuations, shutdown order.
-//! - [`testkit`]: local etcd and Redis Cluster processes for tests, benchmarks, the demo.
 //!
 //! `plan` and `decide` never touch tokio, etcd or Redis.
 
@@ -34,4 +33,3 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod sidecar;
-pub mod testkit;

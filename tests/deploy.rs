@@ -5,8 +5,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 
+use autobalancer_testkit::LocalPrometheus;
 use common::*;
 
 fn root(p: &str) -> std::path::PathBuf {
@@ -72,32 +72,12 @@ fn rules_and_dashboard_use_only_exported_metrics() {
 fn a_real_prometheus_scrapes_the_sidecar_with_the_rules_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let s = example_sidecar(dir.path());
-    let port = autobalancer::testkit::free_port();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: autobalancer\n    static_configs:\n      - targets: [\"{}\"]\n",
-            root("deploy/prometheus/rules.yml").display(),
-            s.api
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("prometheus not found: install Debian's prometheus package (scripts/test does)");
-    let mut proc = autobalancer::testkit::Proc { child, name: "prometheus".into() };
+    let rules = root("deploy/prometheus/rules.yml");
+    let prometheus = LocalPrometheus::start("autobalancer", std::slice::from_ref(&s.api), &[&rules]).unwrap();
+    let base = prometheus.url();
     let q = |query: &str| -> serde_json::Value {
-        let url = format!(
-            "http://127.0.0.1:{port}/api/v1/query?query={}",
-            query.replace('"', "%22").replace('{', "%7B").replace('}', "%7D")
-        );
+        let url =
+            format!("{base}/api/v1/query?query={}", query.replace('"', "%22").replace('{', "%7B").replace('}', "%7D"));
         get(&url).ok().map(|(_, b)| serde_json::from_str(&b).unwrap_or_default()).unwrap_or_default()
     };
     wait_for(60, "Prometheus to scrape the sidecar", || {
@@ -107,10 +87,10 @@ fn a_real_prometheus_scrapes_the_sidecar_with_the_rules_loaded() {
     assert_eq!(info["data"]["result"][0]["metric"]["version"], env!("CARGO_PKG_VERSION"), "{info:#}");
     let load = q("autobalancer_member_load_bytes");
     assert_eq!(load["data"]["result"].as_array().unwrap().len(), 4, "{load:#}");
-    let rules = json(&get(&format!("http://127.0.0.1:{port}/api/v1/rules")).unwrap().1);
+    let rules = json(&get(&format!("{base}/api/v1/rules")).unwrap().1);
     let names: Vec<&str> =
         rules["data"]["groups"][0]["rules"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names.len(), 5, "{names:?}");
     assert!(rules["data"]["groups"][0]["rules"].as_array().unwrap().iter().all(|r| r["health"] != "err"), "{rules:#}");
-    proc.kill();
+    drop(prometheus);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use autobalancer::testkit::{LocalEtcd, LocalRedisCluster};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalEtcd, on_each_engine};
 use common::*;
 
 fn etcd_section(etcd: &LocalEtcd) -> String {
@@ -23,9 +23,8 @@ fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn evacuation_drains_a_master_and_the_503_outlives_a_restart() {
-    let c = LocalRedisCluster::start(3, 0, 0, None).await.unwrap();
+async fn evacuation_drains_a_master_and_the_503_outlives_a_restart(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 0).start().await.unwrap();
     c.load_skewed(8_000, 21).await.unwrap();
     let before = c.digest().await.unwrap();
     let etcd = LocalEtcd::start().unwrap();
@@ -34,12 +33,12 @@ async fn evacuation_drains_a_master_and_the_503_outlives_a_restart() {
     let mut s0 = SidecarProc::start(
         dir.path(),
         "e0",
-        &format!("{}{}{QUIET}", redis_section(&c, &masters[0]), etcd_section(&etcd)),
+        &format!("{}{}{QUIET}", cluster_section(&c, dir.path(), Some(&masters[0])), etcd_section(&etcd)),
     );
     let s1 = SidecarProc::start(
         dir.path(),
         "e1",
-        &format!("{}{}{QUIET}", redis_section(&c, &masters[1]), etcd_section(&etcd)),
+        &format!("{}{}{QUIET}", cluster_section(&c, dir.path(), Some(&masters[1])), etcd_section(&etcd)),
     );
     assert_eq!(get(&s0.url("/availability")).unwrap().0, 200);
 
@@ -209,9 +208,8 @@ async fn on_demand_answers_and_their_errors() {
     assert_eq!(json(&last)["message"], "No buckets found for rebalance.", "{last}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_evacuation_input_is_refused_and_moves_nothing() {
-    let mut c = LocalRedisCluster::start(3, 0, 0, None).await.unwrap();
+async fn bad_evacuation_input_is_refused_and_moves_nothing(engine: Engine) {
+    let mut c = ClusterSpec::new(engine, 3, 0).start().await.unwrap();
     c.load_skewed(2_000, 22).await.unwrap();
     let etcd = LocalEtcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -219,7 +217,7 @@ async fn bad_evacuation_input_is_refused_and_moves_nothing() {
     let s0 = SidecarProc::start(
         dir.path(),
         "b0",
-        &format!("{}{}{QUIET}", redis_section(&c, &masters[0]), etcd_section(&etcd)),
+        &format!("{}{}{QUIET}", cluster_section(&c, dir.path(), Some(&masters[0])), etcd_section(&etcd)),
     );
     let cfg = s0.config.to_str().unwrap().to_string();
     let owners = c.slot_owners().await.unwrap();
@@ -241,7 +239,7 @@ async fn bad_evacuation_input_is_refused_and_moves_nothing() {
     let ghost = SidecarProc::start(
         dir.path(),
         "ghost",
-        &format!("{}{}{QUIET}", redis_section(&c, "127.0.0.1:1"), etcd_section(&etcd)),
+        &format!("{}{}{QUIET}", cluster_section(&c, dir.path(), Some("127.0.0.1:1")), etcd_section(&etcd)),
     );
     let (code, body) = call("POST", &ghost.url("/evacuation/start"), None, Some("{}")).unwrap();
     assert_eq!((code, json(&body)["error"]["code"].clone()), (400, serde_json::json!("unknown_member")), "{body}");
@@ -253,3 +251,8 @@ async fn bad_evacuation_input_is_refused_and_moves_nothing() {
     let now = c.slot_owners().await.unwrap();
     assert_eq!(now, owners);
 }
+
+on_each_engine!(
+    evacuation_drains_a_master_and_the_503_outlives_a_restart,
+    bad_evacuation_input_is_refused_and_moves_nothing,
+);

@@ -1,28 +1,18 @@
-//! Against a real Redis Cluster started here: 3 loaded masters + 1 empty, each with a
-//! replica, skewed hash-tagged keys. Every key and value must survive every move.
+//! Against a real cluster started here, on Redis 7 and on Valkey 9: 3 loaded masters +
+//! 1 empty, each with a replica, skewed hash-tagged keys. Every key and value must
+//! survive every move.
 
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
-use autobalancer::testkit::LocalRedisCluster;
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, on_each_engine};
+use common::{bin, cluster_section};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autobalancer"))
-}
-
-fn write_config(dir: &std::path::Path, c: &LocalRedisCluster, extra: &str) -> std::path::PathBuf {
-    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
-    let pw = match &c.password {
-        Some(p) => {
-            let f = dir.join("redis-password");
-            std::fs::write(&f, format!("{p}\n")).unwrap();
-            format!("password-file = \"{}\"\n", f.display())
-        }
-        None => String::new(),
-    };
+fn write_config(dir: &std::path::Path, c: &LocalCluster, extra: &str) -> std::path::PathBuf {
     let text = format!(
-        "[cluster]\nid = \"t\"\nseeds = [{}]\n{pw}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n{extra}\n",
-        seeds.join(", ")
+        "{}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n{extra}\n",
+        cluster_section(c, dir, None)
     );
     let p = dir.join("config.toml");
     std::fs::write(&p, text).unwrap();
@@ -47,9 +37,8 @@ async fn simulate(cfg: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebalance_by_bytes_loses_nothing() {
-    let c = LocalRedisCluster::start(3, 1, 1, None).await.unwrap();
+async fn rebalance_by_bytes_loses_nothing(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).replicas(1).start().await.unwrap();
     c.load_skewed(30_000, 1).await.unwrap();
     let before = c.digest().await.unwrap();
     assert_eq!(before.len(), 30_000);
@@ -112,9 +101,8 @@ async fn rebalance_by_bytes_loses_nothing() {
     assert_eq!(Some(&replica_keys), counts.get(&c.nodes[c.nodes[7].replica_of.unwrap()].addr()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_aware_writer_loses_no_write_during_the_move() {
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn a_cluster_aware_writer_loses_no_write_during_the_move(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(20_000, 2).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Paced so that the writer runs across many migrating slots.
@@ -158,9 +146,8 @@ async fn a_cluster_aware_writer_loses_no_write_during_the_move() {
     assert!(c.open_slots().await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_done_move_is_repaired_before_planning() {
-    let c = LocalRedisCluster::start(2, 1, 0, None).await.unwrap();
+async fn a_half_done_move_is_repaired_before_planning(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
     c.load_skewed(6_000, 3).await.unwrap();
     let before = c.digest().await.unwrap();
     let [a, b, e] = [c.master_addrs()[0].clone(), c.master_addrs()[1].clone(), c.master_addrs()[2].clone()];
@@ -245,9 +232,8 @@ async fn a_half_done_move_is_repaired_before_planning() {
     assert_eq!(c.slot_owners().await.unwrap()[half as usize], e);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_mover_is_repaired_by_the_next_run() {
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn a_killed_mover_is_repaired_by_the_next_run(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(20_000, 4).await.unwrap();
     let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -283,9 +269,8 @@ async fn a_killed_mover_is_repaired_by_the_next_run() {
     assert_eq!(c.digest().await.unwrap(), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_down_master_skips_with_member_down() {
-    let mut c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn a_down_master_skips_with_member_down(engine: Engine) {
+    let mut c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(3_000, 5).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &c, "");
@@ -297,9 +282,8 @@ async fn a_down_master_skips_with_member_down() {
     assert!(v["decision"]["message"].as_str().unwrap().contains(&victim));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_user_and_password_from_a_file() {
-    let c = LocalRedisCluster::start(2, 1, 0, Some("s3cret-pw")).await.unwrap();
+async fn acl_user_and_password_from_a_file(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 1).password("s3cret-pw").start().await.unwrap();
     c.load_skewed(3_000, 6).await.unwrap();
     let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -346,11 +330,10 @@ async fn acl_user_and_password_from_a_file() {
 
 /// A stray copy of a key on the target (left by an earlier, interrupted attempt): an
 /// identical value is replaced, a different one stops the move and names the key.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn busykey_is_replaced_only_when_the_values_are_identical() {
+async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) {
     use autobalancer::cluster::{Cluster, redis::NoPace, redis::RedisCluster};
     use autobalancer::plan::{Move, MoveKind};
-    let c = LocalRedisCluster::start(2, 1, 0, None).await.unwrap();
+    let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
     c.load_skewed(4_000, 31).await.unwrap();
     let [a, e] = [c.master_addrs()[0].clone(), c.master_addrs()[2].clone()];
     let a_id = c.nodes.iter().find(|n| n.addr() == a).unwrap().id.clone();
@@ -420,3 +403,13 @@ async fn busykey_is_replaced_only_when_the_values_are_identical() {
     let kept: Vec<u8> = redis::cmd("GET").arg(k1).query_async(&mut ca).await.unwrap();
     assert_ne!(kept, b"a different value".to_vec());
 }
+
+on_each_engine!(
+    rebalance_by_bytes_loses_nothing,
+    a_cluster_aware_writer_loses_no_write_during_the_move,
+    a_half_done_move_is_repaired_before_planning,
+    a_killed_mover_is_repaired_by_the_next_run,
+    a_down_master_skips_with_member_down,
+    acl_user_and_password_from_a_file,
+    busykey_is_replaced_only_when_the_values_are_identical,
+);

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use autobalancer::testkit::{LocalEtcd, LocalRedisCluster};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalEtcd, on_each_engine};
 use common::*;
 
 fn etcd_section(etcd: &LocalEtcd, ttl: &str) -> String {
@@ -16,9 +16,8 @@ fn etcd_section(etcd: &LocalEtcd, ttl: &str) -> String {
 
 const FAST: &str = "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance() {
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(8_000, 11).await.unwrap();
     let before = c.digest().await.unwrap();
     let etcd = LocalEtcd::start().unwrap();
@@ -29,7 +28,7 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance() {
         .map(|(i, m)| {
             let cfg = format!(
                 "{}\n[schedule]\ncron = \"*/3 * * * * *\"\n{}\n{FAST}",
-                redis_section(&c, m),
+                cluster_section(&c, dir.path(), Some(m)),
                 etcd_section(&etcd, "3s")
             );
             SidecarProc::start(dir.path(), &format!("s{i}"), &cfg)
@@ -74,9 +73,8 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance() {
     assert!(c.open_slots().await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_lock_holder_is_taken_over_and_repaired() {
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn a_killed_lock_holder_is_taken_over_and_repaired(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(6_000, 12).await.unwrap();
     let before = c.digest().await.unwrap();
     let etcd = LocalEtcd::start().unwrap();
@@ -88,7 +86,7 @@ async fn a_killed_lock_holder_is_taken_over_and_repaired() {
         .map(|(i, m)| {
             let cfg = format!(
                 "{}\n[schedule]\ncron = \"*/2 * * * * *\"\n{}\n{slow}",
-                redis_section(&c, m),
+                cluster_section(&c, dir.path(), Some(m)),
                 etcd_section(&etcd, "2s")
             );
             SidecarProc::start(dir.path(), &format!("k{i}"), &cfg)
@@ -159,9 +157,8 @@ async fn etcd_outage_skips_with_lock_unavailable_and_recovers() {
     wait_for(20, "readyz 200 again", || get(&s.url("/readyz")).unwrap().0 == 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_lost_mid_run_stops_before_the_next_move() {
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn a_lease_lost_mid_run_stops_before_the_next_move(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(8_000, 13).await.unwrap();
     let before = c.digest().await.unwrap();
     let etcd = LocalEtcd::start().unwrap();
@@ -171,7 +168,7 @@ async fn a_lease_lost_mid_run_stops_before_the_next_move() {
         &cfg,
         format!(
             "{}\n{}\n[balance]\nminimum-size = 0\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 10\n",
-            redis_section(&c, &c.master_addrs()[0]),
+            cluster_section(&c, dir.path(), Some(&c.master_addrs()[0])),
             etcd_section(&etcd, "2s")
         ),
     )
@@ -529,3 +526,9 @@ fn a_disabled_schedule_never_wakes_but_serves_the_api() {
     assert_eq!(code, 200, "{body}");
     assert!(json(&body)["moved_bytes"].as_u64().unwrap() > 0);
 }
+
+on_each_engine!(
+    three_sidecars_give_one_evaluation_per_slot_and_one_rebalance,
+    a_killed_lock_holder_is_taken_over_and_repaired,
+    a_lease_lost_mid_run_stops_before_the_next_move,
+);

@@ -3,12 +3,14 @@
 //! aggregates (hashes, lists, sets, sorted sets). The truth is computed here, key by key,
 //! with `MEMORY USAGE key SAMPLES 0` on every master.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use autobalancer::cluster::{AnyCluster, Cluster};
 use autobalancer::config::Config;
 use autobalancer::model::ClusterSnapshot;
-use autobalancer::testkit::LocalRedisCluster;
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, on_each_engine};
 
 /// A small deterministic generator (the data must be the same on every run).
 struct Lcg(u64);
@@ -82,7 +84,7 @@ fn key_commands(i: usize, n: usize, rng: &mut Lcg) -> (String, Vec<redis::Cmd>) 
 }
 
 /// Writes the data set through each key's owner; returns nothing but the keys' count.
-async fn load(c: &LocalRedisCluster, n: usize) -> usize {
+async fn load(c: &LocalCluster, n: usize) -> usize {
     let owners = c.slot_owners().await.unwrap();
     let first = c.master_addrs()[0].clone();
     let mut any = c.conn(&first).await.unwrap();
@@ -125,7 +127,7 @@ async fn load(c: &LocalRedisCluster, n: usize) -> usize {
 }
 
 /// The truth: MEMORY USAGE SAMPLES 0 of every key, per master and per slot.
-async fn exact(c: &LocalRedisCluster) -> (BTreeMap<String, u64>, BTreeMap<u16, u64>) {
+async fn exact(c: &LocalCluster) -> (BTreeMap<String, u64>, BTreeMap<u16, u64>) {
     let mut per_master = BTreeMap::new();
     let mut per_slot = BTreeMap::new();
     for addr in c.master_addrs() {
@@ -157,9 +159,8 @@ async fn exact(c: &LocalRedisCluster) -> (BTreeMap<String, u64>, BTreeMap<u16, u
     (per_master, per_slot)
 }
 
-fn config(dir: &std::path::Path, c: &LocalRedisCluster, extra: &str) -> Config {
-    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
-    let text = format!("[cluster]\nid = \"t\"\nseeds = [{}]\n{extra}\n", seeds.join(", "));
+fn config(dir: &std::path::Path, c: &LocalCluster, extra: &str) -> Config {
+    let text = format!("{}\n{extra}\n", common::cluster_section(c, dir, None));
     let p = dir.join("config.toml");
     std::fs::write(&p, text).unwrap();
     Config::load(&p).unwrap()
@@ -177,9 +178,8 @@ fn off(a: u64, b: u64) -> f64 {
     (a as f64 - b as f64).abs() / (b as f64).max(1.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot() {
-    let c = LocalRedisCluster::start(3, 1, 0, None).await.unwrap();
+async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     let written = load(&c, 12_000).await;
     let (truth, truth_slots) = exact(&c).await;
     let dir = tempfile::tempdir().unwrap();
@@ -201,7 +201,11 @@ async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot() {
     assert_eq!(sizing.keys as usize, written, "every key counted");
     assert_eq!(sizing.keys_measured_now as usize, written, "a cold cache measures every key");
     assert_eq!(sizing.error_bytes, 0);
-    assert!(snap.observed.engine.as_deref().unwrap_or("").starts_with("redis 7"), "{:?}", snap.observed.engine);
+    let want = match engine {
+        Engine::Redis => "redis 7",
+        Engine::Valkey => "valkey 9",
+    };
+    assert!(snap.observed.engine.as_deref().unwrap_or("").starts_with(want), "{:?}", snap.observed.engine);
 
     // A second snapshot is served from the cache: nothing changed, nothing is measured.
     let again = cluster.snapshot().await.unwrap();
@@ -265,9 +269,8 @@ async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot() {
     assert!(off(total(&rechecked), total(&snap)) <= 0.01, "{} vs {}", total(&rechecked), total(&snap));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn big_keys_pin_their_slot_and_stray_keys_are_counted() {
-    let c = LocalRedisCluster::start(2, 1, 0, None).await.unwrap();
+async fn big_keys_pin_their_slot_and_stray_keys_are_counted(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
     load(&c, 2_000).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &c, "");
@@ -309,7 +312,12 @@ async fn big_keys_pin_their_slot_and_stray_keys_are_counted() {
     assert_eq!(snap.observed.members.iter().map(|f| f.big_keys).sum::<u64>(), 3);
 }
 
-async fn node_id(c: &LocalRedisCluster, addr: &str) -> String {
+async fn node_id(c: &LocalCluster, addr: &str) -> String {
     let mut con = c.conn(addr).await.unwrap();
     redis::cmd("CLUSTER").arg("MYID").query_async(&mut con).await.unwrap()
 }
+
+on_each_engine!(
+    exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot,
+    big_keys_pin_their_slot_and_stray_keys_are_counted
+);

@@ -1,5 +1,5 @@
 //! Shared by the integration tests: sidecar processes with their own config, API
-//! calls, and reading their JSON logs.
+//! calls, reading their JSON logs, and the `[cluster]` section for a local cluster.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ impl SidecarProc {
 
     /// As `start`, with more lines for the `[api]` section.
     pub fn start_with(dir: &Path, name: &str, config: &str, api_extra: &str) -> SidecarProc {
-        let port = autobalancer::testkit::free_port();
+        let port = autobalancer_testkit::free_port();
         let api = format!("127.0.0.1:{port}");
         let text = format!("{config}\n[api]\nlisten = \"{api}\"\n{api_extra}\n");
         let cfg = dir.join(format!("{name}.toml"));
@@ -145,8 +145,22 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The `[cluster]` section for a live Redis cluster, beside `member`.
-pub fn redis_section(c: &autobalancer::testkit::LocalRedisCluster, member: &str) -> String {
+/// The `[cluster]` section for a local cluster, beside `member` when given, logged in as
+/// the kit says (`username`, and a `password-file` written into `dir`).
+pub fn cluster_section(c: &autobalancer_testkit::LocalCluster, dir: &Path, member: Option<&str>) -> String {
     let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
-    format!("[cluster]\nid = \"t\"\nseeds = [{}]\nmember-id = \"{member}\"\n", seeds.join(", "))
+    let mut s = format!("[cluster]\nid = \"t\"\nseeds = [{}]\n", seeds.join(", "));
+    if let Some(m) = member {
+        s += &format!("member-id = \"{m}\"\n");
+    }
+    let login = c.login();
+    if let Some(u) = &login.username {
+        s += &format!("username = \"{u}\"\n");
+    }
+    if let Some(pw) = &login.password {
+        let f = dir.join("redis-password");
+        std::fs::write(&f, format!("{pw}\n")).unwrap();
+        s += &format!("password-file = \"{}\"\n", f.display());
+    }
+    s
 }

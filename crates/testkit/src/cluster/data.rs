@@ -1,0 +1,169 @@
+//! The data in a local cluster: a skewed, hash-tagged data set written straight to each
+//! slot's owner, and what is there afterwards (every key's DUMP, keys per master).
+
+use std::collections::BTreeMap;
+
+use redis::aio::MultiplexedConnection;
+
+use super::LocalCluster;
+use crate::Result;
+
+/// A deterministic generator (a 64-bit LCG): the same seed gives the same data set.
+struct Lcg(u64);
+
+impl Lcg {
+    fn new(seed: u64) -> Lcg {
+        Lcg(seed.wrapping_mul(6364136223846793005).wrapping_add(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// `keys` key names: a fifth are tenant keys (`{tenantN}:kI`, all of a tenant in one
+/// slot) with a heavy-tailed choice of tenant, the rest spread by hash.
+fn key_names(keys: usize, rng: &mut Lcg) -> Vec<String> {
+    let tenants = (keys / 40).max(10);
+    (0..keys)
+        .map(|i| {
+            if rng.next().is_multiple_of(5) {
+                let u = (rng.next() % 10_000) as f64 / 10_000.0 + 0.0001;
+                let t = ((tenants as f64) * u.powf(3.0)) as usize;
+                format!("{{tenant{t}}}:k{i}")
+            } else {
+                format!("user:{i}:{}", rng.next() % 1000)
+            }
+        })
+        .collect()
+}
+
+impl LocalCluster {
+    /// Loads `keys` keys: tenants with hash tags, sizes heavy-tailed, and values larger on
+    /// the first master's slots: the masters start unequal in bytes although equal in
+    /// slots. Returns the bytes of values written.
+    pub async fn load_skewed(&self, keys: usize, seed: u64) -> Result<u64> {
+        let mut rng = Lcg::new(seed);
+        let names = key_names(keys, &mut rng);
+        let first = self.master_addrs()[0].clone();
+        let slots = self.key_slots(&first, &names).await?;
+        let owner = self.slot_owners().await?;
+        let mut per: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        let mut total = 0u64;
+        for (k, s) in names.into_iter().zip(slots) {
+            let base = 64 + (rng.next() % 256) as usize;
+            let size = if owner[s as usize] == first { base * 3 } else { base };
+            let v: Vec<u8> = (0..size).map(|j| b'a' + ((j + s as usize) % 26) as u8).collect();
+            total += v.len() as u64;
+            per.entry(owner[s as usize].clone()).or_default().push((k, v));
+        }
+        for (addr, kvs) in per {
+            self.write(&addr, &kvs).await?;
+        }
+        Ok(total)
+    }
+
+    /// The hash slot of each name, asked of the server at `addr`.
+    async fn key_slots(&self, addr: &str, names: &[String]) -> Result<Vec<u16>> {
+        let mut con = self.conn(addr).await?;
+        let mut slots = Vec::with_capacity(names.len());
+        for chunk in names.chunks(2000) {
+            let mut p = redis::pipe();
+            for k in chunk {
+                p.cmd("CLUSTER").arg("KEYSLOT").arg(k);
+            }
+            let s: Vec<u16> = p.query_async(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
+            slots.extend(s);
+        }
+        Ok(slots)
+    }
+
+    /// SETs pipelined to one master, which must own every key's slot.
+    async fn write(&self, addr: &str, kvs: &[(String, Vec<u8>)]) -> Result<()> {
+        let mut con = self.conn(addr).await?;
+        for chunk in kvs.chunks(1000) {
+            let mut p = redis::pipe();
+            for (k, v) in chunk {
+                p.cmd("SET").arg(k).arg(v.as_slice()).ignore();
+            }
+            p.query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Every key on every live master with its DUMP payload; a key found on two masters
+    /// is an error.
+    pub async fn digest(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        let live = self.live_addrs();
+        for a in self.master_addrs().into_iter().filter(|a| live.contains(a)) {
+            let mut con = self.conn(&a).await?;
+            // A master that failed over is a replica now: its keys are counted at the new master.
+            let role: Vec<redis::Value> =
+                redis::cmd("ROLE").query_async(&mut con).await.map_err(|e| format!("{a}: {e}"))?;
+            if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                continue;
+            }
+            for (k, v) in dump_all(&a, &mut con).await? {
+                if out.insert(k.clone(), v).is_some() {
+                    return Err(format!("key {:?} found on two masters", String::from_utf8_lossy(&k)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys per master address (masters that do not answer are left out).
+    pub async fn key_counts(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for a in self.master_addrs() {
+            if let Ok(mut con) = self.conn(&a).await {
+                let n: u64 = redis::cmd("DBSIZE").query_async(&mut con).await.map_err(|e| format!("{a}: {e}"))?;
+                out.insert(a, n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// SCAN, then DUMP of each batch: every key of one node with its payload.
+async fn dump_all(addr: &str, con: &mut MultiplexedConnection) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(2000)
+            .query_async(con)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        if !keys.is_empty() {
+            let mut p = redis::pipe();
+            for k in &keys {
+                p.cmd("DUMP").arg(k.as_slice());
+            }
+            let vals: Vec<Option<Vec<u8>>> = p.query_async(con).await.map_err(|e| format!("{addr}: {e}"))?;
+            out.extend(keys.into_iter().zip(vals).filter_map(|(k, v)| Some((k, v?))));
+        }
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_names_with_tenants() {
+        let a = key_names(1000, &mut Lcg::new(7));
+        assert_eq!(a, key_names(1000, &mut Lcg::new(7)));
+        assert_ne!(a, key_names(1000, &mut Lcg::new(8)));
+        let tenant = a.iter().filter(|k| k.starts_with("{tenant")).count();
+        assert!((100..300).contains(&tenant), "{tenant}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Forming a cluster, one named step at a time: spawn the servers, read their ids, meet,
+//! assign slots, attach replicas, wait until every node agrees, create the ACL user.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{ClusterSpec, LocalCluster, Node};
+use crate::Result;
+use crate::ports::free_port;
+use crate::proc::Proc;
+
+pub(super) async fn form(spec: ClusterSpec, dir: &Path) -> Result<LocalCluster> {
+    if spec.loaded == 0 {
+        return Err("a cluster needs at least one master holding slots".into());
+    }
+    let binary = spec.engine.server_binary()?;
+    let masters = spec.loaded + spec.empty;
+    let nodes = spawn_nodes(&binary, dir, &spec)?;
+    let mut c = LocalCluster {
+        dir: dir.to_path_buf(),
+        _tmp: None,
+        nodes,
+        masters: (0..masters).collect(),
+        password: spec.password,
+        user: spec.user,
+        engine: spec.engine,
+    };
+    c.read_ids().await?;
+    // Meet, then slots, then replicas once every node knows every other.
+    c.meet().await?;
+    c.assign_slots(spec.loaded).await?;
+    c.wait_known(c.nodes.len()).await?;
+    c.replicate().await?;
+    c.wait_ok(Duration::from_secs(30)).await?;
+    c.wait_roles(masters).await?;
+    c.create_user().await?;
+    Ok(c)
+}
+
+/// Starts every server: masters first, then replicas (replica `i` follows master
+/// `i % masters`).
+fn spawn_nodes(binary: &Path, dir: &Path, spec: &ClusterSpec) -> Result<Vec<Node>> {
+    let masters = spec.loaded + spec.empty;
+    let mut nodes = Vec::new();
+    for i in 0..masters * (1 + spec.replicas) {
+        let port = free_port();
+        let d = dir.join(format!("node-{port}"));
+        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
+            .args(server_args(port, &d, spec.password.as_deref()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        nodes.push(Node {
+            port,
+            proc: Some(Proc::new(child, format!("{}-{port}", spec.engine))),
+            id: String::new(),
+            replica_of: (i >= masters).then(|| (i - masters) % masters),
+        });
+    }
+    Ok(nodes)
+}
+
+/// The command line of one node; the same for Redis 7 and Valkey 9.
+fn server_args(port: u16, dir: &Path, password: Option<&str>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "3000",
+        // An emptied master stays a master (it would otherwise become a replica).
+        "--cluster-allow-replica-migration",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+        "--logfile",
+        "server.log",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.extend(["--dir".into(), dir.as_os_str().to_owned()]);
+    if let Some(pw) = password {
+        args.extend(["--requirepass", pw, "--masterauth", pw].map(OsString::from));
+    }
+    args
+}
+
+impl LocalCluster {
+    /// Waits for each node to answer and records its id (10 s at most per node).
+    async fn read_ids(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            let addr = self.nodes[i].addr();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            self.nodes[i].id = loop {
+                match self.text(&addr, &["CLUSTER", "MYID"]).await {
+                    Ok(id) => break id,
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Every node meets the first one; gossip does the rest.
+    async fn meet(&self) -> Result<()> {
+        let first = self.nodes[0].port.to_string();
+        for n in &self.nodes[1..] {
+            self.ok(&n.addr(), &["CLUSTER", "MEET", "127.0.0.1", &first]).await?;
+        }
+        Ok(())
+    }
+
+    /// The first `loaded` masters take an even share of the slots each.
+    async fn assign_slots(&self, loaded: usize) -> Result<()> {
+        for m in 0..loaded {
+            let lo = (m * 16384 / loaded).to_string();
+            let hi = ((m + 1) * 16384 / loaded - 1).to_string();
+            self.ok(&self.nodes[m].addr(), &["CLUSTER", "ADDSLOTSRANGE", &lo, &hi]).await?;
+        }
+        Ok(())
+    }
+
+    async fn replicate(&self) -> Result<()> {
+        for n in &self.nodes {
+            if let Some(m) = n.replica_of {
+                self.ok(&n.addr(), &["CLUSTER", "REPLICATE", &self.nodes[m].id]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `ACL SETUSER` on every node: users are not replicated nor gossiped.
+    async fn create_user(&self) -> Result<()> {
+        let Some(u) = &self.user else { return Ok(()) };
+        let password = format!(">{}", u.password);
+        let mut command = vec!["ACL", "SETUSER", &u.name, "reset", "on", &password];
+        command.extend(u.rules.split_whitespace());
+        for n in &self.nodes {
+            self.ok(&n.addr(), &command).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a command that answers OK.
+    async fn ok(&self, addr: &str, command: &[&str]) -> Result<()> {
+        let mut con = self.conn(addr).await?;
+        let mut c = redis::cmd(command[0]);
+        for a in &command[1..] {
+            c.arg(*a);
+        }
+        // Only the command's name in errors: the arguments may hold a password.
+        let name = command[..command.len().min(2)].join(" ");
+        c.query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {name}: {e}"))
+    }
+}
