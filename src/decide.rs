@@ -30,10 +30,12 @@ pub enum SkipReason {
     BelowThreshold,
     NothingToMove,
     SnapshotFailed,
+    StrayKeys,
+    PlanFailed,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 14] = [
+    pub const ALL: [SkipReason; 16] = [
         SkipReason::Disabled,
         SkipReason::Paused,
         SkipReason::LockHeldElsewhere,
@@ -48,6 +50,8 @@ impl SkipReason {
         SkipReason::BelowThreshold,
         SkipReason::NothingToMove,
         SkipReason::SnapshotFailed,
+        SkipReason::StrayKeys,
+        SkipReason::PlanFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +70,8 @@ impl SkipReason {
             SkipReason::BelowThreshold => "below_threshold",
             SkipReason::NothingToMove => "nothing_to_move",
             SkipReason::SnapshotFailed => "snapshot_failed",
+            SkipReason::StrayKeys => "stray_keys",
+            SkipReason::PlanFailed => "plan_failed",
         }
     }
 }

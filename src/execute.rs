@@ -366,8 +366,11 @@ mod tests {
         async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
             unreachable!()
         }
-        async fn repair(&self) -> Result<Vec<String>, ClusterError> {
-            Ok(vec![])
+        async fn repair(
+            &self,
+            _: &crate::cluster::RepairOptions,
+        ) -> Result<crate::cluster::RepairReport, ClusterError> {
+            Ok(Default::default())
         }
         async fn move_bucket<P: Pace>(
             &self,

@@ -86,6 +86,18 @@ enum Command {
         #[arg(long)]
         cluster: bool,
     },
+    /// Settle what moves left behind, like `redis-cli --cluster fix`: open slots (ours or
+    /// anyone's) are finished or rolled back, stray keys returned to their owner.
+    Repair {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this slot.
+        #[arg(long)]
+        slot: Option<u16>,
+        /// Say what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check a config file: prints `ok` or every error.
     CheckConfig { file: PathBuf },
 }
@@ -203,6 +215,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Evacuate { action } => evacuate(action),
+        Command::Repair { config, slot, dry_run } => repair(config, slot, dry_run),
         Command::Rebalance { config, once, force, format } => rebalance(config, once, force, format),
         Command::Simulate { snapshot, config, format } => {
             let config = config.as_deref().map(load_config).transpose()?;
@@ -228,6 +241,57 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The operator's repair: under the lock, every open slot and stray key is settled
+/// (foreign ones included); exit 1 when anything could not be.
+fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitCode, Fail> {
+    use autobalancer::cluster::{Cluster, RepairOptions};
+    use autobalancer::coord::Acquire;
+    let config = load_config(&config)?;
+    init_logs(Some(&config));
+    let ctx = context(config)?;
+    let fail = |e: String| Fail(1, anyhow::anyhow!(e));
+    runtime().block_on(async {
+        let guard = match ctx.coordinator.try_lock("repair").await.map_err(|e| fail(e.to_string()))? {
+            Acquire::Acquired(g) => g,
+            Acquire::HeldElsewhere(h) => {
+                return Err(fail(format!(
+                    "the lock is held by {} ({} since {}); try again when it is free",
+                    h.member, h.operation, h.started_at
+                )));
+            }
+        };
+        let intents = ctx.coordinator.moves().await.map_err(|e| fail(e.to_string()));
+        let opts =
+            intents.map(|intents| RepairOptions { intents, take_foreign: true, only: slot.map(u64::from), dry_run });
+        let report = match opts {
+            Ok(o) => ctx.cluster.repair(&o).await.map_err(|e| fail(e.to_string())),
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = &report
+            && !dry_run
+        {
+            for b in &r.intents_done {
+                let _ = ctx.coordinator.clear_move(*b).await;
+            }
+        }
+        ctx.coordinator.release(guard).await;
+        let r = report?;
+        for line in &r.settled {
+            println!("{line}");
+        }
+        for c in &r.conflicts {
+            println!("conflict: {c}");
+        }
+        for (bucket, e) in &r.failed {
+            println!("failed: slot {bucket}: {e}");
+        }
+        if r.settled.is_empty() && r.conflicts.is_empty() && r.failed.is_empty() {
+            println!("nothing to repair");
+        }
+        Ok(if r.conflicts.is_empty() && r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })
 }
 
 fn snapshot(config: PathBuf, out: Option<PathBuf>) -> Result<ExitCode, Fail> {

@@ -73,6 +73,20 @@ pub struct OpenMigration {
     pub to: Option<String>,
 }
 
+/// A move recorded before it starts (`moves/<bucket>` in etcd), removed when it commits or
+/// rolls back. Repair reads it: an open bucket with an intent is this fleet's to settle;
+/// one without is someone else's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveIntent {
+    pub bucket: u64,
+    /// Member ids (Redis: addresses) the move goes from and to.
+    pub from: String,
+    pub to: String,
+    /// The member whose sidecar held the lock.
+    pub holder: String,
+    pub started_at: DateTime<Utc>,
+}
+
 /// A node that follows a member (Redis: a replica); recorded, not balanced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Replica {

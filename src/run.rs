@@ -13,7 +13,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cluster::{AnyCluster, Cluster};
+use crate::cluster::recorded::Recorded;
+use crate::cluster::{AnyCluster, Cluster, RepairOptions};
 use crate::config::Config;
 use crate::coord::{Acquire, Coordinator, Evacuation, GuardFence, RunRecord};
 use crate::decide::{Decision, SkipReason, Thresholds, decide};
@@ -242,15 +243,8 @@ impl Context {
             }
         }
         self.set_state("planning", Some(trigger.operation()));
-        match self.cluster.repair().await {
-            Ok(lines) => {
-                for l in lines {
-                    info!("repair: {l}");
-                }
-            }
-            Err(e) => {
-                warn!(cause = %e, "repair of open buckets failed; the plan will see them open")
-            }
+        if let Err(skip) = self.repair().await {
+            return *skip;
         }
         let (snap, evacuations) = match self.snapshot_and_evacuations().await {
             Ok(x) => x,
@@ -300,8 +294,10 @@ impl Context {
             limits.max_bytes_per_second = rate;
         }
         let fence = GuardFence { coordinator: &self.coordinator, guard };
-        let report =
-            execute(&self.cluster, &snap, &p, &limits, &fence, &run_cancel, &self.progress, &self.metrics).await;
+        // Each move's intent is recorded before it starts; the lock is checked again
+        // right before each commit.
+        let recorded = Recorded { inner: &self.cluster, coordinator: &self.coordinator, guard };
+        let report = execute(&recorded, &snap, &p, &limits, &fence, &run_cancel, &self.progress, &self.metrics).await;
         watcher.abort();
         let label = match (&report.stopped, report.moves_failed) {
             (_, f) if f > 0 => "failed",
@@ -343,6 +339,41 @@ impl Context {
         outcome.failures = report.failures.clone();
         outcome.report = Some(report.members);
         outcome
+    }
+
+    /// Settles what earlier moves left (ours, recorded as intents) before planning. A
+    /// migration nobody recorded, or stray keys that could not be returned, skip the run
+    /// with the reason named; a failed repair fails it (the next run tries again).
+    async fn repair(&self) -> Result<(), Box<Outcome>> {
+        let intents = match self.coordinator.moves().await {
+            Ok(i) => i,
+            Err(e) => return Err(Box::new(self.skip(SkipReason::LockUnavailable, format!("cannot read moves/: {e}")))),
+        };
+        let r = match self.cluster.repair(&RepairOptions { intents, ..Default::default() }).await {
+            Ok(r) => r,
+            Err(e) => return Err(Box::new(self.skip_outcome_failed(&format!("repair: {e}")))),
+        };
+        for l in &r.settled {
+            info!("repair: {l}");
+        }
+        for b in &r.intents_done {
+            if let Err(e) = self.coordinator.clear_move(*b).await {
+                warn!(bucket = b, cause = %e, "could not clear a settled move intent; the next run clears it");
+            }
+        }
+        if let Some(f) = r.foreign.first() {
+            let more = if r.foreign.len() > 1 { format!(" (and {} more)", r.foreign.len() - 1) } else { String::new() };
+            return Err(Box::new(self.skip(SkipReason::MigrationInProgress, format!("{f}{more}"))));
+        }
+        if let Some((bucket, e)) = r.failed.first() {
+            return Err(Box::new(self.skip_outcome_failed(&format!("repair of bucket {bucket}: {e}"))));
+        }
+        if let Some(c) = r.conflicts.first() {
+            let more =
+                if r.conflicts.len() > 1 { format!(" (and {} more)", r.conflicts.len() - 1) } else { String::new() };
+            return Err(Box::new(self.skip(SkipReason::StrayKeys, format!("{c}{more}"))));
+        }
+        Ok(())
     }
 
     fn skip_outcome_failed(&self, e: &str) -> Outcome {

@@ -146,7 +146,7 @@ async fn a_cluster_aware_writer_loses_no_write_during_the_move(engine: Engine) {
     assert!(c.open_slots().await.unwrap().is_empty());
 }
 
-async fn a_half_done_move_is_repaired_before_planning(engine: Engine) {
+async fn an_operators_migration_is_left_alone_until_repair_settles_it(engine: Engine) {
     let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
     c.load_skewed(6_000, 3).await.unwrap();
     let before = c.digest().await.unwrap();
@@ -216,20 +216,44 @@ async fn a_half_done_move_is_repaired_before_planning(engine: Engine) {
         .unwrap();
     assert_eq!(c.open_slots().await.unwrap().len(), 4);
 
+    let counts = c.key_counts().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &c, "");
     // A dry run sees the open slots and refuses to plan over them.
     let sim = simulate(&cfg).await;
     assert_eq!(sim["decision"]["reason"], "migration_in_progress", "{sim:#}");
+    // Nobody recorded these moves: a run leaves them alone and says which and where.
     let (code, v, stderr) = rebalance_json(&cfg, &[]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains(&format!("slot {half}: finished the move")), "{stderr}");
-    assert!(stderr.contains(&format!("slot {rolled}: rolled back")), "{stderr}");
-    assert_eq!(v["decision"]["action"], "rebalance", "{v:#}");
+    assert_eq!(v["decision"]["reason"], "migration_in_progress", "{v:#}");
+    let message = v["decision"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("bucket {half} is moving from {a} to {e}")), "{message}");
+    assert!(message.contains("left untouched") && message.contains("open since"), "{message}");
+    assert_eq!(c.open_slots().await.unwrap().len(), 4, "a foreign migration was touched");
+    assert_eq!(c.key_counts().await.unwrap(), counts, "a foreign migration's keys moved");
+    // The operator settles them: a dry run first, then one slot, then the rest.
+    let repair = |extra: &[&str]| {
+        let out = bin().args(["repair", "--config", cfg.to_str().unwrap()]).args(extra).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, out) = repair(&["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("slot {half}: would finish the move {a} -> {e}")), "{out}");
+    assert_eq!(c.open_slots().await.unwrap().len(), 4, "a dry run changed something");
+    let (code, out) = repair(&["--slot", &half.to_string()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("slot {half}: finished the move")), "{out}");
+    assert_eq!(c.open_slots().await.unwrap().len(), 2);
+    let (code, out) = repair(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("slot {rolled}: rolled back")), "{out}");
     c.wait_ok(Duration::from_secs(10)).await.unwrap();
     assert!(c.open_slots().await.unwrap().is_empty());
     assert_eq!(c.digest().await.unwrap(), before);
     assert_eq!(c.slot_owners().await.unwrap()[half as usize], e);
+    let (code, v, stderr) = rebalance_json(&cfg, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(v["decision"]["action"], "rebalance", "{v:#}");
 }
 
 async fn a_killed_mover_is_repaired_by_the_next_run(engine: Engine) {
@@ -237,7 +261,10 @@ async fn a_killed_mover_is_repaired_by_the_next_run(engine: Engine) {
     c.load_skewed(20_000, 4).await.unwrap();
     let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &c, "");
+    // The moves' intents live in etcd: the next run, another process, reads them.
+    let etcd = autobalancer_testkit::LocalEtcd::start().unwrap();
+    let etcd_section = format!("[etcd]\nendpoints = [\"{}\"]\nlease-ttl = \"2s\"\n", etcd.endpoint());
+    let cfg = write_config(dir.path(), &c, &etcd_section);
     // Slow: small batches at a low rate, so a kill lands mid-slot.
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -261,7 +288,16 @@ async fn a_killed_mover_is_repaired_by_the_next_run(engine: Engine) {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(saw_open, "no slot was ever open during the slow run");
-    let (code, v, stderr) = rebalance_json(&cfg, &[]);
+    // The killed holder's lease expires after its TTL; until then the lock is held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (code, v, stderr) = loop {
+        let (code, v, stderr) = rebalance_json(&cfg, &[]);
+        if v["decision"]["reason"] != "lock_held_elsewhere" {
+            break (code, v, stderr);
+        }
+        assert!(std::time::Instant::now() < deadline, "the killed holder's lock never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(code, 0, "{stderr}\n{v:#}");
     assert!(stderr.contains("repair: slot"), "{stderr}");
     c.wait_ok(Duration::from_secs(10)).await.unwrap();
@@ -407,7 +443,7 @@ async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) 
 on_each_engine!(
     rebalance_by_bytes_loses_nothing,
     a_cluster_aware_writer_loses_no_write_during_the_move,
-    a_half_done_move_is_repaired_before_planning,
+    an_operators_migration_is_left_alone_until_repair_settles_it,
     a_killed_mover_is_repaired_by_the_next_run,
     a_down_master_skips_with_member_down,
     acl_user_and_password_from_a_file,

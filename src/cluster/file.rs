@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{Cluster, ClusterError, MoveStats, Pace};
+use super::{Cluster, ClusterError, MoveStats, Pace, RepairOptions, RepairReport};
 use crate::model::ClusterSnapshot;
 use crate::plan::{Move, apply_moves};
 
@@ -106,8 +106,9 @@ impl Cluster for FileCluster {
         Ok(s)
     }
 
-    async fn repair(&self) -> Result<Vec<String>, ClusterError> {
-        Ok(Vec::new())
+    /// A file has nothing half-done: moves apply whole. Recorded intents are settled.
+    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
+        Ok(RepairReport { intents_done: opts.intents.iter().map(|i| i.bucket).collect(), ..Default::default() })
     }
 
     async fn move_bucket<P: Pace>(&self, _s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {

@@ -4,11 +4,15 @@
 //! backend chosen by `cluster.backend`. Does not own: planning or limits.
 
 pub mod file;
+pub mod recorded;
 pub mod redis;
 
 use std::future::Future;
 
-use crate::model::ClusterSnapshot;
+use chrono::{DateTime, Utc};
+
+pub use crate::coord::FenceError;
+use crate::model::{ClusterSnapshot, MoveIntent};
 use crate::plan::Move;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,18 +37,97 @@ pub struct MoveStats {
     pub bytes: u64,
 }
 
-/// Paces data movement; the executor hands the backend one shared pacer per run.
+/// What a mover asks of the run while it moves: the executor hands the backend one per
+/// run, shared by every move.
 pub trait Pace: Send + Sync {
     /// Waits until `bytes` more may travel.
     fn take(&self, bytes: u64) -> impl Future<Output = ()> + Send;
+    /// Asked right before a move commits (Redis: SETSLOT NODE): is the lock still ours?
+    /// A mover that hears no leaves the move open and recorded for the next holder.
+    fn fence(&self) -> impl Future<Output = Result<(), FenceError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What repair is told and may do.
+#[derive(Clone, Debug, Default)]
+pub struct RepairOptions {
+    /// Moves this fleet recorded before starting them; an open bucket with one is ours.
+    pub intents: Vec<MoveIntent>,
+    /// Settle open buckets nobody recorded too (the operator's `repair`).
+    pub take_foreign: bool,
+    /// Only this bucket.
+    pub only: Option<u64>,
+    /// Say what would be done, do nothing.
+    pub dry_run: bool,
+}
+
+/// What repair found and did. One bad bucket never stops the repair of the others.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RepairReport {
+    /// One line per bucket settled (or, in a dry run, that would be).
+    pub settled: Vec<String>,
+    /// Buckets whose recorded intents are settled and may be removed.
+    pub intents_done: Vec<u64>,
+    /// Moves in flight that nobody recorded: someone else's, left untouched.
+    pub foreign: Vec<ForeignMove>,
+    /// Keys outside their owner's bucket that could not be returned.
+    pub conflicts: Vec<StrayConflict>,
+    /// Buckets whose repair failed, and why.
+    pub failed: Vec<(u64, String)>,
+}
+
+/// A move in flight this fleet did not record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForeignMove {
+    pub bucket: u64,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// When this process first saw it open.
+    pub since: DateTime<Utc>,
+}
+
+impl std::fmt::Display for ForeignMove {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = |m: &Option<String>| m.clone().unwrap_or_else(|| "an unknown node".into());
+        write!(
+            f,
+            "bucket {} is moving from {} to {}, open since at least {} (not recorded by this fleet: left untouched)",
+            self.bucket,
+            name(&self.from),
+            name(&self.to),
+            self.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// Keys held outside their owner's bucket that repair could not return: the owner holds
+/// a different value under the same name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StrayConflict {
+    pub bucket: u64,
+    /// The member holding the stray keys.
+    pub member: String,
+    pub keys: u64,
+    pub conflicting: u64,
+}
+
+impl std::fmt::Display for StrayConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bucket {}: {} stray key(s) on {}, {} with a different value at the owner (left in place)",
+            self.bucket, self.keys, self.member, self.conflicting
+        )
+    }
 }
 
 pub trait Cluster: Send + Sync {
     /// A consistent-enough view of members, buckets and half-done moves.
     fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, ClusterError>> + Send;
-    /// Closes buckets left mid-migration (finish or roll back, never dropping data).
-    /// Returns one line per bucket repaired.
-    fn repair(&self) -> impl Future<Output = Result<Vec<String>, ClusterError>> + Send;
+    /// Settles what moves left behind: buckets left mid-move that this fleet recorded
+    /// (finish or roll back, never dropping data), and data held outside its owner.
+    fn repair(&self, opts: &RepairOptions) -> impl Future<Output = Result<RepairReport, ClusterError>> + Send;
     /// Moves one bucket copy. Runs to a safe end once started.
     fn move_bucket<P: Pace>(
         &self,
@@ -80,10 +163,10 @@ impl Cluster for AnyCluster {
         }
     }
 
-    async fn repair(&self) -> Result<Vec<String>, ClusterError> {
+    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
         match self {
-            AnyCluster::Redis(c) => c.repair().await,
-            AnyCluster::File(c) => c.repair().await,
+            AnyCluster::Redis(c) => c.repair(opts).await,
+            AnyCluster::File(c) => c.repair(opts).await,
         }
     }
 

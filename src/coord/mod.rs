@@ -14,6 +14,7 @@
 //! and operator state. Does not own: when to lock (the sidecar) or what runs under the
 //! lock (the run).
 
+mod intents;
 pub mod lock;
 pub mod state;
 
@@ -37,6 +38,9 @@ pub enum LockError {
     Unavailable(String),
     #[error("{0}")]
     Config(String),
+    /// A write that needs the lock found it held by another lease (or gone).
+    #[error("the lock is no longer ours")]
+    NotHolder,
 }
 
 impl From<etcd_client::Error> for LockError {
@@ -65,6 +69,15 @@ impl Keys {
     pub(crate) fn evacuations(&self) -> String {
         format!("{}/evacuations/", self.base)
     }
+    pub(crate) fn moves(&self) -> String {
+        format!("{}/moves/", self.base)
+    }
+    pub(crate) fn move_intent(&self, bucket: u64) -> String {
+        format!("{}/moves/{bucket}", self.base)
+    }
+    pub(crate) fn scheduled(&self) -> String {
+        format!("{}/runs/scheduled", self.base)
+    }
 }
 
 #[derive(Default)]
@@ -75,6 +88,8 @@ pub(crate) struct LocalState {
     pub(crate) paused: Option<String>,
     pub(crate) evacuations: BTreeMap<String, Evacuation>,
     pub(crate) sidecars: BTreeMap<String, serde_json::Value>,
+    pub(crate) moves: BTreeMap<u64, crate::model::MoveIntent>,
+    pub(crate) scheduled: Option<i64>,
 }
 
 pub(crate) struct EtcdBackend {

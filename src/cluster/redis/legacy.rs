@@ -14,6 +14,19 @@ use super::RedisCluster;
 use super::topology::Topology;
 use crate::cluster::{ClusterError, MoveStats, Pace};
 
+/// A key on the source side against the key of that name on the target side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KeyPair {
+    /// Not on the source (moved or deleted meanwhile).
+    Gone,
+    /// On the source only.
+    OnlyHere,
+    /// On both, with identical values.
+    Same,
+    /// On both, with different values.
+    Different,
+}
+
 /// One slot to move between two masters (by address).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct SlotMove<'a> {
@@ -40,7 +53,7 @@ impl RedisCluster {
         self.conns.query(addr, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await
     }
 
-    fn migrate_cmd(&self, dst: &str, keys: &[Vec<u8>], replace: bool) -> redis::Cmd {
+    pub(super) fn migrate_cmd(&self, dst: &str, keys: &[Vec<u8>], replace: bool) -> redis::Cmd {
         let (host, port) = dst.rsplit_once(':').unwrap_or((dst, "6379"));
         let mut c = redis::cmd("MIGRATE");
         c.arg(host).arg(port).arg("").arg(0).arg(self.migrate_timeout.as_millis() as u64);
@@ -98,32 +111,61 @@ impl RedisCluster {
         }
         // Keys MIGRATE did move are gone from the source; look at the rest one by one.
         for k in keys {
-            let mut p = redis::pipe();
-            p.cmd("DUMP").arg(k.as_slice());
-            let here: Vec<Option<Vec<u8>>> = self.conns.pipeline(src, &p).await.map_err(fail)?;
-            let Some(here) = here.into_iter().next().flatten() else {
-                continue;
-            };
-            let mut p = redis::pipe();
-            p.cmd("ASKING").ignore().cmd("DUMP").arg(k.as_slice());
-            let there: Vec<Option<Vec<u8>>> = self.conns.pipeline(dst, &p).await.map_err(fail)?;
-            let there = there.into_iter().next().flatten();
-            let replace = match there {
-                None => false,
-                Some(t) if t == here => true,
-                Some(_) => {
+            let replace = match self.compare_key(src, dst, k, false).await.map_err(fail)? {
+                KeyPair::Gone => continue,
+                KeyPair::OnlyHere => false,
+                KeyPair::Same => true,
+                KeyPair::Different => {
                     return Err(fail(format!(
                         "key {:?} exists on both {src} and {dst} with different values; slot {slot} left open for inspection",
                         String::from_utf8_lossy(k)
                     )));
                 }
             };
-            self.conns
-                .query::<redis::Value>(src, &self.migrate_cmd(dst, std::slice::from_ref(k), replace))
-                .await
-                .map_err(|e| fail(format!("MIGRATE of {:?}: {e}", String::from_utf8_lossy(k))))?;
+            self.migrate_one(src, dst, k, replace, false).await.map_err(fail)?;
         }
         Ok(None)
+    }
+
+    /// How a key on `src` compares with the key of that name on `dst` (by DUMP).
+    /// `asking` reaches a slot `src` does not own (it must be importing it).
+    pub(super) async fn compare_key(&self, src: &str, dst: &str, key: &[u8], asking: bool) -> Result<KeyPair, String> {
+        let dump = |addr: &'static str, on: String| {
+            let mut p = redis::pipe();
+            if asking || addr == "dst" {
+                p.cmd("ASKING").ignore();
+            }
+            p.cmd("DUMP").arg(key);
+            async move { self.conns.pipeline::<Option<Vec<u8>>>(&on, &p).await.map(|v| v.into_iter().next().flatten()) }
+        };
+        let Some(here) = dump("src", src.to_string()).await? else {
+            return Ok(KeyPair::Gone);
+        };
+        Ok(match dump("dst", dst.to_string()).await? {
+            None => KeyPair::OnlyHere,
+            Some(t) if t == here => KeyPair::Same,
+            Some(_) => KeyPair::Different,
+        })
+    }
+
+    /// MIGRATE of one key, replacing the target's copy when `replace`.
+    pub(super) async fn migrate_one(
+        &self,
+        src: &str,
+        dst: &str,
+        key: &[u8],
+        replace: bool,
+        asking: bool,
+    ) -> Result<(), String> {
+        let mut p = redis::pipe();
+        if asking {
+            p.cmd("ASKING").ignore();
+        }
+        p.add_command(self.migrate_cmd(dst, &[key.to_vec()], replace)).ignore();
+        self.conns
+            .pipeline_as::<()>(src, &p)
+            .await
+            .map_err(|e| format!("MIGRATE of {:?}: {e}", String::from_utf8_lossy(key)))
     }
 
     /// Moves every key of `slot` from `src` to `dst`, in batches by keys and bytes.
@@ -132,12 +174,11 @@ impl RedisCluster {
     /// pipelined with the next listing, so an emptied slot costs no extra round trip.
     async fn drain_slot<P: Pace>(
         &self,
-        slot: u16,
-        src: &str,
-        dst: &str,
+        m: SlotMove<'_>,
+        dst_replicas: usize,
         pace: &P,
-        estimate: u64,
     ) -> Result<MoveStats, ClusterError> {
+        let SlotMove { slot, src, dst, estimate, .. } = m;
         let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
         let list = || {
             let mut c = redis::cmd("CLUSTER");
@@ -175,6 +216,7 @@ impl RedisCluster {
                 pace.take(bytes).await;
                 let last = end == keys.len();
                 next = self.migrate_batch(slot, src, dst, &keys[start..end], last.then(list)).await?;
+                self.wait_replicas(slot, dst, dst_replicas).await;
                 stats.keys += (end - start) as u64;
                 stats.bytes += bytes;
                 start = end;
@@ -216,7 +258,7 @@ impl RedisCluster {
         m: SlotMove<'_>,
         pace: &P,
     ) -> Result<MoveStats, ClusterError> {
-        let SlotMove { slot, src, dst, resume, estimate } = m;
+        let SlotMove { slot, src, dst, resume, .. } = m;
         let src_id = self.node_id_of(topo, src)?;
         let dst_id = self.node_id_of(topo, dst)?;
         let early = |message: String| ClusterError::Move { bucket: slot as u64, message, open: false };
@@ -234,9 +276,73 @@ impl RedisCluster {
             }
             debug!(slot, cause = %e, "MIGRATING not set");
         }
+        let dst_replicas =
+            topo.replicas.iter().filter(|r| r.master_id.as_deref() == Some(&dst_id) && !r.is_failed()).count();
         // drain_slot returns only once GETKEYSINSLOT on the source answers empty.
-        let stats = self.drain_slot(slot, src, dst, pace, estimate).await?;
+        let stats = self.drain_slot(m, dst_replicas, pace).await?;
+        // The commit fence: a holder that lost the lock leaves the slot open (and its
+        // move recorded) for the next holder's repair, which finishes it.
+        if let Err(e) = pace.fence().await {
+            return Err(ClusterError::Move {
+                bucket: slot as u64,
+                message: format!("{e}: slot {slot} left open before its commit, for the next holder to finish"),
+                open: true,
+            });
+        }
         self.assign(topo, slot, src, dst, &dst_id).await?;
         Ok(stats)
+    }
+
+    /// Waits until the target's replicas hold every key migrated so far, so a failover
+    /// of the target loses nothing that left the source. WAIT counts the writes of the
+    /// calling connection, and MIGRATE writes through the source's own, so this
+    /// connection writes (and deletes) a marker key in the slot being imported, then
+    /// waits: the replication stream is ordered, so the marker's ack covers the keys
+    /// before it. Bounded: a replica that does not ack in time is logged, not waited for.
+    async fn wait_replicas(&self, slot: u16, dst: &str, replicas: usize) {
+        if replicas == 0 {
+            return;
+        }
+        let marker = marker_key(slot);
+        let mut p = redis::pipe();
+        p.cmd("ASKING").ignore().cmd("SET").arg(&marker).arg("").arg("PX").arg(60_000).ignore();
+        p.cmd("ASKING").ignore().cmd("DEL").arg(&marker).ignore();
+        p.cmd("WAIT").arg(replicas).arg(REPLICA_WAIT.as_millis() as u64);
+        match self.conns.pipeline::<u64>(dst, &p).await {
+            Ok(acked) if acked.first().copied().unwrap_or(0) as usize >= replicas => {}
+            Ok(acked) => {
+                warn!(slot, node = %dst, acked = ?acked, replicas, "target replicas did not ack the batch in time")
+            }
+            Err(e) => warn!(slot, node = %dst, cause = %e, "could not wait for the target's replicas"),
+        }
+    }
+}
+
+/// How long a batch waits for the target's replicas.
+const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A key name in `slot`, for the replica wait's marker.
+fn marker_key(slot: u16) -> String {
+    (0u32..)
+        .map(|n| format!("autobalancer:wait:{{{n}}}"))
+        .find(|k| {
+            let tag = &k[k.find('{').unwrap() + 1..k.len() - 1];
+            crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384 == slot
+        })
+        .expect("every slot has a tag")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn marker_keys_land_in_their_slot() {
+        for slot in [0u16, 1, 866, 12182, 16383] {
+            let k = super::marker_key(slot);
+            let tag = &k[k.find('{').unwrap() + 1..k.len() - 1];
+            assert_eq!(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384, slot, "{k}");
+        }
+        // The hash is the cluster's own (CLUSTER KEYSLOT's documented answers).
+        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"foo") % 16384, 12182);
+        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"somekey") % 16384, 11058);
     }
 }

@@ -11,6 +11,7 @@ mod legacy;
 mod observe;
 mod repair;
 mod sizing;
+mod stray;
 mod topology;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tracing::debug;
 pub use sizing::{Mode as SizingMode, SizingOptions};
 pub use topology::{NodeInfo, NodeLine, parse_nodes};
 
-use super::{Cluster, ClusterError, MoveStats, Pace};
+use super::{Cluster, ClusterError, MoveStats, Pace, RepairOptions, RepairReport};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 use conn::{Auth, Conns};
@@ -47,6 +48,8 @@ pub struct RedisCluster {
     migrate_timeout: Duration,
     /// The topology read by the last snapshot or repair; moves use its node ids.
     topo: Mutex<Option<Arc<Topology>>>,
+    /// When this process first saw each open slot nobody recorded.
+    first_seen: Mutex<std::collections::HashMap<u16, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl RedisCluster {
@@ -81,6 +84,7 @@ impl RedisCluster {
             batch_bytes: config.execution.migrate_batch_bytes.0,
             migrate_timeout,
             topo: Mutex::new(None),
+            first_seen: Mutex::default(),
         })
     }
 }
@@ -90,8 +94,8 @@ impl Cluster for RedisCluster {
         self.observe().await
     }
 
-    async fn repair(&self) -> Result<Vec<String>, ClusterError> {
-        self.repair_open().await
+    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
+        self.repair_from_truth(opts).await
     }
 
     async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {

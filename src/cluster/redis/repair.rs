@@ -1,71 +1,188 @@
-//! Closing what a crash left open: slots in MIGRATING/IMPORTING are finished when keys
-//! reached the target (so none is stranded), otherwise handed back to their owner.
+//! Repair from the truth: what the nodes hold and claim, read against the moves this fleet
+//! recorded.
 //!
-//! Owns: deciding finish or roll back per open slot. Does not own: the protocol steps
-//! ([`super::legacy`]).
+//! An open slot (MIGRATING or IMPORTING on some master) that has a recorded intent is
+//! ours: it is finished when keys of the slot sit on a master other than its owner
+//! (so none is stranded), otherwise rolled back. The source and target are taken from
+//! what the masters claim now, not from the flags alone: after a failover mid-move the
+//! flags name a node that is no longer a master, and the promoted replica holds the
+//! slot (source side) or the keys already moved (target side). An open slot nobody
+//! recorded is someone else's and is left untouched. Keys sitting on a master that does
+//! not own their slot are returned to the owner ([`super::stray`]).
+//!
+//! Owns: choosing finish, roll back or leave alone per slot. Does not own: the protocol
+//! steps ([`super::legacy`]).
 
-use tracing::info;
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::Utc;
+use tracing::{info, warn};
 
 use super::legacy::SlotMove;
+use super::topology::Topology;
 use super::{NoPace, RedisCluster};
-use crate::cluster::ClusterError;
+use crate::cluster::{ClusterError, ForeignMove, RepairOptions, RepairReport};
+use crate::model::MoveIntent;
+
+/// The flags set on one slot, by master address.
+#[derive(Clone, Debug, Default)]
+struct OpenSlot {
+    /// (master, node id it migrates to)
+    migrating: Vec<(String, String)>,
+    /// (master, node id it imports from)
+    importing: Vec<(String, String)>,
+}
+
+impl OpenSlot {
+    fn flagged(&self) -> impl Iterator<Item = &String> {
+        self.migrating.iter().chain(&self.importing).map(|(a, _)| a)
+    }
+}
+
+fn open_slots(topo: &Topology) -> BTreeMap<u16, OpenSlot> {
+    let mut open: BTreeMap<u16, OpenSlot> = BTreeMap::new();
+    for m in &topo.masters {
+        let Some(me) = topo.myself.get(&m.addr) else { continue };
+        for (slot, to) in &me.migrating {
+            open.entry(*slot).or_default().migrating.push((m.addr.clone(), to.clone()));
+        }
+        for (slot, from) in &me.importing {
+            open.entry(*slot).or_default().importing.push((m.addr.clone(), from.clone()));
+        }
+    }
+    open
+}
 
 impl RedisCluster {
-    /// Closes every slot left open. Returns one line per slot.
-    pub(super) async fn repair_open(&self) -> Result<Vec<String>, ClusterError> {
+    /// Settles open slots and stray keys as `opts` allows.
+    pub(super) async fn repair_from_truth(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
         let topo = self.topology().await?;
-        // slot -> (source addr, target addr), from either side's flags.
-        let mut open: std::collections::BTreeMap<u16, (Option<String>, Option<String>)> = Default::default();
-        for m in &topo.masters {
-            let Some(me) = topo.myself.get(&m.addr) else {
+        let intents: HashMap<u64, &MoveIntent> = opts.intents.iter().map(|i| (i.bucket, i)).collect();
+        let open = open_slots(&topo);
+        let mut report = RepairReport::default();
+        for (&slot, flags) in open.iter().filter(|(s, _)| opts.only.is_none_or(|o| o == **s as u64)) {
+            if !intents.contains_key(&(slot as u64)) && !opts.take_foreign {
+                report.foreign.push(self.foreign(&topo, slot, flags).await);
                 continue;
-            };
-            for (slot, to) in &me.migrating {
-                let e = open.entry(*slot).or_default();
-                e.0 = Some(m.addr.clone());
-                if e.1.is_none() {
-                    e.1 = topo.master_by_id(to).map(|t| t.addr.clone());
-                }
             }
-            for (slot, from) in &me.importing {
-                let e = open.entry(*slot).or_default();
-                e.1 = Some(m.addr.clone());
-                if e.0.is_none() {
-                    e.0 = topo.master_by_id(from).map(|t| t.addr.clone());
+            match self.settle_open(&topo, slot, flags, opts.dry_run).await {
+                Ok(line) => {
+                    info!(slot, dry_run = opts.dry_run, "{line}");
+                    report.settled.push(line);
+                    report.intents_done.push(slot as u64);
+                }
+                Err(e) => {
+                    warn!(slot, cause = %e, "repair of an open slot failed; the other slots go on");
+                    report.failed.push((slot as u64, e));
                 }
             }
         }
-        let mut lines = Vec::new();
-        for (slot, (src, dst)) in open {
-            let rep = |message: String| ClusterError::Repair { bucket: slot as u64, message };
-            let (Some(src), Some(dst)) = (src, dst) else {
-                return Err(rep("open slot names a node that is not a known master".into()));
-            };
-            let src_keys = self.count_keys(&src, slot).await.map_err(rep)?;
-            let dst_keys = self.count_keys(&dst, slot).await.map_err(rep)?;
-            let dst_owns = topo.myself.get(&dst).is_some_and(|me| me.owns(slot));
-            if dst_keys > 0 || dst_owns {
-                // Keys already sit on the target (or it took ownership): finish, so no key
-                // is stranded on a node that does not own its slot.
-                let stats = self
-                    .finish(&topo, SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 }, &NoPace)
-                    .await
-                    .map_err(|e| rep(e.to_string()))?;
-                let line = format!(
-                    "slot {slot}: finished the move {src} -> {dst} ({src_keys} keys were left on the source, {} moved now)",
-                    stats.keys
-                );
-                info!(slot, from = %src, to = %dst, "{line}");
-                lines.push(line);
-            } else {
-                // Nothing reached the target: return the slot to its owner.
-                let _ = self.setslot(&dst, slot, &["STABLE"]).await;
-                self.setslot(&src, slot, &["STABLE"]).await.map_err(rep)?;
-                let line = format!("slot {slot}: rolled back to {src} ({src_keys} keys, none had moved to {dst})");
-                info!(slot, owner = %src, "{line}");
-                lines.push(line);
+        let skip: Vec<u16> = report.foreign.iter().map(|f| f.bucket as u16).collect();
+        self.return_strays(&topo, opts, &skip, &mut report).await;
+        // Intents whose slot is closed and clean were settled by whoever got there first.
+        for i in &opts.intents {
+            let slot = i.bucket as u16;
+            let untouched = !open.contains_key(&slot) && !report.failed.iter().any(|(b, _)| *b == i.bucket);
+            if untouched && opts.only.is_none_or(|o| o == i.bucket) && !report.intents_done.contains(&i.bucket) {
+                report.intents_done.push(i.bucket);
             }
         }
-        Ok(lines)
+        report.intents_done.sort_unstable();
+        report.intents_done.dedup();
+        if !opts.dry_run {
+            // The topology changed under repair: movers must read it afresh.
+            *self.topo.lock().await = None;
+        }
+        Ok(report)
+    }
+
+    /// Names a migration nobody recorded, with when this process first saw it.
+    async fn foreign(&self, topo: &Topology, slot: u16, flags: &OpenSlot) -> ForeignMove {
+        let since = *self.first_seen.lock().await.entry(slot).or_insert_with(Utc::now);
+        let by_id = |id: &String| topo.master_by_id(id).map(|m| m.addr.clone()).or_else(|| Some(id.clone()));
+        let from = flags
+            .migrating
+            .first()
+            .map(|(a, _)| a.clone())
+            .or_else(|| flags.importing.first().and_then(|(_, f)| by_id(f)));
+        let to = flags
+            .importing
+            .first()
+            .map(|(a, _)| a.clone())
+            .or_else(|| flags.migrating.first().and_then(|(_, t)| by_id(t)));
+        ForeignMove { bucket: slot as u64, from, to, since }
+    }
+
+    /// Finishes or rolls back one open slot of ours. Returns what was (or would be) done.
+    async fn settle_open(&self, topo: &Topology, slot: u16, flags: &OpenSlot, dry_run: bool) -> Result<String, String> {
+        let src = topo.owner[slot as usize]
+            .map(|i| topo.masters[i].addr.clone())
+            .filter(|a| topo.master_by_addr(a).is_some_and(|m| !m.is_failed()))
+            .ok_or_else(|| format!("slot {slot} has no live owner"))?;
+        let dst = self.target_of(topo, slot, &src, flags).await?;
+        let keys_at = |a: String| async move { self.count_keys(&a, slot).await.map(|n| (a, n)) };
+        let (dst, dst_keys) = match dst {
+            Some(d) => keys_at(d).await?,
+            None => (String::new(), 0),
+        };
+        if dst_keys == 0 {
+            let line = format!("slot {slot}: rolled back to {src} (no key had reached the target)");
+            if !dry_run {
+                for a in flags.flagged() {
+                    self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
+                }
+            }
+            return Ok(line);
+        }
+        let src_keys = self.count_keys(&src, slot).await?;
+        if dry_run {
+            return Ok(format!(
+                "slot {slot}: would finish the move {src} -> {dst} ({src_keys} keys left on {src}, {dst_keys} on {dst})"
+            ));
+        }
+        let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
+        let stats = self.finish(topo, m, &NoPace).await.map_err(|e| e.to_string())?;
+        for a in flags.flagged().filter(|a| **a != src && **a != dst) {
+            let _ = self.setslot(a, slot, &["STABLE"]).await;
+        }
+        Ok(format!(
+            "slot {slot}: finished the move {src} -> {dst} ({src_keys} keys were left on the source, {} moved now)",
+            stats.keys
+        ))
+    }
+
+    /// Where an open slot of ours was going: the master importing it, else the master
+    /// holding its keys without owning it (a target promoted by failover lost the flag
+    /// but kept the keys), else the live master the source's flag names.
+    async fn target_of(
+        &self,
+        topo: &Topology,
+        slot: u16,
+        src: &str,
+        flags: &OpenSlot,
+    ) -> Result<Option<String>, String> {
+        let live = |a: &str| topo.master_by_addr(a).is_some_and(|m| !m.is_failed()) && a != src;
+        if let Some((a, _)) = flags.importing.iter().find(|(a, _)| live(a)) {
+            return Ok(Some(a.clone()));
+        }
+        let mut holders = Vec::new();
+        for m in topo.masters.iter().filter(|m| live(&m.addr)) {
+            if self.count_keys(&m.addr, slot).await? > 0 {
+                holders.push(m.addr.clone());
+            }
+        }
+        if holders.len() > 1 {
+            return Err(format!(
+                "keys of slot {slot} sit on several masters that do not own it: {}",
+                holders.join(", ")
+            ));
+        }
+        if let Some(h) = holders.pop() {
+            return Ok(Some(h));
+        }
+        Ok(flags
+            .migrating
+            .iter()
+            .find_map(|(_, id)| topo.master_by_id(id).filter(|m| live(&m.addr)).map(|m| m.addr.clone())))
     }
 }

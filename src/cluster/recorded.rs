@@ -1,0 +1,74 @@
+//! A backend as the lock holder drives it: every move's intent is recorded in the
+//! coordinator before the move starts and removed when it commits or rolls back, and the
+//! mover is asked to check the lock right before its commit.
+//!
+//! A move that fails with its bucket left open (or that found the lock lost before its
+//! commit) keeps its intent: the next holder's repair reads it and settles the bucket.
+//!
+//! Owns: that bracket around each move. Does not own: the moves themselves (the inner
+//! backend) or the lock (the coordinator).
+
+use chrono::Utc;
+use tracing::warn;
+
+use super::{Cluster, ClusterError, FenceError, MoveStats, Pace, RepairOptions, RepairReport};
+use crate::coord::{Coordinator, Fence, GuardFence, LockGuard};
+use crate::model::{ClusterSnapshot, MoveIntent};
+use crate::plan::Move;
+
+pub struct Recorded<'a, C> {
+    pub inner: &'a C,
+    pub coordinator: &'a Coordinator,
+    pub guard: &'a LockGuard,
+}
+
+/// The run's pace, with the lock as the commit fence.
+struct Fenced<'a, P> {
+    pace: &'a P,
+    fence: GuardFence<'a>,
+}
+
+impl<P: Pace> Pace for Fenced<'_, P> {
+    async fn take(&self, bytes: u64) {
+        self.pace.take(bytes).await
+    }
+    async fn fence(&self) -> Result<(), FenceError> {
+        self.fence.check().await
+    }
+}
+
+impl<C: Cluster> Cluster for Recorded<'_, C> {
+    async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+        self.inner.snapshot().await
+    }
+
+    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
+        self.inner.repair(opts).await
+    }
+
+    async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
+        let intent = MoveIntent {
+            bucket: mv.bucket,
+            from: s.members[mv.from as usize].id.clone(),
+            to: s.members[mv.to as usize].id.clone(),
+            holder: self.guard.holder.member.clone(),
+            started_at: Utc::now(),
+        };
+        self.coordinator.record_move(self.guard, &intent).await.map_err(|e| ClusterError::Move {
+            bucket: mv.bucket,
+            message: format!("could not record the move's intent, so it did not start: {e}"),
+            open: false,
+        })?;
+        let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
+        let result = self.inner.move_bucket(s, mv, &fenced).await;
+        let settled = match &result {
+            Ok(_) => true,
+            Err(ClusterError::Move { open, .. }) => !open,
+            Err(_) => false,
+        };
+        if settled && let Err(e) = self.coordinator.clear_move(mv.bucket).await {
+            warn!(bucket = mv.bucket, cause = %e, "could not clear the move's intent; the next run's repair clears it");
+        }
+        result
+    }
+}

@@ -1,0 +1,126 @@
+//! Stray keys: keys sitting on a master that does not own their slot. A failover of the
+//! target mid-move leaves them (the promoted replica has the keys already moved but not
+//! the IMPORTING flag), and clients read nil for them until they reach the owner.
+//!
+//! Each stray slot is returned to its owner: the holder is set IMPORTING so that ASKING
+//! reaches the keys, they MIGRATE to the owner without REPLACE, and a key the owner
+//! already holds is replaced only when both values are identical. A different value is
+//! left in place and reported as a conflict. The holder's flag is cleared in every case.
+//!
+//! Owns: finding stray slots and returning them. Does not own: open slots of a move
+//! ([`super::repair`]).
+
+use std::collections::HashSet;
+
+use tracing::{info, warn};
+
+use super::legacy::KeyPair;
+use super::topology::Topology;
+use super::{RedisCluster, SLOTS};
+use crate::cluster::{RepairOptions, RepairReport, StrayConflict};
+
+impl RedisCluster {
+    /// Slots `addr` holds keys of without owning them (or importing them): (slot, keys).
+    pub(super) async fn stray_slots(&self, topo: &Topology, addr: &str) -> Result<Vec<(u16, u64)>, String> {
+        let me = topo.masters.iter().position(|m| m.addr == addr);
+        let importing: HashSet<u16> =
+            topo.myself.get(addr).map(|n| n.importing.iter().map(|(s, _)| *s).collect()).unwrap_or_default();
+        let others: Vec<u16> =
+            (0..SLOTS as u16).filter(|s| topo.owner[*s as usize] != me && !importing.contains(s)).collect();
+        let counts = self.key_counts(addr, &others).await?;
+        Ok(others.into_iter().zip(counts).filter(|(_, n)| *n > 0).collect())
+    }
+
+    /// Returns every stray slot to its owner (skipping `skip`: slots someone else moves).
+    pub(super) async fn return_strays(
+        &self,
+        topo: &Topology,
+        opts: &RepairOptions,
+        skip: &[u16],
+        report: &mut RepairReport,
+    ) {
+        for m in topo.masters.iter().filter(|m| !m.is_failed()) {
+            let strays = match self.stray_slots(topo, &m.addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(member = %m.addr, cause = %e, "could not look for stray keys");
+                    continue;
+                }
+            };
+            for (slot, keys) in strays {
+                if skip.contains(&slot) || opts.only.is_some_and(|o| o != slot as u64) {
+                    continue;
+                }
+                let Some(owner) = topo.owner[slot as usize].map(|i| topo.masters[i].clone()) else {
+                    report.failed.push((slot as u64, format!("{keys} stray key(s) on {} and no owner", m.addr)));
+                    continue;
+                };
+                if opts.dry_run {
+                    report.settled.push(format!(
+                        "slot {slot}: would return {keys} stray key(s) from {} to {}",
+                        m.addr, owner.addr
+                    ));
+                    continue;
+                }
+                match self.return_stray(slot, &m.addr, &owner.addr, &owner.id).await {
+                    Ok(0) => {
+                        let line =
+                            format!("slot {slot}: returned {keys} stray key(s) from {} to {}", m.addr, owner.addr);
+                        info!(slot, from = %m.addr, to = %owner.addr, "{line}");
+                        report.settled.push(line);
+                    }
+                    Ok(conflicting) => report.conflicts.push(StrayConflict {
+                        bucket: slot as u64,
+                        member: m.addr.clone(),
+                        keys,
+                        conflicting,
+                    }),
+                    Err(e) => report.failed.push((slot as u64, format!("returning stray keys from {}: {e}", m.addr))),
+                }
+            }
+        }
+    }
+
+    /// Moves the keys of `slot` from `holder` to `owner`; returns how many were left
+    /// because the owner holds a different value under the same name.
+    async fn return_stray(&self, slot: u16, holder: &str, owner: &str, owner_id: &str) -> Result<u64, String> {
+        self.setslot(holder, slot, &["IMPORTING", owner_id])
+            .await
+            .map_err(|e| format!("IMPORTING on {holder}: {e}"))?;
+        let result = self.migrate_strays(slot, holder, owner).await;
+        let stable = self.setslot(holder, slot, &["STABLE"]).await;
+        let conflicting = result?;
+        stable.map_err(|e| format!("STABLE on {holder}: {e}"))?;
+        Ok(conflicting)
+    }
+
+    async fn migrate_strays(&self, slot: u16, holder: &str, owner: &str) -> Result<u64, String> {
+        let mut conflicts: HashSet<Vec<u8>> = HashSet::new();
+        loop {
+            let want = self.batch_keys as usize + conflicts.len();
+            let listed: Vec<Vec<u8>> =
+                self.conns.query(holder, redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(want)).await?;
+            let keys: Vec<Vec<u8>> = listed.into_iter().filter(|k| !conflicts.contains(k)).collect();
+            if keys.is_empty() {
+                return Ok(conflicts.len() as u64);
+            }
+            let mut p = redis::pipe();
+            p.cmd("ASKING").ignore().add_command(self.migrate_cmd(owner, &keys, false)).ignore();
+            let Err(e) = self.conns.pipeline_as::<()>(holder, &p).await else { continue };
+            if !e.contains("BUSYKEY") {
+                return Err(e);
+            }
+            for k in &keys {
+                match self.compare_key(holder, owner, k, true).await? {
+                    KeyPair::Gone => {}
+                    KeyPair::OnlyHere => self.migrate_one(holder, owner, k, false, true).await?,
+                    KeyPair::Same => self.migrate_one(holder, owner, k, true, true).await?,
+                    KeyPair::Different => {
+                        warn!(slot, key = %String::from_utf8_lossy(k), from = %holder, "stray key differs from the owner's; left in place");
+                        conflicts.insert(k.clone());
+                    }
+                }
+            }
+        }
+    }
+}
