@@ -78,6 +78,8 @@ impl RedisCluster {
             }
         }
         let skip: Vec<u16> = report.foreign.iter().map(|f| f.bucket as u16).collect();
+        // Settling open slots changed owners: strays go to the owner as it is now.
+        let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.topology().await? };
         self.return_strays(&topo, opts, &skip, &mut report).await;
         // Intents whose slot is closed and clean were settled by whoever got there first.
         for i in &opts.intents {
@@ -140,6 +142,12 @@ impl RedisCluster {
                 "slot {slot}: would finish the move {src} -> {dst} ({src_keys} keys left on {src}, {dst_keys} on {dst})"
             ));
         }
+        // The target's own idea of the owner can be stale: a node importing a slot takes
+        // no gossip about it, so after a failover of the source it may think the slot
+        // served by nobody and refuse the keys. Point it at the owner; finish sets
+        // IMPORTING again.
+        let src_id = self.node_id_of(topo, &src).map_err(|e| e.to_string())?;
+        self.setslot(&dst, slot, &["NODE", &src_id]).await.map_err(|e| format!("SETSLOT NODE on {dst}: {e}"))?;
         let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
         let stats = self.finish(topo, m, &NoPace).await.map_err(|e| e.to_string())?;
         for a in flags.flagged().filter(|a| **a != src && **a != dst) {

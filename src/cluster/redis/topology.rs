@@ -176,7 +176,7 @@ impl RedisCluster {
         let nodes = nodes.ok_or_else(|| ClusterError::Snapshot(format!("no seed answered CLUSTER NODES: {last}")))?;
         let mut masters: Vec<NodeLine> = nodes.iter().filter(|n| n.is_master()).cloned().collect();
         masters.sort_by(|a, b| a.addr.cmp(&b.addr));
-        let replicas = nodes.iter().filter(|n| !n.is_master()).cloned().collect();
+        let replicas: Vec<NodeLine> = nodes.iter().filter(|n| !n.is_master()).cloned().collect();
         let views = futures::future::join_all(masters.iter().map(|m| {
             let addr = m.addr.clone();
             async move { (addr.clone(), self.cluster_nodes(&addr).await) }
@@ -193,6 +193,15 @@ impl RedisCluster {
                 Err(e) => debug!(node = %addr, cause = %e, "master did not answer CLUSTER NODES"),
             }
         }
+        // Right after a failover the seed may still list the demoted master as one; the
+        // node's own view is the truth about its role.
+        let (masters, demoted): (Vec<NodeLine>, Vec<NodeLine>) =
+            masters.into_iter().partition(|m| myself.get(&m.addr).is_none_or(|me| me.is_master()));
+        for d in &demoted {
+            debug!(node = %d.addr, "listed as a master by the seed, a replica by its own view");
+            myself.remove(&d.addr);
+        }
+        let replicas: Vec<NodeLine> = replicas.into_iter().chain(demoted).collect();
         // Ownership: each master's claim about itself, the higher config epoch winning a
         // conflict; slots no master claims fall back to the seed's view.
         let mut owner: Vec<Option<usize>> = vec![None; SLOTS];

@@ -92,19 +92,26 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The live nodes whose role is master now (a failover promotes a replica).
+    pub async fn current_masters(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for a in self.live_addrs() {
+            let mut con = self.conn(&a).await?;
+            let role: Vec<redis::Value> =
+                redis::cmd("ROLE").query_async(&mut con).await.map_err(|e| format!("{a}: {e}"))?;
+            if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every key on every live master with its DUMP payload; a key found on two masters
     /// is an error.
     pub async fn digest(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         let mut out = BTreeMap::new();
-        let live = self.live_addrs();
-        for a in self.master_addrs().into_iter().filter(|a| live.contains(a)) {
+        for a in self.current_masters().await? {
             let mut con = self.conn(&a).await?;
-            // A master that failed over is a replica now: its keys are counted at the new master.
-            let role: Vec<redis::Value> =
-                redis::cmd("ROLE").query_async(&mut con).await.map_err(|e| format!("{a}: {e}"))?;
-            if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
-                continue;
-            }
             for (k, v) in dump_all(&a, &mut con).await? {
                 if out.insert(k.clone(), v).is_some() {
                     return Err(format!("key {:?} found on two masters", String::from_utf8_lossy(&k)));

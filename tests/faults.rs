@@ -1,0 +1,198 @@
+//! Faults during moves, produced for real: a master fails over (CLUSTER FAILOVER
+//! TAKEOVER on its replica) while one of its slots is half-moved, on the source side and
+//! on the target side, and the holder that was moving vanishes. The next holder must
+//! finish the move from what it recorded and what the nodes hold: no key lost, none left
+//! where clients cannot read it, nothing open.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use autobalancer::cluster::redis::{NodeLine, parse_nodes};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd, on_each_engine};
+use common::{bin, cluster_section};
+
+fn config(dir: &std::path::Path, c: &LocalCluster, etcd: &LocalEtcd) -> std::path::PathBuf {
+    let text = format!(
+        "{}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5\n[etcd]\nendpoints = [\"{}\"]\nlease-ttl = \"2s\"\n",
+        cluster_section(c, dir, None),
+        etcd.endpoint()
+    );
+    let p = dir.join("config.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+async fn nodes(c: &LocalCluster, addr: &str) -> Vec<NodeLine> {
+    let mut con = c.conn(addr).await.unwrap();
+    let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut con).await.unwrap();
+    parse_nodes(&text).unwrap()
+}
+
+async fn count(c: &LocalCluster, addr: &str, slot: u16) -> u64 {
+    let mut con = c.conn(addr).await.unwrap();
+    redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot).query_async(&mut con).await.unwrap()
+}
+
+/// Waits for a slot half-moved: (slot, source addr, target addr), with keys on both.
+async fn half_moved(c: &LocalCluster) -> (u16, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no slot was ever half-moved");
+        for a in c.current_masters().await.unwrap() {
+            let all = nodes(c, &a).await;
+            let me = all.iter().find(|n| n.is_myself()).unwrap();
+            for (slot, to) in &me.migrating {
+                let Some(target) = all.iter().find(|n| &n.id == to) else { continue };
+                if count(c, &target.addr, *slot).await >= 2 && count(c, &a, *slot).await >= 2 {
+                    return (*slot, a.clone(), target.addr.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn rebalance(cfg: &std::path::Path) -> (i32, serde_json::Value, String) {
+    let out =
+        bin().args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (out.status.code().unwrap_or(-1), v, stderr)
+}
+
+/// Runs until the vanished holder's lease has expired and a run gets the lock.
+fn next_holder(cfg: &std::path::Path) -> (serde_json::Value, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, v, stderr) = rebalance(cfg);
+        if v["decision"]["reason"] != "lock_held_elsewhere" {
+            assert_eq!(code, 0, "{stderr}\n{v:#}");
+            return (v, stderr);
+        }
+        assert!(Instant::now() < deadline, "the vanished holder's lock never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Target,
+}
+
+async fn failover_mid_move(engine: Engine, side: Side) {
+    let c = ClusterSpec::new(engine, 2, 1).replicas(1).start().await.unwrap();
+    c.load_skewed(20_000, 8).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &c, &etcd);
+    let mut holder = bin()
+        .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (slot, src, dst) = half_moved(&c).await;
+    let failing = match side {
+        Side::Source => &src,
+        Side::Target => &dst,
+    };
+    let failing_id = c.id_of(failing).unwrap().to_string();
+    let replica = nodes(&c, failing).await.into_iter().find(|n| n.master_id.as_deref() == Some(&failing_id)).unwrap();
+    let mut con = c.conn(&replica.addr).await.unwrap();
+    redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
+    // The holder vanishes mid-move (its lease expires after the TTL).
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.current_masters().await.unwrap().contains(&replica.addr) {
+        assert!(Instant::now() < deadline, "the replica was not promoted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.wait_ok(Duration::from_secs(20)).await.unwrap();
+    // The next holder need not be slow.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"300KiB\"", "0").replace("migrate-batch-keys = 5", "");
+    std::fs::write(&cfg, text).unwrap();
+
+    let (v, stderr) = next_holder(&cfg);
+    assert!(stderr.contains(&format!("repair: slot {slot}: finished the move")), "{stderr}\n{v:#}");
+    c.wait_ok(Duration::from_secs(20)).await.unwrap();
+    assert!(c.open_slots().await.unwrap().is_empty(), "{:?}", c.open_slots().await);
+    // Every key exactly once, readable where it lives (a stray key fails the DUMP).
+    assert_eq!(c.digest().await.unwrap(), before);
+    let snap = bin().args(["snapshot", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let snap: serde_json::Value = serde_json::from_slice(&snap.stdout).unwrap();
+    for m in snap["observed"]["members"].as_array().unwrap() {
+        assert_eq!(m["stray_keys"], 0, "{m}");
+    }
+}
+
+async fn failover_of_the_source_mid_move_is_finished_by_the_next_holder(engine: Engine) {
+    failover_mid_move(engine, Side::Source).await
+}
+
+async fn failover_of_the_target_mid_move_is_finished_by_the_next_holder(engine: Engine) {
+    failover_mid_move(engine, Side::Target).await
+}
+
+/// Stray keys: one a run returns to its owner, one whose owner holds a different value,
+/// which the run reports (skip `stray_keys`) and leaves in place.
+async fn stray_keys_are_returned_or_reported(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 0).start().await.unwrap();
+    c.load_skewed(2_000, 9).await.unwrap();
+    let owners = c.slot_owners().await.unwrap();
+    let [a, b] = [c.master_addrs()[0].clone(), c.master_addrs()[1].clone()];
+    let mut ca = c.conn(&a).await.unwrap();
+    // Two names in slots owned by b, planted on a as a failover would leave them.
+    let mut names = (0..).map(|i| format!("stray:{i}")).filter(|k| {
+        let slot = crc16_slot(k);
+        owners[slot as usize] == b
+    });
+    let (returned, clashing) = (names.next().unwrap(), names.next().unwrap());
+    for (k, v) in [(&returned, "kept"), (&clashing, "mine")] {
+        let slot = crc16_slot(k);
+        let b_id = c.id_of(&b).unwrap().to_string();
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&b_id)
+            .query_async::<()>(&mut ca)
+            .await
+            .unwrap();
+        let mut p = redis::pipe();
+        p.cmd("ASKING").ignore().cmd("SET").arg(k).arg(v).ignore();
+        p.query_async::<()>(&mut ca).await.unwrap();
+        redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE").query_async::<()>(&mut ca).await.unwrap();
+    }
+    let mut cb = c.conn(&b).await.unwrap();
+    redis::cmd("SET").arg(&clashing).arg("theirs").query_async::<()>(&mut cb).await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &c, &etcd);
+    let (v, stderr) = next_holder(&cfg);
+    assert_eq!(v["decision"]["reason"], "stray_keys", "{v:#}");
+    let message = v["decision"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("1 with a different value at the owner")) && message.contains(&a), "{message}");
+    assert!(stderr.contains("returned 1 stray key(s)"), "{stderr}");
+    let got: Option<String> = redis::cmd("GET").arg(&returned).query_async(&mut cb).await.unwrap();
+    assert_eq!(got.as_deref(), Some("kept"), "the stray key reached its owner");
+    let got: Option<String> = redis::cmd("GET").arg(&clashing).query_async(&mut cb).await.unwrap();
+    assert_eq!(got.as_deref(), Some("theirs"), "the owner's value was overwritten");
+    let snap = bin().args(["snapshot", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let snap: serde_json::Value = serde_json::from_slice(&snap.stdout).unwrap();
+    let i = snap["members"].as_array().unwrap().iter().position(|m| m["id"] == a.as_str()).unwrap();
+    assert_eq!(snap["observed"]["members"][i]["stray_keys"], 1, "{:#}", snap["observed"]);
+}
+
+fn crc16_slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384
+}
+
+on_each_engine!(
+    failover_of_the_source_mid_move_is_finished_by_the_next_holder,
+    failover_of_the_target_mid_move_is_finished_by_the_next_holder,
+    stray_keys_are_returned_or_reported,
+);
