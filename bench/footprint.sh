@@ -4,10 +4,12 @@
 # (4 sidecars, 60k keys, already balanced by the demo's run), measures, stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
 scripts/demo --keep > bench/out-demo.txt 2>&1 || { cat bench/out-demo.txt; exit 1; }
-trap 'sh target/demo/stop.sh 2>/dev/null || true' EXIT
+trap 'sh "$target/demo/stop.sh" 2>/dev/null || true' EXIT
 urls=$(grep -o 'http://127.0.0.1:[0-9]*/status ' bench/out-demo.txt | sed 's|/status ||' | sort -u)
-pids=$(pgrep -f "autobalancer run --config $(pwd)/target/demo/sidecar" || true)
+demo=$(cd "$target/demo" && pwd)
+pids=$(pgrep -f "autobalancer run --config $demo/sidecar" || true)
 sleep 5
 echo "idle sidecars (waiting for tomorrow's slot):"
 hz=$(getconf CLK_TCK)

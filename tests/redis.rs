@@ -6,13 +6,17 @@ mod common;
 
 use std::time::Duration;
 
-use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, on_each_engine};
-use common::{bin, cluster_section};
+use autobalancer_testkit::{AclUser, ClusterSpec, Engine, LocalCluster, Login, on_each_engine};
+use common::{bin, cluster_section_as};
 
 fn write_config(dir: &std::path::Path, c: &LocalCluster, extra: &str) -> std::path::PathBuf {
+    write_config_as(dir, c, &c.login(), extra)
+}
+
+fn write_config_as(dir: &std::path::Path, c: &LocalCluster, login: &Login, extra: &str) -> std::path::PathBuf {
     let text = format!(
         "{}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n{extra}\n",
-        cluster_section(c, dir, None)
+        cluster_section_as(c, dir, None, login)
     );
     let p = dir.join("config.toml");
     std::fs::write(&p, text).unwrap();
@@ -319,36 +323,28 @@ async fn a_down_master_skips_with_member_down(engine: Engine) {
 }
 
 async fn acl_user_and_password_from_a_file(engine: Engine) {
-    let c = ClusterSpec::new(engine, 2, 1).password("s3cret-pw").start().await.unwrap();
+    // The kit creates the user on every node; the library logs in as it (AUTH2 on MIGRATE).
+    let user = AclUser::new("balancer", "acl-pw-9", "~* &* +@all");
+    let c = ClusterSpec::new(engine, 2, 1).password("s3cret-pw").user(user).start().await.unwrap();
+    for a in c.live_addrs() {
+        let mut con = c.client_conn(&a).await.unwrap();
+        let me: String = redis::cmd("ACL").arg("WHOAMI").query_async(&mut con).await.unwrap();
+        assert_eq!(me, "balancer", "{a}");
+    }
     c.load_skewed(3_000, 6).await.unwrap();
     let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &c, "");
+    // First as the default user, with `requirepass`.
+    let default = Login { username: None, password: c.password.clone() };
+    let cfg = write_config_as(dir.path(), &c, &default, "");
     let (code, v, stderr) = rebalance_json(&cfg, &["--force"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(v["moved_bytes"].as_u64().unwrap() > 0, "{v:#}");
     assert!(!stderr.contains("s3cret-pw"), "password logged");
     assert_eq!(c.digest().await.unwrap(), before);
-    // An ACL user (AUTH2 on MIGRATE), draining one member with weight 0.
-    for a in c.live_addrs() {
-        let mut con = c.conn(&a).await.unwrap();
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("balancer")
-            .arg("on")
-            .arg(">acl-pw-9")
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .query_async::<()>(&mut con)
-            .await
-            .unwrap();
-    }
-    std::fs::write(dir.path().join("redis-password"), "acl-pw-9\n").unwrap();
+    // Then as the ACL user, draining one member with weight 0.
     let drained = c.master_addrs()[0].clone();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[cluster]\n", "[cluster]\nusername = \"balancer\"\n")
-        + &format!("\n[balance.weights]\n\"{drained}\" = 0\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = write_config(dir.path(), &c, &format!("\n[balance.weights]\n\"{drained}\" = 0\n"));
     let (code, v, stderr) = rebalance_json(&cfg, &[]);
     assert_eq!(code, 0, "{stderr}\n{v:#}");
     let report = v["report"].as_array().unwrap();

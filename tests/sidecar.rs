@@ -34,7 +34,12 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
             SidecarProc::start(dir.path(), &format!("s{i}"), &cfg)
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Until one has rebalanced (it may take several slots on a busy machine), then two
+    // more slots in which all three evaluate.
+    wait_for(90, "a rebalance", || {
+        sidecars.iter().any(|s| s.metric("autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0)
+    });
+    tokio::time::sleep(Duration::from_secs(8)).await;
     // SIGTERM: each stops cleanly and quickly.
     for s in sidecars.iter_mut() {
         let (code, took) = s.terminate();
@@ -173,6 +178,7 @@ async fn a_lease_lost_mid_run_stops_before_the_next_move(engine: Engine) {
         ),
     )
     .unwrap();
+    let owners = c.slot_owners().await.unwrap();
     let child = bin()
         .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
         .stdout(std::process::Stdio::piped())
@@ -191,7 +197,14 @@ async fn a_lease_lost_mid_run_stops_before_the_next_move(engine: Engine) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_ne!(lease, 0, "the run never took the lock");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Once a first move has committed (a slot changed owner): the run is mid-way.
+    for i in 0.. {
+        if c.slot_owners().await.unwrap() != owners {
+            break;
+        }
+        assert!(i < 600, "no move committed within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client.lease_revoke(lease).await.unwrap();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use autobalancer_testkit::{LocalCluster, Login};
+
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_autobalancer"))
 }
@@ -147,13 +149,17 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 
 /// The `[cluster]` section for a local cluster, beside `member` when given, logged in as
 /// the kit says (`username`, and a `password-file` written into `dir`).
-pub fn cluster_section(c: &autobalancer_testkit::LocalCluster, dir: &Path, member: Option<&str>) -> String {
+pub fn cluster_section(c: &LocalCluster, dir: &Path, member: Option<&str>) -> String {
+    cluster_section_as(c, dir, member, &c.login())
+}
+
+/// As `cluster_section`, logged in as `login`.
+pub fn cluster_section_as(c: &LocalCluster, dir: &Path, member: Option<&str>, login: &Login) -> String {
     let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
     let mut s = format!("[cluster]\nid = \"t\"\nseeds = [{}]\n", seeds.join(", "));
     if let Some(m) = member {
         s += &format!("member-id = \"{m}\"\n");
     }
-    let login = c.login();
     if let Some(u) = &login.username {
         s += &format!("username = \"{u}\"\n");
     }

