@@ -2,16 +2,20 @@
 //! overrides, parsed into plain structs, then validated into one list of errors that each
 //! name the dotted key and the accepted range.
 //!
-//! Owns: the file format, defaults, sizes and durations as humans write them, validation.
+//! Owns: the file format and its defaults (here), sizes and durations as people write them
+//! (`units`), validation per section (`validate`).
 //! Does not own: what the values mean at run time (each module reads its own section).
 
+mod units;
+mod validate;
+
 use std::collections::BTreeMap;
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+pub use units::{Dur, Size, human_bytes};
 
 /// Sections an environment override may name.
 const SECTIONS: &[&str] = &["cluster", "schedule", "balance", "execution", "etcd", "api", "log"];
@@ -33,87 +37,6 @@ impl ConfigError {
             ConfigError::Invalid(v) => v.clone(),
             other => vec![other.to_string()],
         }
-    }
-}
-
-/// A byte count written as `104857600`, `"100MiB"` or `"100MB"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Size(pub u64);
-
-impl Size {
-    pub fn parse(text: &str) -> Result<Size, String> {
-        let t = text.trim();
-        if let Ok(n) = t.parse::<u64>() {
-            return Ok(Size(n));
-        }
-        t.parse::<bytesize::ByteSize>()
-            .map(|b| Size(b.as_u64()))
-            .map_err(|_| format!("expected a size such as 104857600, \"100MiB\" or \"100MB\", got {text:?}"))
-    }
-}
-
-impl fmt::Display for Size {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", human_bytes(self.0))
-    }
-}
-
-/// Bytes for people: `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    bytesize::ByteSize(n).display().iec().to_string()
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        number_or_text(d, "size", Size, Size::parse)
-    }
-}
-
-/// A whole number (`from_int`) or a human form (`parse`), with negatives refused by name.
-fn number_or_text<'de, D: Deserializer<'de>, T>(
-    d: D,
-    what: &str,
-    from_int: impl Fn(u64) -> T,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<T, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) if n >= 0 => Ok(from_int(n as u64)),
-        Raw::Int(n) => Err(serde::de::Error::custom(format!("a {what} cannot be negative, got {n}"))),
-        Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
-    }
-}
-
-/// A duration written as `"15s"`, `"2h"`, `"1h 30m"`, or a number of seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    pub fn parse(text: &str) -> Result<Dur, String> {
-        let t = text.trim();
-        if let Ok(n) = t.parse::<u64>() {
-            return Ok(Dur(Duration::from_secs(n)));
-        }
-        humantime::parse_duration(t)
-            .map(Dur)
-            .map_err(|e| format!("expected a duration such as \"15s\" or \"2h\", got {text:?} ({e})"))
-    }
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        number_or_text(d, "duration", |n| Dur(Duration::from_secs(n)), Dur::parse)
     }
 }
 
@@ -336,127 +259,6 @@ impl Config {
             .or_else(|| self.cluster.seeds.first().cloned())
             .unwrap_or_else(|| "local".to_string())
     }
-
-    /// Every problem, each naming its dotted key.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errs = Vec::new();
-        let c = &self.cluster;
-        if c.id.is_empty() {
-            errs.push("cluster.id is required (it names the etcd key space and the metrics)".into());
-        } else if !c.id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-            errs.push(format!("cluster.id may hold only letters, digits, '-', '_' and '.', got {:?}", c.id));
-        }
-        match c.backend {
-            Backend::Redis => {
-                if c.seeds.is_empty() {
-                    errs.push(
-                        "cluster.seeds must name at least one Redis node (host:port) when cluster.backend = \"redis\""
-                            .into(),
-                    );
-                }
-                for s in &c.seeds {
-                    if !valid_host_port(s) {
-                        errs.push(format!("cluster.seeds: {s:?} is not host:port"));
-                    }
-                }
-            }
-            Backend::File => {
-                if c.snapshot_file.is_none() {
-                    errs.push("cluster.snapshot-file is required when cluster.backend = \"file\"".into());
-                }
-            }
-        }
-        if !(1..=10_000).contains(&c.slot_sample_keys) {
-            errs.push(format!("cluster.slot-sample-keys must be 1..=10000, got {}", c.slot_sample_keys));
-        }
-
-        let s = &self.schedule;
-        if let Err(e) = crate::schedule::Schedule::new(&s.cron, &s.timezone) {
-            errs.push(e.to_string());
-        }
-
-        let b = &self.balance;
-        if !(1..=99).contains(&b.size_threshold_percent) {
-            errs.push(format!("balance.size-threshold-percent must be 1..=99, got {}", b.size_threshold_percent));
-        }
-        if b.tolerance_percent > 50 {
-            errs.push(format!("balance.tolerance-percent must be 0..=50, got {}", b.tolerance_percent));
-        }
-        if !(1..=100).contains(&b.critical_memory_percent) {
-            errs.push(format!("balance.critical-memory-percent must be 1..=100, got {}", b.critical_memory_percent));
-        }
-        for (m, w) in &b.weights {
-            if !w.is_finite() || *w < 0.0 {
-                errs.push(format!("balance.weights.{m:?} must be a number >= 0, got {w}"));
-            }
-        }
-
-        let x = &self.execution;
-        if !(1..=1024).contains(&x.max_concurrent_moves) {
-            errs.push(format!("execution.max-concurrent-moves must be 1..=1024, got {}", x.max_concurrent_moves));
-        }
-        if !(1..=1024).contains(&x.max_moves_per_member) {
-            errs.push(format!("execution.max-moves-per-member must be 1..=1024, got {}", x.max_moves_per_member));
-        }
-        if x.max_run_time.0.is_zero() {
-            errs.push("execution.max-run-time must be greater than 0 (a duration such as \"2h\")".into());
-        }
-        if !(1..=100_000).contains(&x.migrate_batch_keys) {
-            errs.push(format!("execution.migrate-batch-keys must be 1..=100000, got {}", x.migrate_batch_keys));
-        }
-        if x.migrate_batch_bytes.0 == 0 {
-            errs.push("execution.migrate-batch-bytes must be greater than 0".into());
-        }
-        if x.migrate_timeout.0 < Duration::from_millis(100) {
-            errs.push(format!("execution.migrate-timeout must be at least 100ms, got {}", x.migrate_timeout));
-        }
-
-        if let Some(e) = &self.etcd {
-            if e.endpoints.is_empty() {
-                errs.push("etcd.endpoints must name at least one endpoint (remove [etcd] to run standalone)".into());
-            }
-            for ep in &e.endpoints {
-                if !(ep.starts_with("http://") || ep.starts_with("https://") || valid_host_port(ep)) {
-                    errs.push(format!("etcd.endpoints: {ep:?} is not http(s)://host:port or host:port"));
-                }
-            }
-            if !e.prefix.starts_with('/') || e.prefix.len() < 2 {
-                errs.push(format!("etcd.prefix must start with '/' and name a key space, got {:?}", e.prefix));
-            }
-            if e.lease_ttl.0 < Duration::from_secs(2) || e.lease_ttl.0 > Duration::from_secs(600) {
-                errs.push(format!("etcd.lease-ttl must be 2s..=10m, got {}", e.lease_ttl));
-            }
-            if e.username.is_some() != e.password_file.is_some() {
-                errs.push("etcd.username and etcd.password-file go together".into());
-            }
-            if e.cert_file.is_some() != e.key_file.is_some() {
-                errs.push("etcd.cert-file and etcd.key-file go together".into());
-            }
-        }
-
-        match self.api.listen.parse::<SocketAddr>() {
-            Ok(addr) => {
-                if !addr.ip().is_loopback() && self.api.token_file.is_none() {
-                    errs.push(format!(
-                        "api.token-file is required to listen beyond loopback (api.listen = {:?})",
-                        self.api.listen
-                    ));
-                }
-            }
-            Err(_) => errs.push(format!("api.listen must be ip:port, got {:?}", self.api.listen)),
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            errs.push(format!("log.level must be error|warn|info|debug|trace or a filter, got {:?}", self.log.level));
-        }
-        errs
-    }
-}
-
-fn valid_host_port(s: &str) -> bool {
-    match s.rsplit_once(':') {
-        Some((h, p)) => !h.is_empty() && p.parse::<u16>().is_ok(),
-        None => false,
-    }
 }
 
 /// Applies `AUTOBALANCER_<SECTION>_<KEY>=value`: the key's underscores become dashes; the
@@ -515,13 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_durations_in_human_forms() {
-        assert_eq!(Size::parse("104857600").unwrap(), Size(104_857_600));
-        assert_eq!(Size::parse("100MiB").unwrap(), Size(104_857_600));
-        assert_eq!(Size::parse("100MB").unwrap(), Size(100_000_000));
-        assert!(Size::parse("lots").is_err());
-        assert_eq!(Dur::parse("15s").unwrap().0, Duration::from_secs(15));
-        assert_eq!(Dur::parse("2h").unwrap().0, Duration::from_secs(7200));
+    fn sizes_and_durations_in_the_file() {
         let c = parse(&format!("{MIN}[balance]\nminimum-size = 104857600\n[execution]\nmax-run-time = 90\n")).unwrap();
         assert_eq!(c.balance.minimum_size, Size(104_857_600));
         assert_eq!(c.execution.max_run_time.0, Duration::from_secs(90));
@@ -601,7 +397,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../config.toml.example");
+        let text = include_str!("../../config.toml.example");
         parse(text).unwrap();
     }
 }
