@@ -373,12 +373,7 @@ struct Local {
 impl Local {
     fn new(config: &Config) -> Result<Local, Fail> {
         let token = match &config.api.token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| usage(anyhow::anyhow!("api.token-file {}: {e}", p.display())))?
-                    .trim()
-                    .to_string(),
-            ),
+            Some(p) => Some(autobalancer::config::read_secret(p, "api.token-file").map_err(usage)?),
             None => None,
         };
         Ok(Local { base: format!("http://{}", config.api.listen), token })

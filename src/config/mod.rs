@@ -3,9 +3,11 @@
 //! name the dotted key and the accepted range.
 //!
 //! Owns: the file format and its defaults (here), sizes and durations as people write them
-//! (`units`), validation per section (`validate`).
+//! (`units`), validation per section (`validate`), and the one reader of secret files
+//! (`secret`).
 //! Does not own: what the values mean at run time (each module reads its own section).
 
+mod secret;
 mod units;
 mod validate;
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use secret::{SecretError, read_secret};
 pub use units::{Dur, Size, human_bytes};
 
 /// Sections an environment override may name.
