@@ -137,7 +137,7 @@ fn load_config(path: &std::path::Path) -> Result<Config, Fail> {
 
 fn init_logs(config: Option<&Config>) {
     let (level, json) = match config {
-        Some(c) => (c.log.level.clone(), c.log.format == autobalancer::config::LogFormat::Json),
+        Some(c) => (c.log.level.as_str().to_string(), c.log.format == autobalancer::config::LogFormat::Json),
         None => ("warn".to_string(), false),
     };
     // AUTOBALANCER_LOG_LEVEL overrides log.level like any other key.

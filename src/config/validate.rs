@@ -1,16 +1,16 @@
 //! Validation of a parsed `Config`: one function per section, every problem collected
 //! (check-config prints them all), each naming its dotted key and the accepted range.
 //!
-//! Owns: ranges, keys that go together, cross-key rules. Does not own: parsing (`mod.rs`).
+//! Owns: ranges, keys that go together, cross-key rules. Does not own: parsing and the
+//! enumerations (`mod.rs`: serde refuses an unknown value, naming the key and the accepted
+//! values).
 
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::{
-    ApiConfig, Backend, BalanceConfig, ClusterConfig, Config, EtcdConfig, ExecutionConfig, LogConfig, ScheduleConfig,
-};
+use super::{ApiConfig, Backend, BalanceConfig, ClusterConfig, Config, EtcdConfig, ExecutionConfig, ScheduleConfig};
 
 impl Config {
     /// Every problem, each naming its dotted key.
@@ -24,7 +24,7 @@ impl Config {
             etcd(e, &mut errs);
         }
         api(&self.api, &mut errs);
-        log(&self.log, &mut errs);
+        // log.level and log.format are enumerations: serde refuses a bad value by name.
         errs
     }
 }
@@ -69,7 +69,19 @@ fn cluster(c: &ClusterConfig, errs: &mut Vec<String>) {
             }
         }
     }
-    in_range(errs, "cluster.slot-sample-keys", c.slot_sample_keys, 1..=10_000);
+    in_range(errs, "cluster.sizing-keys-per-second", c.sizing_keys_per_second, 100..=10_000_000);
+    in_range(errs, "cluster.sizing-sample-keys", c.slot_sample_keys, 1..=10_000);
+    tls_files(errs, "cluster", c.cert_file.is_some(), c.key_file.is_some());
+    if !c.tls && (c.ca_file.is_some() || c.cert_file.is_some() || c.key_file.is_some()) {
+        errs.push("cluster.ca-file, cluster.cert-file and cluster.key-file need cluster.tls = true".into());
+    }
+}
+
+/// A client certificate and its key go together.
+fn tls_files(errs: &mut Vec<String>, section: &str, cert: bool, key: bool) {
+    if cert != key {
+        errs.push(format!("{section}.cert-file and {section}.key-file go together"));
+    }
 }
 
 fn schedule(s: &ScheduleConfig, errs: &mut Vec<String>) {
@@ -102,6 +114,12 @@ fn execution(x: &ExecutionConfig, errs: &mut Vec<String>) {
     if x.migrate_timeout.0 < Duration::from_millis(100) {
         errs.push(format!("execution.migrate-timeout must be at least 100ms, got {}", x.migrate_timeout));
     }
+    if x.max_key_bytes.0 == 0 {
+        errs.push("execution.max-key-bytes must be greater than 0 (a size such as \"64MiB\")".into());
+    }
+    if x.shutdown_timeout.0.is_zero() {
+        errs.push("execution.shutdown-timeout must be greater than 0 (a duration such as \"20s\")".into());
+    }
 }
 
 fn etcd(e: &EtcdConfig, errs: &mut Vec<String>) {
@@ -122,9 +140,7 @@ fn etcd(e: &EtcdConfig, errs: &mut Vec<String>) {
     if e.username.is_some() != e.password_file.is_some() {
         errs.push("etcd.username and etcd.password-file go together".into());
     }
-    if e.cert_file.is_some() != e.key_file.is_some() {
-        errs.push("etcd.cert-file and etcd.key-file go together".into());
-    }
+    tls_files(errs, "etcd", e.cert_file.is_some(), e.key_file.is_some());
 }
 
 fn api(a: &ApiConfig, errs: &mut Vec<String>) {
@@ -138,11 +154,5 @@ fn api(a: &ApiConfig, errs: &mut Vec<String>) {
             }
         }
         Err(_) => errs.push(format!("api.listen must be ip:port, got {:?}", a.listen)),
-    }
-}
-
-fn log(l: &LogConfig, errs: &mut Vec<String>) {
-    if tracing_subscriber::EnvFilter::try_new(&l.level).is_err() {
-        errs.push(format!("log.level must be error|warn|info|debug|trace or a filter, got {:?}", l.level));
     }
 }
