@@ -3,10 +3,11 @@
 //! name the dotted key and the accepted range.
 //!
 //! Owns: the file format and its defaults (here), sizes and durations as people write them
-//! (`units`), validation per section (`validate`), and the one reader of secret files
-//! (`secret`).
+//! (`units`), validation per section (`validate`), the check that every file named can be
+//! read (`files`), and the one reader of secret files (`secret`).
 //! Does not own: what the values mean at run time (each module reads its own section).
 
+mod files;
 mod secret;
 mod units;
 mod validate;
@@ -311,14 +312,19 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads, applies the process environment, parses and validates.
+    /// Reads, applies the process environment, parses, validates, and checks that every
+    /// file the config names can be read (secrets: and is not empty). All problems at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::from_toml_with_env(&text, std::env::vars())
+        let config = Config::parse(&text, std::env::vars())?;
+        let mut errors = config.validate();
+        errors.extend(config.check_files());
+        if errors.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(errors)) }
     }
 
     /// Parses `text`, applies `AUTOBALANCER_<SECTION>_<KEY>` overrides from `env`, validates.
+    /// Touches no file: the files the config names are checked by `load`.
     pub fn from_toml_with_env(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,

@@ -198,6 +198,97 @@ fn file_backend_needs_a_snapshot() {
     assert!(e.to_string().contains("cluster.backend"), "{e}");
 }
 
+/// A config naming every kind of file, all in `dir`, with etcd and a token.
+fn naming_files(dir: &std::path::Path) -> Config {
+    let f = |name: &str| dir.join(name).display().to_string();
+    parse(&format!(
+        "[cluster]\nid = \"x\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\npassword-file = \"{}\"\n\
+         tls = true\nca-file = \"{}\"\ncert-file = \"{}\"\nkey-file = \"{}\"\n\
+         [etcd]\nusername = \"u\"\npassword-file = \"{}\"\nca-file = \"{}\"\ncert-file = \"{}\"\nkey-file = \"{}\"\n\
+         [api]\ntoken-file = \"{}\"\n",
+        f("snap.json"),
+        f("redis-pw"),
+        f("redis-ca.pem"),
+        f("redis-cert.pem"),
+        f("redis-key.pem"),
+        f("etcd-pw"),
+        f("etcd-ca.pem"),
+        f("etcd-cert.pem"),
+        f("etcd-key.pem"),
+        f("token"),
+    ))
+    .unwrap()
+}
+
+const FILES: [(&str, &str); 10] = [
+    ("cluster.snapshot-file", "snap.json"),
+    ("cluster.password-file", "redis-pw"),
+    ("cluster.ca-file", "redis-ca.pem"),
+    ("cluster.cert-file", "redis-cert.pem"),
+    ("cluster.key-file", "redis-key.pem"),
+    ("etcd.password-file", "etcd-pw"),
+    ("etcd.ca-file", "etcd-ca.pem"),
+    ("etcd.cert-file", "etcd-cert.pem"),
+    ("etcd.key-file", "etcd-key.pem"),
+    ("api.token-file", "token"),
+];
+
+#[test]
+fn every_referenced_file_must_exist_naming_key_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = naming_files(dir.path());
+    let errs = c.check_files();
+    assert_eq!(errs.len(), FILES.len(), "{errs:#?}");
+    for (key, name) in FILES {
+        let path = dir.path().join(name);
+        let line = errs.iter().find(|l| l.starts_with(&format!("{key} "))).unwrap_or_else(|| panic!("{key}"));
+        assert!(line.starts_with(&format!("{key} {}: cannot read: ", path.display())), "{line}");
+    }
+    for (_, name) in FILES {
+        std::fs::write(dir.path().join(name), "x\n").unwrap();
+    }
+    assert_eq!(c.check_files(), Vec::<String>::new());
+}
+
+#[test]
+fn secrets_and_keys_must_not_be_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = naming_files(dir.path());
+    for (_, name) in FILES {
+        std::fs::write(dir.path().join(name), "\n").unwrap();
+    }
+    let errs = c.check_files();
+    let empty: Vec<&str> =
+        errs.iter().filter(|l| l.ends_with(": the file is empty")).map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        empty,
+        ["cluster.password-file", "cluster.key-file", "etcd.password-file", "etcd.key-file", "api.token-file"],
+        "{errs:#?}"
+    );
+    assert_eq!(errs.len(), empty.len(), "certificates and snapshots may hold anything: {errs:#?}");
+}
+
+#[test]
+fn a_directory_is_not_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = parse(&format!("{MIN}tls = true\nca-file = \"{}\"\n", dir.path().display())).unwrap();
+    assert_eq!(c.check_files(), vec![format!("cluster.ca-file {}: not a file", dir.path().display())]);
+}
+
+#[test]
+fn load_reports_bad_values_and_missing_files_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = format!(
+        "{MIN}[balance]\nsize-threshold-percent = 0\n[etcd]\nusername = \"u\"\npassword-file = \"/nonexistent/pw\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let lines = Config::load(&path).unwrap_err().lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], "balance.size-threshold-percent must be 1..=99, got 0");
+    assert!(lines[1].starts_with("etcd.password-file /nonexistent/pw: cannot read: "), "{lines:?}");
+}
+
 #[test]
 fn example_config_is_valid() {
     let text = include_str!("../../config.toml.example");

@@ -3,7 +3,7 @@
 //!
 //! Owns: ranges, keys that go together, cross-key rules. Does not own: parsing and the
 //! enumerations (`mod.rs`: serde refuses an unknown value, naming the key and the accepted
-//! values).
+//! values), the files the keys name (`files.rs`).
 
 use std::fmt::Display;
 use std::net::SocketAddr;
