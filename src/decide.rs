@@ -30,10 +30,14 @@ pub enum SkipReason {
     BelowThreshold,
     NothingToMove,
     SnapshotFailed,
+    /// Keys sit outside their owner's slots and repair could not settle them.
+    StrayKeys,
+    /// The planner failed (its self-check refused its own output).
+    PlanFailed,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 14] = [
+    pub const ALL: [SkipReason; 16] = [
         SkipReason::Disabled,
         SkipReason::Paused,
         SkipReason::LockHeldElsewhere,
@@ -48,6 +52,8 @@ impl SkipReason {
         SkipReason::BelowThreshold,
         SkipReason::NothingToMove,
         SkipReason::SnapshotFailed,
+        SkipReason::StrayKeys,
+        SkipReason::PlanFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +72,8 @@ impl SkipReason {
             SkipReason::BelowThreshold => "below_threshold",
             SkipReason::NothingToMove => "nothing_to_move",
             SkipReason::SnapshotFailed => "snapshot_failed",
+            SkipReason::StrayKeys => "stray_keys",
+            SkipReason::PlanFailed => "plan_failed",
         }
     }
 }
@@ -329,7 +337,7 @@ mod tests {
         let names: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             names.join(","),
-            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed"
+            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed,stray_keys,plan_failed"
         );
         for r in SkipReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));

@@ -270,6 +270,8 @@ mod tests {
         for name in [
             "autobalancer_runs_total{outcome=\"stopped\"} 0",
             "autobalancer_skips_total{reason=\"snapshot_failed\"} 0",
+            "autobalancer_skips_total{reason=\"stray_keys\"} 0",
+            "autobalancer_skips_total{reason=\"plan_failed\"} 0",
             "autobalancer_lock_held 0",
             "autobalancer_lock_acquisitions_total{result=\"held_elsewhere\"} 0",
             "autobalancer_last_run_timestamp_seconds 0",
