@@ -247,11 +247,12 @@ async fn rebalance(State(sc): S, headers: HeaderMap, RawQuery(raw): RawQuery) ->
                 SkipReason::SnapshotFailed => {
                     (StatusCode::SERVICE_UNAVAILABLE, "snapshot_failed", out.decision.message.clone())
                 }
-                SkipReason::Disabled | SkipReason::AlreadyRanThisSlot | SkipReason::StrayKeys => {
-                    (StatusCode::CONFLICT, r.as_str(), out.decision.message.clone())
-                }
+                SkipReason::StrayKeys => (StatusCode::CONFLICT, "stray_keys", out.decision.message.clone()),
                 SkipReason::PlanFailed => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "plan_failed", out.decision.message.clone())
+                }
+                SkipReason::Disabled | SkipReason::AlreadyRanThisSlot => {
+                    (StatusCode::CONFLICT, r.as_str(), out.decision.message.clone())
                 }
             };
             Err(ApiError::new(status, code, message))

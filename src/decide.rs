@@ -30,7 +30,9 @@ pub enum SkipReason {
     BelowThreshold,
     NothingToMove,
     SnapshotFailed,
+    /// Keys sit outside their owner's slots and repair could not settle them.
     StrayKeys,
+    /// The planner failed (its self-check refused its own output).
     PlanFailed,
 }
 
@@ -335,7 +337,7 @@ mod tests {
         let names: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             names.join(","),
-            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed"
+            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed,stray_keys,plan_failed"
         );
         for r in SkipReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));

@@ -149,7 +149,7 @@ fn load_config(path: &std::path::Path) -> Result<Config, Fail> {
 
 fn init_logs(config: Option<&Config>) {
     let (level, json) = match config {
-        Some(c) => (c.log.level.clone(), c.log.format == autobalancer::config::LogFormat::Json),
+        Some(c) => (c.log.level.as_str().to_string(), c.log.format == autobalancer::config::LogFormat::Json),
         None => ("warn".to_string(), false),
     };
     // AUTOBALANCER_LOG_LEVEL overrides log.level like any other key.
@@ -437,12 +437,7 @@ struct Local {
 impl Local {
     fn new(config: &Config) -> Result<Local, Fail> {
         let token = match &config.api.token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| usage(anyhow::anyhow!("api.token-file {}: {e}", p.display())))?
-                    .trim()
-                    .to_string(),
-            ),
+            Some(p) => Some(autobalancer::config::read_secret(p, "api.token-file").map_err(usage)?),
             None => None,
         };
         Ok(Local { base: format!("http://{}", config.api.listen), token })

@@ -6,8 +6,8 @@
 //! change (callers set them).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, core::Collector,
 };
 
 use crate::decide::SkipReason;
@@ -16,7 +16,11 @@ use crate::plan::Plan;
 pub const RUN_OUTCOMES: [&str; 4] = ["rebalanced", "skipped", "failed", "stopped"];
 pub const LOCK_RESULTS: [&str; 3] = ["acquired", "held_elsewhere", "error"];
 pub const MOVE_OUTCOMES: [&str; 3] = ["done", "failed", "cancelled"];
+/// The `engine` label of `build_info` until the backend has said what it runs on.
+pub const ENGINE_UNKNOWN: &str = "unknown";
 
+/// Every metric of the sidecar. Names are `autobalancer_<field>`; the help text of each is
+/// in `Metrics::new`, one line per metric.
 pub struct Metrics {
     pub registry: Registry,
     /// Runs by outcome.
@@ -27,6 +31,8 @@ pub struct Metrics {
     pub lock_held: IntGauge,
     /// Lock attempts by result.
     pub lock_acquisitions_total: IntCounterVec,
+    /// Seconds since the cluster lock's holder took it, as last seen (0 when free).
+    pub lock_age_seconds: Gauge,
     /// When the last run (of any outcome) ended, Unix seconds.
     pub last_run_timestamp_seconds: Gauge,
     /// When the schedule fires next, Unix seconds (0 when disabled).
@@ -37,12 +43,20 @@ pub struct Metrics {
     pub cluster_size_bytes: IntGauge,
     /// Transfer / total of the last simulation, to set beside the threshold.
     pub transfer_ratio: Gauge,
-    /// Bytes per member at the last snapshot.
+    /// balance.size-threshold-percent / 100, to draw beside the transfer ratio.
+    pub size_threshold_ratio: Gauge,
+    /// Bytes per member at the last snapshot (the sum of its buckets' sizes).
     pub member_load_bytes: GaugeVec,
+    /// Used memory per member as the server reports it, beside `member_load_bytes`.
+    pub member_used_memory_bytes: GaugeVec,
     /// Buckets per member at the last snapshot.
     pub member_buckets: GaugeVec,
     /// Target bytes per member at the last plan.
     pub member_target_bytes: GaugeVec,
+    /// Keys above execution.max-key-bytes per member, found by sizing.
+    pub big_keys: IntGaugeVec,
+    /// Keys per member outside the slots it owns, found at each run.
+    pub stray_keys: IntGaugeVec,
     /// Bucket moves by outcome.
     pub moves_total: IntCounterVec,
     /// Bytes moved.
@@ -59,169 +73,153 @@ pub struct Metrics {
     pub plan_duration_seconds: Histogram,
     /// Duration of a snapshot.
     pub snapshot_duration_seconds: Histogram,
-    /// Always 1; the version as a label.
-    pub build_info: IntGaugeVecOne,
-    /// balance.size-threshold-percent / 100, to draw beside the transfer ratio.
-    pub size_threshold_ratio: Gauge,
+    /// Duration of sizing the buckets of a snapshot (part of the snapshot's duration).
+    pub sizing_duration_seconds: Histogram,
+    /// Age of the oldest bucket size the last snapshot used (cached sizes age).
+    pub sizing_age_seconds: Gauge,
     /// 1 while etcd answers the heartbeat (always 1 when standalone).
     pub etcd_up: IntGauge,
     /// Buckets still on the local member while it is evacuated (0 otherwise).
     pub evacuation_buckets_left: IntGauge,
     /// Bytes still on the local member while it is evacuated (0 otherwise).
     pub evacuation_bytes_left: IntGauge,
+    /// Always 1; the version and the cluster's engine as labels.
+    pub build_info: IntGaugeVec,
 }
 
-/// `autobalancer_build_info{version}`.
-pub type IntGaugeVecOne = prometheus::IntGaugeVec;
+/// Histogram buckets, seconds: from a 1 ms plan to a 5 min sizing or move.
+const DURATION_BUCKETS: [f64; 14] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-fn buckets() -> Vec<f64> {
-    vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]
+/// Creates each metric under `autobalancer_` and registers it, so `Metrics::new` reads
+/// as a table: field, kind, name, help, labels.
+struct Builder<'a>(&'a Registry);
+
+impl Builder<'_> {
+    fn add<M: Collector + Clone + 'static>(&self, m: Result<M, prometheus::Error>) -> M {
+        let m = m.expect("a valid metric descriptor");
+        self.0.register(Box::new(m.clone())).expect("each metric name registered once");
+        m
+    }
+
+    fn opts(name: &str, help: &str) -> Opts {
+        Opts::new(format!("autobalancer_{name}"), help)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::with_opts(Self::opts(name, help)))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Self::opts(name, help), labels))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::with_opts(Self::opts(name, help)))
+    }
+
+    fn int_gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Self::opts(name, help), labels))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::with_opts(Self::opts(name, help)))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Self::opts(name, help), labels))
+    }
+
+    fn histogram(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(format!("autobalancer_{name}"), help).buckets(DURATION_BUCKETS.to_vec());
+        self.add(Histogram::with_opts(opts))
+    }
 }
+
+const MEMBER: &[&str] = &["member"];
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let opts = |name: &str, help: &str| Opts::new(format!("autobalancer_{name}"), help.to_string());
-        let hopts = |name: &str, help: &str| {
-            HistogramOpts::new(format!("autobalancer_{name}"), help.to_string()).buckets(buckets())
-        };
+        let r = Builder(&registry);
         let m = Metrics {
-            runs_total: IntCounterVec::new(opts("runs_total", "Runs by outcome."), &["outcome"]).unwrap(),
-            skips_total: IntCounterVec::new(opts("skips_total", "Skipped runs by reason."), &["reason"]).unwrap(),
-            lock_held: IntGauge::with_opts(opts("lock_held", "1 while this sidecar holds the cluster lock.")).unwrap(),
-            lock_acquisitions_total: IntCounterVec::new(
-                opts("lock_acquisitions_total", "Lock attempts by result."),
-                &["result"],
-            )
-            .unwrap(),
-            last_run_timestamp_seconds: Gauge::with_opts(opts(
-                "last_run_timestamp_seconds",
-                "When the last run ended, Unix seconds.",
-            ))
-            .unwrap(),
-            next_run_timestamp_seconds: Gauge::with_opts(opts(
-                "next_run_timestamp_seconds",
-                "When the schedule fires next, Unix seconds (0 when disabled).",
-            ))
-            .unwrap(),
-            transfer_size_bytes: IntGauge::with_opts(opts(
-                "transfer_size_bytes",
-                "Transfer size of the last simulation.",
-            ))
-            .unwrap(),
-            cluster_size_bytes: IntGauge::with_opts(opts("cluster_size_bytes", "Total size of the last simulation."))
-                .unwrap(),
-            transfer_ratio: Gauge::with_opts(opts("transfer_ratio", "Transfer / total of the last simulation."))
-                .unwrap(),
-            member_load_bytes: GaugeVec::new(
-                opts("member_load_bytes", "Bytes per member at the last snapshot."),
-                &["member"],
-            )
-            .unwrap(),
-            member_buckets: GaugeVec::new(
-                opts("member_buckets", "Buckets per member at the last snapshot."),
-                &["member"],
-            )
-            .unwrap(),
-            member_target_bytes: GaugeVec::new(
-                opts("member_target_bytes", "Target bytes per member at the last plan."),
-                &["member"],
-            )
-            .unwrap(),
-            moves_total: IntCounterVec::new(opts("moves_total", "Bucket moves by outcome."), &["outcome"]).unwrap(),
-            moved_bytes_total: IntCounter::with_opts(opts("moved_bytes_total", "Bytes moved.")).unwrap(),
-            rebalance_in_progress: IntGauge::with_opts(opts(
-                "rebalance_in_progress",
-                "1 while a rebalance or evacuation moves buckets.",
-            ))
-            .unwrap(),
-            rebalance_moves_planned: IntGauge::with_opts(opts(
-                "rebalance_moves_planned",
-                "Moves planned for the running or last rebalance.",
-            ))
-            .unwrap(),
-            rebalance_moves_done: IntGauge::with_opts(opts(
-                "rebalance_moves_done",
-                "Moves done in the running or last rebalance.",
-            ))
-            .unwrap(),
-            move_duration_seconds: Histogram::with_opts(hopts("move_duration_seconds", "Duration of one bucket move."))
-                .unwrap(),
-            plan_duration_seconds: Histogram::with_opts(hopts("plan_duration_seconds", "Duration of planning."))
-                .unwrap(),
-            snapshot_duration_seconds: Histogram::with_opts(hopts(
-                "snapshot_duration_seconds",
-                "Duration of a snapshot.",
-            ))
-            .unwrap(),
-            size_threshold_ratio: Gauge::with_opts(opts(
+            runs_total: r.counters("runs_total", "Runs by outcome.", &["outcome"]),
+            skips_total: r.counters("skips_total", "Skipped runs by reason.", &["reason"]),
+            lock_held: r.int_gauge("lock_held", "1 while this sidecar holds the cluster lock."),
+            lock_acquisitions_total: r.counters("lock_acquisitions_total", "Lock attempts by result.", &["result"]),
+            lock_age_seconds: r.gauge("lock_age_seconds", "Seconds since the lock holder took the lock (0 when free)."),
+            last_run_timestamp_seconds: r.gauge("last_run_timestamp_seconds", "When the last run ended, Unix seconds."),
+            next_run_timestamp_seconds: r
+                .gauge("next_run_timestamp_seconds", "When the schedule fires next, Unix seconds (0 when disabled)."),
+            transfer_size_bytes: r.int_gauge("transfer_size_bytes", "Transfer size of the last simulation."),
+            cluster_size_bytes: r.int_gauge("cluster_size_bytes", "Total size of the last simulation."),
+            transfer_ratio: r.gauge("transfer_ratio", "Transfer / total of the last simulation."),
+            size_threshold_ratio: r.gauge(
                 "size_threshold_ratio",
                 "balance.size-threshold-percent / 100, to draw beside the transfer ratio.",
-            ))
-            .unwrap(),
-            etcd_up: IntGauge::with_opts(opts("etcd_up", "1 while etcd answers the heartbeat (1 when standalone)."))
-                .unwrap(),
-            evacuation_buckets_left: IntGauge::with_opts(opts(
+            ),
+            member_load_bytes: r.gauges("member_load_bytes", "Bytes per member at the last snapshot.", MEMBER),
+            member_used_memory_bytes: r.gauges(
+                "member_used_memory_bytes",
+                "Used memory per member as the server reports it.",
+                MEMBER,
+            ),
+            member_buckets: r.gauges("member_buckets", "Buckets per member at the last snapshot.", MEMBER),
+            member_target_bytes: r.gauges("member_target_bytes", "Target bytes per member at the last plan.", MEMBER),
+            big_keys: r.int_gauges("big_keys", "Keys above execution.max-key-bytes per member.", MEMBER),
+            stray_keys: r.int_gauges("stray_keys", "Keys per member outside the slots it owns.", MEMBER),
+            moves_total: r.counters("moves_total", "Bucket moves by outcome.", &["outcome"]),
+            moved_bytes_total: r.counter("moved_bytes_total", "Bytes moved."),
+            rebalance_in_progress: r
+                .int_gauge("rebalance_in_progress", "1 while a rebalance or evacuation moves buckets."),
+            rebalance_moves_planned: r
+                .int_gauge("rebalance_moves_planned", "Moves planned for the running or last rebalance."),
+            rebalance_moves_done: r.int_gauge("rebalance_moves_done", "Moves done in the running or last rebalance."),
+            move_duration_seconds: r.histogram("move_duration_seconds", "Duration of one bucket move."),
+            plan_duration_seconds: r.histogram("plan_duration_seconds", "Duration of planning."),
+            snapshot_duration_seconds: r.histogram("snapshot_duration_seconds", "Duration of a snapshot."),
+            sizing_duration_seconds: r.histogram("sizing_duration_seconds", "Duration of sizing a snapshot's buckets."),
+            sizing_age_seconds: r.gauge("sizing_age_seconds", "Age of the oldest bucket size the last snapshot used."),
+            etcd_up: r.int_gauge("etcd_up", "1 while etcd answers the heartbeat (1 when standalone)."),
+            evacuation_buckets_left: r.int_gauge(
                 "evacuation_buckets_left",
                 "Buckets still on the local member while it is evacuated (0 otherwise).",
-            ))
-            .unwrap(),
-            evacuation_bytes_left: IntGauge::with_opts(opts(
+            ),
+            evacuation_bytes_left: r.int_gauge(
                 "evacuation_bytes_left",
                 "Bytes still on the local member while it is evacuated (0 otherwise).",
-            ))
-            .unwrap(),
-            build_info: prometheus::IntGaugeVec::new(
-                opts("build_info", "Always 1; the version as a label."),
-                &["version"],
-            )
-            .unwrap(),
+            ),
+            build_info: r.int_gauges(
+                "build_info",
+                "Always 1; the version and engine as labels.",
+                &["version", "engine"],
+            ),
             registry,
         };
-        m.register_all();
-        for o in RUN_OUTCOMES {
-            m.runs_total.with_label_values(&[o]);
-        }
-        for r in SkipReason::ALL {
-            m.skips_total.with_label_values(&[r.as_str()]);
-        }
-        for r in LOCK_RESULTS {
-            m.lock_acquisitions_total.with_label_values(&[r]);
-        }
-        for o in MOVE_OUTCOMES {
-            m.moves_total.with_label_values(&[o]);
-        }
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.create_label_values();
         m
     }
 
-    fn register_all(&self) {
-        let r = &self.registry;
-        r.register(Box::new(self.runs_total.clone())).unwrap();
-        r.register(Box::new(self.skips_total.clone())).unwrap();
-        r.register(Box::new(self.lock_held.clone())).unwrap();
-        r.register(Box::new(self.lock_acquisitions_total.clone())).unwrap();
-        r.register(Box::new(self.last_run_timestamp_seconds.clone())).unwrap();
-        r.register(Box::new(self.next_run_timestamp_seconds.clone())).unwrap();
-        r.register(Box::new(self.transfer_size_bytes.clone())).unwrap();
-        r.register(Box::new(self.cluster_size_bytes.clone())).unwrap();
-        r.register(Box::new(self.transfer_ratio.clone())).unwrap();
-        r.register(Box::new(self.member_load_bytes.clone())).unwrap();
-        r.register(Box::new(self.member_buckets.clone())).unwrap();
-        r.register(Box::new(self.member_target_bytes.clone())).unwrap();
-        r.register(Box::new(self.moves_total.clone())).unwrap();
-        r.register(Box::new(self.moved_bytes_total.clone())).unwrap();
-        r.register(Box::new(self.rebalance_in_progress.clone())).unwrap();
-        r.register(Box::new(self.rebalance_moves_planned.clone())).unwrap();
-        r.register(Box::new(self.rebalance_moves_done.clone())).unwrap();
-        r.register(Box::new(self.move_duration_seconds.clone())).unwrap();
-        r.register(Box::new(self.plan_duration_seconds.clone())).unwrap();
-        r.register(Box::new(self.snapshot_duration_seconds.clone())).unwrap();
-        r.register(Box::new(self.build_info.clone())).unwrap();
-        r.register(Box::new(self.size_threshold_ratio.clone())).unwrap();
-        r.register(Box::new(self.etcd_up.clone())).unwrap();
-        r.register(Box::new(self.evacuation_buckets_left.clone())).unwrap();
-        r.register(Box::new(self.evacuation_bytes_left.clone())).unwrap();
+    /// Every fixed label value exists from the start, so dashboards see zeros, not gaps.
+    fn create_label_values(&self) {
+        for o in RUN_OUTCOMES {
+            self.runs_total.with_label_values(&[o]);
+        }
+        for r in SkipReason::ALL {
+            self.skips_total.with_label_values(&[r.as_str()]);
+        }
+        for r in LOCK_RESULTS {
+            self.lock_acquisitions_total.with_label_values(&[r]);
+        }
+        for o in MOVE_OUTCOMES {
+            self.moves_total.with_label_values(&[o]);
+        }
+        self.set_engine(ENGINE_UNKNOWN);
+    }
+
+    /// Names the engine the cluster runs (e.g. `redis-7.2.4`, `valkey-9.0.0`) in `build_info`.
+    pub fn set_engine(&self, engine: &str) {
+        self.build_info.reset();
+        self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), engine]).set(1);
     }
 
     /// Records the figures of a simulation.
@@ -272,6 +270,8 @@ mod tests {
         for name in [
             "autobalancer_runs_total{outcome=\"stopped\"} 0",
             "autobalancer_skips_total{reason=\"snapshot_failed\"} 0",
+            "autobalancer_skips_total{reason=\"stray_keys\"} 0",
+            "autobalancer_skips_total{reason=\"plan_failed\"} 0",
             "autobalancer_lock_held 0",
             "autobalancer_lock_acquisitions_total{result=\"held_elsewhere\"} 0",
             "autobalancer_last_run_timestamp_seconds 0",
@@ -287,11 +287,31 @@ mod tests {
             "autobalancer_move_duration_seconds_count 0",
             "autobalancer_plan_duration_seconds_count 0",
             "autobalancer_snapshot_duration_seconds_count 0",
-            "autobalancer_build_info{version=",
+            "autobalancer_build_info{engine=\"unknown\",version=",
+            "autobalancer_lock_age_seconds 0",
+            "autobalancer_sizing_duration_seconds_count 0",
+            "autobalancer_sizing_age_seconds 0",
+            "autobalancer_size_threshold_ratio 0",
+            "autobalancer_etcd_up 0",
+            "autobalancer_evacuation_buckets_left 0",
+            "autobalancer_evacuation_bytes_left 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }
-        assert_eq!(text.matches("autobalancer_skips_total{").count(), 14);
+        assert_eq!(text.matches("autobalancer_skips_total{").count(), SkipReason::ALL.len());
+        // Labelled by member: present once a member is named.
+        for (vec, name) in [(&m.member_used_memory_bytes, "member_used_memory_bytes")] {
+            vec.with_label_values(&["m1"]).set(7.0);
+            assert!(m.render().contains(&format!("autobalancer_{name}{{member=\"m1\"}} 7")), "missing {name}");
+        }
+        for (vec, name) in [(&m.big_keys, "big_keys"), (&m.stray_keys, "stray_keys")] {
+            vec.with_label_values(&["m1"]).set(3);
+            assert!(m.render().contains(&format!("autobalancer_{name}{{member=\"m1\"}} 3")), "missing {name}");
+        }
+        m.set_engine("valkey-9.0.0");
+        let text = m.render();
+        assert_eq!(text.matches("autobalancer_build_info{").count(), 1, "{text}");
+        assert!(text.contains("autobalancer_build_info{engine=\"valkey-9.0.0\",version="), "{text}");
         use crate::model::fixtures::*;
         let s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])]);
         let p = crate::plan::plan(&s, &Default::default()).unwrap();

@@ -71,12 +71,9 @@ impl Sidecar {
         let schedule = Schedule::new(&config.schedule.cron, &config.schedule.timezone)
             .map_err(|e| SidecarError::Config(e.to_string()))?;
         let token = match &config.api.token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| SidecarError::Config(format!("api.token-file {}: {e}", p.display())))?
-                    .trim()
-                    .to_string(),
-            ),
+            Some(p) => {
+                Some(crate::config::read_secret(p, "api.token-file").map_err(|e| SidecarError::Config(e.to_string()))?)
+            }
             None => None,
         };
         let ctx = Context::new(config).map_err(SidecarError::Config)?;

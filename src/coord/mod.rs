@@ -112,12 +112,6 @@ pub struct Coordinator {
     pub(crate) registration: Mutex<Option<i64>>,
 }
 
-fn read_secret(path: &std::path::Path, key: &str) -> Result<String, LockError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-        .map_err(|e| LockError::Config(format!("{key} {}: {e}", path.display())))
-}
-
 impl Coordinator {
     /// etcd when configured, otherwise in-process. Does not connect yet: etcd may be down
     /// at start and come back later.
@@ -130,7 +124,11 @@ impl Coordinator {
                     .with_timeout(Duration::from_secs(5))
                     .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
                 if let (Some(u), Some(p)) = (&e.username, &e.password_file) {
-                    options = options.with_user(u.clone(), read_secret(p, "etcd.password-file")?);
+                    options = options.with_user(
+                        u.clone(),
+                        crate::config::read_secret(p, "etcd.password-file")
+                            .map_err(|e| LockError::Config(e.to_string()))?,
+                    );
                 }
                 let tls_wanted = e.ca_file.is_some()
                     || e.cert_file.is_some()

@@ -6,6 +6,8 @@
 //! no clock, no I/O, no async; the same input gives the same plan.
 //! Does not own: whether to act on the plan (`decide`) or how a move is done (`execute`).
 
+mod primaries;
+mod search;
 mod solver;
 
 use std::collections::BTreeMap;

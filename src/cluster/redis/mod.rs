@@ -55,28 +55,27 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn from_config(config: &crate::config::Config) -> Result<RedisCluster, ClusterError> {
         let c = &config.cluster;
-        let password = match &c.password_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| ClusterError::Config(format!("cluster.password-file {}: {e}", p.display())))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-            None => None,
-        };
+        let password = c
+            .password_file
+            .as_deref()
+            .map(|p| crate::config::read_secret(p, "cluster.password-file"))
+            .transpose()
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
         let migrate_timeout = config.execution.migrate_timeout.0;
         let auth = Auth { username: c.username.clone(), password };
         Ok(RedisCluster {
             cluster_id: c.id.clone(),
             seeds: c.seeds.clone(),
             conns: Conns::new(auth, migrate_timeout + Duration::from_secs(10)),
-            // TODO(config): the [cluster] sizing keys.
             sizing: SizingOptions {
-                mode: SizingMode::Exact,
-                keys_per_second: 100_000,
-                max_age: Duration::from_secs(3600),
+                mode: match c.sizing {
+                    crate::config::Sizing::Exact => SizingMode::Exact,
+                    crate::config::Sizing::Sampled => SizingMode::Sampled,
+                },
+                keys_per_second: c.sizing_keys_per_second as u64,
+                max_age: c.sizing_max_age.0,
                 sample_keys: c.slot_sample_keys,
-                max_key_bytes: 64 << 20,
+                max_key_bytes: config.execution.max_key_bytes.0,
             },
             sizes: SizeCache::default(),
             critical_percent: config.balance.critical_memory_percent,

@@ -1,0 +1,71 @@
+//! The files a config names, checked when it is loaded: a sidecar that would fail on its
+//! first run, or at its first request, fails at start instead, and `check-config` says so.
+//!
+//! Owns: which keys name files and what each must hold. Does not own: reading them for use
+//! (secrets: `read_secret`; certificates and snapshots: where they are used).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use super::{Config, read_secret};
+
+/// What a referenced file must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A readable file (a certificate, a snapshot).
+    Readable,
+    /// A readable file holding more than white space (a private key).
+    Key,
+    /// A secret (a password, a token), as `read_secret` reads it: not empty.
+    Secret,
+}
+
+impl Config {
+    /// Every problem with a file the config names, one line each, naming the dotted key and
+    /// the path: missing, unreadable, not a file, or (secrets and keys) empty.
+    pub fn check_files(&self) -> Vec<String> {
+        self.referenced_files().into_iter().filter_map(|(key, path, kind)| check(key, path, kind).err()).collect()
+    }
+
+    /// `(dotted key, path, kind)` of every file the config names.
+    fn referenced_files(&self) -> Vec<(&'static str, &Path, Kind)> {
+        let c = &self.cluster;
+        let mut named = vec![
+            ("cluster.password-file", c.password_file.as_deref(), Kind::Secret),
+            ("cluster.snapshot-file", c.snapshot_file.as_deref(), Kind::Readable),
+            ("cluster.ca-file", c.ca_file.as_deref(), Kind::Readable),
+            ("cluster.cert-file", c.cert_file.as_deref(), Kind::Readable),
+            ("cluster.key-file", c.key_file.as_deref(), Kind::Key),
+        ];
+        if let Some(e) = &self.etcd {
+            named.extend([
+                ("etcd.password-file", e.password_file.as_deref(), Kind::Secret),
+                ("etcd.ca-file", e.ca_file.as_deref(), Kind::Readable),
+                ("etcd.cert-file", e.cert_file.as_deref(), Kind::Readable),
+                ("etcd.key-file", e.key_file.as_deref(), Kind::Key),
+            ]);
+        }
+        named.push(("api.token-file", self.api.token_file.as_deref(), Kind::Secret));
+        named.into_iter().filter_map(|(key, path, kind)| Some((key, path?, kind))).collect()
+    }
+}
+
+fn check(key: &str, path: &Path, kind: Kind) -> Result<(), String> {
+    if kind == Kind::Secret {
+        return read_secret(path, key).map(drop).map_err(|e| e.to_string());
+    }
+    let unreadable = |e: std::io::Error| format!("{key} {}: cannot read: {e}", path.display());
+    let mut file = File::open(path).map_err(unreadable)?;
+    if !file.metadata().map_err(unreadable)?.is_file() {
+        return Err(format!("{key} {}: not a file", path.display()));
+    }
+    if kind == Kind::Key {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(unreadable)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(format!("{key} {}: the file is empty", path.display()));
+        }
+    }
+    Ok(())
+}
