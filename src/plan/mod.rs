@@ -111,8 +111,33 @@ pub enum PlanError {
 }
 
 /// Plans a rebalance of `snapshot`. Deterministic; checks its own output.
+///
+/// What the snapshot observed shapes the plan: pinned buckets (a key above
+/// `max-key-bytes`) never move, and sampled sizes widen the tolerance by their error
+/// bound, so the plan does not move data to chase noise. Both are said in the
+/// explanation, after the sizes' own line.
 pub fn plan(snapshot: &ClusterSnapshot, opts: &PlanOptions) -> Result<Plan, PlanError> {
-    let plan = solver::solve(snapshot, opts);
+    let mut opts = opts.clone();
+    let mut lines = Vec::new();
+    if let Some(s) = &snapshot.observed.sizing {
+        lines.push(s.line());
+        let total = snapshot.total_bytes();
+        if s.error_bytes > 0 && total > 0 {
+            let margin = (100 * s.error_bytes).div_ceil(total) as u32;
+            opts.tolerance_percent += margin;
+            lines.push(format!("sampled sizes: tolerance widened by {margin}% for their error bound"));
+        }
+    }
+    for p in &snapshot.observed.pinned {
+        lines.push(format!(
+            "bucket {} stays: {}, largest {}",
+            p.bucket,
+            p.reason,
+            crate::config::human_bytes(p.largest_key_bytes)
+        ));
+    }
+    let mut plan = solver::solve(snapshot, &opts);
+    plan.explanation.splice(0..0, lines);
     check(snapshot, &plan)?;
     Ok(plan)
 }
@@ -183,6 +208,9 @@ fn distinct_zones(snapshot: &ClusterSnapshot, copies: &[MemberIdx]) -> usize {
 fn check(snapshot: &ClusterSnapshot, plan: &Plan) -> Result<(), PlanError> {
     let fail = |m: String| Err(PlanError::Check(m));
     for mv in &plan.moves {
+        if snapshot.observed.pinned.iter().any(|p| p.bucket == mv.bucket) {
+            return fail(format!("bucket {} is pinned and was moved", mv.bucket));
+        }
         let to = &snapshot.members[mv.to as usize];
         if mv.kind == MoveKind::Copy && !plan.members[mv.to as usize].receives {
             return fail(format!("bucket {} moved onto {} which may not receive", mv.bucket, to.id));

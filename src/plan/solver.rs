@@ -288,11 +288,12 @@ fn zone_ids(snap: &ClusterSnapshot) -> Vec<Option<u32>> {
 }
 
 /// Per member, its copies with bytes > 0 by (bytes, bucket index): the search picks sizes
-/// from these.
+/// from these. Pinned buckets are not among them, so they never move.
 fn held_copies(snap: &ClusterSnapshot) -> Vec<BTreeSet<(u64, u32)>> {
+    let pinned: std::collections::HashSet<u64> = snap.observed.pinned.iter().map(|p| p.bucket).collect();
     let mut held = vec![BTreeSet::new(); snap.members.len()];
     for (bi, b) in snap.buckets.iter().enumerate() {
-        if b.bytes > 0 {
+        if b.bytes > 0 && !pinned.contains(&b.id) {
             for &m in &b.copies {
                 held[m as usize].insert((b.bytes, bi as u32));
             }

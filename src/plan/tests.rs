@@ -391,3 +391,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pinned_buckets_never_move_and_are_explained() {
+    // m1 holds everything; the big bucket 0 is pinned, the rest may move.
+    let layout: Vec<(u64, Vec<MemberIdx>)> =
+        std::iter::once((300, vec![0])).chain((0..30).map(|_| (20, vec![0]))).collect();
+    let mut s = make_snapshot(make_members(3), &layout);
+    let free = plan(&s, &opts(5)).unwrap();
+    assert!(free.moves.iter().any(|m| m.bucket == 0), "unpinned, the big bucket is the best move");
+    s.observed.pinned.push(crate::model::Pinned {
+        bucket: 0,
+        largest_key_bytes: 300,
+        reason: "1 key(s) above execution.max-key-bytes (100 bytes)".into(),
+    });
+    let p = plan(&s, &opts(5)).unwrap();
+    assert!(!p.moves.is_empty());
+    assert!(p.moves.iter().all(|m| m.bucket != 0), "{:?}", p.moves);
+    assert!(p.explanation.iter().any(|l| l.starts_with("bucket 0 stays: 1 key(s) above")), "{:?}", p.explanation);
+}
+
+#[test]
+fn sampled_sizes_widen_the_tolerance_by_their_error() {
+    // 110 / 100 / 90: 10% off the mean, outside a 5% band by exact sizes...
+    let mut s = make_snapshot(make_members(3), &[(110, vec![0]), (100, vec![1]), (90, vec![2])]);
+    s.observed.sizing =
+        Some(crate::model::SizingSummary { mode: "sampled".into(), error_bytes: 0, ..Default::default() });
+    let exact = plan(&s, &opts(5)).unwrap();
+    assert!(exact.lower_bound_bytes > 0);
+    // ...but within it once a 30-byte (10%) error bound is allowed for.
+    s.observed.sizing.as_mut().unwrap().error_bytes = 30;
+    let p = plan(&s, &opts(5)).unwrap();
+    assert_eq!(p.lower_bound_bytes, 0, "{:?}", p.explanation);
+    assert!(p.explanation.iter().any(|l| l.contains("tolerance widened by 10%")), "{:?}", p.explanation);
+    assert!(p.explanation[0].starts_with("sizes: sampled"), "{:?}", p.explanation);
+}
