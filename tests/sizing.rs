@@ -312,6 +312,46 @@ async fn big_keys_pin_their_slot_and_stray_keys_are_counted(engine: Engine) {
     assert_eq!(snap.observed.members.iter().map(|f| f.big_keys).sum::<u64>(), 3);
 }
 
+/// Sampled mode measures a random sample per slot and says how far off it may be: every
+/// member's bytes lie within the stated bound of the per-key truth.
+async fn sampled_sizes_state_their_error_bound(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 0).start().await.unwrap();
+    let mut written = load(&c, 12_000).await;
+    // A tenant large enough to be sampled: 3000 keys in one slot, values 100-1100 bytes.
+    let owner = c.slot_owners().await.unwrap()[crc16_slot("bulk") as usize].clone();
+    let mut con = c.conn(&owner).await.unwrap();
+    let mut rng = Lcg(11);
+    let mut p = redis::pipe();
+    for i in 0..3000 {
+        p.cmd("SET").arg(format!("{{bulk}}:{i}")).arg(vec![b'b'; 100 + (rng.next() % 1000) as usize]).ignore();
+    }
+    p.query_async::<()>(&mut con).await.unwrap();
+    written += 3000;
+    let (truth, _) = exact(&c).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &c, "sizing = \"sampled\"\nsizing-sample-keys = 64\n");
+    let snap = AnyCluster::from_config(&cfg).unwrap().snapshot().await.unwrap();
+    let sizing = snap.observed.sizing.clone().unwrap();
+    assert_eq!(sizing.mode, "sampled");
+    assert_eq!(sizing.keys as usize, written);
+    assert!((sizing.keys_measured_now as usize) < written, "{sizing:?}");
+    assert!(sizing.error_bytes > 0, "{sizing:?}");
+    let got = member_bytes(&snap);
+    let total_off: u64 = truth.iter().map(|(a, t)| got[a].abs_diff(*t)).sum();
+    // The bound is a 95% one; three times it is far beyond any honest sample's reach.
+    assert!(total_off <= 3 * sizing.error_bytes, "off by {total_off} bytes in all, bound {}", sizing.error_bytes);
+    let p = autobalancer::plan::plan(&snap, &autobalancer::plan::PlanOptions::from_config(&cfg.balance)).unwrap();
+    assert!(
+        p.explanation[0].starts_with("sizes: sampled") && p.explanation[0].contains("error within"),
+        "{:?}",
+        p.explanation
+    );
+}
+
+fn crc16_slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384
+}
+
 async fn node_id(c: &LocalCluster, addr: &str) -> String {
     let mut con = c.conn(addr).await.unwrap();
     redis::cmd("CLUSTER").arg("MYID").query_async(&mut con).await.unwrap()
@@ -319,5 +359,6 @@ async fn node_id(c: &LocalCluster, addr: &str) -> String {
 
 on_each_engine!(
     exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot,
-    big_keys_pin_their_slot_and_stray_keys_are_counted
+    big_keys_pin_their_slot_and_stray_keys_are_counted,
+    sampled_sizes_state_their_error_bound,
 );

@@ -6,9 +6,11 @@
 //! the slot's full count) and measured in pipelines; masters are measured in parallel,
 //! each within `cluster.sizing-keys-per-second`.
 //!
-//! Sampled: a uniform random sample of `cluster.sizing-sample-keys` keys of each slot is
-//! measured and scaled by the key count; the variance of each estimate is kept so the
-//! snapshot can state a 95% bound on the error of the total.
+//! Sampled: a uniform random sample of `cluster.sizing-sample-keys` keys of each larger
+//! slot is measured and scaled by the key count; the variance of each estimate is kept
+//! so the snapshot can state a 95% bound on the error of the total. The bound is the
+//! sample's own: a heavy tail the sample never met (one multi-MB key among thousands of
+//! small ones) is not in it, which is why exact is the default.
 //!
 //! Every result is cached per slot and served again while the slot's key count is
 //! unchanged and the result is younger than `cluster.sizing-max-age`: a slot's size does
@@ -89,9 +91,8 @@ impl SizeCache {
     /// The cached size when it still stands for a slot holding `keys` keys.
     fn fresh(&self, slot: u16, keys: u64, opts: &SizingOptions) -> Option<SlotSize> {
         let e = self.slots.lock().unwrap()[slot as usize]?;
-        let usable = e.keys == keys
-            && e.measured_at.elapsed() <= opts.max_age
-            && (opts.mode == Mode::Sampled || e.is_exact() || keys <= opts.sample_keys as u64);
+        let usable =
+            e.keys == keys && e.measured_at.elapsed() <= opts.max_age && (opts.mode == Mode::Sampled || e.is_exact());
         usable.then_some(e)
     }
 
@@ -142,6 +143,8 @@ const REFINE_BYTES: u64 = 2048;
 const REFINE_SAMPLES: u32 = 1024;
 /// What a second measurement counts in the keys-per-second budget.
 const REFINE_WEIGHT: u64 = 16;
+/// Sampled mode measures slots of up to this many times the sample size whole.
+const WHOLE_SLOT_FACTOR: u64 = 4;
 /// Keys listed per GETKEYSINSLOT round trip (a group of slots).
 const LIST_KEYS: u64 = 8192;
 /// Slots listed per round trip at most.
@@ -193,10 +196,14 @@ impl RedisCluster {
         Ok(out)
     }
 
+    /// Keys measured of a slot holding `keys`. Sampled mode measures a slot of up to
+    /// [`WHOLE_SLOT_FACTOR`] times the sample size whole: a few keys cost little, and a
+    /// small sample of a few keys misses a big one (its variance cannot see it).
     fn measured_per_slot(&self, keys: u64) -> u64 {
+        let sample = self.sizing.sample_keys.max(1) as u64;
         match self.sizing.mode {
-            Mode::Exact => keys,
-            Mode::Sampled => keys.min(self.sizing.sample_keys.max(1) as u64),
+            Mode::Sampled if keys > sample * WHOLE_SLOT_FACTOR => sample,
+            _ => keys,
         }
     }
 
