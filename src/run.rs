@@ -17,7 +17,7 @@ use crate::cluster::{AnyCluster, Cluster};
 use crate::config::Config;
 use crate::coord::{Acquire, Coordinator, Evacuation, GuardFence, RunRecord};
 use crate::decide::{Decision, SkipReason, Thresholds, decide};
-use crate::execute::{Limits, Progress, StopReason, execute};
+use crate::execute::{Job, Limits, Progress, StopReason, execute};
 use crate::metrics::Metrics;
 use crate::model::ClusterSnapshot;
 use crate::plan::{Plan, PlanOptions, plan};
@@ -300,8 +300,16 @@ impl Context {
             limits.max_bytes_per_second = rate;
         }
         let fence = GuardFence { coordinator: &self.coordinator, guard };
-        let report =
-            execute(&self.cluster, &snap, &p, &limits, &fence, &run_cancel, &self.progress, &self.metrics).await;
+        let job = Job {
+            cluster: &self.cluster,
+            snapshot: &snap,
+            plan: &p,
+            limits: &limits,
+            fence: &fence,
+            progress: &self.progress,
+            metrics: &self.metrics,
+        };
+        let report = execute(job, &run_cancel).await;
         watcher.abort();
         let label = match (&report.stopped, report.moves_failed) {
             (_, f) if f > 0 => "failed",
