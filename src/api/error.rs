@@ -14,6 +14,9 @@ use serde_json::json;
 use crate::decide::SkipReason;
 use crate::run::RunError;
 
+/// The largest request body accepted: requests carry a few fields at most.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
 /// An error answer: HTTP status, a stable code, a sentence.
 #[derive(Debug)]
 pub struct ApiError {
@@ -114,6 +117,15 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonObjec
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            // Refused before reading: a client that sent `Expect: 100-continue` sends nothing.
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body may be at most {BODY_LIMIT} bytes"),
+            ));
+        }
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|r| ApiError::new(r.status(), status_code(r.status()), r.body_text()))?;
@@ -166,6 +178,18 @@ mod tests {
         assert_eq!(e(RunError::ShuttingDown), (503, "shutting_down"));
         let busy = ApiError::from(RunError::Busy("manual"));
         assert_eq!(busy.message, "a manual is already running on this sidecar");
+    }
+
+    #[tokio::test]
+    async fn framework_rejections_are_rewritten_to_the_json_shape() {
+        let plain = (StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded").into_response();
+        let res = json_errors(plain).await;
+        assert_eq!(res.status(), 413);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"error": {"code": "payload_too_large", "message": "length limit exceeded"}}));
+        let ok = json_errors((StatusCode::OK, "fine").into_response()).await;
+        assert_eq!(axum::body::to_bytes(ok.into_body(), 64).await.unwrap(), "fine");
     }
 
     #[test]

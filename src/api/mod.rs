@@ -25,10 +25,7 @@ use serde_json::json;
 
 pub use control::{Availability, Control};
 pub use error::ApiError;
-use error::JsonObject;
-
-/// The largest request body accepted: requests carry a few fields at most.
-const BODY_LIMIT: usize = 64 * 1024;
+use error::{BODY_LIMIT, JsonObject};
 
 /// The router's state: the control handle and the bearer token, if any.
 pub struct Api<C> {
