@@ -1,8 +1,8 @@
 //! The control handle: everything the HTTP API asks of the daemon, as a trait the daemon
 //! implements. The API depends on this, never on the daemon itself.
 //!
-//! Owns: the calls and their typed errors ([`RunError`]). Does not own: how the daemon
-//! carries them out (`sidecar`) or how they travel over HTTP (the parent module).
+//! Owns: the calls the API may make. Does not own: their errors ([`RunError`], from
+//! `run`), how the daemon carries them out (`sidecar`), or HTTP (the parent module).
 
 use std::future::Future;
 

@@ -4,7 +4,7 @@
 //!
 //! Layout: this file owns the run context (backend, coordinator, metrics, status) and the
 //! steps a dry run shares with a real one (snapshot with the operator's state applied,
-//! plan, simulate); [`pipeline`] the gates and the order of the steps; [`outcome`] how a
+//! plan, simulate); `pipeline` the gates and the order of the steps; `outcome` how a
 //! run ends, typed. Does not own: the steps themselves (`cluster`, `plan`, `decide`,
 //! `execute`), when runs start or how many at once (the daemon).
 

@@ -2,9 +2,9 @@
 //! one `run::Context`, supervises them, and shuts them down in order within a bound.
 //!
 //! Layout: this file owns the daemon's state, its start and its shutdown order;
-//! [`operation`] the one-operation-at-a-time slot and detached runs; [`supervise`] task
-//! supervision and failpoints; [`tasks`] the schedule, heartbeat and evacuation loops;
-//! [`control`] the control handle the HTTP API calls. Does not own: what a run does
+//! `operation` the one-operation-at-a-time slot and detached runs; `supervise` task
+//! supervision and failpoints; `tasks` the schedule, heartbeat and evacuation loops;
+//! `control` the control handle the HTTP API calls. Does not own: what a run does
 //! (`run`) or HTTP details (`api`).
 //!
 //! Shutdown order, on SIGTERM/SIGINT, `shutdown.cancel()` or a failed task; every step

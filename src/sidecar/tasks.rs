@@ -3,7 +3,7 @@
 //! else is a failure its supervisor reports.
 //!
 //! Owns: when runs start on their own, what this sidecar publishes in etcd. Does not
-//! own: the runs (`run`), the operation slot ([`super::operation`]).
+//! own: the runs (`run`), the operation slot (`super::operation`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
