@@ -1,6 +1,10 @@
 //! The `autobalancer` command: parses arguments, loads the config, hands off to the
-//! library. Exit codes: 0 done (also a reasoned skip), 1 runtime failure, 2 bad usage or
-//! config.
+//! library. Exit codes: 0 done (also a reasoned skip), 1 runtime failure (a failed run, a
+//! failed task of the daemon), 2 bad usage or config.
+//!
+//! Owns: the subcommands, their output and exit codes, the calls to the local sidecar's
+//! API, and bounding `rebalance --once` after a signal. Does not own: what a run does
+//! (`run`) or the daemon (`sidecar`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -165,6 +165,8 @@ impl Context {
             transfer_bytes = p.transfer_bytes, total_bytes = p.total_bytes, lower_bound_bytes = p.lower_bound_bytes,
             moves = p.moves.len(), "decision: {}", d.message
         );
+        // Shown in /status while the moves go on, not only once they end.
+        self.status.lock().unwrap().last_decision = Some(d.clone());
         let reason = d.reason;
         let answer = Answer::new(snap, p, d, &t);
         match reason {
