@@ -2,8 +2,9 @@
 //!
 //! Owns: concurrency (`max-concurrent-moves`, `max-moves-per-member`), pacing
 //! (`max-bytes-per-second`), the per-run byte budget, the deadline, stopping at a safe
-//! point, and the per-member run report. Does not own: how a bucket moves (the backend)
-//! or whether the lock is held (the fence answers).
+//! point, and the per-member run report. Does not own: how a bucket moves (the backend),
+//! whether the lock is held (the fence answers), or how long a shutdown may wait for the
+//! moves in flight (the daemon bounds that).
 //!
 //! Moves start in plan order (most valuable first), each when its two members have a free
 //! slot. Before each start the fence is asked whether the lock is still ours. A stop
@@ -15,13 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cluster::{Cluster, ClusterError, Pace};
+use crate::cluster::{Cluster, ClusterError, MoveStats, Pace};
 pub use crate::coord::{Fence, FenceError, NoFence};
 use crate::metrics::Metrics;
 use crate::model::ClusterSnapshot;
@@ -55,7 +57,7 @@ impl Limits {
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a run ended before its last move.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     Cancelled,
@@ -65,6 +67,20 @@ pub enum StopReason {
     MoveFailed,
 }
 
+impl StopReason {
+    /// A stable label for logs and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Cancelled => "cancelled",
+            StopReason::Deadline => "deadline",
+            StopReason::LockLost => "lock_lost",
+            StopReason::Budget => "budget",
+            StopReason::MoveFailed => "move_failed",
+        }
+    }
+}
+
+/// The sentence the API's `stopped` field has always carried.
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -142,162 +158,243 @@ impl Pace for RatePacer {
     }
 }
 
+/// What one execution works on: the backend, the plan and its snapshot, the limits, the
+/// fence, and where progress and metrics go.
+pub struct Job<'a, C, F> {
+    pub cluster: &'a C,
+    pub snapshot: &'a ClusterSnapshot,
+    pub plan: &'a Plan,
+    pub limits: &'a Limits,
+    pub fence: &'a F,
+    pub progress: &'a Progress,
+    pub metrics: &'a Metrics,
+}
+
 /// Runs the plan's moves. Returns when every move is done, or at the first safe point
 /// after a stop.
-pub async fn execute<C: Cluster, F: Fence>(
-    cluster: &C,
-    snapshot: &ClusterSnapshot,
-    plan: &Plan,
-    limits: &Limits,
-    fence: &F,
-    cancel: &CancellationToken,
-    progress: &Progress,
-    metrics: &Metrics,
-) -> RunReport {
-    let started = Instant::now();
-    let deadline = started + limits.max_run_time;
-    let pacer = Arc::new(RatePacer::new(limits.max_bytes_per_second));
-    let n = snapshot.members.len();
-    let planned_bytes: u64 = plan.moves.iter().map(|m| m.bytes).sum();
-    progress.reset(plan.moves.len() as u64, planned_bytes);
-    metrics.rebalance_moves_planned.set(plan.moves.len() as i64);
-    metrics.rebalance_moves_done.set(0);
-    metrics.rebalance_in_progress.set(1);
-
-    let mut pending: VecDeque<usize> = (0..plan.moves.len()).collect();
-    let mut busy = vec![0u32; n];
-    let mut committed: u64 = 0;
-    let mut stopped: Option<StopReason> = None;
-    let mut done: Vec<&Move> = Vec::new();
-    let mut failures = Vec::new();
-    let mut open_buckets = Vec::new();
-    let mut moved_bytes = 0u64;
-    let mut failed = 0u64;
-    let mut inflight = FuturesUnordered::new();
-    let mut last_progress = Instant::now();
-    // Moves left for the next run because they would pass max-bytes-per-run.
-    let mut deferred: u64 = 0;
-
+pub async fn execute<C: Cluster, F: Fence>(job: Job<'_, C, F>, cancel: &CancellationToken) -> RunReport {
+    let mut ex = Executor::new(job);
     loop {
-        // Start what the limits allow, in plan order.
-        if stopped.is_none() {
-            if cancel.is_cancelled() {
-                stopped = Some(StopReason::Cancelled);
-            } else if Instant::now() >= deadline {
-                stopped = Some(StopReason::Deadline);
-            }
-        }
-        if stopped.is_none() {
-            let mut i = 0;
-            while inflight.len() < limits.max_concurrent_moves as usize && i < pending.len() {
-                let mv = &plan.moves[pending[i]];
-                let (f, t) = (mv.from as usize, mv.to as usize);
-                if busy[f] >= limits.max_moves_per_member || busy[t] >= limits.max_moves_per_member {
-                    i += 1;
-                    continue;
-                }
-                if limits.max_bytes_per_run > 0 && committed + mv.bytes > limits.max_bytes_per_run {
-                    // Waits for the next run; smaller moves further down may still fit.
-                    pending.remove(i);
-                    deferred += 1;
-                    if stopped.is_none()
-                        && pending.iter().all(|&j| committed + plan.moves[j].bytes > limits.max_bytes_per_run)
-                    {
-                        stopped = Some(StopReason::Budget);
-                        break;
-                    }
-                    continue;
-                }
-                if let Err(e) = fence.check().await {
-                    warn!(cause = %e, "lock check failed before a move: stopping");
-                    stopped = Some(StopReason::LockLost);
-                    break;
-                }
-                committed += mv.bytes;
-                busy[f] += 1;
-                busy[t] += 1;
-                let idx = pending.remove(i).expect("index in range");
-                let pacer = pacer.clone();
-                inflight.push(async move {
-                    let t0 = Instant::now();
-                    let r = cluster.move_bucket(snapshot, &plan.moves[idx], pacer.as_ref()).await;
-                    (idx, r, t0.elapsed())
-                });
-            }
-        }
-        if inflight.is_empty() {
+        ex.check_stop(cancel);
+        ex.start_ready().await;
+        if ex.inflight.is_empty() {
             break;
         }
-        let deadline_sleep = tokio::time::sleep_until(deadline.into());
-        tokio::select! {
-            Some((idx, res, took)) = inflight.next() => {
-                let mv = &plan.moves[idx];
-                busy[mv.from as usize] -= 1;
-                busy[mv.to as usize] -= 1;
-                metrics.move_duration_seconds.observe(took.as_secs_f64());
-                match res {
-                    Ok(stats) => {
-                        done.push(mv);
-                        moved_bytes += mv.bytes;
-                        progress.done.fetch_add(1, Ordering::Relaxed);
-                        progress.bytes_done.fetch_add(mv.bytes, Ordering::Relaxed);
-                        metrics.moves_total.with_label_values(&["done"]).inc();
-                        metrics.moved_bytes_total.inc_by(mv.bytes);
-                        metrics.rebalance_moves_done.inc();
-                        debug!(bucket = mv.bucket, from = %snapshot.members[mv.from as usize].id,
-                              to = %snapshot.members[mv.to as usize].id, bytes = mv.bytes, keys = stats.keys,
-                              seconds = took.as_secs_f64(), "moved bucket");
-                        if last_progress.elapsed() >= PROGRESS_EVERY {
-                            last_progress = Instant::now();
-                            info!(moves_done = done.len(), moves_planned = plan.moves.len(), moved_bytes,
-                                  bytes_planned = planned_bytes, "progress");
-                        }
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        progress.failed.fetch_add(1, Ordering::Relaxed);
-                        metrics.moves_total.with_label_values(&["failed"]).inc();
-                        warn!(bucket = mv.bucket, cause = %e, "move failed: starting no more moves");
-                        if let ClusterError::Move { open: true, .. } = e {
-                            open_buckets.push(mv.bucket);
-                        }
-                        failures.push(e.to_string());
-                        // A failure may mean the cluster changed under us: finish what
-                        // runs, start nothing new, let the next run re-plan.
-                        stopped.get_or_insert(StopReason::MoveFailed);
-                    }
+        ex.next_event(cancel).await;
+    }
+    ex.report()
+}
+
+/// A finished move: its index in the plan, what the backend said, how long it took.
+type Finished = (usize, Result<MoveStats, ClusterError>, Duration);
+
+/// One run's moves in progress: what waits, who is busy, what came of each move.
+struct Executor<'a, C, F> {
+    job: Job<'a, C, F>,
+    pacer: Arc<RatePacer>,
+    started: Instant,
+    deadline: Instant,
+    /// Plan indexes not started yet, in plan order.
+    pending: VecDeque<usize>,
+    inflight: FuturesUnordered<BoxFuture<'a, Finished>>,
+    /// Moves in flight per member.
+    busy: Vec<u32>,
+    /// Bytes of moves started (the budget counts these).
+    committed: u64,
+    /// Moves left for the next run because they would pass max-bytes-per-run.
+    deferred: u64,
+    stopped: Option<StopReason>,
+    done: Vec<&'a Move>,
+    failed: u64,
+    failures: Vec<String>,
+    open_buckets: Vec<u64>,
+    moved_bytes: u64,
+    last_progress: Instant,
+}
+
+impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
+    fn new(job: Job<'a, C, F>) -> Self {
+        let plan = job.plan;
+        let planned_bytes: u64 = plan.moves.iter().map(|m| m.bytes).sum();
+        job.progress.reset(plan.moves.len() as u64, planned_bytes);
+        job.metrics.rebalance_moves_planned.set(plan.moves.len() as i64);
+        job.metrics.rebalance_moves_done.set(0);
+        job.metrics.rebalance_in_progress.set(1);
+        let started = Instant::now();
+        Executor {
+            pacer: Arc::new(RatePacer::new(job.limits.max_bytes_per_second)),
+            started,
+            deadline: started + job.limits.max_run_time,
+            pending: (0..plan.moves.len()).collect(),
+            inflight: FuturesUnordered::new(),
+            busy: vec![0; job.snapshot.members.len()],
+            committed: 0,
+            deferred: 0,
+            stopped: None,
+            done: Vec::new(),
+            failed: 0,
+            failures: Vec::new(),
+            open_buckets: Vec::new(),
+            moved_bytes: 0,
+            last_progress: started,
+            job,
+        }
+    }
+
+    /// Notes a cancel or the deadline that passed while nothing was in flight.
+    fn check_stop(&mut self, cancel: &CancellationToken) {
+        if self.stopped.is_some() {
+            return;
+        }
+        if cancel.is_cancelled() {
+            self.stopped = Some(StopReason::Cancelled);
+        } else if Instant::now() >= self.deadline {
+            self.stopped = Some(StopReason::Deadline);
+        }
+    }
+
+    /// Starts what the limits allow, in plan order: a move whose members are both below
+    /// their limit, within the byte budget, once the fence says the lock is still ours.
+    async fn start_ready(&mut self) {
+        let limits = self.job.limits;
+        let moves = &self.job.plan.moves;
+        let mut i = 0;
+        while self.stopped.is_none()
+            && self.inflight.len() < limits.max_concurrent_moves as usize
+            && i < self.pending.len()
+        {
+            let mv = &moves[self.pending[i]];
+            let (f, t) = (mv.from as usize, mv.to as usize);
+            if self.busy[f] >= limits.max_moves_per_member || self.busy[t] >= limits.max_moves_per_member {
+                i += 1;
+                continue;
+            }
+            if limits.max_bytes_per_run > 0 && self.committed + mv.bytes > limits.max_bytes_per_run {
+                // Waits for the next run; smaller moves further down may still fit.
+                self.pending.remove(i);
+                self.deferred += 1;
+                let budget = limits.max_bytes_per_run;
+                if self.pending.iter().all(|&j| self.committed + moves[j].bytes > budget) {
+                    self.stopped = Some(StopReason::Budget);
                 }
+                continue;
             }
-            _ = cancel.cancelled(), if stopped.is_none() => {
-                info!(in_flight = inflight.len(), "stop requested: finishing moves in flight");
-                stopped = Some(StopReason::Cancelled);
+            if let Err(e) = self.job.fence.check().await {
+                warn!(cause = %e, "lock check failed before a move: stopping");
+                self.stopped = Some(StopReason::LockLost);
+                break;
             }
-            _ = deadline_sleep, if stopped.is_none() => {
-                info!(in_flight = inflight.len(), "max-run-time reached: finishing moves in flight");
-                stopped = Some(StopReason::Deadline);
+            let idx = self.pending.remove(i).expect("index in range");
+            self.start(idx);
+        }
+    }
+
+    /// Starts the move at plan index `idx`.
+    fn start(&mut self, idx: usize) {
+        let mv = &self.job.plan.moves[idx];
+        self.committed += mv.bytes;
+        self.busy[mv.from as usize] += 1;
+        self.busy[mv.to as usize] += 1;
+        let (cluster, snapshot, pacer) = (self.job.cluster, self.job.snapshot, self.pacer.clone());
+        self.inflight.push(Box::pin(async move {
+            let t0 = Instant::now();
+            let r = cluster.move_bucket(snapshot, mv, pacer.as_ref()).await;
+            (idx, r, t0.elapsed())
+        }));
+    }
+
+    /// Waits for a move to finish, a cancel, or the deadline; whichever comes first.
+    async fn next_event(&mut self, cancel: &CancellationToken) {
+        let deadline = tokio::time::sleep_until(self.deadline.into());
+        let running = self.stopped.is_none();
+        tokio::select! {
+            Some(finished) = self.inflight.next() => self.take_finished(finished),
+            _ = cancel.cancelled(), if running => {
+                info!(in_flight = self.inflight.len(), "stop requested: finishing moves in flight");
+                self.stopped = Some(StopReason::Cancelled);
+            }
+            _ = deadline, if running => {
+                info!(in_flight = self.inflight.len(), "max-run-time reached: finishing moves in flight");
+                self.stopped = Some(StopReason::Deadline);
             }
         }
     }
-    let not_started = pending.len() as u64 + deferred;
-    if not_started > 0 {
-        metrics.moves_total.with_label_values(&["cancelled"]).inc_by(not_started);
-        if stopped.is_none() {
-            stopped = Some(StopReason::Budget);
+
+    /// Books a finished move: frees its members, counts it done or failed.
+    fn take_finished(&mut self, (idx, res, took): Finished) {
+        let mv = &self.job.plan.moves[idx];
+        self.busy[mv.from as usize] -= 1;
+        self.busy[mv.to as usize] -= 1;
+        let (metrics, progress) = (self.job.metrics, self.job.progress);
+        metrics.move_duration_seconds.observe(took.as_secs_f64());
+        match res {
+            Ok(stats) => {
+                self.done.push(mv);
+                self.moved_bytes += mv.bytes;
+                progress.done.fetch_add(1, Ordering::Relaxed);
+                progress.bytes_done.fetch_add(mv.bytes, Ordering::Relaxed);
+                metrics.moves_total.with_label_values(&["done"]).inc();
+                metrics.moved_bytes_total.inc_by(mv.bytes);
+                metrics.rebalance_moves_done.inc();
+                let members = &self.job.snapshot.members;
+                debug!(bucket = mv.bucket, from = %members[mv.from as usize].id, to = %members[mv.to as usize].id,
+                       bytes = mv.bytes, keys = stats.keys, seconds = took.as_secs_f64(), "moved bucket");
+                self.log_progress();
+            }
+            Err(e) => {
+                self.failed += 1;
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+                metrics.moves_total.with_label_values(&["failed"]).inc();
+                warn!(bucket = mv.bucket, cause = %e, "move failed: starting no more moves");
+                if let ClusterError::Move { open: true, .. } = e {
+                    self.open_buckets.push(mv.bucket);
+                }
+                self.failures.push(e.to_string());
+                // A failure may mean the cluster changed under us: finish what runs,
+                // start nothing new, let the next run re-plan.
+                self.stopped.get_or_insert(StopReason::MoveFailed);
+            }
         }
     }
-    metrics.rebalance_in_progress.set(0);
-    let members = member_report(plan, &done);
-    RunReport {
-        moves_planned: plan.moves.len() as u64,
-        moves_done: done.len() as u64,
-        moves_failed: failed,
-        moves_not_started: not_started,
-        moved_bytes,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        stopped,
-        failures,
-        open_buckets,
-        members,
+
+    fn log_progress(&mut self) {
+        if self.last_progress.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last_progress = Instant::now();
+        let plan = self.job.plan;
+        info!(
+            moves_done = self.done.len(),
+            moves_planned = plan.moves.len(),
+            moved_bytes = self.moved_bytes,
+            bytes_planned = self.job.progress.bytes_planned.load(Ordering::Relaxed),
+            "progress"
+        );
+    }
+
+    /// The run's report, once nothing is in flight.
+    fn report(self) -> RunReport {
+        let not_started = self.pending.len() as u64 + self.deferred;
+        let mut stopped = self.stopped;
+        let metrics = self.job.metrics;
+        if not_started > 0 {
+            metrics.moves_total.with_label_values(&["cancelled"]).inc_by(not_started);
+            stopped.get_or_insert(StopReason::Budget);
+        }
+        metrics.rebalance_in_progress.set(0);
+        let plan = self.job.plan;
+        RunReport {
+            moves_planned: plan.moves.len() as u64,
+            moves_done: self.done.len() as u64,
+            moves_failed: self.failed,
+            moves_not_started: not_started,
+            moved_bytes: self.moved_bytes,
+            duration_seconds: self.started.elapsed().as_secs_f64(),
+            stopped,
+            failures: self.failures,
+            open_buckets: self.open_buckets,
+            members: member_report(plan, &self.done),
+        }
     }
 }
 
@@ -391,6 +488,20 @@ mod tests {
         }
     }
 
+    async fn exec<F: Fence>(
+        rec: &Recorder,
+        s: &ClusterSnapshot,
+        p: &Plan,
+        l: &Limits,
+        fence: &F,
+        cancel: &CancellationToken,
+        m: &Metrics,
+    ) -> RunReport {
+        let progress = Progress::default();
+        let job = Job { cluster: rec, snapshot: s, plan: p, limits: l, fence, progress: &progress, metrics: m };
+        execute(job, cancel).await
+    }
+
     /// 4 loaded members and 4 empty ones: many disjoint pairs can move at once.
     fn scenario() -> (ClusterSnapshot, Plan) {
         let layout: Vec<(u64, Vec<u32>)> = (0..80).map(|i| (1000, vec![(i % 4) as u32])).collect();
@@ -415,7 +526,7 @@ mod tests {
         assert_eq!(p.moves.len(), 40);
         let rec = Recorder::new(5);
         let m = Metrics::new();
-        let r = execute(&rec, &s, &p, &limits(), &NoFence, &CancellationToken::new(), &Progress::default(), &m).await;
+        let r = exec(&rec, &s, &p, &limits(), &NoFence, &CancellationToken::new(), &m).await;
         assert_eq!(r.moves_done, 40);
         assert!(r.stopped.is_none());
         assert_eq!(rec.max_running.load(Ordering::SeqCst), 3);
@@ -431,7 +542,7 @@ mod tests {
         let (s, p) = scenario();
         let rec = Recorder::new(2);
         let l = Limits { max_concurrent_moves: 100, max_moves_per_member: 1, ..limits() };
-        execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
+        exec(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Metrics::new()).await;
         // 4 sources, each in at most one move at a time.
         assert!(rec.max_running.load(Ordering::SeqCst) <= 4);
     }
@@ -441,8 +552,7 @@ mod tests {
         let (s, p) = scenario();
         let rec = Recorder::new(0);
         let l = Limits { max_bytes_per_run: 5500, ..limits() };
-        let r =
-            execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
+        let r = exec(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Metrics::new()).await;
         assert_eq!(r.moves_done, 5);
         assert_eq!(r.stopped, Some(StopReason::Budget));
         assert_eq!(r.moves_not_started, 35);
@@ -453,8 +563,7 @@ mod tests {
         let (s, p) = scenario();
         let rec = Recorder::new(40);
         let l = Limits { max_run_time: Duration::from_millis(100), ..limits() };
-        let r =
-            execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
+        let r = exec(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Metrics::new()).await;
         assert_eq!(r.stopped, Some(StopReason::Deadline));
         assert!(r.moves_done >= 3 && r.moves_done < 40, "{}", r.moves_done);
         // Every started move finished: nothing failed or was left half-done.
@@ -472,7 +581,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(45)).await;
             c2.cancel();
         });
-        let r = execute(&rec, &s, &p, &limits(), &NoFence, &cancel, &Progress::default(), &Metrics::new()).await;
+        let r = exec(&rec, &s, &p, &limits(), &NoFence, &cancel, &Metrics::new()).await;
         assert_eq!(r.stopped, Some(StopReason::Cancelled));
         assert_eq!(r.moves_done, 6, "two rounds of three");
         assert_eq!(rec.running.load(Ordering::SeqCst), 0);
@@ -489,17 +598,9 @@ mod tests {
     async fn a_lost_lock_stops_before_the_next_move() {
         let (s, p) = scenario();
         let rec = Recorder::new(1);
-        let r = execute(
-            &rec,
-            &s,
-            &p,
-            &limits(),
-            &FlakyFence(AtomicUsize::new(0)),
-            &CancellationToken::new(),
-            &Progress::default(),
-            &Metrics::new(),
-        )
-        .await;
+        let r =
+            exec(&rec, &s, &p, &limits(), &FlakyFence(AtomicUsize::new(0)), &CancellationToken::new(), &Metrics::new())
+                .await;
         assert_eq!(r.stopped, Some(StopReason::LockLost));
         assert_eq!(r.moves_done, 4);
     }
@@ -509,17 +610,7 @@ mod tests {
         let (s, p) = scenario();
         let mut rec = Recorder::new(1);
         rec.fail_bucket = Some(p.moves[1].bucket);
-        let r = execute(
-            &rec,
-            &s,
-            &p,
-            &limits(),
-            &NoFence,
-            &CancellationToken::new(),
-            &Progress::default(),
-            &Metrics::new(),
-        )
-        .await;
+        let r = exec(&rec, &s, &p, &limits(), &NoFence, &CancellationToken::new(), &Metrics::new()).await;
         assert_eq!(r.moves_failed, 1);
         assert_eq!(r.stopped, Some(StopReason::MoveFailed));
         assert_eq!(r.open_buckets, vec![p.moves[1].bucket]);
@@ -533,7 +624,7 @@ mod tests {
         // 40 moves x 1000 bytes at 100 kB/s: at least ~0.39 s (the first take is free).
         let l = Limits { max_bytes_per_second: 100_000, ..limits() };
         let t0 = Instant::now();
-        execute(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Progress::default(), &Metrics::new()).await;
+        exec(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Metrics::new()).await;
         assert!(t0.elapsed() >= Duration::from_millis(380), "{:?}", t0.elapsed());
     }
 }

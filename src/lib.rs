@@ -12,11 +12,13 @@
 //! - [`plan`]: the pure, synchronous planner: ordered moves, loads, lower bound.
 //! - [`decide`]: rebalance or skip, with one reason from a closed set.
 //! - [`execute`]: moves within the limits, fenced by the lock; the per-member report.
-//! - [`run`]: one run of the whole pipeline, shared by every trigger.
+//! - [`run`]: one run, shared by every trigger: named gates, then the pipeline; its typed
+//!   outcome and errors.
 //! - [`report`]: the answer of `simulate` and `rebalance`, as a table or JSON.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`api`]: the HTTP API.
-//! - [`sidecar`]: the daemon: schedule, heartbeat, evacuations, shutdown order.
+//! - [`api`]: the HTTP API, over a control handle (a trait the daemon implements).
+//! - [`sidecar`]: the daemon: one operation at a time in tasks of their own, schedule,
+//!   heartbeat, evacuations, supervision, bounded shutdown.
 //!
 //! `plan` and `decide` never touch tokio, etcd or Redis.
 

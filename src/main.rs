@@ -1,6 +1,10 @@
 //! The `autobalancer` command: parses arguments, loads the config, hands off to the
-//! library. Exit codes: 0 done (also a reasoned skip), 1 runtime failure, 2 bad usage or
-//! config.
+//! library. Exit codes: 0 done (also a reasoned skip), 1 runtime failure (a failed run, a
+//! failed task of the daemon), 2 bad usage or config.
+//!
+//! Owns: the subcommands, their output and exit codes, the calls to the local sidecar's
+//! API, and bounding `rebalance --once` after a signal. Does not own: what a run does
+//! (`run`) or the daemon (`sidecar`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,10 +13,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use autobalancer::config::Config;
+use autobalancer::decide::SkipReason;
 use autobalancer::decide::{Thresholds, decide};
 use autobalancer::model::ClusterSnapshot;
 use autobalancer::plan::{PlanOptions, plan};
-use autobalancer::report::Outcome;
+use autobalancer::report::Answer;
+use autobalancer::run::{Outcome, Trigger};
+use autobalancer::sidecar::SidecarError;
 
 #[derive(Parser)]
 #[command(name = "autobalancer", version, about = "Keeps a partitioned data cluster balanced by bytes")]
@@ -167,7 +174,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn context(config: Config) -> Result<autobalancer::run::Context, Fail> {
-    autobalancer::run::Context::new(config).map_err(|e| usage(anyhow::anyhow!(e)))
+    autobalancer::run::Context::new(config).map_err(usage)
 }
 
 fn main() -> ExitCode {
@@ -200,8 +207,13 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             let config = load_config(&config)?;
             init_logs(Some(&config));
             let shutdown = tokio_util::sync::CancellationToken::new();
-            runtime().block_on(autobalancer::sidecar::serve(config, shutdown)).map_err(|e| match e {
-                autobalancer::sidecar::SidecarError::Config(_) => usage(e),
+            let rt = runtime();
+            let served = rt.block_on(autobalancer::sidecar::serve(config, shutdown));
+            // The daemon's shutdown is bounded; so is the runtime's: a task still waiting
+            // on a hung server is dropped, not waited for.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            served.map_err(|e| match e {
+                SidecarError::Config(_) | SidecarError::Setup(_) => usage(e),
                 other => Fail(1, other.into()),
             })?;
             Ok(ExitCode::SUCCESS)
@@ -225,7 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
                 (Some(path), _) => ClusterSnapshot::read_file(path).map_err(usage)?,
                 (None, Some(config)) => {
                     let ctx = context(config)?;
-                    let out = runtime().block_on(ctx.simulate(false)).map_err(|e| Fail(1, anyhow::anyhow!(e)))?;
+                    let out = runtime().block_on(ctx.simulate(false))?;
                     print_outcome(&out, format);
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -236,7 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             let p = plan(&snap, &PlanOptions::from_config(&balance)).context("planning")?;
             let t = Thresholds::from_config(&balance, false);
             let d = decide(&snap, &p, &t);
-            let out = Outcome::new(&snap, &p, d, &t);
+            let out = Answer::new(&snap, &p, d, &t);
             print_outcome(&out, format);
             Ok(ExitCode::SUCCESS)
         }
@@ -298,7 +310,7 @@ fn snapshot(config: PathBuf, out: Option<PathBuf>) -> Result<ExitCode, Fail> {
     let config = load_config(&config)?;
     init_logs(Some(&config));
     let ctx = context(config)?;
-    let snap = runtime().block_on(ctx.snapshot()).map_err(|e| Fail(1, anyhow::anyhow!(e)))?;
+    let snap = runtime().block_on(ctx.snapshot())?;
     let json = snap.to_json();
     match out {
         Some(p) => std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?,
@@ -315,7 +327,7 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
         let v = Local::new(&config)?.call("PUT", path, None)?;
         match format {
             Format::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap()),
-            Format::Table => match serde_json::from_value::<Outcome>(v.clone()) {
+            Format::Table => match serde_json::from_value::<Answer>(v.clone()) {
                 Ok(o) => print!("{}", o.to_table()),
                 Err(_) => println!("{}", serde_json::to_string_pretty(&v).unwrap()),
             },
@@ -325,27 +337,37 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let grace = autobalancer::sidecar::shutdown_timeout(&config);
     let ctx = context(config)?;
     ctx.warn_if_standalone();
     let rt = runtime();
-    let out = rt.block_on(async {
+    let finished = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
-        let c2 = cancel.clone();
-        // SIGINT/SIGTERM stop at the next safe point; the slot in flight finishes.
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            c2.cancel();
-        });
-        ctx.run_once(autobalancer::run::Trigger::Manual { force }, &cancel).await
+        let run = ctx.run_once(Trigger::Manual { force }, &cancel);
+        tokio::pin!(run);
+        tokio::select! {
+            f = &mut run => return Ok(f),
+            _ = signalled() => cancel.cancel(),
+        }
+        // Stop at the next safe point: moves in flight finish, within the shutdown timeout.
+        tokio::time::timeout(grace, run).await.map_err(|_| {
+            Fail(1, anyhow::anyhow!("shutdown timeout ({grace:?}) reached: moves in flight left recorded as intents"))
+        })
     });
-    print_outcome(&out, format);
-    let failed = autobalancer::run::outcome_label(&out) == "failed"
-        || out.decision.reason == Some(autobalancer::decide::SkipReason::SnapshotFailed);
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    let finished = finished?;
+    print_outcome(&finished.answer, format);
+    let failed = matches!(finished.outcome, Outcome::Failed(_) | Outcome::Skipped(SkipReason::SnapshotFailed));
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Resolves at SIGINT or SIGTERM.
+async fn signalled() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn pause(config: PathBuf, on: bool) -> Result<ExitCode, Fail> {
@@ -421,7 +443,7 @@ fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
     }
 }
 
-fn print_outcome(out: &Outcome, format: Format) {
+fn print_outcome(out: &Answer, format: Format) {
     match format {
         Format::Json => println!("{}", out.to_json()),
         Format::Table => print!("{}", out.to_table()),

@@ -36,7 +36,7 @@ pub struct MemberReport {
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct Outcome {
+pub struct Answer {
     pub decision: Decision,
     pub transfer_bytes: u64,
     pub total_bytes: u64,
@@ -59,10 +59,10 @@ pub struct Outcome {
     pub failures: Vec<String>,
 }
 
-impl Outcome {
-    pub fn new(snapshot: &ClusterSnapshot, plan: &Plan, decision: Decision, t: &Thresholds) -> Outcome {
+impl Answer {
+    pub fn new(snapshot: &ClusterSnapshot, plan: &Plan, decision: Decision, t: &Thresholds) -> Answer {
         let id = |m: u32| snapshot.members[m as usize].id.clone();
-        Outcome {
+        Answer {
             decision,
             transfer_bytes: plan.transfer_bytes,
             total_bytes: plan.total_bytes,
@@ -86,8 +86,8 @@ impl Outcome {
     }
 
     /// An outcome decided before any plan existed (lock, pause, snapshot failure).
-    pub fn skipped(decision: Decision, t: &Thresholds) -> Outcome {
-        Outcome {
+    pub fn skipped(decision: Decision, t: &Thresholds) -> Answer {
+        Answer {
             decision,
             transfer_bytes: 0,
             total_bytes: 0,

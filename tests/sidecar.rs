@@ -540,7 +540,135 @@ fn a_disabled_schedule_never_wakes_but_serves_the_api() {
     assert!(json(&body)["moved_bytes"].as_u64().unwrap() > 0);
 }
 
+/// `execution.shutdown-timeout`'s default. Once the key exists, the test config should
+/// set it to "3s" and this bound follow.
+/// The test's `execution.shutdown-timeout`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
+
+fn redis_pids(c: &autobalancer_testkit::LocalCluster) -> Vec<String> {
+    c.nodes.iter().filter_map(|n| n.proc.as_ref()).map(|p| p.child.id().to_string()).collect()
+}
+
+fn signal(sig: &str, pids: &[String]) {
+    let status = std::process::Command::new("kill").arg(format!("-{sig}")).args(pids).status().unwrap();
+    assert!(status.success(), "kill -{sig} {pids:?}");
+}
+
+async fn sigterm_with_every_redis_node_frozen_mid_move_exits_within_the_shutdown_timeout(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
+    c.load_skewed(6_000, 14).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let slow = "[schedule]\ncron = \"0 0 3 * * *\"\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"100KiB\"\nmigrate-batch-keys = 5\nshutdown-timeout = \"4s\"\n";
+    let mut s = SidecarProc::start(
+        dir.path(),
+        "frozen",
+        &format!("{}{slow}", cluster_section(&c, dir.path(), Some(&c.master_addrs()[0]))),
+    );
+    let url = s.url("/rebalance");
+    let caller = std::thread::spawn(move || call("PUT", &url, None, None));
+    wait_for(30, "moving", || json(&get(&s.url("/status")).unwrap().1)["state"] == "moving");
+    for i in 0.. {
+        if !c.open_slots().await.unwrap().is_empty() {
+            break;
+        }
+        assert!(i < 200, "no slot was open while moving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every node hangs mid-move; then the orchestrator asks the sidecar to stop.
+    let pids = redis_pids(&c);
+    signal("STOP", &pids);
+    let (code, took) = s.terminate();
+    signal("CONT", &pids);
+    assert_eq!(code, Some(0), "{}", s.logs());
+    assert!(took < SHUTDOWN_TIMEOUT + Duration::from_secs(5), "took {took:?}\n{}", s.logs());
+    assert!(s.logs().contains("shutdown timeout reached"), "{}", s.logs());
+    // The caller got an answer saying so, rather than a hang.
+    let (code, body) = caller.join().unwrap().unwrap();
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (500, serde_json::json!("run_lost")), "{body}");
+}
+
+/// Starts `autobalancer run` with `env` set, without waiting for its API.
+fn spawn_with_env(dir: &std::path::Path, name: &str, config: &str, env: &[(&str, &str)]) -> SidecarProc {
+    let api = format!("127.0.0.1:{}", autobalancer_testkit::free_port());
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, format!("{config}\n[api]\nlisten = \"{api}\"\n")).unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let child = bin()
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("AUTOBALANCER_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    SidecarProc { child: Some(child), api, log, config: cfg }
+}
+
+/// Waits for the process to exit; its code.
+fn exit_code(s: &mut SidecarProc, within: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    let child = s.child.as_mut().unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            s.child = None;
+            return status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "still running after {within:?}: {}", s.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_task_that_panics_fails_healthz_and_the_process_exits_non_zero() {
+    if !cfg!(debug_assertions) {
+        eprintln!("failpoints are read by debug builds only");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Six 32 MiB buckets on one of two members, moved at 8 MiB/s: three moves, one every
+    // 4 s, so one is in flight when the second heartbeat (5 s after start) panics, and
+    // the shutdown waits for it with /healthz answering 503.
+    let snap = dir.path().join("cluster.json");
+    let buckets: Vec<String> =
+        (0..6).map(|i| format!("{{\"id\":{i},\"bytes\":33554432,\"copies\":[\"a\"]}}")).collect();
+    std::fs::write(
+        &snap,
+        format!(
+            "{{\"version\":1,\"members\":[{{\"id\":\"a\"}},{{\"id\":\"b\"}}],\"buckets\":[{}]}}",
+            buckets.join(",")
+        ),
+    )
+    .unwrap();
+    let cfg = format!(
+        "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"a\"\n[schedule]\ncron = \"0 0 3 * * *\"\n[balance]\nminimum-size = 0\n[execution]\nmax-bytes-per-second = \"8MiB\"\n",
+        snap.display()
+    );
+    let mut s = spawn_with_env(dir.path(), "panic", &cfg, &[("FAILPOINTS", "heartbeat=1*off->panic")]);
+    wait_for(15, "the API", || get(&s.url("/healthz")).is_ok_and(|(code, _)| code == 200));
+    let url = s.url("/rebalance");
+    std::thread::spawn(move || call("PUT", &url, None, None));
+    let mut unhealthy = None;
+    wait_for(15, "/healthz to fail", || match get(&s.url("/healthz")) {
+        Ok((503, body)) => {
+            unhealthy = Some(body);
+            true
+        }
+        _ => false,
+    });
+    let v = json(&unhealthy.unwrap());
+    assert_eq!(v["error"]["code"], "unhealthy");
+    assert!(v["error"]["message"].as_str().unwrap().contains("heartbeat panicked"), "{v}");
+    assert_eq!(exit_code(&mut s, Duration::from_secs(20)), Some(1), "{}", s.logs());
+    assert!(s.logs().contains("supervised task failed"), "{}", s.logs());
+
+    // A task that ends before shutdown was asked for is a failure too.
+    let mut s = spawn_with_env(dir.path(), "return", &cfg, &[("FAILPOINTS", "heartbeat=return")]);
+    assert_eq!(exit_code(&mut s, Duration::from_secs(20)), Some(1), "{}", s.logs());
+    assert!(s.logs().contains("ended unexpectedly"), "{}", s.logs());
+}
+
 on_each_engine!(
+    sigterm_with_every_redis_node_frozen_mid_move_exits_within_the_shutdown_timeout,
     three_sidecars_give_one_evaluation_per_slot_and_one_rebalance,
     a_killed_lock_holder_is_taken_over_and_repaired,
     a_lease_lost_mid_run_stops_before_the_next_move,

@@ -1,0 +1,160 @@
+//! One run of the pipeline: lock -> repair -> snapshot -> plan -> decide -> execute ->
+//! record. Shared by the daemon's schedule, `PUT /rebalance`, evacuations and the
+//! `rebalance --once` command, so every path passes the same gates.
+//!
+//! Layout: this file owns the run context (backend, coordinator, metrics, status) and the
+//! steps a dry run shares with a real one (snapshot with the operator's state applied,
+//! plan, simulate); `pipeline` the gates and the order of the steps; `outcome` how a
+//! run ends, typed. Does not own: the steps themselves (`cluster`, `plan`, `decide`,
+//! `execute`), when runs start or how many at once (the daemon).
+
+mod outcome;
+mod pipeline;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tracing::warn;
+
+use crate::cluster::{AnyCluster, Cluster};
+use crate::config::Config;
+use crate::coord::{Coordinator, Evacuation};
+use crate::decide::{Decision, Thresholds, decide};
+use crate::execute::Progress;
+use crate::metrics::Metrics;
+use crate::model::ClusterSnapshot;
+use crate::plan::{Plan, PlanError, PlanOptions, plan};
+use crate::report::Answer;
+
+pub use outcome::{Failure, Finished, Outcome, RunError, SetupError, Skip};
+
+/// What started a run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trigger {
+    /// The cron slot this run belongs to.
+    Scheduled { slot: DateTime<Utc> },
+    /// By hand (`PUT /rebalance`, `rebalance --once`); `force` ignores the thresholds.
+    Manual { force: bool },
+    /// Draining evacuated members.
+    Evacuation,
+}
+
+impl Trigger {
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Trigger::Scheduled { .. } => "scheduled",
+            Trigger::Manual { .. } => "manual",
+            Trigger::Evacuation => "evacuation",
+        }
+    }
+}
+
+/// Everything a run needs, built once per process.
+pub struct Context {
+    pub config: Config,
+    pub cluster: AnyCluster,
+    pub coordinator: Coordinator,
+    pub metrics: Arc<Metrics>,
+    pub progress: Arc<Progress>,
+    pub status: Arc<std::sync::Mutex<RunStatus>>,
+}
+
+/// What `/status` shows of runs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunStatus {
+    /// idle, waiting, planning, moving, evacuating.
+    pub state: String,
+    pub operation: Option<String>,
+    pub last_decision: Option<Decision>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// A `runs_total` outcome label.
+    pub last_outcome: Option<&'static str>,
+    pub last_moved_bytes: u64,
+    pub last_error: Option<String>,
+    /// Per member, of the last run that moved buckets.
+    pub last_report: Option<Vec<crate::report::MemberReport>>,
+}
+
+impl Context {
+    pub fn new(config: Config) -> Result<Context, SetupError> {
+        let cluster = AnyCluster::from_config(&config)?;
+        let coordinator = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &config.member_id())?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.size_threshold_ratio.set(config.balance.size_threshold_percent as f64 / 100.0);
+        metrics.etcd_up.set(coordinator.is_standalone() as i64);
+        Ok(Context {
+            config,
+            cluster,
+            coordinator,
+            metrics,
+            progress: Arc::new(Progress::default()),
+            status: Arc::new(std::sync::Mutex::new(RunStatus { state: "idle".into(), ..Default::default() })),
+        })
+    }
+
+    /// Says so when the lock is in-process only (for the commands that take it).
+    pub fn warn_if_standalone(&self) {
+        if self.coordinator.is_standalone() {
+            warn!(
+                "no [etcd] section: running standalone with an in-process lock; run only one sidecar per cluster like this"
+            );
+        }
+    }
+
+    fn set_state(&self, state: &str, operation: Option<&str>) {
+        let mut s = self.status.lock().unwrap();
+        s.state = state.to_string();
+        s.operation = operation.map(str::to_string);
+    }
+
+    /// Snapshot with the operator's persistent state applied (evacuated members drain).
+    pub async fn snapshot(&self) -> Result<ClusterSnapshot, RunError> {
+        self.snapshot_and_evacuations().await.map(|(s, _)| s)
+    }
+
+    /// As `snapshot`, also returning the evacuations it applied (one read of etcd).
+    async fn snapshot_and_evacuations(&self) -> Result<(ClusterSnapshot, Vec<Evacuation>), RunError> {
+        let t0 = Instant::now();
+        let mut snap = self.cluster.snapshot().await.map_err(RunError::Snapshot)?;
+        self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
+        let evacuations = match self.coordinator.evacuations().await {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(cause = %e, "cannot read evacuations; planning without them");
+                Vec::new()
+            }
+        };
+        for e in &evacuations {
+            if let Some(m) = snap.members.iter_mut().find(|m| m.id == e.member) {
+                m.draining = true;
+            }
+        }
+        Ok((snap, evacuations))
+    }
+
+    pub fn plan(&self, snap: &ClusterSnapshot) -> Result<Plan, RunError> {
+        self.plan_with(snap, None).map_err(RunError::Plan)
+    }
+
+    /// Plans with an optional receiver list (an evacuation's `--migrate-to`).
+    fn plan_with(&self, snap: &ClusterSnapshot, receivers: Option<Vec<String>>) -> Result<Plan, PlanError> {
+        let t0 = Instant::now();
+        let mut opts = PlanOptions::from_config(&self.config.balance);
+        opts.receivers = receivers;
+        let p = plan(snap, &opts)?;
+        self.metrics.plan_duration_seconds.observe(t0.elapsed().as_secs_f64());
+        self.metrics.observe_plan(&p);
+        Ok(p)
+    }
+
+    /// A dry run: snapshot, plan, decide; moves nothing, takes no lock.
+    pub async fn simulate(&self, force: bool) -> Result<Answer, RunError> {
+        let snap = self.snapshot().await?;
+        let p = self.plan(&snap)?;
+        let t = Thresholds::from_config(&self.config.balance, force);
+        let d = decide(&snap, &p, &t);
+        Ok(Answer::new(&snap, &p, d, &t))
+    }
+}

@@ -1,0 +1,198 @@
+//! How a run ends, typed: the outcome (`runs_total`'s label, with its reason), the answer
+//! for its caller, and the errors of runs and of the calls around them.
+//!
+//! Owns: `Outcome`, `Failure`, `Skip`, `Finished`, `RunError`, `SetupError`, and which
+//! skips an on-demand caller reads as an answer rather than an error. Does not own: how
+//! errors become HTTP statuses (`api`, in one `From` impl) or the answer's JSON shape
+//! (`report`).
+
+use crate::cluster::ClusterError;
+use crate::coord::LockError;
+use crate::decide::SkipReason;
+use crate::execute::{RunReport, StopReason};
+use crate::plan::PlanError;
+use crate::report::Answer;
+
+/// Why a run went no further than a gate: one reason from the closed set, one sentence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub reason: SkipReason,
+    pub message: String,
+}
+
+impl Skip {
+    pub fn new(reason: SkipReason, message: impl Into<String>) -> Skip {
+        Skip { reason, message: message.into() }
+    }
+}
+
+/// What made a run fail.
+#[derive(Debug)]
+pub enum Failure {
+    /// The planner refused its own output (a bug); nothing moved.
+    Plan(PlanError),
+    /// Moves failed; the run started no more after the first.
+    Moves { failed: u64 },
+    /// Repair of a bucket an earlier move left failed; nothing moved (the next run tries
+    /// again).
+    Repair(String),
+}
+
+/// How a run ended: the `autobalancer_runs_total` outcome, with its reason.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every move done, or the rest left for the next run by `max-bytes-per-run`.
+    Rebalanced,
+    /// A gate or the decision said no.
+    Skipped(SkipReason),
+    Failed(Failure),
+    /// Stopped before its last move: on request, at the deadline, or the lock was lost.
+    Stopped(StopReason),
+}
+
+impl Outcome {
+    /// The outcome of an executed plan.
+    pub fn of_report(r: &RunReport) -> Outcome {
+        match r.stopped {
+            _ if r.moves_failed > 0 => Outcome::Failed(Failure::Moves { failed: r.moves_failed }),
+            None | Some(StopReason::Budget) => Outcome::Rebalanced,
+            Some(s) => Outcome::Stopped(s),
+        }
+    }
+
+    /// The metric label: one of `metrics::RUN_OUTCOMES`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Rebalanced => "rebalanced",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Failed(_) => "failed",
+            Outcome::Stopped(_) => "stopped",
+        }
+    }
+
+    /// The reason as a stable label, for logs and the run record.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Rebalanced => None,
+            Outcome::Skipped(r) => Some(r.as_str()),
+            Outcome::Failed(Failure::Plan(_)) => Some("plan_failed"),
+            Outcome::Failed(Failure::Moves { .. }) => Some("move_failed"),
+            Outcome::Failed(Failure::Repair(_)) => Some("repair_failed"),
+            Outcome::Stopped(s) => Some(s.as_str()),
+        }
+    }
+
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        match self {
+            Outcome::Skipped(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+/// A run that ended: how, and the answer for whoever asked.
+#[derive(Debug)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub answer: Answer,
+}
+
+impl Finished {
+    /// For an on-demand caller: the answer, or why the run did not go ahead. A cluster
+    /// found balanced is an answer; every other skip, and a failed plan, is an error.
+    pub fn into_answer(self) -> Result<Answer, RunError> {
+        match self.outcome {
+            Outcome::Skipped(SkipReason::NothingToMove | SkipReason::BelowThreshold | SkipReason::BelowMinimumSize) => {
+                Ok(self.answer)
+            }
+            Outcome::Skipped(reason) => Err(RunError::Skipped(Skip::new(reason, self.answer.decision.message))),
+            Outcome::Failed(Failure::Plan(e)) => Err(RunError::Plan(e)),
+            Outcome::Failed(Failure::Repair(e)) => Err(RunError::Repair(e)),
+            _ => Ok(self.answer),
+        }
+    }
+}
+
+/// Why a run, or a call of the control handle, produced no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Another operation runs in this process.
+    #[error("a {0} is already running on this sidecar")]
+    Busy(&'static str),
+    /// The process is shutting down: no new operation starts.
+    #[error("the sidecar is shutting down")]
+    ShuttingDown,
+    /// A gate or the decision said no.
+    #[error("{}", .0.message)]
+    Skipped(Skip),
+    #[error("{0}")]
+    Snapshot(ClusterError),
+    #[error("planning failed: {0}")]
+    Plan(PlanError),
+    /// What an earlier move left could not be settled (the run moved nothing).
+    #[error("repair failed: {0}")]
+    Repair(String),
+    /// etcd (or the in-process stand-in) failed.
+    #[error(transparent)]
+    Coordinator(#[from] LockError),
+    /// The run's task ended without an answer: it panicked, or a shutdown abandoned it.
+    #[error("the run ended without an answer: {0}")]
+    Lost(String),
+}
+
+/// Why a run context could not be built (bad configuration, unreadable files).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Coordinator(#[from] LockError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Decision, Thresholds};
+
+    fn report(stopped: Option<StopReason>, failed: u64) -> RunReport {
+        RunReport {
+            moves_planned: 3,
+            moves_done: 1,
+            moves_failed: failed,
+            moves_not_started: 1,
+            moved_bytes: 10,
+            duration_seconds: 0.1,
+            stopped,
+            failures: Vec::new(),
+            open_buckets: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn outcome_of_an_executed_plan() {
+        assert_eq!(Outcome::of_report(&report(None, 0)).label(), "rebalanced");
+        assert_eq!(Outcome::of_report(&report(Some(StopReason::Budget), 0)).label(), "rebalanced");
+        assert_eq!(Outcome::of_report(&report(Some(StopReason::Cancelled), 0)).label(), "stopped");
+        assert_eq!(Outcome::of_report(&report(Some(StopReason::LockLost), 0)).reason(), Some("lock_lost"));
+        let failed = Outcome::of_report(&report(Some(StopReason::MoveFailed), 1));
+        assert_eq!((failed.label(), failed.reason()), ("failed", Some("move_failed")));
+        for o in [Outcome::Rebalanced, Outcome::Skipped(SkipReason::Paused), Outcome::Stopped(StopReason::Deadline)] {
+            assert!(crate::metrics::RUN_OUTCOMES.contains(&o.label()));
+        }
+    }
+
+    #[test]
+    fn a_balanced_cluster_is_an_answer_other_skips_are_errors() {
+        let t = Thresholds { size_threshold_percent: 10, minimum_size: 0, force: false };
+        let finished = |r: SkipReason| Finished {
+            outcome: Outcome::Skipped(r),
+            answer: Answer::skipped(Decision::skip(r, format!("because {r}")), &t),
+        };
+        assert!(finished(SkipReason::BelowThreshold).into_answer().is_ok());
+        match finished(SkipReason::Paused).into_answer() {
+            Err(RunError::Skipped(s)) => assert_eq!(s, Skip::new(SkipReason::Paused, "because paused")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The run's gates and the order of its steps.
+//!
+//! Gates, in order, each answering go on or skip with its typed reason: not paused, the
+//! lock, the cron slot not yet run (scheduled runs only). Then the pipeline: repair ->
+//! snapshot -> plan -> decide -> execute; then the run record and the release of the
+//! lock; then the run's metrics and status, in one place for every outcome.
+//!
+//! Owns: that order, the skips that arise before a plan, the run record. Does not own:
+//! the steps themselves, or the records' storage (`coord`).
+
+use std::ops::ControlFlow::{self, Break, Continue};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{Context, Failure, Finished, Outcome, Skip, Trigger};
+use crate::cluster::recorded::Recorded;
+use crate::cluster::{Cluster, RepairOptions};
+use crate::coord::{Acquire, Evacuation, GuardFence, LockGuard, RunRecord};
+use crate::decide::{Decision, SkipReason, Thresholds, decide};
+use crate::execute::{Job, Limits, RunReport, execute};
+use crate::model::ClusterSnapshot;
+use crate::plan::Plan;
+use crate::report::Answer;
+
+/// A gate's verdict: go on (with what it produced), or skip with one reason.
+type Gate<T = ()> = ControlFlow<Skip, T>;
+
+/// A step's verdict: go on with what it produced, or end the run here.
+type Step<T> = ControlFlow<Finished, T>;
+
+impl Context {
+    /// One run, through every gate. Never panics on cluster or etcd trouble: it skips or
+    /// fails with the reason.
+    pub async fn run_once(&self, trigger: Trigger, cancel: &CancellationToken) -> Finished {
+        let finished = match self.gates_before_lock(&trigger).await {
+            Break(skip) => self.skipped(skip),
+            Continue(guard) => {
+                let (Continue(f) | Break(f)) = self.pipeline(&trigger, &guard, cancel).await;
+                self.record(&trigger, &guard, &f).await;
+                self.coordinator.release(guard).await;
+                self.metrics.lock_held.set(0);
+                self.set_state("idle", None);
+                f
+            }
+        };
+        self.conclude(&finished);
+        finished
+    }
+
+    /// Not paused, then the lock.
+    async fn gates_before_lock(&self, trigger: &Trigger) -> Gate<LockGuard> {
+        self.not_paused().await?;
+        self.lock(trigger).await
+    }
+
+    async fn not_paused(&self) -> Gate {
+        match self.coordinator.paused().await {
+            Ok(Some(by)) => Break(Skip::new(SkipReason::Paused, format!("the cluster is paused ({by})"))),
+            Ok(None) => Continue(()),
+            Err(e) => Break(Skip::new(SkipReason::LockUnavailable, format!("cannot read the pause flag: {e}"))),
+        }
+    }
+
+    /// Try once; never queue behind another holder.
+    async fn lock(&self, trigger: &Trigger) -> Gate<LockGuard> {
+        let m = &self.metrics;
+        m.lock_held.set(0);
+        let result = |r: &str| m.lock_acquisitions_total.with_label_values(&[r]).inc();
+        match self.coordinator.try_lock(trigger.operation()).await {
+            Ok(Acquire::Acquired(g)) => {
+                result("acquired");
+                m.lock_held.set(1);
+                Continue(g)
+            }
+            Ok(Acquire::HeldElsewhere(h)) => {
+                result("held_elsewhere");
+                let since = h.started_at.to_rfc3339();
+                let msg = format!("the lock is held by {} ({} since {since})", h.member, h.operation);
+                Break(Skip::new(SkipReason::LockHeldElsewhere, msg))
+            }
+            Err(e) => {
+                result("error");
+                Break(Skip::new(SkipReason::LockUnavailable, e.to_string()))
+            }
+        }
+    }
+
+    /// A scheduled run claims its cron slot; a slot already run is skipped.
+    async fn slot_not_yet_run(&self, trigger: &Trigger, guard: &LockGuard) -> Gate {
+        let Trigger::Scheduled { slot } = trigger else { return Continue(()) };
+        match self.coordinator.claim_scheduled_slot(guard, slot.timestamp()).await {
+            Ok(true) => Continue(()),
+            Ok(false) => Break(Skip::new(
+                SkipReason::AlreadyRanThisSlot,
+                format!("cron slot {} already ran in this fleet", slot.to_rfc3339()),
+            )),
+            Err(e) => Break(Skip::new(SkipReason::LockUnavailable, format!("cannot claim the cron slot: {e}"))),
+        }
+    }
+
+    /// Under the lock: repair -> snapshot -> plan -> decide -> execute.
+    async fn pipeline(&self, trigger: &Trigger, guard: &LockGuard, cancel: &CancellationToken) -> Step<Finished> {
+        self.slot_not_yet_run(trigger, guard).await.map_break(|s| self.skipped(s))?;
+        self.set_state("planning", Some(trigger.operation()));
+        self.repair().await?;
+        let (snap, evacuations) = match self.snapshot_and_evacuations().await {
+            Ok(x) => x,
+            Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, e.to_string()))),
+        };
+        let plan = self.plan_run(trigger, &snap, &evacuations)?;
+        let answer = self.decide_run(trigger, &snap, &plan)?;
+        Continue(self.execute_run(trigger, guard, cancel, (&snap, &plan, &evacuations), answer).await)
+    }
+
+    /// Settles what earlier moves left (ours, recorded as intents) before planning. A
+    /// migration nobody recorded, or stray keys that could not be returned, skip the run
+    /// with the reason named; a failed repair fails it (the next run tries again).
+    async fn repair(&self) -> Step<()> {
+        let intents = match self.coordinator.moves().await {
+            Ok(i) => i,
+            Err(e) => {
+                return Break(self.skipped(Skip::new(SkipReason::LockUnavailable, format!("cannot read moves/: {e}"))));
+            }
+        };
+        let r = match self.cluster.repair(&RepairOptions { intents, ..Default::default() }).await {
+            Ok(r) => r,
+            Err(e) => return Break(self.failed_repair(e.to_string())),
+        };
+        r.settled.iter().for_each(|l| info!("repair: {l}"));
+        for b in &r.intents_done {
+            if let Err(e) = self.coordinator.clear_move(*b).await {
+                warn!(bucket = b, cause = %e, "could not clear a settled move intent; the next run clears it");
+            }
+        }
+        let and_more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
+        if let Some(f) = r.foreign.first() {
+            let msg = format!("{f}{}", and_more(r.foreign.len()));
+            return Break(self.skipped(Skip::new(SkipReason::MigrationInProgress, msg)));
+        }
+        if let Some((bucket, e)) = r.failed.first() {
+            return Break(self.failed_repair(format!("bucket {bucket}: {e}{}", and_more(r.failed.len()))));
+        }
+        if let Some(c) = r.conflicts.first() {
+            return Break(
+                self.skipped(Skip::new(SkipReason::StrayKeys, format!("{c}{}", and_more(r.conflicts.len())))),
+            );
+        }
+        Continue(())
+    }
+
+    fn failed_repair(&self, message: String) -> Finished {
+        error!(cause = %message, "repair failed; nothing moves this run");
+        let d = Decision::skip(SkipReason::MigrationInProgress, format!("repair failed: {message}"));
+        let answer = Answer::skipped(d, &self.thresholds(false));
+        Finished { outcome: Outcome::Failed(Failure::Repair(message)), answer }
+    }
+
+    /// Plans; an evacuation naming targets moves only onto them.
+    fn plan_run(&self, trigger: &Trigger, snap: &ClusterSnapshot, evacuations: &[Evacuation]) -> Step<Plan> {
+        let receivers = (*trigger == Trigger::Evacuation)
+            .then(|| evacuations.iter().flat_map(|e| e.migrate_to.clone()).collect::<Vec<_>>())
+            .filter(|to| !to.is_empty());
+        match self.plan_with(snap, receivers) {
+            Ok(p) => Continue(p),
+            Err(e) => {
+                error!(cause = %e, "planning failed");
+                let d = Decision::skip(SkipReason::PlanFailed, format!("planning failed: {e}"));
+                let mut answer = Answer::skipped(d, &self.thresholds(false));
+                answer.stopped = Some(e.to_string());
+                Break(Finished { outcome: Outcome::Failed(Failure::Plan(e)), answer })
+            }
+        }
+    }
+
+    /// Decides; a skip ends the run with the plan's figures in the answer.
+    fn decide_run(&self, trigger: &Trigger, snap: &ClusterSnapshot, p: &Plan) -> Step<Answer> {
+        let force = matches!(trigger, Trigger::Manual { force: true } | Trigger::Evacuation);
+        let t = self.thresholds(force);
+        let d = decide(snap, p, &t);
+        info!(
+            action = ?d.action, reason = d.reason.map(|r| r.as_str()).unwrap_or("-"),
+            transfer_bytes = p.transfer_bytes, total_bytes = p.total_bytes, lower_bound_bytes = p.lower_bound_bytes,
+            moves = p.moves.len(), "decision: {}", d.message
+        );
+        // Shown in /status while the moves go on, not only once they end.
+        self.status.lock().unwrap().last_decision = Some(d.clone());
+        let reason = d.reason;
+        let answer = Answer::new(snap, p, d, &t);
+        match reason {
+            Some(r) => Break(Finished { outcome: Outcome::Skipped(r), answer }),
+            None => Continue(answer),
+        }
+    }
+
+    /// Moves, stopping when the lock's keep-alive is lost as when cancelled.
+    async fn execute_run(
+        &self,
+        trigger: &Trigger,
+        guard: &LockGuard,
+        cancel: &CancellationToken,
+        (snap, plan, evacuations): (&ClusterSnapshot, &Plan, &[Evacuation]),
+        mut answer: Answer,
+    ) -> Finished {
+        let evacuating = *trigger == Trigger::Evacuation;
+        self.set_state(if evacuating { "evacuating" } else { "moving" }, Some(trigger.operation()));
+        let mut limits = Limits::from_config(&self.config.execution);
+        if evacuating && let Some(rate) = evacuations.iter().map(|e| e.rate).filter(|&r| r > 0).min() {
+            limits.max_bytes_per_second = rate;
+        }
+        let fence = GuardFence { coordinator: &self.coordinator, guard };
+        // Each move's intent is recorded before it starts; the lock is checked again
+        // right before each commit.
+        let recorded = Recorded { inner: &self.cluster, coordinator: &self.coordinator, guard };
+        let job = Job {
+            cluster: &recorded,
+            snapshot: snap,
+            plan,
+            limits: &limits,
+            fence: &fence,
+            progress: &self.progress,
+            metrics: &self.metrics,
+        };
+        let run_cancel = cancel.child_token();
+        let stop_on_lost = async {
+            guard.lost.cancelled().await;
+            run_cancel.cancel();
+            std::future::pending::<()>().await
+        };
+        let report = tokio::select! {
+            r = execute(job, &run_cancel) => r,
+            () = stop_on_lost => unreachable!("pending never completes"),
+        };
+        let outcome = Outcome::of_report(&report);
+        info!(
+            outcome = outcome.label(),
+            moves_done = report.moves_done,
+            moves_failed = report.moves_failed,
+            moves_not_started = report.moves_not_started,
+            moved_bytes = report.moved_bytes,
+            seconds = report.duration_seconds,
+            stopped = report.stopped.map(|s| s.to_string()).unwrap_or_default(),
+            "run finished"
+        );
+        if report.moves_done > 0 {
+            self.log_what_is_left().await;
+            self.status.lock().unwrap().last_report = Some(report.members.clone());
+        }
+        fill_answer(&mut answer, report);
+        Finished { outcome, answer }
+    }
+
+    /// After moves: the gauges show the cluster as it is now, not as it was planned.
+    async fn log_what_is_left(&self) {
+        if let Ok(after) = self.snapshot().await
+            && let Ok(p) = self.plan(&after)
+        {
+            info!(
+                transfer_bytes = p.transfer_bytes,
+                total_bytes = p.total_bytes,
+                "after the run: transfer {:.2}% (threshold {}%)",
+                p.transfer_percent(),
+                self.config.balance.size_threshold_percent
+            );
+        }
+    }
+
+    /// Writes the run record while the lock is still ours. A run that found its slot
+    /// already done records nothing.
+    async fn record(&self, trigger: &Trigger, guard: &LockGuard, f: &Finished) {
+        if f.outcome.skip_reason() == Some(SkipReason::AlreadyRanThisSlot) {
+            return;
+        }
+        let record = RunRecord {
+            slot: match trigger {
+                Trigger::Scheduled { slot } => Some(slot.timestamp()),
+                _ => None,
+            },
+            member: self.coordinator.member().to_string(),
+            finished_at: Utc::now(),
+            outcome: f.outcome.label().to_string(),
+            reason: f.outcome.reason().map(str::to_string),
+            moved_bytes: f.answer.moved_bytes.unwrap_or(0),
+        };
+        match self.coordinator.record_run(guard, &record).await {
+            Ok(true) => {}
+            Ok(false) => warn!("run record not written: the lock was no longer ours"),
+            Err(e) => warn!(cause = %e, "run record not written"),
+        }
+    }
+
+    /// A run that ended at a gate.
+    fn skipped(&self, skip: Skip) -> Finished {
+        info!(reason = %skip.reason, "skip: {}", skip.message);
+        let answer = Answer::skipped(Decision::skip(skip.reason, skip.message), &self.thresholds(false));
+        Finished { outcome: Outcome::Skipped(skip.reason), answer }
+    }
+
+    /// A run's metrics and status, for every outcome.
+    fn conclude(&self, f: &Finished) {
+        let m = &self.metrics;
+        match &f.outcome {
+            Outcome::Skipped(reason) => m.record_skip(*reason),
+            o => m.runs_total.with_label_values(&[o.label()]).inc(),
+        }
+        m.last_run_timestamp_seconds.set(Utc::now().timestamp() as f64);
+        let mut s = self.status.lock().unwrap();
+        s.last_decision = Some(f.answer.decision.clone());
+        s.last_run_at = Some(Utc::now());
+        s.last_outcome = Some(f.outcome.label());
+        s.last_moved_bytes = f.answer.moved_bytes.unwrap_or(0);
+        s.last_error = match &f.outcome {
+            Outcome::Failed(Failure::Plan(e)) => Some(e.to_string()),
+            Outcome::Failed(Failure::Moves { .. }) => f.answer.failures.first().cloned(),
+            _ => None,
+        };
+    }
+
+    fn thresholds(&self, force: bool) -> Thresholds {
+        Thresholds::from_config(&self.config.balance, force)
+    }
+}
+
+/// The executed part of the answer: bytes moved, time taken, why it stopped, per member.
+fn fill_answer(answer: &mut Answer, report: RunReport) {
+    answer.moved_bytes = Some(report.moved_bytes);
+    answer.duration_seconds = Some((report.duration_seconds * 1000.0).round() / 1000.0);
+    // The sentence the API has always answered with; the typed reason is the outcome's.
+    answer.stopped = report.stopped.map(|s| s.to_string());
+    answer.failures = report.failures;
+    answer.report = Some(report.members);
+}

@@ -1,0 +1,203 @@
+//! The daemon's loops: the schedule, the heartbeat (registration and readiness), and the
+//! evacuation of the local member. Each returns only once shutdown is asked for; anything
+//! else is a failure its supervisor reports.
+//!
+//! Owns: when runs start on their own, what this sidecar publishes in etcd. Does not
+//! own: the runs (`run`), the operation slot (`super::operation`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use chrono::Utc;
+use tracing::{info, warn};
+
+use super::Sidecar;
+use super::supervise::failpoint::{self, Fault};
+use crate::decide::SkipReason;
+use crate::run::Trigger;
+
+/// Injects the fault configured for `name` (debug builds): panics, or says to return.
+fn injected(name: &str) -> bool {
+    match failpoint::hit(name) {
+        Some(Fault::Panic) => panic!("failpoint {name}"),
+        Some(Fault::Return) => true,
+        None => false,
+    }
+}
+
+impl Sidecar {
+    /// The schedule loop. A run that outlasts its slot makes the slots it covered pass
+    /// unrun: the next wake is computed after it ends.
+    pub(super) async fn scheduler(self: Arc<Self>) {
+        let m = &self.ctx.metrics;
+        if !self.ctx.config.schedule.enabled {
+            info!("schedule.enabled = false: serving the API, never waking on schedule");
+            m.next_run_timestamp_seconds.set(0.0);
+            m.record_skip(SkipReason::Disabled);
+            return self.shutdown.cancelled().await;
+        }
+        loop {
+            let Some(next) = self.schedule.next_after(Utc::now()) else {
+                warn!(cron = self.schedule.expression(), "the schedule never fires again");
+                return self.shutdown.cancelled().await;
+            };
+            *self.next_run.lock().unwrap() = Some(next);
+            m.next_run_timestamp_seconds.set(next.timestamp() as f64);
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if injected("scheduler") {
+                return;
+            }
+            let slot = next.to_rfc3339();
+            match self.run(Trigger::Scheduled { slot: next }).await {
+                Ok(f) => info!(
+                    slot,
+                    outcome = f.outcome.label(),
+                    reason = f.outcome.reason().unwrap_or("-"),
+                    "scheduled run done"
+                ),
+                Err(e) => info!(slot, "scheduled run not started: {e}"),
+            }
+        }
+    }
+
+    /// Registration and readiness: every TTL/3, write our state to etcd and note whether
+    /// etcd answered; refresh the evacuation flag from etcd.
+    pub(super) async fn heartbeat(self: Arc<Self>) {
+        let period = self.ctx.config.etcd.as_ref().map(|e| e.lease_ttl.0 / 3).unwrap_or(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if injected("heartbeat") {
+                return;
+            }
+            // The evacuation flag first, so the registration below reflects it.
+            if let Ok(ev) = self.ctx.coordinator.evacuations().await {
+                let mine = ev.into_iter().find(|e| e.member == self.member());
+                let wake = {
+                    let mut s = self.evacuation.lock().unwrap();
+                    let was = s.active;
+                    s.active = mine.is_some();
+                    s.request = mine;
+                    s.active && !was
+                };
+                if wake {
+                    self.evac_wake.notify_one();
+                }
+            }
+            let state = self.registration();
+            let res = self.ctx.coordinator.register(&state).await.map_err(|e| e.to_string());
+            if let Err(e) = &res {
+                warn!(cause = %e, "etcd heartbeat failed");
+            }
+            if !self.ctx.coordinator.is_standalone() {
+                self.ctx.metrics.etcd_up.set(res.is_ok() as i64);
+            }
+            *self.etcd.lock().unwrap() = res;
+        }
+    }
+
+    /// What this sidecar publishes under `sidecars/<member>`.
+    pub fn registration(&self) -> serde_json::Value {
+        let status = self.ctx.status.lock().unwrap().clone();
+        let evac = self.evacuation.lock().unwrap().clone();
+        let p = &self.ctx.progress;
+        let running = self.current_operation();
+        let state = match running {
+            Some(_) => status.state.clone(),
+            None if evac.active && evac.buckets_left == Some(0) => "evacuated".into(),
+            None if evac.active => "evacuating".into(),
+            None => "idle".into(),
+        };
+        serde_json::json!({
+            "member": self.member(),
+            "api": self.ctx.config.api.listen,
+            "version": env!("CARGO_PKG_VERSION"),
+            "state": state,
+            "operation": running,
+            "progress": {
+                "moves_planned": p.planned.load(Relaxed), "moves_done": p.done.load(Relaxed),
+                "moves_failed": p.failed.load(Relaxed), "bytes_planned": p.bytes_planned.load(Relaxed),
+                "bytes_done": p.bytes_done.load(Relaxed),
+            },
+            "last_decision": status.last_decision,
+            "last_run_at": status.last_run_at,
+            "last_outcome": status.last_outcome,
+            "last_report": status.last_report,
+            "next_run": *self.next_run.lock().unwrap(),
+            "evacuation": evac,
+            "updated_at": Utc::now(),
+        })
+    }
+
+    /// Drains the local member while an evacuation is requested: runs until it holds
+    /// nothing, waiting out pauses and other holders of the lock.
+    pub(super) async fn evacuator(self: Arc<Self>) {
+        loop {
+            let active = self.evacuation.lock().unwrap().active;
+            if !active {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = self.evac_wake.notified() => continue,
+                }
+            }
+            if self.measure_what_is_left().await == Some(0) {
+                // Evacuated: stays so (503 on /availability) until stopped.
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = self.evac_wake.notified() => continue,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => continue,
+                }
+            }
+            if self.ctx.coordinator.paused().await.ok().flatten().is_none() {
+                match self.run(Trigger::Evacuation).await {
+                    Ok(f) => info!(
+                        outcome = f.outcome.label(),
+                        moved = f.answer.moved_bytes.unwrap_or(0),
+                        reason = f.outcome.reason().unwrap_or("-"),
+                        "evacuation round done"
+                    ),
+                    Err(e) => info!("evacuation waits: {e}"),
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.evac_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// Buckets still on the local member (and their bytes, in the status and gauges);
+    /// None when the snapshot failed.
+    async fn measure_what_is_left(&self) -> Option<u64> {
+        let s = match self.ctx.snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(cause = %e, "evacuation: snapshot failed; retrying");
+                return None;
+            }
+        };
+        let (buckets, bytes) = match s.member_index(self.member()) {
+            Some(i) => {
+                s.buckets.iter().filter(|b| b.copies.contains(&i)).fold((0u64, 0u64), |a, b| (a.0 + 1, a.1 + b.bytes))
+            }
+            None => (0, 0),
+        };
+        {
+            let mut st = self.evacuation.lock().unwrap();
+            st.buckets_left = Some(buckets);
+            st.bytes_left = Some(bytes);
+        }
+        self.ctx.metrics.evacuation_buckets_left.set(buckets as i64);
+        self.ctx.metrics.evacuation_bytes_left.set(bytes as i64);
+        Some(buckets)
+    }
+}
