@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::decide::SkipReason;
+use crate::model::ClusterSnapshot;
 use crate::plan::Plan;
 
 pub const RUN_OUTCOMES: [&str; 4] = ["rebalanced", "skipped", "failed", "stopped"];
@@ -238,6 +239,27 @@ impl Metrics {
             self.member_load_bytes.with_label_values(&[&m.id]).set(m.before.bytes as f64);
             self.member_buckets.with_label_values(&[&m.id]).set(m.before.buckets as f64);
             self.member_target_bytes.with_label_values(&[&m.id]).set(m.target_bytes as f64);
+        }
+    }
+
+    /// Records what a snapshot observed beside the layout: the servers' own memory
+    /// figures, stray and big keys per member, the sizing's duration and age, the engine.
+    pub fn observe_snapshot(&self, snap: &ClusterSnapshot) {
+        let o = &snap.observed;
+        self.member_used_memory_bytes.reset();
+        self.stray_keys.reset();
+        self.big_keys.reset();
+        for (m, f) in snap.members.iter().zip(&o.members) {
+            self.member_used_memory_bytes.with_label_values(&[&m.id]).set(f.used_memory_bytes as f64);
+            self.stray_keys.with_label_values(&[&m.id]).set(f.stray_keys as i64);
+            self.big_keys.with_label_values(&[&m.id]).set(f.big_keys as i64);
+        }
+        if let Some(s) = &o.sizing {
+            self.sizing_duration_seconds.observe(s.duration_seconds);
+            self.sizing_age_seconds.set(s.oldest_seconds);
+        }
+        if let Some(e) = &o.engine {
+            self.set_engine(&e.replace(' ', "-"));
         }
     }
 

@@ -119,6 +119,7 @@ impl Context {
         let t0 = Instant::now();
         let mut snap = self.cluster.snapshot().await.map_err(RunError::Snapshot)?;
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
+        self.metrics.observe_snapshot(&snap);
         let evacuations = match self.coordinator.evacuations().await {
             Ok(ev) => ev,
             Err(e) => {
