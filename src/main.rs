@@ -68,6 +68,9 @@ enum Command {
         /// Ignore size-threshold-percent and minimum-size; every other gate holds.
         #[arg(long)]
         force: bool,
+        /// Move buckets that hold a key above execution.max-key-bytes too (with --once).
+        #[arg(long)]
+        allow_big_keys: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -228,7 +231,9 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
         }
         Command::Evacuate { action } => evacuate(action),
         Command::Repair { config, slot, dry_run } => repair(config, slot, dry_run),
-        Command::Rebalance { config, once, force, format } => rebalance(config, once, force, format),
+        Command::Rebalance { config, once, force, allow_big_keys, format } => {
+            rebalance(config, once, force, allow_big_keys, format)
+        }
         Command::Simulate { snapshot, config, format } => {
             let config = config.as_deref().map(load_config).transpose()?;
             init_logs(config.as_ref());
@@ -319,7 +324,12 @@ fn snapshot(config: PathBuf, out: Option<PathBuf>) -> Result<ExitCode, Fail> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result<ExitCode, Fail> {
+fn rebalance(config: PathBuf, once: bool, force: bool, allow_big_keys: bool, format: Format) -> Result<ExitCode, Fail> {
+    if allow_big_keys && !once {
+        return Err(usage(anyhow::anyhow!(
+            "--allow-big-keys needs --once: a big key's move is an operator's own decision"
+        )));
+    }
     let config = load_config(&config)?;
     init_logs(Some(&config));
     if !once {
@@ -343,7 +353,7 @@ fn rebalance(config: PathBuf, once: bool, force: bool, format: Format) -> Result
     let rt = runtime();
     let finished = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
-        let run = ctx.run_once(Trigger::Manual { force }, &cancel);
+        let run = ctx.run_once(Trigger::Manual { force, allow_big_keys }, &cancel);
         tokio::pin!(run);
         tokio::select! {
             f = &mut run => return Ok(f),

@@ -310,6 +310,19 @@ async fn big_keys_pin_their_slot_and_stray_keys_are_counted(engine: Engine) {
     assert_eq!(snap.observed.pinned.len(), 3, "{:?}", snap.observed.pinned);
     assert!(snap.observed.pinned.iter().all(|p| p.largest_key_bytes >= 2 << 20 && p.reason.contains("max-key-bytes")));
     assert_eq!(snap.observed.members.iter().map(|f| f.big_keys).sum::<u64>(), 3);
+    // A plan leaves them where they are and says why.
+    let p = autobalancer::plan::plan(&snap, &autobalancer::plan::PlanOptions::from_config(&cfg.balance)).unwrap();
+    assert!(p.moves.iter().all(|m| snap.observed.pinned.iter().all(|x| x.bucket != m.bucket)));
+    assert_eq!(p.explanation.iter().filter(|l| l.contains("stays: 1 key(s) above")).count(), 3, "{:?}", p.explanation);
+
+    // A migrate-timeout above the cluster's node timeout draws a warning.
+    config(dir.path(), &c, "[execution]\nmigrate-timeout = \"10m\"\n");
+    let out = common::bin()
+        .args(["snapshot", "--config", dir.path().join("config.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("migrate-timeout is above the cluster's cluster-node-timeout"), "{stderr}");
 }
 
 /// Sampled mode measures a random sample per slot and says how far off it may be: every

@@ -36,7 +36,12 @@ pub enum Trigger {
     /// The cron slot this run belongs to.
     Scheduled { slot: DateTime<Utc> },
     /// By hand (`PUT /rebalance`, `rebalance --once`); `force` ignores the thresholds.
-    Manual { force: bool },
+    Manual {
+        force: bool,
+        /// Moves buckets pinned by a key above `execution.max-key-bytes` too (`--force`
+        /// does not).
+        allow_big_keys: bool,
+    },
     /// Draining evacuated members.
     Evacuation,
 }

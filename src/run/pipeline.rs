@@ -105,10 +105,14 @@ impl Context {
         self.slot_not_yet_run(trigger, guard).await.map_break(|s| self.skipped(s))?;
         self.set_state("planning", Some(trigger.operation()));
         self.repair().await?;
-        let (snap, evacuations) = match self.snapshot_and_evacuations().await {
+        let (mut snap, evacuations) = match self.snapshot_and_evacuations().await {
             Ok(x) => x,
             Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, e.to_string()))),
         };
+        if matches!(trigger, Trigger::Manual { allow_big_keys: true, .. }) && !snap.observed.pinned.is_empty() {
+            warn!(buckets = snap.observed.pinned.len(), "--allow-big-keys: buckets holding big keys may move");
+            snap.observed.pinned.clear();
+        }
         let plan = self.plan_run(trigger, &snap, &evacuations)?;
         let answer = self.decide_run(trigger, &snap, &plan)?;
         Continue(self.execute_run(trigger, guard, cancel, (&snap, &plan, &evacuations), answer).await)
@@ -176,7 +180,7 @@ impl Context {
 
     /// Decides; a skip ends the run with the plan's figures in the answer.
     fn decide_run(&self, trigger: &Trigger, snap: &ClusterSnapshot, p: &Plan) -> Step<Answer> {
-        let force = matches!(trigger, Trigger::Manual { force: true } | Trigger::Evacuation);
+        let force = matches!(trigger, Trigger::Manual { force: true, .. } | Trigger::Evacuation);
         let t = self.thresholds(force);
         let d = decide(snap, p, &t);
         info!(

@@ -82,7 +82,7 @@ impl Control for Sidecar {
     }
 
     async fn rebalance(&self, force: bool) -> Result<Answer, RunError> {
-        self.start(Trigger::Manual { force })?.finish().await?.into_answer()
+        self.start(Trigger::Manual { force, allow_big_keys: false })?.finish().await?.into_answer()
     }
 
     fn stop(&self) -> Option<&'static str> {

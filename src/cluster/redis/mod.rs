@@ -50,6 +50,8 @@ pub struct RedisCluster {
     topo: Mutex<Option<Arc<Topology>>>,
     /// When this process first saw each open slot nobody recorded.
     first_seen: Mutex<std::collections::HashMap<u16, chrono::DateTime<chrono::Utc>>>,
+    /// Whether migrate-timeout was compared with the cluster's node timeout.
+    node_timeout_checked: std::sync::atomic::AtomicBool,
 }
 
 impl RedisCluster {
@@ -84,6 +86,7 @@ impl RedisCluster {
             migrate_timeout,
             topo: Mutex::new(None),
             first_seen: Mutex::default(),
+            node_timeout_checked: Default::default(),
         })
     }
 }

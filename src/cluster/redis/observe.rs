@@ -59,11 +59,36 @@ impl RedisCluster {
                 topo.owner[s].map(|o| Bucket { id: s as u64, group: None, bytes: sizes[s], copies: vec![o as u32] })
             })
             .collect();
+        if let Some(m) = topo.masters.iter().find(|m| !m.is_failed()) {
+            self.warn_on_migrate_timeout(&m.addr).await;
+        }
         let seen: Vec<&MasterView> = views.iter().filter_map(|v| v.as_ref().ok()).collect();
         snap.observed.pinned = self.pinned(&seen);
         snap.observed.sizing = Some(self.summary(&seen, started));
         snap.observed.engine = engine(&seen);
         Ok(snap)
+    }
+
+    /// A MIGRATE that blocks longer than `cluster-node-timeout` gets its node failed over:
+    /// says so once, when `execution.migrate-timeout` is above it.
+    async fn warn_on_migrate_timeout(&self, addr: &str) {
+        if self.node_timeout_checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let cmd = redis::cmd("CONFIG").arg("GET").arg("cluster-node-timeout").to_owned();
+        match self.conns.query::<Vec<String>>(addr, &cmd).await {
+            Ok(v) => {
+                let node_ms: u64 = v.get(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+                if node_ms > 0 && self.migrate_timeout.as_millis() as u64 > node_ms {
+                    warn!(
+                        migrate_timeout_ms = self.migrate_timeout.as_millis() as u64,
+                        cluster_node_timeout_ms = node_ms,
+                        "execution.migrate-timeout is above the cluster's cluster-node-timeout: a MIGRATE blocking that long gets its node failed over"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(cause = %e, "cannot read cluster-node-timeout (CONFIG GET not allowed?)"),
+        }
     }
 
     async fn observe_master(&self, topo: &Topology, i: usize, m: &NodeLine) -> Result<MasterView, String> {
