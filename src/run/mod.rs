@@ -80,6 +80,8 @@ pub struct RunStatus {
     pub last_error: Option<String>,
     /// Per member, of the last run that moved buckets.
     pub last_report: Option<Vec<crate::report::MemberReport>>,
+    /// What the last snapshot observed: how sizes were taken, engine, per-member facts.
+    pub observed: Option<crate::model::Observed>,
 }
 
 impl Context {
@@ -125,6 +127,7 @@ impl Context {
         let mut snap = self.cluster.snapshot().await.map_err(RunError::Snapshot)?;
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_snapshot(&snap);
+        self.status.lock().unwrap().observed = Some(snap.observed.clone());
         let evacuations = match self.coordinator.evacuations().await {
             Ok(ev) => ev,
             Err(e) => {

@@ -62,6 +62,10 @@ impl Control for Sidecar {
         obj.insert("lock".into(), lock);
         obj.insert("paused".into(), json!(paused.ok().flatten()));
         obj.insert("etcd".into(), json!(self.etcd.lock().unwrap().clone().err()));
+        // The last snapshot's sizes ("sizes: exact, measured 3 s ago ...") and findings.
+        let observed = self.ctx.status.lock().unwrap().observed.clone();
+        obj.insert("sizes".into(), json!(observed.as_ref().and_then(|o| o.sizing.as_ref()).map(|s| s.line())));
+        obj.insert("observed".into(), json!(observed));
         reg
     }
 
