@@ -2,15 +2,19 @@
 //! buckets.
 //!
 //! Layout: [`conn`] connections and AUTH; [`topology`] CLUSTER NODES, ownership, health;
-//! [`sizing`] slot sizes in bytes; [`legacy`] the SETSLOT + MIGRATE mover; [`repair`]
-//! closing slots a crash left open. This file wires them into the backend-neutral
-//! [`Cluster`] trait and builds the snapshot. Does not own: which slots move.
+//! [`sizing`] slot sizes in bytes ([`slot_stats`]: Valkey's key counts in one call);
+//! [`capabilities`] what the engines support and which mover runs; [`legacy`] the
+//! SETSLOT and MIGRATE mover; [`repair`] closing slots a crash left open. This file wires them into
+//! the backend-neutral [`Cluster`] trait and builds the snapshot. Does not own: which
+//! slots move.
 
+mod capabilities;
 mod conn;
 mod legacy;
 mod observe;
 mod repair;
 mod sizing;
+mod slot_stats;
 mod topology;
 
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tracing::debug;
 
+pub use capabilities::{Capabilities, MigrationMode, Mover};
 pub use sizing::{Mode as SizingMode, SizingOptions};
 pub use topology::{NodeInfo, NodeLine, parse_nodes};
 
@@ -47,6 +52,10 @@ pub struct RedisCluster {
     migrate_timeout: Duration,
     /// The topology read by the last snapshot or repair; moves use its node ids.
     topo: Mutex<Option<Arc<Topology>>>,
+    /// `execution.migration`: which mover moves slots.
+    pub migration: MigrationMode,
+    /// What the masters supported at the last snapshot.
+    caps: capabilities::Seen,
 }
 
 impl RedisCluster {
@@ -81,6 +90,9 @@ impl RedisCluster {
             batch_bytes: config.execution.migrate_batch_bytes.0,
             migrate_timeout,
             topo: Mutex::new(None),
+            // TODO(config): execution.migration, once the config key lands.
+            migration: MigrationMode::default(),
+            caps: capabilities::Seen::default(),
         })
     }
 }
