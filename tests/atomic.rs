@@ -2,7 +2,7 @@
 //! one MIGRATESLOTS job per (source, target) group, every key and value intact, ownership
 //! flipped on every node, the target's replica following, a stuck job cancelled with its
 //! slots left at the source, a failing job retried and then moved by the legacy mover,
-//! and `execution.migration = "atomic"` refused on Redis 7.
+//! the ACL rules both paths need, and `execution.migration = "atomic"` refused on Redis 7.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -357,6 +357,52 @@ async fn acl_rules_for_the_atomic_path() {
         wait_views(&c, &slots, &m[2]).await;
         assert_eq!(digest(&c).await, before);
     }
+}
+
+/// ACL of the nodes themselves: a job's source logs in to the target as its own
+/// `masteruser`, which there must run the writes of the stream, not only replicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sources_masteruser_needs_write_rights_on_the_target() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = ClusterSpec::new(Engine::Valkey, 2, 1).start().await.unwrap();
+    c.load_skewed(5_000, 17).await.unwrap();
+    let before = digest(&c).await;
+    let acl = |rules: &'static str| {
+        let c = &c;
+        async move {
+            for a in c.live_addrs() {
+                let mut con = c.conn(&a).await.unwrap();
+                let mut cmd = redis::cmd("ACL");
+                cmd.arg("SETUSER").arg("repl").arg("reset").arg("on").arg(">repl-pw");
+                for r in rules.split_whitespace() {
+                    cmd.arg(r);
+                }
+                cmd.query_async::<()>(&mut con).await.unwrap();
+                for (k, v) in [("masteruser", "repl"), ("masterauth", "repl-pw")] {
+                    redis::cmd("CONFIG").arg("SET").arg(k).arg(v).query_async::<()>(&mut con).await.unwrap();
+                }
+            }
+        }
+    };
+    // What a replica needs: enough for replication, not for a slot migration stream.
+    acl("+psync +replconf +ping +cluster|syncslots").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rc = backend(&c, dir.path(), Duration::from_secs(10));
+    let snap = rc.snapshot().await.unwrap();
+    let m = c.master_addrs();
+    let first = moves(&snap, &m[0], &m[2], 20);
+    assert!(rc.move_group(&snap, &first, &NoPace).await.iter().all(Result::is_ok));
+    assert_eq!(rc.legacy_fallbacks(), 20, "jobs failed, the legacy mover moved the slots");
+    assert!(jobs(&c, &m[0]).await.iter().all(|j| j.0 == "failed"));
+    // With SELECT and the write commands on every key, jobs succeed.
+    acl("+psync +replconf +ping +cluster|syncslots +select +@write ~*").await;
+    let second = moves(&snap, &m[1], &m[2], 20);
+    assert!(rc.move_group(&snap, &second, &NoPace).await.iter().all(Result::is_ok));
+    assert_eq!(rc.legacy_fallbacks(), 20, "no new fallback");
+    assert_eq!(jobs(&c, &m[1]).await.iter().map(|j| j.0.as_str()).collect::<Vec<_>>(), ["success"]);
+    let slots: Vec<u64> = first.iter().chain(&second).map(|mv| mv.bucket).collect();
+    wait_views(&c, &slots, &m[2]).await;
+    assert_eq!(digest(&c).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
