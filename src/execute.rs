@@ -188,6 +188,14 @@ pub async fn execute<C: Cluster, F: Fence>(job: Job<'_, C, F>, cancel: &Cancella
 /// A finished move: its index in the plan, what the backend said, how long it took.
 type Finished = (usize, Result<MoveStats, ClusterError>, Duration);
 
+/// Slots in one group at most, for a backend that moves groups as one unit.
+const GROUP_SLOTS: usize = 1024;
+/// Bytes in one group when no rate limits the run: stops and deadlines are checked
+/// between groups, so a group stays short.
+const GROUP_BYTES: u64 = 256 << 20;
+/// With a rate, a group carries this many seconds' worth of bytes.
+const GROUP_SECONDS: u64 = 10;
+
 /// One run's moves in progress: what waits, who is busy, what came of each move.
 struct Executor<'a, C, F> {
     job: Job<'a, C, F>,
@@ -196,7 +204,7 @@ struct Executor<'a, C, F> {
     deadline: Instant,
     /// Plan indexes not started yet, in plan order.
     pending: VecDeque<usize>,
-    inflight: FuturesUnordered<BoxFuture<'a, Finished>>,
+    inflight: FuturesUnordered<BoxFuture<'a, Vec<Finished>>>,
     /// Moves in flight per member.
     busy: Vec<u32>,
     /// Bytes of moves started (the budget counts these).
@@ -285,21 +293,62 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 break;
             }
             let idx = self.pending.remove(i).expect("index in range");
-            self.start(idx);
+            let group = self.group_with(idx);
+            self.start(group);
         }
     }
 
-    /// Starts the move at plan index `idx`.
-    fn start(&mut self, idx: usize) {
-        let mv = &self.job.plan.moves[idx];
-        self.committed += mv.bytes;
-        self.busy[mv.from as usize] += 1;
-        self.busy[mv.to as usize] += 1;
+    /// `idx` and, for a backend that moves groups as one unit, the pending moves that
+    /// share its source and target, in plan order, within the group's size and the run's
+    /// byte budget. They leave `pending`.
+    fn group_with(&mut self, idx: usize) -> Vec<usize> {
+        let moves = &self.job.plan.moves;
+        let mut group = vec![idx];
+        if !self.job.cluster.groups_moves() {
+            return group;
+        }
+        let limits = self.job.limits;
+        let cap = match limits.max_bytes_per_second {
+            0 => GROUP_BYTES,
+            rate => rate.saturating_mul(GROUP_SECONDS),
+        };
+        let (from, to) = (moves[idx].from, moves[idx].to);
+        let mut bytes = moves[idx].bytes;
+        let mut k = 0;
+        while k < self.pending.len() && group.len() < GROUP_SLOTS {
+            let m = &moves[self.pending[k]];
+            let fits_budget =
+                limits.max_bytes_per_run == 0 || self.committed + bytes + m.bytes <= limits.max_bytes_per_run;
+            if m.from == from && m.to == to && bytes + m.bytes <= cap && fits_budget {
+                bytes += m.bytes;
+                group.push(self.pending.remove(k).expect("index in range"));
+            } else {
+                k += 1;
+            }
+        }
+        group
+    }
+
+    /// Starts the moves at plan indexes `group` (one move, or a group moved as one).
+    fn start(&mut self, group: Vec<usize>) {
+        let moves = &self.job.plan.moves;
+        for &idx in &group {
+            let mv = &moves[idx];
+            self.committed += mv.bytes;
+            self.busy[mv.from as usize] += 1;
+            self.busy[mv.to as usize] += 1;
+        }
         let (cluster, snapshot, pacer) = (self.job.cluster, self.job.snapshot, self.pacer.clone());
         self.inflight.push(Box::pin(async move {
             let t0 = Instant::now();
-            let r = cluster.move_bucket(snapshot, mv, pacer.as_ref()).await;
-            (idx, r, t0.elapsed())
+            if let [idx] = group[..] {
+                let r = cluster.move_bucket(snapshot, &moves[idx], pacer.as_ref()).await;
+                return vec![(idx, r, t0.elapsed())];
+            }
+            let batch: Vec<Move> = group.iter().map(|&i| moves[i].clone()).collect();
+            let results = cluster.move_group(snapshot, &batch, pacer.as_ref()).await;
+            let took = t0.elapsed();
+            group.into_iter().zip(results).map(|(idx, r)| (idx, r, took)).collect()
         }));
     }
 
@@ -308,7 +357,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         let deadline = tokio::time::sleep_until(self.deadline.into());
         let running = self.stopped.is_none();
         tokio::select! {
-            Some(finished) = self.inflight.next() => self.take_finished(finished),
+            Some(finished) = self.inflight.next() => finished.into_iter().for_each(|f| self.take_finished(f)),
             _ = cancel.cancelled(), if running => {
                 info!(in_flight = self.inflight.len(), "stop requested: finishing moves in flight");
                 self.stopped = Some(StopReason::Cancelled);

@@ -2,7 +2,8 @@
 //! TAKEOVER on its replica) while one of its slots is half-moved, on the source side and
 //! on the target side, and the holder that was moving vanishes. The next holder must
 //! finish the move from what it recorded and what the nodes hold: no key lost, none left
-//! where clients cannot read it, nothing open.
+//! where clients cannot read it, nothing open. These are the legacy mover's faults (a
+//! half-moved slot is its state); Valkey runs them with `migration = "legacy"`.
 
 mod common;
 
@@ -14,7 +15,7 @@ use common::{bin, cluster_section};
 
 fn config(dir: &std::path::Path, c: &LocalCluster, etcd: &LocalEtcd) -> std::path::PathBuf {
     let text = format!(
-        "{}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5\n[etcd]\nendpoints = [\"{}\"]\nlease-ttl = \"2s\"\n",
+        "{}\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5\nmigration = \"legacy\"\n[etcd]\nendpoints = [\"{}\"]\nlease-ttl = \"2s\"\n",
         cluster_section(c, dir, None),
         etcd.endpoint()
     );

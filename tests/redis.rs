@@ -270,9 +270,10 @@ async fn a_killed_mover_is_repaired_by_the_next_run(engine: Engine) {
     let etcd_section = format!("[etcd]\nendpoints = [\"{}\"]\nlease-ttl = \"2s\"\n", etcd.endpoint());
     let cfg = write_config(dir.path(), &c, &etcd_section);
     // Slow: small batches at a low rate, so a kill lands mid-slot.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max-bytes-per-second = 0", "max-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "max-bytes-per-second = 0",
+        "max-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5\nmigration = \"legacy\"",
+    );
     std::fs::write(&cfg, text).unwrap();
     let mut child = bin()
         .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once"])

@@ -558,7 +558,7 @@ async fn sigterm_with_every_redis_node_frozen_mid_move_exits_within_the_shutdown
     let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(6_000, 14).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let slow = "[schedule]\ncron = \"0 0 3 * * *\"\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"100KiB\"\nmigrate-batch-keys = 5\nshutdown-timeout = \"4s\"\n";
+    let slow = "[schedule]\ncron = \"0 0 3 * * *\"\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"100KiB\"\nmigrate-batch-keys = 5\nshutdown-timeout = \"4s\"\nmigration = \"legacy\"\n";
     let mut s = SidecarProc::start(
         dir.path(),
         "frozen",

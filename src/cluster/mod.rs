@@ -135,6 +135,29 @@ pub trait Cluster: Send + Sync {
         mv: &Move,
         pace: &P,
     ) -> impl Future<Output = Result<MoveStats, ClusterError>> + Send;
+    /// Whether `move_group` moves a group as one unit (the executor then hands it groups
+    /// of moves sharing a source and a target; otherwise single moves).
+    fn groups_moves(&self) -> bool {
+        false
+    }
+    /// Moves buckets that share a source and a target as one unit where the backend can
+    /// (Valkey 9: one atomic migration job); the caller checks its fence, deadline and
+    /// budgets between groups, not inside one. One result per move, in the order given.
+    /// By default the moves run one by one with `move_bucket`.
+    fn move_group<P: Pace>(
+        &self,
+        snapshot: &ClusterSnapshot,
+        moves: &[Move],
+        pace: &P,
+    ) -> impl Future<Output = Vec<Result<MoveStats, ClusterError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(moves.len());
+            for mv in moves {
+                out.push(self.move_bucket(snapshot, mv, pace).await);
+            }
+            out
+        }
+    }
 }
 
 /// The backend named by the configuration.
@@ -144,6 +167,14 @@ pub enum AnyCluster {
 }
 
 impl AnyCluster {
+    /// What the servers support, as the last snapshot saw it (Redis backend only).
+    pub fn capabilities(&self) -> Option<redis::Capabilities> {
+        match self {
+            AnyCluster::Redis(c) => c.capabilities(),
+            AnyCluster::File(_) => None,
+        }
+    }
+
     pub fn from_config(config: &crate::config::Config) -> Result<AnyCluster, ClusterError> {
         match config.cluster.backend {
             crate::config::Backend::Redis => Ok(AnyCluster::Redis(Box::new(redis::RedisCluster::from_config(config)?))),
@@ -174,6 +205,25 @@ impl Cluster for AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.move_bucket(s, mv, pace).await,
             AnyCluster::File(c) => c.move_bucket(s, mv, pace).await,
+        }
+    }
+
+    fn groups_moves(&self) -> bool {
+        match self {
+            AnyCluster::Redis(c) => c.groups_moves(),
+            AnyCluster::File(c) => c.groups_moves(),
+        }
+    }
+
+    async fn move_group<P: Pace>(
+        &self,
+        s: &ClusterSnapshot,
+        moves: &[Move],
+        pace: &P,
+    ) -> Vec<Result<MoveStats, ClusterError>> {
+        match self {
+            AnyCluster::Redis(c) => c.move_group(s, moves, pace).await,
+            AnyCluster::File(c) => c.move_group(s, moves, pace).await,
         }
     }
 }

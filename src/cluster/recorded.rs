@@ -47,6 +47,48 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
     }
 
     async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
+        self.record(s, mv).await?;
+        let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
+        let result = self.inner.move_bucket(s, mv, &fenced).await;
+        self.settle(mv, &result).await;
+        result
+    }
+
+    fn groups_moves(&self) -> bool {
+        self.inner.groups_moves()
+    }
+
+    async fn move_group<P: Pace>(
+        &self,
+        s: &ClusterSnapshot,
+        moves: &[Move],
+        pace: &P,
+    ) -> Vec<Result<MoveStats, ClusterError>> {
+        for (i, mv) in moves.iter().enumerate() {
+            if let Err(e) = self.record(s, mv).await {
+                // Nothing of the group started: the intents recorded so far are cleared.
+                for done in &moves[..i] {
+                    let _ = self.coordinator.clear_move(done.bucket).await;
+                }
+                let why = e.to_string();
+                return moves
+                    .iter()
+                    .map(|m| Err(ClusterError::Move { bucket: m.bucket, message: why.clone(), open: false }))
+                    .collect();
+            }
+        }
+        let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
+        let results = self.inner.move_group(s, moves, &fenced).await;
+        for (mv, r) in moves.iter().zip(&results) {
+            self.settle(mv, r).await;
+        }
+        results
+    }
+}
+
+impl<C> Recorded<'_, C> {
+    /// Records the move's intent; the move does not start without it.
+    async fn record(&self, s: &ClusterSnapshot, mv: &Move) -> Result<(), ClusterError> {
         let intent = MoveIntent {
             bucket: mv.bucket,
             from: s.members[mv.from as usize].id.clone(),
@@ -58,10 +100,13 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
             bucket: mv.bucket,
             message: format!("could not record the move's intent, so it did not start: {e}"),
             open: false,
-        })?;
-        let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
-        let result = self.inner.move_bucket(s, mv, &fenced).await;
-        let settled = match &result {
+        })
+    }
+
+    /// Removes the intent of a move that committed or rolled back; one left open keeps
+    /// it for the next holder's repair.
+    async fn settle(&self, mv: &Move, result: &Result<MoveStats, ClusterError>) {
+        let settled = match result {
             Ok(_) => true,
             Err(ClusterError::Move { open, .. }) => !open,
             Err(_) => false,
@@ -69,6 +114,5 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
         if settled && let Err(e) = self.coordinator.clear_move(mv.bucket).await {
             warn!(bucket = mv.bucket, cause = %e, "could not clear the move's intent; the next run's repair clears it");
         }
-        result
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use chrono::Utc;
 use tracing::warn;
 
+use super::capabilities::Capabilities;
 use super::sizing::MasterSizes;
 use super::topology::{NodeInfo, NodeLine, Topology};
 use super::{RedisCluster, SLOTS};
@@ -66,6 +67,7 @@ impl RedisCluster {
         snap.observed.pinned = self.pinned(&seen);
         snap.observed.sizing = Some(self.summary(&seen, started));
         snap.observed.engine = engine(&seen);
+        self.note_capabilities(Capabilities::of(seen.iter().map(|v| &v.info)));
         Ok(snap)
     }
 
@@ -97,7 +99,7 @@ impl RedisCluster {
         }
         let info = self.node_info(&m.addr).await?;
         let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
-        let counts = self.key_counts(&m.addr, &owned).await?;
+        let counts = self.key_counts(&m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
         let sizes = self.size_master(&m.addr, &owned, &counts).await?;
         Ok(MasterView { info, sizes, owned_keys: counts.iter().sum() })
     }

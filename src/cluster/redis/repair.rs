@@ -142,12 +142,7 @@ impl RedisCluster {
                 "slot {slot}: would finish the move {src} -> {dst} ({src_keys} keys left on {src}, {dst_keys} on {dst})"
             ));
         }
-        // The target's own idea of the owner can be stale: a node importing a slot takes
-        // no gossip about it, so after a failover of the source it may think the slot
-        // served by nobody and refuse the keys. Point it at the owner; finish sets
-        // IMPORTING again.
-        let src_id = self.node_id_of(topo, &src).map_err(|e| e.to_string())?;
-        self.setslot(&dst, slot, &["NODE", &src_id]).await.map_err(|e| format!("SETSLOT NODE on {dst}: {e}"))?;
+        self.reanchor_target(topo, slot, &src, &dst).await?;
         let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
         let stats = self.finish(topo, m, &NoPace).await.map_err(|e| e.to_string())?;
         for a in flags.flagged().filter(|a| **a != src && **a != dst) {
@@ -192,5 +187,27 @@ impl RedisCluster {
             .migrating
             .iter()
             .find_map(|(_, id)| topo.master_by_id(id).filter(|m| live(&m.addr)).map(|m| m.addr.clone())))
+    }
+
+    /// Redis 7 takes no gossip about a slot a node imports, so after a failover of the
+    /// source the target may think the slot served by nobody ("CLUSTERDOWN Hash slot not
+    /// served") and refuse the keys. Such a target is pointed at the owner (finish sets
+    /// IMPORTING again). Only then, and never on Valkey: Valkey drops the keys a node
+    /// holds in a slot assigned elsewhere, and it needs no help here.
+    async fn reanchor_target(&self, topo: &Topology, slot: u16, src: &str, dst: &str) -> Result<(), String> {
+        let src_id = self.node_id_of(topo, src).map_err(|e| e.to_string())?;
+        let view = self.cluster_nodes(dst).await?;
+        let owner_seen = view.iter().find(|n| n.is_master() && !n.is_failed() && n.owns(slot)).map(|n| n.id.clone());
+        if owner_seen.as_deref() == Some(src_id.as_str()) {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        p.cmd("INFO").arg("server").cmd("CLUSTER").arg("INFO");
+        let (info, cluster): (String, String) = self.conns.pipeline_as(dst, &p).await?;
+        if super::topology::NodeInfo::parse(&info, &cluster).engine != "redis" {
+            return Ok(());
+        }
+        info!(slot, node = %dst, "the target does not see the slot's owner; pointing it at {src}");
+        self.setslot(dst, slot, &["NODE", &src_id]).await.map_err(|e| format!("SETSLOT NODE on {dst}: {e}"))
     }
 }

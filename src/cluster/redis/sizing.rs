@@ -151,17 +151,32 @@ const LIST_KEYS: u64 = 8192;
 const LIST_SLOTS: usize = 512;
 
 impl RedisCluster {
-    /// Key counts of `slots` on `addr` (COUNTKEYSINSLOT, pipelined).
-    pub(super) async fn key_counts(&self, addr: &str, slots: &[u16]) -> Result<Vec<u64>, String> {
-        let mut counts = Vec::with_capacity(slots.len());
-        for chunk in slots.chunks(PIPELINE) {
+    /// Key counts of `slots` on `addr`. With `slot_stats` (the node runs Valkey 8 or
+    /// later) one CLUSTER SLOT-STATS call answers for every slot the node owns; slots it
+    /// did not answer for, and every slot when its reply cannot be read, are counted with
+    /// COUNTKEYSINSLOT, pipelined.
+    pub(super) async fn key_counts(&self, addr: &str, slots: &[u16], slot_stats: bool) -> Result<Vec<u64>, String> {
+        let mut known = std::collections::HashMap::new();
+        if slot_stats {
+            match self.conns.query::<redis::Value>(addr, &super::slot_stats::request()).await {
+                Ok(reply) => match super::slot_stats::parse(&reply) {
+                    Ok(counts) => known = counts,
+                    Err(e) => {
+                        tracing::warn!(node = %addr, cause = %e, "unreadable CLUSTER SLOT-STATS; counting slot by slot")
+                    }
+                },
+                Err(e) => tracing::debug!(node = %addr, cause = %e, "CLUSTER SLOT-STATS failed; counting slot by slot"),
+            }
+        }
+        let missing: Vec<u16> = slots.iter().copied().filter(|s| !known.contains_key(s)).collect();
+        for chunk in missing.chunks(PIPELINE) {
             let mut p = redis::pipe();
             for &s in chunk {
                 p.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s);
             }
-            counts.extend(self.conns.pipeline::<u64>(addr, &p).await?);
+            known.extend(chunk.iter().copied().zip(self.conns.pipeline::<u64>(addr, &p).await?));
         }
-        Ok(counts)
+        Ok(slots.iter().map(|s| known[s]).collect())
     }
 
     /// Sizes of `slots` on `addr` whose key counts are `counts`: from the cache when

@@ -27,7 +27,8 @@ impl RedisCluster {
             topo.myself.get(addr).map(|n| n.importing.iter().map(|(s, _)| *s).collect()).unwrap_or_default();
         let others: Vec<u16> =
             (0..SLOTS as u16).filter(|s| topo.owner[*s as usize] != me && !importing.contains(s)).collect();
-        let counts = self.key_counts(addr, &others).await?;
+        // SLOT-STATS answers for the slots a node owns; these it does not.
+        let counts = self.key_counts(addr, &others, false).await?;
         Ok(others.into_iter().zip(counts).filter(|(_, n)| *n > 0).collect())
     }
 

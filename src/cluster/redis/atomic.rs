@@ -1,0 +1,382 @@
+//! The atomic mover (Valkey 9): one `CLUSTER MIGRATESLOTS` job per group of slots that
+//! share a source and a target, followed with `CLUSTER GETSLOTMIGRATIONS` on the source
+//! and stopped with `CLUSTER CANCELSLOTMIGRATIONS`. The server streams a snapshot of the
+//! slots and the writes made meanwhile, then ownership flips in one step: a job moves all
+//! its slots or none, and no key costs the mover a round trip.
+//!
+//! A job that fails is tried once more in halves; what still fails moves with the legacy
+//! mover (Valkey issue 4545: jobs fail under sustained heavy writes), and a warning says
+//! so. A job that runs past its time is cancelled and its slots stay with the source.
+//! Whatever a job reports, the result per slot is read from the nodes' own views.
+//!
+//! Does not own: which slots travel together (the executor forms the groups), which mover
+//! runs ([`super::capabilities`]), or the legacy protocol ([`super::legacy`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::capabilities::Mover;
+use super::legacy::SlotMove;
+use super::migrations::{SlotMigration, merge};
+use super::topology::{NodeLine, Topology};
+use super::{NoPace, RedisCluster, SLOTS};
+use crate::cluster::{ClusterError, MoveStats, Pace};
+use crate::model::ClusterSnapshot;
+use crate::plan::Move;
+
+/// A job gets `migrate-timeout` plus a second per this many bytes before it is taken as
+/// stuck and cancelled.
+const JOB_MIN_BYTES_PER_SECOND: u64 = 4 << 20;
+const POLL_FIRST: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(100);
+/// How long the nodes' views may take to show a finished job's new owner.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// How one try at moving a set of slots ended, read from the nodes.
+struct Attempt {
+    /// Slots the target owns now.
+    moved: Vec<u16>,
+    /// Slots the source still owns.
+    left: Vec<u16>,
+    /// Slots neither claims (Valkey issue 2724: an epoch bump during a job).
+    lost: Vec<u16>,
+    /// Why not everything moved (the server's message).
+    why: String,
+    next: Next,
+}
+
+/// What to do with the slots an attempt left with the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// The job failed: smaller jobs may pass.
+    Retry,
+    /// The server refused the job: the legacy mover may still work.
+    Legacy,
+    /// Cancelled, timed out, or possibly moved with lost writes: report, do not retry.
+    Stop,
+}
+
+/// How one slot of a group ended.
+enum SlotEnd {
+    Moved,
+    MovedByLegacy(MoveStats),
+    Failed(ClusterError),
+}
+
+impl RedisCluster {
+    /// Slots moved by the legacy mover after an atomic job failed, since this value was made.
+    pub fn legacy_fallbacks(&self) -> u64 {
+        self.legacy_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// `move_group` for this backend: one atomic job per (source, target) where the mover
+    /// is atomic, `move_bucket` for each move otherwise.
+    pub(super) async fn group<P: Pace>(
+        &self,
+        s: &ClusterSnapshot,
+        moves: &[Move],
+        pace: &P,
+    ) -> Vec<Result<MoveStats, ClusterError>> {
+        use crate::cluster::Cluster;
+        match self.mover().await {
+            Err(e) => return moves.iter().map(|_| Err(ClusterError::Config(e.to_string()))).collect(),
+            Ok(Mover::Legacy) => {
+                let mut out = Vec::with_capacity(moves.len());
+                for mv in moves {
+                    out.push(self.move_bucket(s, mv, pace).await);
+                }
+                return out;
+            }
+            Ok(Mover::Atomic) => {}
+        }
+        let mut out: Vec<Option<Result<MoveStats, ClusterError>>> = moves.iter().map(|_| None).collect();
+        let mut pairs: Vec<((u32, u32), Vec<usize>)> = Vec::new();
+        for (i, mv) in moves.iter().enumerate() {
+            match pairs.iter_mut().find(|(p, _)| *p == (mv.from, mv.to)) {
+                Some((_, idx)) => idx.push(i),
+                None => pairs.push(((mv.from, mv.to), vec![i])),
+            }
+        }
+        for (_, idx) in pairs {
+            let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
+            for (i, r) in idx.into_iter().zip(self.atomic_group(s, &group, pace).await) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter().map(|r| r.expect("every move answered")).collect()
+    }
+
+    /// Moves `group` (one source, one target) as one job; one result per move.
+    async fn atomic_group<P: Pace>(
+        &self,
+        s: &ClusterSnapshot,
+        group: &[&Move],
+        pace: &P,
+    ) -> Vec<Result<MoveStats, ClusterError>> {
+        let fail = |mv: &Move, message: String| ClusterError::Move { bucket: mv.bucket, message, open: false };
+        let src = s.members[group[0].from as usize].address.clone();
+        let dst = s.members[group[0].to as usize].address.clone();
+        let mut slots = Vec::with_capacity(group.len());
+        for mv in group {
+            match u16::try_from(mv.bucket).ok().filter(|&x| (x as usize) < SLOTS) {
+                Some(slot) => slots.push(slot),
+                None => return group.iter().map(|mv| Err(fail(mv, "not a hash slot".into()))).collect(),
+            }
+        }
+        let topo = match self.cached_topology().await {
+            Ok(t) => t,
+            Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string()))).collect(),
+        };
+        let dst_id = match self.node_id_of(&topo, &dst) {
+            Ok(id) => id,
+            Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string()))).collect(),
+        };
+        let bytes: u64 = group.iter().map(|mv| mv.bytes).sum();
+        let estimates: HashMap<u16, u64> = slots.iter().copied().zip(group.iter().map(|mv| mv.bytes)).collect();
+        let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
+        let keys = self.key_counts(&src, &slots, slot_stats).await.unwrap_or_else(|_| vec![0; slots.len()]);
+        pace.take(bytes).await;
+        let started = Instant::now();
+        let mut ends = self.transfer(&topo, &src, &dst, &dst_id, &slots, &estimates).await;
+        let mut out = Vec::with_capacity(group.len());
+        for ((mv, slot), keys) in group.iter().zip(&slots).zip(keys) {
+            self.sizes.forget(*slot);
+            out.push(match ends.remove(slot) {
+                Some(SlotEnd::Moved) => Ok(MoveStats { keys, bytes: mv.bytes }),
+                // Reported in the snapshot's units, as move_bucket does.
+                Some(SlotEnd::MovedByLegacy(stats)) if mv.bytes > 0 => {
+                    Ok(MoveStats { keys: stats.keys, bytes: mv.bytes })
+                }
+                Some(SlotEnd::MovedByLegacy(stats)) => Ok(stats),
+                Some(SlotEnd::Failed(e)) => Err(e),
+                None => Err(fail(mv, "no outcome recorded".into())),
+            });
+        }
+        let moved = out.iter().filter(|r| r.is_ok()).count();
+        info!(from = %src, to = %dst, slots = slots.len(), moved, bytes, ms = started.elapsed().as_millis() as u64, "atomic group done");
+        out
+    }
+
+    /// Moves `slots` from `src` to `dst`: a job, then halves of what it left, then the
+    /// legacy mover for what still did not move.
+    async fn transfer(
+        &self,
+        topo: &Topology,
+        src: &str,
+        dst: &str,
+        dst_id: &str,
+        slots: &[u16],
+        estimates: &HashMap<u16, u64>,
+    ) -> HashMap<u16, SlotEnd> {
+        let bytes_of = |s: &[u16]| s.iter().map(|x| estimates.get(x).copied().unwrap_or(0)).sum::<u64>();
+        let mut ends = HashMap::new();
+        let first = self.attempt(src, dst, dst_id, slots, bytes_of(slots)).await;
+        let mut legacy: Vec<u16> = Vec::new();
+        let mut why = first.why.clone();
+        match first.next {
+            Next::Retry if !first.left.is_empty() => {
+                warn!(from = %src, to = %dst, slots = first.left.len(), cause = %first.why, "atomic migration job failed; trying again in halves");
+                let mid = first.left.len().div_ceil(2);
+                for half in [&first.left[..mid], &first.left[mid..]].into_iter().filter(|h| !h.is_empty()) {
+                    let again = self.attempt(src, dst, dst_id, half, bytes_of(half)).await;
+                    if again.next == Next::Stop {
+                        record(&mut ends, &again.left, src, &again.why, false);
+                    } else {
+                        legacy.extend(&again.left);
+                        why = again.why.clone();
+                    }
+                    record_settled(&mut ends, &again, src);
+                }
+            }
+            Next::Legacy => legacy = first.left.clone(),
+            _ => record(&mut ends, &first.left, src, &first.why, false),
+        }
+        record_settled(&mut ends, &first, src);
+        for slot in legacy {
+            ends.insert(slot, self.legacy_fallback(topo, src, dst, slot, estimates[&slot], &why).await);
+        }
+        ends
+    }
+
+    /// Moves one slot with the legacy mover after the atomic one could not.
+    async fn legacy_fallback(
+        &self,
+        topo: &Topology,
+        src: &str,
+        dst: &str,
+        slot: u16,
+        estimate: u64,
+        why: &str,
+    ) -> SlotEnd {
+        warn!(slot, from = %src, to = %dst, cause = %why, "atomic migration did not move the slot; moving it with the legacy mover");
+        // The group's bytes were paced before its first job.
+        let m = SlotMove { slot, src, dst, resume: false, estimate };
+        match self.finish(topo, m, &NoPace).await {
+            Ok(stats) => {
+                self.legacy_fallbacks.fetch_add(1, Ordering::Relaxed);
+                SlotEnd::MovedByLegacy(stats)
+            }
+            Err(e) => SlotEnd::Failed(e),
+        }
+    }
+
+    /// One job for `slots`, then who owns them.
+    async fn attempt(&self, src: &str, dst: &str, dst_id: &str, slots: &[u16], bytes: u64) -> Attempt {
+        let (why, next, name) = self.run_job(src, dst_id, slots, bytes).await;
+        if let Some(name) = name.as_deref().filter(|_| next != Next::Stop) {
+            self.wait_import_end(dst, name).await;
+        }
+        let mut a = self.ownership(src, dst, slots, why.is_empty()).await;
+        if !a.left.is_empty() || !a.lost.is_empty() {
+            a.why =
+                if why.is_empty() { format!("job reported success but {dst} does not own every slot") } else { why };
+            a.next = next;
+        }
+        a
+    }
+
+    /// Starts a job and follows it to its end. Returns why it did not succeed (empty when
+    /// it did), what to do next, and the job's name when it was seen.
+    async fn run_job(&self, src: &str, dst_id: &str, slots: &[u16], bytes: u64) -> (String, Next, Option<String>) {
+        let ranges = merge(slots);
+        let before: Vec<String> = match self.slot_migrations(src).await {
+            Ok(jobs) => jobs.into_iter().map(|j| j.name).collect(),
+            Err(e) => return (format!("CLUSTER GETSLOTMIGRATIONS on {src}: {e}"), Next::Legacy, None),
+        };
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("MIGRATESLOTS").arg("SLOTSRANGE");
+        for (a, b) in &ranges {
+            c.arg(*a).arg(*b);
+        }
+        c.arg("NODE").arg(dst_id);
+        if let Err(e) = self.conns.query::<()>(src, &c).await {
+            return (format!("CLUSTER MIGRATESLOTS refused by {e}"), Next::Legacy, None);
+        }
+        let limit = self.migrate_timeout + Duration::from_secs(bytes / JOB_MIN_BYTES_PER_SECOND);
+        let started = Instant::now();
+        let mut wait = POLL_FIRST;
+        let mut name = None;
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 3 / 2).min(POLL_MAX);
+            match self.slot_migrations(src).await {
+                Ok(jobs) => {
+                    let ours = jobs.into_iter().find(|j| match &name {
+                        Some(n) => &j.name == n,
+                        None => !before.contains(&j.name) && j.target_node == dst_id && j.slot_ranges == ranges,
+                    });
+                    let Some(job) = ours else {
+                        // Dropped from the log already: the views will tell.
+                        return ("the job left the source's list before it was seen to end".into(), Next::Stop, name);
+                    };
+                    if job.has_ended() {
+                        debug!(job = %job.name, state = %job.state, ms = started.elapsed().as_millis() as u64, "atomic job ended");
+                        return job_end(job);
+                    }
+                    name = Some(job.name);
+                }
+                Err(e) => debug!(node = %src, cause = %e, "CLUSTER GETSLOTMIGRATIONS failed; polling again"),
+            }
+            if started.elapsed() > limit {
+                self.cancel(src).await;
+                let why = format!("atomic migration job did not finish within {limit:?}; cancelled on {src}");
+                return (why, Next::Stop, name);
+            }
+        }
+    }
+
+    /// `CLUSTER CANCELSLOTMIGRATIONS` on the source: every job it exports stops.
+    async fn cancel(&self, src: &str) {
+        match self.conns.query::<()>(src, redis::cmd("CLUSTER").arg("CANCELSLOTMIGRATIONS")).await {
+            Ok(()) => warn!(node = %src, "cancelled the atomic migration jobs of the source"),
+            Err(e) if e.contains("No migrations ongoing") => {}
+            Err(e) => warn!(node = %src, cause = %e, "CLUSTER CANCELSLOTMIGRATIONS failed"),
+        }
+    }
+
+    /// Waits (bounded) until the target has ended its side of job `name`, so the slots
+    /// can be tried again: a live import refuses new jobs and SETSLOT for them.
+    async fn wait_import_end(&self, dst: &str, name: &str) {
+        let deadline = Instant::now() + self.migrate_timeout.min(SETTLE);
+        loop {
+            let live = match self.slot_migrations(dst).await {
+                Ok(jobs) => jobs.iter().any(|j| j.name == name && !j.has_ended()),
+                Err(_) => false,
+            };
+            if !live {
+                return;
+            }
+            if Instant::now() > deadline {
+                warn!(node = %dst, job = %name, "the target's side of the job has not ended");
+                return;
+            }
+            tokio::time::sleep(POLL_FIRST).await;
+        }
+    }
+
+    /// A node's own line of CLUSTER NODES, if it answers.
+    async fn myself(&self, addr: &str) -> Option<NodeLine> {
+        self.cluster_nodes(addr).await.ok()?.into_iter().find(|n| n.is_myself())
+    }
+
+    /// Who owns `slots` now: the source's own claim first (a job flips ownership only
+    /// after the source agrees, so a slot it still claims has not moved), then the
+    /// target's. Waits a little for the views to agree: for every slot to show on the
+    /// target after a job that `succeeded`, for no slot to be without owner otherwise.
+    async fn ownership(&self, src: &str, dst: &str, slots: &[u16], succeeded: bool) -> Attempt {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let at_src = self.myself(src).await;
+            let (mut moved, mut left, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+            let gone: Vec<u16> =
+                slots.iter().copied().filter(|&s| !at_src.as_ref().is_some_and(|n| n.owns(s))).collect();
+            let at_dst = if gone.is_empty() { None } else { self.myself(dst).await };
+            for &s in slots {
+                if at_src.as_ref().is_some_and(|n| n.owns(s)) {
+                    left.push(s);
+                } else if at_dst.as_ref().is_some_and(|n| n.owns(s)) {
+                    moved.push(s);
+                } else {
+                    lost.push(s);
+                }
+            }
+            let settled = lost.is_empty() && (!succeeded || left.is_empty());
+            if settled || Instant::now() > deadline {
+                return Attempt { moved, left, lost, why: String::new(), next: Next::Stop };
+            }
+            tokio::time::sleep(POLL_MAX).await;
+        }
+    }
+}
+
+/// What a job's end means for its slots.
+fn job_end(job: SlotMigration) -> (String, Next, Option<String>) {
+    let why = format!("atomic migration job {} {}: {}", job.name, job.state, job.message);
+    let next = match job.state.as_str() {
+        "success" => return (String::new(), Next::Stop, Some(job.name)),
+        // The target may hold the slots with writes lost: a person should look.
+        "failed" if job.message.contains("may have succeeded") => Next::Stop,
+        "failed" => Next::Retry,
+        _ => Next::Stop,
+    };
+    (why, next, Some(job.name))
+}
+
+/// Records the moved and lost slots of an attempt.
+fn record_settled(ends: &mut HashMap<u16, SlotEnd>, a: &Attempt, src: &str) {
+    for &s in &a.moved {
+        ends.entry(s).or_insert(SlotEnd::Moved);
+    }
+    let why = format!("no master claims the slot after the job ({})", a.why);
+    record(ends, &a.lost, src, &why, true);
+}
+
+fn record(ends: &mut HashMap<u16, SlotEnd>, slots: &[u16], src: &str, why: &str, open: bool) {
+    for &s in slots {
+        let message = if open { why.to_string() } else { format!("{why}; the slot stays with {src}") };
+        ends.entry(s).or_insert(SlotEnd::Failed(ClusterError::Move { bucket: s as u64, message, open }));
+    }
+}
