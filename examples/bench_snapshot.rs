@@ -1,11 +1,39 @@
-//! Snapshot speed: a Redis Cluster (3 loaded masters + 1 empty, loopback; Valkey with
-//! `--valkey`) with KEYS keys, then `autobalancer snapshot` timed 3 times.
-//! Usage: bench_snapshot [--valkey] KEYS [AUTOBALANCER_BIN]
+//! Sizing speed: a cluster (3 loaded masters + 1 empty, loopback; Valkey with
+//! `--valkey`) with KEYS keys, then:
+//! - a cold snapshot, exact sizing of every key, with no keys-per-second budget and with
+//!   the default budget (100000 keys/s per master);
+//! - a warm snapshot (the same backend again: every slot served from its cache);
+//! - `redis-cli --memkeys` on the three loaded masters at once, for comparison.
+//!
+//! Usage: bench_snapshot [--valkey] KEYS
 
 use std::process::Command;
 use std::time::Instant;
 
+use autobalancer::cluster::{AnyCluster, Cluster};
+use autobalancer::config::Config;
 use autobalancer_testkit::{ClusterSpec, Engine};
+
+async fn timed_snapshot(cluster: &AnyCluster, label: &str) {
+    let t = Instant::now();
+    let s = cluster.snapshot().await.unwrap();
+    let sizing = s.observed.sizing.clone().unwrap_or_default();
+    println!(
+        "{label}: {:.2} s for {} slots, {} keys ({} measured now), {} bytes",
+        t.elapsed().as_secs_f64(),
+        s.buckets.len(),
+        sizing.keys,
+        sizing.keys_measured_now,
+        s.total_bytes()
+    );
+}
+
+fn config(dir: &std::path::Path, seeds: &[String], extra: &str) -> Config {
+    let seeds: Vec<String> = seeds.iter().map(|a| format!("\"{a}\"")).collect();
+    let p = dir.join("c.toml");
+    std::fs::write(&p, format!("[cluster]\nid = \"bench\"\nseeds = [{}]\n{extra}\n", seeds.join(","))).unwrap();
+    Config::load(&p).unwrap()
+}
 
 #[tokio::main]
 async fn main() {
@@ -13,30 +41,34 @@ async fn main() {
     let engine = if args.iter().any(|a| a == "--valkey") { Engine::Valkey } else { Engine::Redis };
     args.retain(|a| a != "--valkey");
     let keys: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1_000_000);
-    let bin = args.get(2).cloned().unwrap_or_else(|| "target/release/autobalancer".into());
     let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     let t0 = Instant::now();
     let bytes = c.load_skewed(keys, 5).await.unwrap();
-    println!("loaded {keys} keys ({bytes} bytes of values) in {:.1} s", t0.elapsed().as_secs_f64());
+    println!("loaded {keys} keys ({bytes} bytes of values) on {engine:?} in {:.1} s", t0.elapsed().as_secs_f64());
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
-    std::fs::write(&cfg, format!("[cluster]\nid = \"bench\"\nseeds = [{}]\n", seeds.join(","))).unwrap();
-    for _ in 0..3 {
-        let out = dir.path().join("s.json");
-        let t = Instant::now();
-        let st = Command::new(&bin)
-            .args(["snapshot", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let s = autobalancer::model::ClusterSnapshot::read_file(&out).unwrap();
-        println!(
-            "snapshot of {} slots, {} members, {} bytes estimated: {:.2} s (process start to JSON written)",
-            s.buckets.len(),
-            s.members.len(),
-            s.total_bytes(),
-            t.elapsed().as_secs_f64()
-        );
+    let seeds = c.master_addrs();
+
+    let unlimited = AnyCluster::from_config(&config(dir.path(), &seeds, "sizing-keys-per-second = 0")).unwrap();
+    timed_snapshot(&unlimited, "cold, exact, no budget").await;
+    timed_snapshot(&unlimited, "warm (cache)").await;
+    timed_snapshot(&unlimited, "warm (cache), again").await;
+    let budgeted = AnyCluster::from_config(&config(dir.path(), &seeds, "")).unwrap();
+    timed_snapshot(&budgeted, "cold, exact, default budget 100000 keys/s per master").await;
+
+    let t = Instant::now();
+    let children: Vec<_> = seeds[..3]
+        .iter()
+        .map(|a| {
+            let (h, p) = a.rsplit_once(':').unwrap();
+            Command::new("redis-cli")
+                .args(["-h", h, "-p", p, "--memkeys"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut ch in children {
+        assert!(ch.wait().unwrap().success());
     }
+    println!("redis-cli --memkeys on the 3 loaded masters at once: {:.2} s", t.elapsed().as_secs_f64());
 }

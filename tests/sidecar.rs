@@ -418,7 +418,12 @@ async fn the_api_answers_every_call_and_its_metrics_pass_promtool() {
     assert_eq!(st["state"], "idle");
     assert!(st["next_run"].is_string(), "{st:#}");
     assert_eq!(st["schedule"]["cron"], "0 0 3 * * *");
-    let plan = json(&get(&s.url("/plan")).unwrap().1);
+    // A dry run sizes the whole cluster: it needs the token too.
+    let (code, body) = get(&s.url("/plan")).unwrap();
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (401, serde_json::json!("unauthorized")), "{body}");
+    let (code, body) = call("GET", &s.url("/plan"), Some("tok-123"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let plan = json(&body);
     assert_eq!(plan["decision"]["action"], "rebalance");
 
     // Mutating calls need the token; errors are JSON with 4xx codes.

@@ -158,9 +158,8 @@ async fn status_cluster<C: Control>(State(api): S<C>) -> ApiResult {
     Ok(axum::Json(api.control.cluster_status().await?).into_response())
 }
 
-/// A dry run. Not behind the token today, although DESIGN.md asks for it there (it sizes
-/// the whole cluster): callers rely on it being open.
-async fn plan<C: Control>(State(api): S<C>, RawQuery(raw): RawQuery) -> ApiResult {
+/// A dry run. Behind the token when one is configured: it sizes the whole cluster.
+async fn plan<C: Control>(State(api): S<C>, _: Authorized, RawQuery(raw): RawQuery) -> ApiResult {
     let force = force(raw)?;
     Ok(axum::Json(api.control.plan(force).await?).into_response())
 }
