@@ -249,8 +249,13 @@ impl Metrics {
         self.member_used_memory_bytes.reset();
         self.stray_keys.reset();
         self.big_keys.reset();
-        for (m, f) in snap.members.iter().zip(&o.members) {
-            self.member_used_memory_bytes.with_label_values(&[&m.id]).set(f.used_memory_bytes as f64);
+        // A backend that observes nothing beside the layout (a snapshot file) saw no
+        // stray or big keys; it has no memory figure to show.
+        for (i, m) in snap.members.iter().enumerate() {
+            let f = o.members.get(i).cloned().unwrap_or_default();
+            if o.members.get(i).is_some() {
+                self.member_used_memory_bytes.with_label_values(&[&m.id]).set(f.used_memory_bytes as f64);
+            }
             self.stray_keys.with_label_values(&[&m.id]).set(f.stray_keys as i64);
             self.big_keys.with_label_values(&[&m.id]).set(f.big_keys as i64);
         }
