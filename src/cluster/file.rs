@@ -111,6 +111,10 @@ impl Cluster for FileCluster {
         Ok(RepairReport { intents_done: opts.intents.iter().map(|i| i.bucket).collect(), ..Default::default() })
     }
 
+    fn moves_can_be_left_open(&self) -> bool {
+        false
+    }
+
     async fn move_bucket<P: Pace>(&self, _s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
         pace.take(mv.bytes).await;
         let loaded = self.inner.state.lock().unwrap().layout.is_some();

@@ -135,6 +135,12 @@ pub trait Cluster: Send + Sync {
         mv: &Move,
         pace: &P,
     ) -> impl Future<Output = Result<MoveStats, ClusterError>> + Send;
+    /// Whether a move can be left half-done (a crash mid-move leaves state for repair):
+    /// only then is its intent recorded before it starts. A snapshot file's moves apply
+    /// whole.
+    fn moves_can_be_left_open(&self) -> bool {
+        true
+    }
     /// Whether `move_group` moves a group as one unit (the executor then hands it groups
     /// of moves sharing a source and a target; otherwise single moves).
     fn groups_moves(&self) -> bool {
@@ -212,6 +218,13 @@ impl Cluster for AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.groups_moves(),
             AnyCluster::File(c) => c.groups_moves(),
+        }
+    }
+
+    fn moves_can_be_left_open(&self) -> bool {
+        match self {
+            AnyCluster::Redis(c) => c.moves_can_be_left_open(),
+            AnyCluster::File(c) => c.moves_can_be_left_open(),
         }
     }
 

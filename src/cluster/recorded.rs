@@ -58,6 +58,10 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
         self.inner.groups_moves()
     }
 
+    fn moves_can_be_left_open(&self) -> bool {
+        self.inner.moves_can_be_left_open()
+    }
+
     async fn move_group<P: Pace>(
         &self,
         s: &ClusterSnapshot,
@@ -88,7 +92,13 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
 
 impl<C> Recorded<'_, C> {
     /// Records the move's intent; the move does not start without it.
-    async fn record(&self, s: &ClusterSnapshot, mv: &Move) -> Result<(), ClusterError> {
+    async fn record(&self, s: &ClusterSnapshot, mv: &Move) -> Result<(), ClusterError>
+    where
+        C: Cluster,
+    {
+        if !self.inner.moves_can_be_left_open() {
+            return Ok(());
+        }
         let intent = MoveIntent {
             bucket: mv.bucket,
             from: s.members[mv.from as usize].id.clone(),
@@ -105,7 +115,13 @@ impl<C> Recorded<'_, C> {
 
     /// Removes the intent of a move that committed or rolled back; one left open keeps
     /// it for the next holder's repair.
-    async fn settle(&self, mv: &Move, result: &Result<MoveStats, ClusterError>) {
+    async fn settle(&self, mv: &Move, result: &Result<MoveStats, ClusterError>)
+    where
+        C: Cluster,
+    {
+        if !self.inner.moves_can_be_left_open() {
+            return;
+        }
         let settled = match result {
             Ok(_) => true,
             Err(ClusterError::Move { open, .. }) => !open,

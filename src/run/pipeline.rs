@@ -19,7 +19,7 @@ use crate::cluster::recorded::Recorded;
 use crate::cluster::{Cluster, RepairOptions};
 use crate::coord::{Acquire, Evacuation, GuardFence, LockGuard, RunRecord};
 use crate::decide::{Decision, SkipReason, Thresholds, decide};
-use crate::execute::{Job, Limits, RunReport, execute};
+use crate::execute::{Job, Limits, RunReport, StopReason, execute};
 use crate::model::ClusterSnapshot;
 use crate::plan::Plan;
 use crate::report::Answer;
@@ -232,10 +232,15 @@ impl Context {
             run_cancel.cancel();
             std::future::pending::<()>().await
         };
-        let report = tokio::select! {
+        let mut report = tokio::select! {
             r = execute(job, &run_cancel) => r,
             () = stop_on_lost => unreachable!("pending never completes"),
         };
+        // A lost lease cancels the run through the same token as a stop request: say
+        // which it was.
+        if guard.lost.is_cancelled() && report.stopped == Some(StopReason::Cancelled) {
+            report.stopped = Some(StopReason::LockLost);
+        }
         let outcome = Outcome::of_report(&report);
         info!(
             outcome = outcome.label(),
