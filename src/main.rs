@@ -21,6 +21,13 @@ use autobalancer::report::Answer;
 use autobalancer::run::{Outcome, Trigger};
 use autobalancer::sidecar::SidecarError;
 
+#[path = "cli/local.rs"]
+mod local;
+#[path = "cli/repair.rs"]
+mod repair;
+
+use local::Local;
+
 #[derive(Parser)]
 #[command(name = "autobalancer", version, about = "Keeps a partitioned data cluster balanced by bytes")]
 struct Cli {
@@ -230,7 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Evacuate { action } => evacuate(action),
-        Command::Repair { config, slot, dry_run } => repair(config, slot, dry_run),
+        Command::Repair { config, slot, dry_run } => repair::repair(config, slot, dry_run),
         Command::Rebalance { config, once, force, allow_big_keys, format } => {
             rebalance(config, once, force, allow_big_keys, format)
         }
@@ -258,57 +265,6 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The operator's repair: under the lock, every open slot and stray key is settled
-/// (foreign ones included); exit 1 when anything could not be.
-fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitCode, Fail> {
-    use autobalancer::cluster::{Cluster, RepairOptions};
-    use autobalancer::coord::Acquire;
-    let config = load_config(&config)?;
-    init_logs(Some(&config));
-    let ctx = context(config)?;
-    let fail = |e: String| Fail(1, anyhow::anyhow!(e));
-    runtime().block_on(async {
-        let guard = match ctx.coordinator.try_lock("repair").await.map_err(|e| fail(e.to_string()))? {
-            Acquire::Acquired(g) => g,
-            Acquire::HeldElsewhere(h) => {
-                return Err(fail(format!(
-                    "the lock is held by {} ({} since {}); try again when it is free",
-                    h.member, h.operation, h.started_at
-                )));
-            }
-        };
-        let intents = ctx.coordinator.moves().await.map_err(|e| fail(e.to_string()));
-        let opts =
-            intents.map(|intents| RepairOptions { intents, take_foreign: true, only: slot.map(u64::from), dry_run });
-        let report = match opts {
-            Ok(o) => ctx.cluster.repair(&o).await.map_err(|e| fail(e.to_string())),
-            Err(e) => Err(e),
-        };
-        if let Ok(r) = &report
-            && !dry_run
-        {
-            for b in &r.intents_done {
-                let _ = ctx.coordinator.clear_move(*b).await;
-            }
-        }
-        ctx.coordinator.release(guard).await;
-        let r = report?;
-        for line in &r.settled {
-            println!("{line}");
-        }
-        for c in &r.conflicts {
-            println!("conflict: {c}");
-        }
-        for (bucket, e) in &r.failed {
-            println!("failed: slot {bucket}: {e}");
-        }
-        if r.settled.is_empty() && r.conflicts.is_empty() && r.failed.is_empty() {
-            println!("nothing to repair");
-        }
-        Ok(if r.conflicts.is_empty() && r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
-    })
 }
 
 fn snapshot(config: PathBuf, out: Option<PathBuf>) -> Result<ExitCode, Fail> {
@@ -457,47 +413,5 @@ fn print_outcome(out: &Answer, format: Format) {
     match format {
         Format::Json => println!("{}", out.to_json()),
         Format::Table => print!("{}", out.to_table()),
-    }
-}
-
-/// Talks to the local sidecar's API (address and token from the config).
-struct Local {
-    base: String,
-    token: Option<String>,
-}
-
-impl Local {
-    fn new(config: &Config) -> Result<Local, Fail> {
-        let token = match &config.api.token_file {
-            Some(p) => Some(autobalancer::config::read_secret(p, "api.token-file").map_err(usage)?),
-            None => None,
-        };
-        Ok(Local { base: format!("http://{}", config.api.listen), token })
-    }
-
-    /// Calls `method path`; a JSON error answer becomes a failure with its message.
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, Fail> {
-        let mut req =
-            ureq::request(method, &format!("{}{path}", self.base)).timeout(std::time::Duration::from_secs(3600));
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let resp = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        match resp {
-            Ok(r) => r.into_json().map_err(|e| Fail(1, anyhow::anyhow!("{method} {path}: bad answer: {e}"))),
-            Err(ureq::Error::Status(code, r)) => {
-                let v: serde_json::Value = r.into_json().unwrap_or_default();
-                let msg = v["error"]["message"].as_str().unwrap_or("no message").to_string();
-                let c = v["error"]["code"].as_str().unwrap_or("error").to_string();
-                Err(Fail(1, anyhow::anyhow!("{method} {path}: {code} {c}: {msg}")))
-            }
-            Err(e) => Err(Fail(
-                1,
-                anyhow::anyhow!("cannot reach the local sidecar at {}: {e} (is `autobalancer run` up?)", self.base),
-            )),
-        }
     }
 }

@@ -176,7 +176,7 @@ async fn stray_keys_are_returned_or_reported(engine: Engine) {
     let (v, stderr) = next_holder(&cfg);
     assert_eq!(v["decision"]["reason"], "stray_keys", "{v:#}");
     let message = v["decision"]["message"].as_str().unwrap();
-    assert!(message.contains(&format!("1 with a different value at the owner")) && message.contains(&a), "{message}");
+    assert!(message.contains("1 with a different value at the owner") && message.contains(&a), "{message}");
     assert!(stderr.contains("returned 1 stray key(s)"), "{stderr}");
     let got: Option<String> = redis::cmd("GET").arg(&returned).query_async(&mut cb).await.unwrap();
     assert_eq!(got.as_deref(), Some("kept"), "the stray key reached its owner");

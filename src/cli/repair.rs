@@ -1,0 +1,61 @@
+//! `autobalancer repair`: the operator's settling of open slots and stray keys, under the
+//! lock, like `redis-cli --cluster fix`.
+//!
+//! Owns: the command's output and exit code. Does not own: the repair itself (the
+//! backend's `repair`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::{Fail, context, init_logs, load_config, runtime};
+
+/// The operator's repair: under the lock, every open slot and stray key is settled
+/// (foreign ones included); exit 1 when anything could not be.
+pub fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitCode, Fail> {
+    use autobalancer::cluster::{Cluster, RepairOptions};
+    use autobalancer::coord::Acquire;
+    let config = load_config(&config)?;
+    init_logs(Some(&config));
+    let ctx = context(config)?;
+    let fail = |e: String| Fail(1, anyhow::anyhow!(e));
+    runtime().block_on(async {
+        let guard = match ctx.coordinator.try_lock("repair").await.map_err(|e| fail(e.to_string()))? {
+            Acquire::Acquired(g) => g,
+            Acquire::HeldElsewhere(h) => {
+                return Err(fail(format!(
+                    "the lock is held by {} ({} since {}); try again when it is free",
+                    h.member, h.operation, h.started_at
+                )));
+            }
+        };
+        let intents = ctx.coordinator.moves().await.map_err(|e| fail(e.to_string()));
+        let opts =
+            intents.map(|intents| RepairOptions { intents, take_foreign: true, only: slot.map(u64::from), dry_run });
+        let report = match opts {
+            Ok(o) => ctx.cluster.repair(&o).await.map_err(|e| fail(e.to_string())),
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = &report
+            && !dry_run
+        {
+            for b in &r.intents_done {
+                let _ = ctx.coordinator.clear_move(*b).await;
+            }
+        }
+        ctx.coordinator.release(guard).await;
+        let r = report?;
+        for line in &r.settled {
+            println!("{line}");
+        }
+        for c in &r.conflicts {
+            println!("conflict: {c}");
+        }
+        for (bucket, e) in &r.failed {
+            println!("failed: slot {bucket}: {e}");
+        }
+        if r.settled.is_empty() && r.conflicts.is_empty() && r.failed.is_empty() {
+            println!("nothing to repair");
+        }
+        Ok(if r.conflicts.is_empty() && r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })
+}
