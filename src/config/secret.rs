@@ -22,7 +22,7 @@ pub enum SecretError {
 
 /// Reads the secret in `path`, named by the dotted config `key` (e.g. `"api.token-file"`)
 /// in errors. Trailing line ends (`\n`, `\r\n`) are trimmed and nothing else: spaces are
-/// part of the secret. An empty secret is refused.
+/// part of the secret. An empty secret, or one of white space only, is refused.
 pub fn read_secret(path: &Path, key: &str) -> Result<String, SecretError> {
     let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
         key: key.to_string(),
@@ -30,7 +30,7 @@ pub fn read_secret(path: &Path, key: &str) -> Result<String, SecretError> {
         source,
     })?;
     let secret = text.trim_end_matches(['\n', '\r']);
-    if secret.is_empty() {
+    if secret.trim().is_empty() {
         return Err(SecretError::Empty { key: key.to_string(), path: path.to_path_buf() });
     }
     Ok(secret.to_string())
@@ -39,6 +39,12 @@ pub fn read_secret(path: &Path, key: &str) -> Result<String, SecretError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn white_space_alone_is_no_secret() {
+        let (_d, p) = secret_in(" \n\n");
+        assert!(matches!(read_secret(&p, "api.token-file"), Err(SecretError::Empty { .. })));
+    }
 
     fn secret_in(content: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
