@@ -130,7 +130,8 @@ impl Context {
         };
         let r = match self.cluster.repair(&RepairOptions { intents, ..Default::default() }).await {
             Ok(r) => r,
-            Err(e) => return Break(self.failed_repair(e.to_string())),
+            // The cluster cannot be read at all (down, refused, bad credentials).
+            Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, format!("repair: {e}")))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
         for b in &r.intents_done {
