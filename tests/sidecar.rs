@@ -84,7 +84,8 @@ async fn a_killed_lock_holder_is_taken_over_and_repaired(engine: Engine) {
     let before = c.digest().await.unwrap();
     let etcd = LocalEtcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let slow = "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"200KiB\"\nmigrate-batch-keys = 5\n";
+    // The legacy mover: a slot left half-moved is its state to repair.
+    let slow = "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"200KiB\"\nmigrate-batch-keys = 5\nmigration = \"legacy\"\n";
     let mut sidecars: Vec<SidecarProc> = c.master_addrs()[..2]
         .iter()
         .enumerate()
