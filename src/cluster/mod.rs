@@ -26,6 +26,10 @@ pub enum ClusterError {
     Move { bucket: u64, message: String, open: bool },
     #[error("repair of bucket {bucket}: {message}")]
     Repair { bucket: u64, message: String },
+    /// The commit fence said no: the bucket is left open, its intent recorded, for the
+    /// next holder's repair.
+    #[error("bucket {bucket} left open before its commit for the next holder: {cause}")]
+    Fenced { bucket: u64, cause: FenceError },
     #[error("{0}")]
     Config(String),
 }

@@ -309,17 +309,24 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         metrics.move_duration_seconds.observe(took.as_secs_f64());
         match res {
             Ok(stats) => {
+                // What the backend measured moving, not the plan's figure.
                 self.done.push(mv);
-                self.moved_bytes += mv.bytes;
+                self.moved_bytes += stats.bytes;
                 progress.done.fetch_add(1, Ordering::Relaxed);
-                progress.bytes_done.fetch_add(mv.bytes, Ordering::Relaxed);
+                progress.bytes_done.fetch_add(stats.bytes, Ordering::Relaxed);
                 metrics.moves_total.with_label_values(&["done"]).inc();
-                metrics.moved_bytes_total.inc_by(mv.bytes);
+                metrics.moved_bytes_total.inc_by(stats.bytes);
                 metrics.rebalance_moves_done.inc();
                 let members = &self.job.snapshot.members;
                 debug!(bucket = mv.bucket, from = %members[mv.from as usize].id, to = %members[mv.to as usize].id,
                        bytes = mv.bytes, keys = stats.keys, seconds = took.as_secs_f64(), "moved bucket");
                 self.log_progress();
+            }
+            Err(e @ ClusterError::Fenced { .. }) => {
+                warn!(bucket = mv.bucket, cause = %e, "the lock was lost before a commit: starting no more moves");
+                metrics.moves_total.with_label_values(&["cancelled"]).inc();
+                self.open_buckets.push(mv.bucket);
+                self.stopped.get_or_insert(StopReason::LockLost);
             }
             Err(e) => {
                 self.failed += 1;

@@ -282,12 +282,8 @@ impl RedisCluster {
         let stats = self.drain_slot(m, dst_replicas, pace).await?;
         // The commit fence: a holder that lost the lock leaves the slot open (and its
         // move recorded) for the next holder's repair, which finishes it.
-        if let Err(e) = pace.fence().await {
-            return Err(ClusterError::Move {
-                bucket: slot as u64,
-                message: format!("{e}: slot {slot} left open before its commit, for the next holder to finish"),
-                open: true,
-            });
+        if let Err(cause) = pace.fence().await {
+            return Err(ClusterError::Fenced { bucket: slot as u64, cause });
         }
         self.assign(topo, slot, src, dst, &dst_id).await?;
         Ok(stats)
