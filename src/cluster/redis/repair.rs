@@ -154,10 +154,9 @@ impl RedisCluster {
         ))
     }
 
-    /// Where an open slot of ours was going: where its keys are. The master importing it
-    /// when that one holds keys; else the one master holding its keys without owning it
-    /// (a target promoted by failover lost the flag but kept the keys); else the
-    /// importing master, or the live master the source's flag names.
+    /// Where an open slot of ours was going: the master importing it, else the master
+    /// holding its keys without owning it (a target promoted by failover lost the flag
+    /// but kept the keys), else the live master the source's flag names.
     async fn target_of(
         &self,
         topo: &Topology,
@@ -166,15 +165,14 @@ impl RedisCluster {
         flags: &OpenSlot,
     ) -> Result<Option<String>, String> {
         let live = |a: &str| topo.master_by_addr(a).is_some_and(|m| !m.is_failed()) && a != src;
-        let importer = flags.importing.iter().find(|(a, _)| live(a)).map(|(a, _)| a.clone());
+        if let Some((a, _)) = flags.importing.iter().find(|(a, _)| live(a)) {
+            return Ok(Some(a.clone()));
+        }
         let mut holders = Vec::new();
         for m in topo.masters.iter().filter(|m| live(&m.addr)) {
             if self.count_keys(&m.addr, slot).await? > 0 {
                 holders.push(m.addr.clone());
             }
-        }
-        if let Some(i) = importer.as_ref().filter(|i| holders.contains(i)) {
-            return Ok(Some(i.clone()));
         }
         if holders.len() > 1 {
             return Err(format!(
@@ -185,12 +183,10 @@ impl RedisCluster {
         if let Some(h) = holders.pop() {
             return Ok(Some(h));
         }
-        Ok(importer.or_else(|| {
-            flags
-                .migrating
-                .iter()
-                .find_map(|(_, id)| topo.master_by_id(id).filter(|m| live(&m.addr)).map(|m| m.addr.clone()))
-        }))
+        Ok(flags
+            .migrating
+            .iter()
+            .find_map(|(_, id)| topo.master_by_id(id).filter(|m| live(&m.addr)).map(|m| m.addr.clone())))
     }
 
     /// Redis 7 takes no gossip about a slot a node imports, so after a failover of the
