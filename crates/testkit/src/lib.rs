@@ -21,7 +21,7 @@ pub mod ports;
 pub mod proc;
 pub mod prometheus;
 
-pub use cluster::{AclUser, ClusterSpec, LocalCluster, Login, Node};
+pub use cluster::{AclUser, ClusterSpec, LocalCluster, Login, Node, digest_diff};
 pub use engine::Engine;
 pub use etcd::LocalEtcd;
 pub use ports::free_port;

@@ -89,6 +89,24 @@ impl LocalCluster {
             }
             p.query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
         }
+        // The writes reach every replica before a test fails one over.
+        let info = self.text(addr, &["INFO", "replication"]).await?;
+        let replicas: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        if replicas > 0 {
+            let acked: u64 = redis::cmd("WAIT")
+                .arg(replicas)
+                .arg(30_000)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+            if acked < replicas {
+                return Err(format!("{addr}: {acked} of {replicas} replicas took the writes within 30 s"));
+            }
+        }
         Ok(())
     }
 
@@ -173,4 +191,27 @@ mod tests {
         let tenant = a.iter().filter(|k| k.starts_with("{tenant")).count();
         assert!((100..300).contains(&tenant), "{tenant}");
     }
+}
+
+/// What differs between two digests, in a few lines: keys missing, keys added, keys
+/// whose payload changed (the first few of each named). `None` when they are equal.
+pub fn digest_diff(before: &BTreeMap<Vec<u8>, Vec<u8>>, after: &BTreeMap<Vec<u8>, Vec<u8>>) -> Option<String> {
+    let name = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
+    let missing: Vec<String> = before.keys().filter(|k| !after.contains_key(*k)).map(name).collect();
+    let added: Vec<String> = after.keys().filter(|k| !before.contains_key(*k)).map(name).collect();
+    let changed: Vec<String> =
+        before.iter().filter(|(k, v)| after.get(*k).is_some_and(|w| w != *v)).map(|(k, _)| name(k)).collect();
+    if missing.is_empty() && added.is_empty() && changed.is_empty() {
+        return None;
+    }
+    let few = |v: &[String]| v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    Some(format!(
+        "{} key(s) missing [{}], {} added [{}], {} changed [{}]",
+        missing.len(),
+        few(&missing),
+        added.len(),
+        few(&added),
+        changed.len(),
+        few(&changed)
+    ))
 }

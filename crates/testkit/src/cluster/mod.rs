@@ -7,6 +7,7 @@
 //! when the spec names one.
 
 mod data;
+pub use data::digest_diff;
 mod start;
 mod views;
 

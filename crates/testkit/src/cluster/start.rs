@@ -35,6 +35,7 @@ pub(super) async fn form(spec: ClusterSpec, dir: &Path) -> Result<LocalCluster> 
     c.replicate().await?;
     c.wait_ok(Duration::from_secs(30)).await?;
     c.wait_roles(masters).await?;
+    c.wait_synced().await?;
     c.create_user().await?;
     Ok(c)
 }
@@ -84,6 +85,9 @@ fn server_args(port: u16, dir: &Path, password: Option<&str>) -> Vec<OsString> {
         "",
         "--appendonly",
         "no",
+        // A replica syncs at once: a failover right after forming must not find it empty.
+        "--repl-diskless-sync-delay",
+        "0",
         "--daemonize",
         "no",
         "--protected-mode",

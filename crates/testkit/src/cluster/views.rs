@@ -68,6 +68,20 @@ impl LocalCluster {
         .await
     }
 
+    /// Waits until every replica's link to its master is up (its first sync is done).
+    pub(super) async fn wait_synced(&self) -> Result<()> {
+        let deadline = Instant::now() + SETTLE;
+        for n in self.nodes.iter().filter(|n| n.replica_of.is_some() && n.proc.is_some()) {
+            while !self.text(&n.addr(), &["INFO", "replication"]).await?.contains("master_link_status:up") {
+                if Instant::now() > deadline {
+                    return Err(format!("timed out after {SETTLE:?} waiting for {} to sync", n.addr()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every live node knows `n` nodes, none of them in handshake.
     pub(super) async fn wait_known(&self, n: usize) -> Result<()> {
         self.wait_views("every node to meet every other", |text| {
