@@ -30,8 +30,11 @@ use crate::plan::Move;
 /// A job gets `migrate-timeout` plus a second per this many bytes before it is taken as
 /// stuck and cancelled.
 const JOB_MIN_BYTES_PER_SECOND: u64 = 4 << 20;
-const POLL_FIRST: Duration = Duration::from_millis(10);
-const POLL_MAX: Duration = Duration::from_millis(100);
+/// A job is polled every tenth of its age within these bounds: a short job is seen to end
+/// soon after it does, a long one costs the source few replies (GETSLOTMIGRATIONS lists
+/// up to `cluster-slot-migration-log-max-len` jobs, 1000 by default, in every reply).
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(200);
 /// How long the nodes' views may take to show a finished job's new owner.
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -257,11 +260,9 @@ impl RedisCluster {
         }
         let limit = self.migrate_timeout + Duration::from_secs(bytes / JOB_MIN_BYTES_PER_SECOND);
         let started = Instant::now();
-        let mut wait = POLL_FIRST;
         let mut name = None;
         loop {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 3 / 2).min(POLL_MAX);
+            tokio::time::sleep((started.elapsed() / 10).clamp(POLL_FIRST, POLL_MAX)).await;
             match self.slot_migrations(src).await {
                 Ok(jobs) => {
                     let ours = jobs.into_iter().find(|j| match &name {
@@ -347,7 +348,7 @@ impl RedisCluster {
             if settled || Instant::now() > deadline {
                 return Attempt { moved, left, lost, why: String::new(), next: Next::Stop };
             }
-            tokio::time::sleep(POLL_MAX).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
