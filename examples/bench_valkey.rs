@@ -1,0 +1,249 @@
+//! Valkey 9, one data set, several ways to rebalance it: `redis-cli --cluster rebalance
+//! --cluster-use-empty-masters`, `autobalancer rebalance --once` (today's executor, which
+//! moves slot by slot with the legacy mover), the atomic mover driven here (snapshot,
+//! plan, then `move_group` per (source, target): all groups at once, or one at a time),
+//! and the floor: the same slots moved by MIGRATESLOTS jobs issued by hand.
+//! Usage: bench_valkey KEYS [AUTOBALANCER_BIN]. Prints a Markdown table.
+//!
+//! Each way gets a fresh cluster (3 loaded masters + 1 empty, loopback) loaded with the
+//! same keys. Bytes per master are measured exactly before and after, and every key and
+//! value is compared before and after.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use autobalancer::cluster::Cluster;
+use autobalancer::cluster::redis::{NoPace, RedisCluster};
+use autobalancer::model::ClusterSnapshot;
+use autobalancer::plan::{Move, PlanOptions, plan};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster};
+
+const WAYS: [&str; 5] = [
+    "redis-cli",
+    "autobalancer legacy (CLI)",
+    "atomic, groups at once",
+    "atomic, groups in turn",
+    "floor: MIGRATESLOTS by hand",
+];
+
+struct Row {
+    wall: f64,
+    slots_moved: usize,
+    bytes_moved: u64,
+    masters_mb: Vec<f64>,
+    max_dev: f64,
+    intact: bool,
+}
+
+fn backend(c: &LocalCluster) -> RedisCluster {
+    let mut cfg = autobalancer::config::Config::default();
+    cfg.cluster.id = "bench".into();
+    cfg.cluster.seeds = c.master_addrs();
+    cfg.cluster.slot_sample_keys = 10_000;
+    RedisCluster::from_config(&cfg).unwrap()
+}
+
+/// Slot owner and exact bytes of every slot.
+async fn exact_bytes(c: &LocalCluster) -> (Vec<String>, Vec<u64>) {
+    let s = backend(c).snapshot().await.unwrap();
+    let mut owner = vec![String::new(); 16384];
+    let mut bytes = vec![0u64; 16384];
+    for b in &s.buckets {
+        owner[b.id as usize] = s.members[b.copies[0] as usize].id.clone();
+        bytes[b.id as usize] = b.bytes;
+    }
+    (owner, bytes)
+}
+
+/// A snapshot and its plan (tolerance 2%), the moves grouped by (source, target).
+async fn planned(rc: &RedisCluster) -> (ClusterSnapshot, Vec<Vec<Move>>) {
+    let snap = rc.snapshot().await.unwrap();
+    let p = plan(&snap, &PlanOptions { tolerance_percent: 2, ..PlanOptions::default() }).unwrap();
+    let mut groups: Vec<Vec<Move>> = Vec::new();
+    for mv in p.copy_moves() {
+        match groups.iter_mut().find(|g| (g[0].from, g[0].to) == (mv.from, mv.to)) {
+            Some(g) => g.push(mv.clone()),
+            None => groups.push(vec![mv.clone()]),
+        }
+    }
+    (snap, groups)
+}
+
+async fn atomic(c: &LocalCluster, at_once: bool) -> f64 {
+    let t0 = Instant::now();
+    let rc = backend(c);
+    let (snap, groups) = planned(&rc).await;
+    let planned_at = t0.elapsed().as_secs_f64();
+    let results: Vec<_> = if at_once {
+        futures::future::join_all(groups.iter().map(|g| rc.move_group(&snap, g, &NoPace)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    } else {
+        let mut all = Vec::new();
+        for g in &groups {
+            all.extend(rc.move_group(&snap, g, &NoPace).await);
+        }
+        all
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "atomic ({}): snapshot and plan {planned_at:.2} s, {} jobs {:.2} s",
+        if at_once { "at once" } else { "in turn" },
+        groups.len(),
+        wall - planned_at
+    );
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(rc.legacy_fallbacks(), 0);
+    wall
+}
+
+/// The same plan's slots as MIGRATESLOTS jobs issued at once by hand, polled every 5 ms;
+/// timed from the first command to the last job's success.
+async fn floor(c: &LocalCluster) -> f64 {
+    let (snap, groups) = planned(&backend(c)).await;
+    eprintln!("floor: {} jobs", groups.len());
+    let mut cons = BTreeMap::new();
+    for a in c.master_addrs() {
+        cons.insert(a.clone(), c.conn(&a).await.unwrap());
+    }
+    let t0 = Instant::now();
+    let mut sources = Vec::new();
+    for g in &groups {
+        let src = snap.members[g[0].from as usize].address.clone();
+        let dst = c.id_of(&snap.members[g[0].to as usize].address).unwrap().to_string();
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("MIGRATESLOTS").arg("SLOTSRANGE");
+        let mut slots: Vec<u64> = g.iter().map(|mv| mv.bucket).collect();
+        slots.sort_unstable();
+        let mut i = 0;
+        while i < slots.len() {
+            let mut j = i;
+            while j + 1 < slots.len() && slots[j + 1] == slots[j] + 1 {
+                j += 1;
+            }
+            cmd.arg(slots[i]).arg(slots[j]);
+            i = j + 1;
+        }
+        cmd.arg("NODE").arg(dst);
+        cmd.query_async::<()>(cons.get_mut(&src).unwrap()).await.unwrap();
+        sources.push(src);
+    }
+    sources.sort();
+    sources.dedup();
+    loop {
+        let mut done = true;
+        for s in &sources {
+            let jobs: Vec<Vec<String>> =
+                redis::cmd("CLUSTER").arg("GETSLOTMIGRATIONS").query_async(cons.get_mut(s).unwrap()).await.unwrap();
+            for j in jobs {
+                let state = j.iter().position(|f| f == "state").map(|i| j[i + 1].as_str()).unwrap_or("");
+                assert!(state != "failed" && state != "cancelled", "{j:?}");
+                done &= state == "success";
+            }
+        }
+        if done {
+            return t0.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
+    let seed = c.master_addrs()[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\n",
+            seeds.join(",")
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = match way {
+        "redis-cli" => Command::new("redis-cli")
+            .args(["--cluster", "rebalance", &seed, "--cluster-use-empty-masters"])
+            .stdout(Stdio::null())
+            .status(),
+        _ => Command::new(bin)
+            .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status(),
+    };
+    assert!(status.unwrap().success(), "{way} failed");
+    t0.elapsed().as_secs_f64()
+}
+
+/// The kit's digest, read again when a reply was late (the kit gives one half a second;
+/// this machine is shared).
+async fn digest(c: &LocalCluster) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    for _ in 0..4 {
+        match c.digest().await {
+            Ok(d) => return d,
+            Err(e) if e.contains("timed out") => eprintln!("digest: {e}; again"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    c.digest().await.unwrap()
+}
+
+async fn run(way: &str, keys: usize, bin: &str) -> Row {
+    let c = ClusterSpec::new(Engine::Valkey, 3, 1).start().await.unwrap();
+    c.load_skewed(keys, 42).await.unwrap();
+    let before = digest(&c).await;
+    let (owner0, bytes0) = exact_bytes(&c).await;
+    let wall = match way {
+        "atomic, groups at once" => atomic(&c, true).await,
+        "atomic, groups in turn" => atomic(&c, false).await,
+        "floor: MIGRATESLOTS by hand" => floor(&c).await,
+        _ => cli(&c, way, bin),
+    };
+    c.wait_ok(Duration::from_secs(30)).await.unwrap();
+    let (owner1, bytes1) = exact_bytes(&c).await;
+    let moved: Vec<usize> = (0..16384).filter(|&s| owner0[s] != owner1[s]).collect();
+    let mut per: BTreeMap<String, u64> = c.master_addrs().into_iter().map(|a| (a, 0)).collect();
+    for s in 0..16384 {
+        *per.entry(owner1[s].clone()).or_default() += bytes1[s];
+    }
+    let mean = per.values().sum::<u64>() as f64 / per.len() as f64;
+    Row {
+        wall,
+        slots_moved: moved.len(),
+        bytes_moved: moved.iter().map(|&s| bytes0[s]).sum(),
+        masters_mb: per.values().map(|&b| b as f64 / 1e6).collect(),
+        max_dev: per.values().map(|&b| (b as f64 - mean).abs() / mean).fold(0.0, f64::max),
+        intact: digest(&c).await == before && c.open_slots().await.unwrap().is_empty(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let keys: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(200_000);
+    let bin = args.get(2).cloned().unwrap_or_else(|| "target/release/autobalancer".into());
+    println!("Valkey: {}", Engine::Valkey.server_version().unwrap());
+    println!();
+    println!(
+        "| way | wall time (s) | slots moved | bytes moved (MB) | masters after (MB) | max byte deviation | every key intact |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for way in WAYS {
+        let r = run(way, keys, &bin).await;
+        let mb: Vec<String> = r.masters_mb.iter().map(|m| format!("{m:.1}")).collect();
+        println!(
+            "| {way} | {:.2} | {} | {:.1} | {} | {:.1}% | {} |",
+            r.wall,
+            r.slots_moved,
+            r.bytes_moved as f64 / 1e6,
+            mb.join(", "),
+            100.0 * r.max_dev,
+            if r.intact { "yes" } else { "NO" }
+        );
+    }
+}
