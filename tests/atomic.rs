@@ -176,9 +176,21 @@ async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
     let snap = rc.snapshot().await.unwrap();
     let caps = rc.capabilities().unwrap();
     assert!(caps.atomic_migration && caps.slot_stats && caps.engine.starts_with("valkey 9."), "{caps:?}");
-    // Key counts came from SLOT-STATS; they match what the servers hold.
+    // Key counts came from one SLOT-STATS per master, none from COUNTKEYSINSLOT, and
+    // they match what the servers hold.
     assert_eq!(snap.observed.sizing.as_ref().unwrap().keys, 30_000);
     let m = c.master_addrs();
+    for a in &m {
+        let mut con = c.conn(a).await.unwrap();
+        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+        let calls = |cmd: &str| {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_cluster|{cmd}:calls=")))
+                .map(|v| v.split(',').next().unwrap().parse::<u64>().unwrap())
+        };
+        assert_eq!((calls("slot-stats"), calls("countkeysinslot")), (Some(1), None), "{a}");
+    }
     let mut moved = Vec::new();
     for src in &m[..3] {
         let group = moves(&snap, src, &m[3], 400);

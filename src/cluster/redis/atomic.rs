@@ -85,7 +85,14 @@ impl RedisCluster {
     ) -> Vec<Result<MoveStats, ClusterError>> {
         use crate::cluster::Cluster;
         match self.mover().await {
-            Err(e) => return moves.iter().map(|_| Err(ClusterError::Config(e.to_string()))).collect(),
+            Err(ClusterError::Config(e)) => {
+                return moves.iter().map(|_| Err(ClusterError::Config(e.clone()))).collect();
+            }
+            Err(e) => {
+                let message = format!("choosing the mover: {e}");
+                let fail = |mv: &Move| ClusterError::Move { bucket: mv.bucket, message: message.clone(), open: false };
+                return moves.iter().map(|mv| Err(fail(mv))).collect();
+            }
             Ok(Mover::Legacy) => {
                 let mut out = Vec::with_capacity(moves.len());
                 for mv in moves {
