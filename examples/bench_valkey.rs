@@ -1,7 +1,6 @@
 //! Valkey 9, one data set, several ways to rebalance it: `redis-cli --cluster rebalance
-//! --cluster-use-empty-masters`, `autobalancer rebalance --once` (today's executor, which
-//! moves slot by slot with the legacy mover), the atomic mover driven here (snapshot,
-//! plan, then `move_group` per (source, target): all groups at once, or one at a time),
+//! --cluster-use-empty-masters`, `autobalancer rebalance --once` with its defaults (the
+//! executor groups the plan's moves into MIGRATESLOTS jobs) and with the legacy mover,
 //! and the floor: the same slots moved by MIGRATESLOTS jobs issued by hand.
 //! Usage: bench_valkey KEYS [AUTOBALANCER_BIN]. Prints a Markdown table.
 //!
@@ -14,18 +13,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autobalancer::cluster::Cluster;
-use autobalancer::cluster::redis::{NoPace, RedisCluster};
+use autobalancer::cluster::redis::RedisCluster;
 use autobalancer::model::ClusterSnapshot;
 use autobalancer::plan::{Move, PlanOptions, plan};
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster};
 
-const WAYS: [&str; 5] = [
-    "redis-cli",
-    "autobalancer legacy (CLI)",
-    "atomic, groups at once",
-    "atomic, groups in turn",
-    "floor: MIGRATESLOTS by hand",
-];
+const WAYS: [&str; 4] =
+    ["redis-cli", "autobalancer, defaults (atomic)", "autobalancer, legacy mover", "floor: MIGRATESLOTS by hand"];
 
 struct Row {
     wall: f64,
@@ -68,36 +62,6 @@ async fn planned(rc: &RedisCluster) -> (ClusterSnapshot, Vec<Vec<Move>>) {
         }
     }
     (snap, groups)
-}
-
-async fn atomic(c: &LocalCluster, at_once: bool) -> f64 {
-    let t0 = Instant::now();
-    let rc = backend(c);
-    let (snap, groups) = planned(&rc).await;
-    let planned_at = t0.elapsed().as_secs_f64();
-    let results: Vec<_> = if at_once {
-        futures::future::join_all(groups.iter().map(|g| rc.move_group(&snap, g, &NoPace)))
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    } else {
-        let mut all = Vec::new();
-        for g in &groups {
-            all.extend(rc.move_group(&snap, g, &NoPace).await);
-        }
-        all
-    };
-    let wall = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "atomic ({}): snapshot and plan {planned_at:.2} s, {} jobs {:.2} s",
-        if at_once { "at once" } else { "in turn" },
-        groups.len(),
-        wall - planned_at
-    );
-    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
-    assert_eq!(rc.legacy_fallbacks(), 0);
-    wall
 }
 
 /// The same plan's slots as MIGRATESLOTS jobs issued at once by hand, polled every 5 ms;
@@ -156,10 +120,11 @@ fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    let migration = if way.contains("legacy") { "legacy" } else { "auto" };
     std::fs::write(
         &cfg,
         format!(
-            "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\n",
+            "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\nmigration = \"{migration}\"\n",
             seeds.join(",")
         ),
     )
@@ -199,8 +164,6 @@ async fn run(way: &str, keys: usize, bin: &str) -> Row {
     let before = digest(&c).await;
     let (owner0, bytes0) = exact_bytes(&c).await;
     let wall = match way {
-        "atomic, groups at once" => atomic(&c, true).await,
-        "atomic, groups in turn" => atomic(&c, false).await,
         "floor: MIGRATESLOTS by hand" => floor(&c).await,
         _ => cli(&c, way, bin),
     };
