@@ -25,7 +25,16 @@ impl Config {
     /// Every problem with a file the config names, one line each, naming the dotted key and
     /// the path: missing, unreadable, not a file, or (secrets and keys) empty.
     pub fn check_files(&self) -> Vec<String> {
-        self.referenced_files().into_iter().filter_map(|(key, path, kind)| check(key, path, kind).err()).collect()
+        let mut errs: Vec<String> =
+            self.referenced_files().into_iter().filter_map(|(key, path, kind)| check(key, path, kind).err()).collect();
+        // The state file is written, not read: it need not exist, its directory must.
+        if let Some(p) = &self.cluster.state_file {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                errs.push(format!("cluster.state-file {}: directory {} does not exist", p.display(), dir.display()));
+            }
+        }
+        errs
     }
 
     /// `(dotted key, path, kind)` of every file the config names.

@@ -107,6 +107,9 @@ pub struct ClusterConfig {
     /// Client certificate and key, for servers that require one (both or neither).
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Standalone only (no `[etcd]`): where recorded moves, pause, evacuations and the
+    /// last scheduled slot outlive the process.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -129,6 +132,7 @@ impl Default for ClusterConfig {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            state_file: None,
         }
     }
 }

@@ -22,6 +22,9 @@ impl Config {
         execution(&self.execution, &mut errs);
         if let Some(e) = &self.etcd {
             etcd(e, &mut errs);
+            if self.cluster.state_file.is_some() {
+                errs.push("cluster.state-file is for a standalone sidecar: with [etcd] the state lives in etcd".into());
+            }
         }
         api(&self.api, &mut errs);
         // log.level and log.format are enumerations: serde refuses a bad value by name.

@@ -20,8 +20,8 @@ impl Coordinator {
     /// Records `intent` before its move starts; fails when the lock is no longer ours.
     pub async fn record_move(&self, guard: &LockGuard, intent: &MoveIntent) -> Result<(), LockError> {
         match (&self.backend, guard.id) {
-            (Backend::Local(s), _) => {
-                s.lock().await.moves.insert(intent.bucket, intent.clone());
+            (Backend::Local(_), _) => {
+                self.update_kept(|k| k.moves.insert(intent.bucket, intent.clone())).await?;
                 Ok(())
             }
             (Backend::Etcd(_), LockId::Lease(lease)) => {
@@ -41,8 +41,8 @@ impl Coordinator {
     /// Removes the intent of a move that committed, rolled back or was settled.
     pub async fn clear_move(&self, bucket: u64) -> Result<(), LockError> {
         match &self.backend {
-            Backend::Local(s) => {
-                s.lock().await.moves.remove(&bucket);
+            Backend::Local(_) => {
+                self.update_kept(|k| k.moves.remove(&bucket)).await?;
                 Ok(())
             }
             Backend::Etcd(_) => self.delete(self.keys.move_intent(bucket)).await,
@@ -52,7 +52,7 @@ impl Coordinator {
     /// Every recorded move, oldest bucket first.
     pub async fn moves(&self) -> Result<Vec<MoveIntent>, LockError> {
         let mut out: Vec<MoveIntent> = match &self.backend {
-            Backend::Local(s) => s.lock().await.moves.values().cloned().collect(),
+            Backend::Local(_) => self.kept().await.moves.into_values().collect(),
             Backend::Etcd(_) => self.list_json(self.keys.moves()).await?,
         };
         out.sort_by_key(|m| m.bucket);
@@ -62,7 +62,7 @@ impl Coordinator {
     /// The cron slot of the last scheduled run, if any.
     pub async fn scheduled_slot(&self) -> Result<Option<i64>, LockError> {
         match &self.backend {
-            Backend::Local(s) => Ok(s.lock().await.scheduled),
+            Backend::Local(_) => Ok(self.kept().await.scheduled),
             Backend::Etcd(_) => self.get_json(self.keys.scheduled()).await,
         }
     }
@@ -72,13 +72,15 @@ impl Coordinator {
     /// claims never both succeed.
     pub async fn claim_scheduled_slot(&self, guard: &LockGuard, slot: i64) -> Result<bool, LockError> {
         match (&self.backend, guard.id) {
-            (Backend::Local(s), _) => {
-                let mut s = s.lock().await;
-                if s.scheduled.is_some_and(|done| done >= slot) {
-                    return Ok(false);
-                }
-                s.scheduled = Some(slot);
-                Ok(true)
+            (Backend::Local(_), _) => {
+                self.update_kept(|k| {
+                    if k.scheduled.is_some_and(|done| done >= slot) {
+                        return false;
+                    }
+                    k.scheduled = Some(slot);
+                    true
+                })
+                .await
             }
             (Backend::Etcd(_), LockId::Lease(lease)) => {
                 let key = self.keys.scheduled();

@@ -15,10 +15,10 @@
 //! lock (the run).
 
 mod intents;
+mod local;
 pub mod lock;
 pub mod state;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, Put
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::config::EtcdConfig;
+use crate::config::{Config, EtcdConfig};
+use local::LocalState;
 
 pub use lock::{Acquire, Fence, FenceError, GuardFence, Holder, LockGuard, NoFence};
 pub use state::{Evacuation, RunRecord};
@@ -80,18 +81,6 @@ impl Keys {
     }
 }
 
-#[derive(Default)]
-pub(crate) struct LocalState {
-    pub(crate) holder: Option<(u64, Holder)>,
-    pub(crate) next_id: u64,
-    pub(crate) last_run: Option<RunRecord>,
-    pub(crate) paused: Option<String>,
-    pub(crate) evacuations: BTreeMap<String, Evacuation>,
-    pub(crate) sidecars: BTreeMap<String, serde_json::Value>,
-    pub(crate) moves: BTreeMap<u64, crate::model::MoveIntent>,
-    pub(crate) scheduled: Option<i64>,
-}
-
 pub(crate) struct EtcdBackend {
     options: ConnectOptions,
     endpoints: Vec<String>,
@@ -113,6 +102,32 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// What `config` asks for: etcd when it has an `[etcd]` section, otherwise standalone
+    /// with its `cluster.state-file`, if any.
+    pub fn for_config(config: &Config) -> Result<Coordinator, LockError> {
+        match &config.etcd {
+            Some(_) => Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &config.member_id()),
+            None => {
+                Coordinator::standalone(&config.cluster.id, &config.member_id(), config.cluster.state_file.as_deref())
+            }
+        }
+    }
+
+    /// In process, its lasting state kept in `state_file` when given.
+    pub fn standalone(
+        cluster_id: &str,
+        member: &str,
+        state_file: Option<&std::path::Path>,
+    ) -> Result<Coordinator, LockError> {
+        let state = match state_file {
+            Some(p) => LocalState::open(p)?,
+            None => LocalState::default(),
+        };
+        let mut c = Coordinator::new(None, cluster_id, member)?;
+        c.backend = Backend::Local(Arc::new(Mutex::new(state)));
+        Ok(c)
+    }
+
     /// etcd when configured, otherwise in-process. Does not connect yet: etcd may be down
     /// at start and come back later.
     pub fn new(etcd: Option<&EtcdConfig>, cluster_id: &str, member: &str) -> Result<Coordinator, LockError> {

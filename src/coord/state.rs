@@ -34,7 +34,7 @@ pub struct Evacuation {
 impl Coordinator {
     pub async fn last_run(&self) -> Result<Option<RunRecord>, LockError> {
         match &self.backend {
-            Backend::Local(s) => Ok(s.lock().await.last_run.clone()),
+            Backend::Local(_) => Ok(self.kept().await.last_run),
             Backend::Etcd(_) => self.get_json(self.keys.last_run()).await,
         }
     }
@@ -42,8 +42,8 @@ impl Coordinator {
     /// Records a finished run, only while `guard` still holds the lock.
     pub async fn record_run(&self, guard: &LockGuard, record: &RunRecord) -> Result<bool, LockError> {
         match (&self.backend, guard.id) {
-            (Backend::Local(s), _) => {
-                s.lock().await.last_run = Some(record.clone());
+            (Backend::Local(_), _) => {
+                self.update_kept(|k| k.last_run = Some(record.clone())).await?;
                 Ok(true)
             }
             (Backend::Etcd(_), LockId::Lease(lease)) => {
@@ -58,17 +58,14 @@ impl Coordinator {
 
     pub async fn paused(&self) -> Result<Option<String>, LockError> {
         match &self.backend {
-            Backend::Local(s) => Ok(s.lock().await.paused.clone()),
+            Backend::Local(_) => Ok(self.kept().await.paused),
             Backend::Etcd(_) => self.get_json(self.keys.paused()).await,
         }
     }
 
     pub async fn set_paused(&self, by: Option<String>) -> Result<(), LockError> {
         match &self.backend {
-            Backend::Local(s) => {
-                s.lock().await.paused = by;
-                Ok(())
-            }
+            Backend::Local(_) => self.update_kept(|k| k.paused = by).await,
             Backend::Etcd(_) => match by {
                 Some(b) => self.put_json(self.keys.paused(), &b, None).await,
                 None => self.delete(self.keys.paused()).await,
@@ -78,19 +75,19 @@ impl Coordinator {
 
     pub async fn evacuations(&self) -> Result<Vec<Evacuation>, LockError> {
         match &self.backend {
-            Backend::Local(s) => Ok(s.lock().await.evacuations.values().cloned().collect()),
+            Backend::Local(_) => Ok(self.kept().await.evacuations.into_values().collect()),
             Backend::Etcd(_) => self.list_json(self.keys.evacuations()).await,
         }
     }
 
     pub async fn set_evacuation(&self, member: &str, e: Option<&Evacuation>) -> Result<(), LockError> {
         match &self.backend {
-            Backend::Local(s) => {
-                let mut s = s.lock().await;
-                match e {
-                    Some(e) => s.evacuations.insert(member.to_string(), e.clone()),
-                    None => s.evacuations.remove(member),
-                };
+            Backend::Local(_) => {
+                self.update_kept(|k| match e {
+                    Some(e) => k.evacuations.insert(member.to_string(), e.clone()),
+                    None => k.evacuations.remove(member),
+                })
+                .await?;
                 Ok(())
             }
             Backend::Etcd(_) => {

@@ -87,7 +87,7 @@ pub struct RunStatus {
 impl Context {
     pub fn new(config: Config) -> Result<Context, SetupError> {
         let cluster = AnyCluster::from_config(&config)?;
-        let coordinator = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &config.member_id())?;
+        let coordinator = Coordinator::for_config(&config)?;
         let metrics = Arc::new(Metrics::new());
         metrics.size_threshold_ratio.set(config.balance.size_threshold_percent as f64 / 100.0);
         metrics.etcd_up.set(coordinator.is_standalone() as i64);
@@ -107,6 +107,11 @@ impl Context {
             warn!(
                 "no [etcd] section: running standalone with an in-process lock; run only one sidecar per cluster like this"
             );
+            if self.config.cluster.state_file.is_none() {
+                warn!(
+                    "no cluster.state-file: a move interrupted by a crash is not known to the next run (it stays open until `autobalancer repair`)"
+                );
+            }
         }
     }
 
