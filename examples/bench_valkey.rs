@@ -138,7 +138,8 @@ fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
         _ => Command::new(bin)
             .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--force"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // BENCH_LOG=1 shows the run's log (where its time goes).
+            .stderr(if std::env::var_os("BENCH_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .status(),
     };
     assert!(status.unwrap().success(), "{way} failed");
@@ -196,7 +197,10 @@ async fn main() {
         "| way | wall time (s) | slots moved | bytes moved (MB) | masters after (MB) | max byte deviation | every key intact |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for way in WAYS {
+    // BENCH_WAYS="defaults,floor": only the ways whose names contain one of these words.
+    let only: Vec<String> =
+        std::env::var("BENCH_WAYS").map(|w| w.split(',').map(String::from).collect()).unwrap_or_default();
+    for way in WAYS.into_iter().filter(|w| only.is_empty() || only.iter().any(|o| w.contains(o.as_str()))) {
         let r = run(way, keys, &bin).await;
         let mb: Vec<String> = r.masters_mb.iter().map(|m| format!("{m:.1}")).collect();
         println!(
