@@ -265,11 +265,12 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
     /// Starts the moves at plan indexes `group` (one move, or a group moved as one).
     fn start(&mut self, group: Vec<usize>) {
         let moves = &self.job.plan.moves;
+        // A group is one move for the members' limits: one job on the servers.
+        let first = &moves[group[0]];
+        self.busy[first.from as usize] += 1;
+        self.busy[first.to as usize] += 1;
         for &idx in &group {
-            let mv = &moves[idx];
-            self.committed += mv.bytes;
-            self.busy[mv.from as usize] += 1;
-            self.busy[mv.to as usize] += 1;
+            self.committed += moves[idx].bytes;
         }
         let (cluster, snapshot, pacer) = (self.job.cluster, self.job.snapshot, self.pacer.clone());
         self.inflight.push(Box::pin(async move {
@@ -290,7 +291,12 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         let deadline = tokio::time::sleep_until(self.deadline.into());
         let running = self.stopped.is_none();
         tokio::select! {
-            Some(finished) = self.inflight.next() => finished.into_iter().for_each(|f| self.take_finished(f)),
+            Some(finished) = self.inflight.next() => {
+                let first = &self.job.plan.moves[finished[0].0];
+                self.busy[first.from as usize] -= 1;
+                self.busy[first.to as usize] -= 1;
+                finished.into_iter().for_each(|f| self.take_finished(f));
+            }
             _ = cancel.cancelled(), if running => {
                 info!(in_flight = self.inflight.len(), "stop requested: finishing moves in flight");
                 self.stopped = Some(StopReason::Cancelled);
@@ -305,8 +311,6 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
     /// Books a finished move: frees its members, counts it done or failed.
     fn take_finished(&mut self, (idx, res, took): Finished) {
         let mv = &self.job.plan.moves[idx];
-        self.busy[mv.from as usize] -= 1;
-        self.busy[mv.to as usize] -= 1;
         let (metrics, progress) = (self.job.metrics, self.job.progress);
         metrics.move_duration_seconds.observe(took.as_secs_f64());
         match res {
@@ -437,6 +441,8 @@ mod tests {
         /// Moves groups as one unit, recording each group's (from, to, bytes) moves.
         grouping: bool,
         groups: std::sync::Mutex<Vec<Vec<(u32, u32, u64)>>>,
+        running_groups: AtomicUsize,
+        max_groups: AtomicUsize,
     }
 
     impl Recorder {
@@ -449,6 +455,8 @@ mod tests {
                 fail_bucket: None,
                 grouping: false,
                 groups: Default::default(),
+                running_groups: AtomicUsize::new(0),
+                max_groups: AtomicUsize::new(0),
             }
         }
     }
@@ -490,7 +498,10 @@ mod tests {
             _pace: &P,
         ) -> Vec<Result<MoveStats, ClusterError>> {
             self.groups.lock().unwrap().push(moves.iter().map(|m| (m.from, m.to, m.bytes)).collect());
+            let now = self.running_groups.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_groups.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
+            self.running_groups.fetch_sub(1, Ordering::SeqCst);
             moves.iter().map(|m| Ok(MoveStats { keys: 1, bytes: m.bytes })).collect()
         }
     }
@@ -707,5 +718,22 @@ mod tests {
         assert_eq!(r.stopped, Some(StopReason::Cancelled));
         assert!(r.moves_done < 40 && r.moves_done + r.moves_not_started == 40, "{r:?}");
         assert_eq!(r.moves_failed, 0, "a group in flight finished");
+    }
+
+    #[tokio::test]
+    async fn a_group_counts_as_one_move_for_the_members_limits() {
+        // One loaded member sends to three empty ones: with two moves per member, two
+        // groups (jobs) leave it at once, not one group holding the member's whole limit.
+        let layout: Vec<(u64, Vec<u32>)> = (0..60).map(|_| (1000, vec![0])).collect();
+        let s = make_snapshot(make_members(4), &layout);
+        let p = plan(&s, &PlanOptions { tolerance_percent: 0, ..Default::default() }).unwrap();
+        let mut rec = grouping();
+        rec.delay = Duration::from_millis(20);
+        let l = Limits { max_concurrent_moves: 10, max_moves_per_member: 2, ..limits() };
+        let r = exec(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Metrics::new()).await;
+        assert_eq!(r.moves_done, p.moves.len() as u64);
+        let sizes = check_groups(&rec, GROUP_BYTES);
+        assert_eq!(sizes.len(), 3, "one group per target: {sizes:?}");
+        assert_eq!(rec.max_groups.load(Ordering::SeqCst), 2, "two groups at once from the source");
     }
 }
