@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use autobalancer::cluster::redis::{MigrationMode, NoPace, RedisCluster};
-use autobalancer::cluster::{Cluster, ClusterError};
-use autobalancer::model::ClusterSnapshot;
+use autobalancer::cluster::{Cluster, ClusterError, RepairOptions};
+use autobalancer::model::{ClusterSnapshot, MoveIntent};
 use autobalancer::plan::{Move, MoveKind};
 use autobalancer_testkit::{AclUser, ClusterSpec, Engine, LocalCluster};
 
@@ -443,5 +443,71 @@ async fn atomic_on_redis_7_is_refused_naming_the_key_and_auto_moves_with_legacy(
     }
     let slots: Vec<u64> = group.iter().map(|mv| mv.bucket).collect();
     wait_views(&c, &slots, &m[2]).await;
+    assert_eq!(digest(&c).await, before);
+}
+
+/// `CLUSTER MIGRATESLOTS` of `slots` from `src` to the node `dst_id`, issued by hand.
+async fn migrate_slots(c: &LocalCluster, src: &str, slots: &[u64], dst_id: &str) {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("MIGRATESLOTS").arg("SLOTSRANGE");
+    for s in slots {
+        cmd.arg(s).arg(s);
+    }
+    cmd.arg("NODE").arg(dst_id);
+    cmd.query_async::<()>(&mut c.conn(src).await.unwrap()).await.unwrap();
+}
+
+/// A holder that vanished leaves its jobs running on the servers, with no slot flag to
+/// show for them: the next holder's repair finds them with GETSLOTMIGRATIONS, waits for
+/// the one it recorded and settles its intents, and names the one nobody recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_left_running_are_found_waited_for_or_left_alone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = ClusterSpec::new(Engine::Valkey, 2, 1).start().await.unwrap();
+    c.load_skewed(10_000, 17).await.unwrap();
+    let before = digest(&c).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rc = backend(&c, dir.path(), Duration::from_secs(10));
+    let snap = rc.snapshot().await.unwrap();
+    let m = c.master_addrs();
+    let ours: Vec<u64> = moves(&snap, &m[0], &m[2], 40).iter().map(|mv| mv.bucket).collect();
+    let theirs: Vec<u64> = moves(&snap, &m[1], &m[2], 40).iter().map(|mv| mv.bucket).collect();
+    let target = c.id_of(&m[2]).unwrap().to_string();
+    // The target is frozen, so neither job can end before repair has looked.
+    signal(&c, &m[2], "-STOP");
+    migrate_slots(&c, &m[0], &ours, &target).await;
+    migrate_slots(&c, &m[1], &theirs, &target).await;
+    assert!(jobs(&c, &m[0]).await.iter().all(|j| !["success", "failed", "cancelled"].contains(&j.0.as_str())));
+    let intents: Vec<MoveIntent> = ours
+        .iter()
+        .map(|&bucket| MoveIntent {
+            bucket,
+            from: m[0].clone(),
+            to: m[2].clone(),
+            holder: "a vanished holder".into(),
+            started_at: chrono::Utc::now(),
+        })
+        .collect();
+    let opts = RepairOptions { intents, ..RepairOptions::default() };
+    let repair = tokio::spawn(async move { rc.repair(&opts).await });
+    // Thawed well within the cluster's node timeout (3 s): the jobs then end on their own.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    signal(&c, &m[2], "-CONT");
+    let report = repair.await.unwrap().unwrap();
+    assert!(
+        report.settled.iter().any(|l| l.contains("a previous holder's job") && l.contains("ended in success")),
+        "{report:?}"
+    );
+    let mut done = report.intents_done.clone();
+    done.sort_unstable();
+    let mut want = ours.clone();
+    want.sort_unstable();
+    assert_eq!(done, want, "every recorded slot settled, nothing else");
+    let foreign: Vec<_> = report.foreign.iter().filter(|f| f.from.as_deref() == Some(m[1].as_str())).collect();
+    assert_eq!(foreign.len(), 1, "the job nobody recorded is named: {report:?}");
+    assert!(theirs.contains(&foreign[0].bucket) && foreign[0].to.as_deref() == Some(m[2].as_str()));
+    wait_views(&c, &ours, &m[2]).await;
+    wait_views(&c, &theirs, &m[2]).await;
+    c.wait_ok(Duration::from_secs(20)).await.unwrap();
     assert_eq!(digest(&c).await, before);
 }

@@ -99,19 +99,21 @@ impl RedisCluster {
     /// The mover `execution.migration` picks here; capabilities are read now when no
     /// snapshot has been taken.
     pub async fn mover(&self) -> Result<Mover, ClusterError> {
-        let caps = match self.capabilities() {
-            Some(c) => c,
-            None => {
-                let topo = self.cached_topology().await?;
-                let infos = futures::future::join_all(topo.masters.iter().map(|m| self.node_info(&m.addr))).await;
-                let infos: Vec<NodeInfo> =
-                    infos.into_iter().collect::<Result<_, _>>().map_err(ClusterError::Snapshot)?;
-                let caps = Capabilities::of(&infos);
-                self.note_capabilities(caps.clone());
-                caps
-            }
-        };
+        let caps = self.current_capabilities().await?;
         self.migration.mover(&caps).map_err(ClusterError::Config)
+    }
+
+    /// What the masters support: as the last snapshot saw it, else read now.
+    pub(super) async fn current_capabilities(&self) -> Result<Capabilities, ClusterError> {
+        if let Some(c) = self.capabilities() {
+            return Ok(c);
+        }
+        let topo = self.cached_topology().await?;
+        let infos = futures::future::join_all(topo.masters.iter().map(|m| self.node_info(&m.addr))).await;
+        let infos: Vec<NodeInfo> = infos.into_iter().collect::<Result<_, _>>().map_err(ClusterError::Snapshot)?;
+        let caps = Capabilities::of(&infos);
+        self.note_capabilities(caps.clone());
+        Ok(caps)
     }
 }
 

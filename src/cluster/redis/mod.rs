@@ -12,6 +12,7 @@
 mod atomic;
 mod capabilities;
 mod conn;
+mod inflight;
 mod legacy;
 mod migrations;
 mod observe;

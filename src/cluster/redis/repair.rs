@@ -56,11 +56,15 @@ fn open_slots(topo: &Topology) -> BTreeMap<u16, OpenSlot> {
 impl RedisCluster {
     /// Settles open slots and stray keys as `opts` allows.
     pub(super) async fn repair_from_truth(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
+        let mut report = RepairReport::default();
         let topo = self.topology().await?;
+        let busy = self.settle_jobs(&topo, opts, &mut report).await?;
+        // A job that ended moved slots: what follows reads the owners as they are now.
+        let topo = if report.intents_done.is_empty() { topo } else { self.topology().await? };
         let intents: HashMap<u64, &MoveIntent> = opts.intents.iter().map(|i| (i.bucket, i)).collect();
         let open = open_slots(&topo);
-        let mut report = RepairReport::default();
-        for (&slot, flags) in open.iter().filter(|(s, _)| opts.only.is_none_or(|o| o == **s as u64)) {
+        let wanted = |s: u16| opts.only.is_none_or(|o| o == s as u64) && !busy.contains(&s);
+        for (&slot, flags) in open.iter().filter(|(s, _)| wanted(**s)) {
             if !intents.contains_key(&(slot as u64)) && !opts.take_foreign {
                 report.foreign.push(self.foreign(&topo, slot, flags).await);
                 continue;
@@ -77,14 +81,17 @@ impl RedisCluster {
                 }
             }
         }
-        let skip: Vec<u16> = report.foreign.iter().map(|f| f.bucket as u16).collect();
+        let mut skip: Vec<u16> = report.foreign.iter().map(|f| f.bucket as u16).collect();
+        skip.extend(&busy);
         // Settling open slots changed owners: strays go to the owner as it is now.
         let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.topology().await? };
         self.return_strays(&topo, opts, &skip, &mut report).await;
         // Intents whose slot is closed and clean were settled by whoever got there first.
         for i in &opts.intents {
             let slot = i.bucket as u16;
-            let untouched = !open.contains_key(&slot) && !report.failed.iter().any(|(b, _)| *b == i.bucket);
+            let untouched = !open.contains_key(&slot)
+                && !busy.contains(&slot)
+                && !report.failed.iter().any(|(b, _)| *b == i.bucket);
             if untouched && opts.only.is_none_or(|o| o == i.bucket) && !report.intents_done.contains(&i.bucket) {
                 report.intents_done.push(i.bucket);
             }
