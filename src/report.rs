@@ -55,6 +55,9 @@ pub struct Answer {
     pub duration_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Moves the legacy mover made because an atomic job failed (retried once first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_by_legacy_fallback: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
 }
@@ -81,6 +84,7 @@ impl Answer {
             moved_bytes: None,
             duration_seconds: None,
             stopped: None,
+            moved_by_legacy_fallback: None,
             failures: Vec::new(),
         }
     }
@@ -102,6 +106,7 @@ impl Answer {
             moved_bytes: None,
             duration_seconds: None,
             stopped: None,
+            moved_by_legacy_fallback: None,
             failures: Vec::new(),
         }
     }

@@ -323,7 +323,9 @@ async fn a_failing_job_is_retried_in_halves_then_moved_by_the_legacy_mover() {
     let group = moves(&snap, &m[0], &m[2], 40);
     let results = rc.move_group(&snap, &group, &NoPace).await;
     for (mv, r) in group.iter().zip(&results) {
-        assert_eq!(r.as_ref().unwrap().bytes, mv.bytes);
+        let stats = r.as_ref().unwrap();
+        assert_eq!(stats.bytes, mv.bytes);
+        assert!(stats.fallback, "the move says the legacy mover made it");
     }
     assert_eq!(rc.legacy_fallbacks(), 40);
     let exported = jobs(&c, &m[0]).await;

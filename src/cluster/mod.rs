@@ -39,6 +39,8 @@ pub enum ClusterError {
 pub struct MoveStats {
     pub keys: u64,
     pub bytes: u64,
+    /// Moved by the legacy mover after the atomic one could not (a failed job, retried).
+    pub fallback: bool,
 }
 
 /// What a mover asks of the run while it moves: the executor hands the backend one per

@@ -80,6 +80,8 @@ pub struct RunReport {
     /// Moves not started (stop, budget).
     pub moves_not_started: u64,
     pub moved_bytes: u64,
+    /// Moves the legacy mover made after an atomic job failed twice.
+    pub moves_by_fallback: u64,
     pub duration_seconds: f64,
     pub stopped: Option<StopReason>,
     /// One line per failed move.
@@ -150,6 +152,7 @@ struct Executor<'a, C, F> {
     failures: Vec<String>,
     open_buckets: Vec<u64>,
     moved_bytes: u64,
+    by_fallback: u64,
     last_progress: Instant,
 }
 
@@ -177,6 +180,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             failures: Vec::new(),
             open_buckets: Vec::new(),
             moved_bytes: 0,
+            by_fallback: 0,
             last_progress: started,
             job,
         }
@@ -318,6 +322,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 // What the backend measured moving, not the plan's figure.
                 self.done.push(mv);
                 self.moved_bytes += stats.bytes;
+                self.by_fallback += stats.fallback as u64;
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_done.fetch_add(stats.bytes, Ordering::Relaxed);
                 metrics.moves_total.with_label_values(&["done"]).inc();
@@ -382,6 +387,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             moves_failed: self.failed,
             moves_not_started: not_started,
             moved_bytes: self.moved_bytes,
+            moves_by_fallback: self.by_fallback,
             duration_seconds: self.started.elapsed().as_secs_f64(),
             stopped,
             failures: self.failures,
@@ -486,7 +492,7 @@ mod tests {
                 return Err(ClusterError::Move { bucket: mv.bucket, message: "boom".into(), open: true });
             }
             self.moves.lock().unwrap().push(mv.bucket);
-            Ok(MoveStats { keys: 1, bytes: mv.bytes })
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false })
         }
         fn groups_moves(&self) -> bool {
             self.grouping
@@ -502,7 +508,7 @@ mod tests {
             self.max_groups.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             self.running_groups.fetch_sub(1, Ordering::SeqCst);
-            moves.iter().map(|m| Ok(MoveStats { keys: 1, bytes: m.bytes })).collect()
+            moves.iter().map(|m| Ok(MoveStats { keys: 1, bytes: m.bytes, fallback: false })).collect()
         }
     }
 

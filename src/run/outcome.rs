@@ -161,6 +161,7 @@ mod tests {
             moves_failed: failed,
             moves_not_started: 1,
             moved_bytes: 10,
+            moves_by_fallback: 0,
             duration_seconds: 0.1,
             stopped,
             failures: Vec::new(),

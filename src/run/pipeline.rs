@@ -249,6 +249,7 @@ impl Context {
             moves_failed = report.moves_failed,
             moves_not_started = report.moves_not_started,
             moved_bytes = report.moved_bytes,
+            moved_by_legacy_fallback = report.moves_by_fallback,
             seconds = report.duration_seconds,
             stopped = report.stopped.map(|s| s.to_string()).unwrap_or_default(),
             "run finished"
@@ -338,6 +339,7 @@ fn fill_answer(answer: &mut Answer, report: RunReport) {
     answer.duration_seconds = Some((report.duration_seconds * 1000.0).round() / 1000.0);
     // The sentence the API has always answered with; the typed reason is the outcome's.
     answer.stopped = report.stopped.map(|s| s.to_string());
+    answer.moved_by_legacy_fallback = (report.moves_by_fallback > 0).then_some(report.moves_by_fallback);
     answer.failures = report.failures;
     answer.report = Some(report.members);
 }

@@ -155,12 +155,12 @@ impl RedisCluster {
         for ((mv, slot), keys) in group.iter().zip(&slots).zip(keys) {
             self.sizes.forget(*slot);
             out.push(match ends.remove(slot) {
-                Some(SlotEnd::Moved) => Ok(MoveStats { keys, bytes: mv.bytes }),
+                Some(SlotEnd::Moved) => Ok(MoveStats { keys, bytes: mv.bytes, fallback: false }),
                 // Reported in the snapshot's units, as move_bucket does.
                 Some(SlotEnd::MovedByLegacy(stats)) if mv.bytes > 0 => {
-                    Ok(MoveStats { keys: stats.keys, bytes: mv.bytes })
+                    Ok(MoveStats { keys: stats.keys, bytes: mv.bytes, fallback: true })
                 }
-                Some(SlotEnd::MovedByLegacy(stats)) => Ok(stats),
+                Some(SlotEnd::MovedByLegacy(stats)) => Ok(MoveStats { fallback: true, ..stats }),
                 Some(SlotEnd::Failed(e)) => Err(e),
                 None => Err(fail(mv, "no outcome recorded".into())),
             });
