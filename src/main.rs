@@ -23,6 +23,8 @@ use autobalancer::sidecar::SidecarError;
 
 #[path = "cli/local.rs"]
 mod local;
+#[path = "cli/progress.rs"]
+mod progress;
 #[path = "cli/repair.rs"]
 mod repair;
 
@@ -309,7 +311,7 @@ fn rebalance(config: PathBuf, once: bool, force: bool, allow_big_keys: bool, for
     let rt = runtime();
     let finished = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
-        let run = ctx.run_once(Trigger::Manual { force, allow_big_keys }, &cancel);
+        let run = with_progress(ctx.run_once(Trigger::Manual { force, allow_big_keys }, &cancel), &ctx.progress);
         tokio::pin!(run);
         tokio::select! {
             f = &mut run => return Ok(f),
@@ -325,6 +327,28 @@ fn rebalance(config: PathBuf, once: bool, force: bool, allow_big_keys: bool, for
     print_outcome(&finished.answer, format);
     let failed = matches!(finished.outcome, Outcome::Failed(_) | Outcome::Skipped(SkipReason::SnapshotFailed));
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Runs `run`, showing the run's progress meanwhile.
+async fn with_progress<T>(run: impl std::future::Future<Output = T>, p: &autobalancer::execute::Progress) -> T {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut shown = progress::Shown::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            out = &mut run => {
+                shown.finish();
+                return out;
+            }
+            _ = tick.tick() => shown.update(progress::Figures {
+                bytes_done: p.bytes_done.load(Relaxed),
+                bytes_planned: p.bytes_planned.load(Relaxed),
+                slots_done: p.done.load(Relaxed),
+                slots_planned: p.planned.load(Relaxed),
+            }),
+        }
+    }
 }
 
 /// Resolves at SIGINT or SIGTERM.
@@ -378,19 +402,7 @@ fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
             )?;
             println!("evacuation of {me} started: {}", v["evacuation"]);
             if wait {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                    let s = local.call("GET", "/status", None)?;
-                    let e = &s["evacuation"];
-                    if !e["active"].as_bool().unwrap_or(false) {
-                        return Err(Fail(1, anyhow::anyhow!("the evacuation was stopped before the member was empty")));
-                    }
-                    if e["buckets_left"].as_u64() == Some(0) {
-                        println!("{me} holds nothing: evacuated");
-                        break;
-                    }
-                    println!("{} buckets, {} bytes left", e["buckets_left"], e["bytes_left"]);
-                }
+                wait_evacuated(&local, &me)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -406,6 +418,34 @@ fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
             println!("{}", serde_json::to_string_pretty(&s["evacuation"]).unwrap());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Polls the sidecar until `me` holds nothing, showing what has left it meanwhile.
+fn wait_evacuated(local: &Local, me: &str) -> Result<(), Fail> {
+    let mut shown = progress::Shown::new();
+    let mut first: Option<(u64, u64)> = None;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let s = local.call("GET", "/status", None)?;
+        let e = &s["evacuation"];
+        if !e["active"].as_bool().unwrap_or(false) {
+            shown.finish();
+            return Err(Fail(1, anyhow::anyhow!("the evacuation was stopped before the member was empty")));
+        }
+        let left = (e["buckets_left"].as_u64().unwrap_or(0), e["bytes_left"].as_u64().unwrap_or(0));
+        if left.0 == 0 {
+            shown.finish();
+            println!("{me} holds nothing: evacuated");
+            return Ok(());
+        }
+        let (slots, bytes) = *first.get_or_insert(left);
+        shown.update(progress::Figures {
+            bytes_done: bytes.saturating_sub(left.1),
+            bytes_planned: bytes,
+            slots_done: slots.saturating_sub(left.0),
+            slots_planned: slots,
+        });
     }
 }
 

@@ -84,6 +84,8 @@ async fn rebalance_by_bytes_loses_nothing(engine: Engine) {
     let new = report.iter().find(|r| r["id"] == empty.as_str()).unwrap();
     assert!(new["current_buckets"].as_u64().unwrap() > 0);
     assert_eq!(v["moved_bytes"], v["transfer_bytes"]);
+    // Off a terminal, progress is a plain line (every few seconds, the first at once).
+    assert!(stderr.lines().any(|l| l.starts_with("moved ") && l.contains(" slots, ")), "{stderr}");
 
     // Nothing lost, nothing open, every node ok.
     c.wait_ok(Duration::from_secs(10)).await.unwrap();
