@@ -38,7 +38,8 @@ pub struct ClusterSpec {
 
 impl ClusterSpec {
     pub fn new(engine: Engine, loaded: usize, empty: usize) -> ClusterSpec {
-        ClusterSpec { engine, loaded, empty, replicas: 0, password: None, user: None }
+        let user = Some(AclUser::least_privilege(engine));
+        ClusterSpec { engine, loaded, empty, replicas: 0, password: None, user }
     }
 
     pub fn replicas(mut self, replicas: usize) -> ClusterSpec {
@@ -85,9 +86,29 @@ pub struct AclUser {
     pub rules: String,
 }
 
+/// The rule lines shipped for operators (`deploy/redis/`): every test logs in with them
+/// unless it names a user of its own, so a command the sidecar needs and the file lacks
+/// fails a test.
+const ACL_REDIS: &str = include_str!("../../../../deploy/redis/autobalancer.acl");
+const ACL_VALKEY: &str = include_str!("../../../../deploy/redis/autobalancer-valkey.acl");
+
 impl AclUser {
     pub fn new(name: &str, password: &str, rules: &str) -> AclUser {
         AclUser { name: name.to_string(), password: password.to_string(), rules: rules.to_string() }
+    }
+
+    /// The user `deploy/redis/` defines for `engine`, with a test password in place of
+    /// the placeholder.
+    pub fn least_privilege(engine: Engine) -> AclUser {
+        let line = match engine {
+            Engine::Redis => ACL_REDIS,
+            Engine::Valkey => ACL_VALKEY,
+        };
+        let rules = line
+            .trim()
+            .strip_prefix("user autobalancer on >CHANGE-ME ")
+            .expect("the ACL file's line opens with `user autobalancer on >CHANGE-ME`");
+        AclUser::new("autobalancer", "autobalancer-test-pw", rules)
     }
 }
 

@@ -155,7 +155,8 @@ impl LocalCluster {
         let Some(u) = &self.user else { return Ok(()) };
         let password = format!(">{}", u.password);
         let mut command = vec!["ACL", "SETUSER", &u.name, "reset", "on", &password];
-        command.extend(u.rules.split_whitespace());
+        let rules = acl_args(&u.rules);
+        command.extend(rules.iter().map(String::as_str));
         for n in &self.nodes {
             self.ok(&n.addr(), &command).await?;
         }
@@ -172,5 +173,30 @@ impl LocalCluster {
         // Only the command's name in errors: the arguments may hold a password.
         let name = command[..command.len().min(2)].join(" ");
         c.query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {name}: {e}"))
+    }
+}
+
+/// ACL rules as ACL SETUSER takes them: one argument per rule, a selector `(...)` whole.
+fn acl_args(rules: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut open = false;
+    for token in rules.split_whitespace() {
+        match out.last_mut() {
+            Some(last) if open => {
+                last.push(' ');
+                last.push_str(token);
+            }
+            _ => out.push(token.to_string()),
+        }
+        open = (open || token.starts_with('(')) && !token.ends_with(')');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_selector_is_one_argument() {
+        assert_eq!(super::acl_args("~* +ping (~k:* +set +del) +info"), ["~*", "+ping", "(~k:* +set +del)", "+info"]);
     }
 }
