@@ -11,6 +11,9 @@ use std::path::Path;
 
 use super::{Config, pem, read_secret};
 
+/// A file as the config names it: its dotted key and its path.
+type Named<'a> = (&'static str, &'a Path);
+
 /// What a referenced file must be.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -37,7 +40,7 @@ impl Config {
 
     /// `((dotted key, path) of the certificate, (dotted key, path) of its key)` of every
     /// client certificate the config names.
-    fn client_identities(&self) -> Vec<((&'static str, &Path), (&'static str, &Path))> {
+    fn client_identities(&self) -> Vec<(Named<'_>, Named<'_>)> {
         let c = &self.cluster;
         let mut pairs =
             vec![(("cluster.cert-file", c.cert_file.as_deref()), ("cluster.key-file", c.key_file.as_deref()))];
@@ -96,7 +99,7 @@ fn check(key: &str, path: &Path, kind: Kind) -> Result<(), String> {
 
 /// A client key must be its certificate's. Checked only when both files are good on their
 /// own: `check` has reported the others.
-fn check_identity((cert_key, cert): (&str, &Path), (key_key, key): (&str, &Path)) -> Result<(), String> {
+fn check_identity((cert_key, cert): Named<'_>, (key_key, key): Named<'_>) -> Result<(), String> {
     let chain = std::fs::read(cert).ok().and_then(|b| pem::certificates(&b).ok());
     let private = std::fs::read(key).ok().and_then(|b| pem::private_key(&b).ok());
     let (Some(chain), Some(private)) = (chain, private) else { return Ok(()) };

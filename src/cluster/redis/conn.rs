@@ -174,7 +174,7 @@ mod tests {
     use super::*;
 
     fn conns(tls: bool) -> Conns {
-        let tls = tls.then(|| Tls(TlsCertificates { client_tls: None, root_cert: None }));
+        let tls = tls.then_some(Tls(TlsCertificates { client_tls: None, root_cert: None }));
         Conns::new(Auth::default(), tls, Duration::from_secs(1))
     }
 
