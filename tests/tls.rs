@@ -140,7 +140,7 @@ async fn repair_finishes_a_half_moved_slot_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plaintext_at_a_tls_only_port_fails_fast_and_says_tls() {
+async fn plaintext_or_no_client_certificate_at_a_tls_port_fails_fast_and_says_why() {
     let c = ClusterSpec::new(Engine::Redis, 1, 0).tls().start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("plaintext.toml");
@@ -152,6 +152,17 @@ async fn plaintext_at_a_tls_only_port_fails_fast_and_says_tls() {
     assert!(took < Duration::from_secs(5), "took {took:?} to fail: {stderr}");
     assert!(stderr.contains("TLS"), "{stderr}");
     assert!(stderr.contains("set cluster.tls = true"), "{stderr}");
+
+    // TLS without the client certificate the nodes want: dropped after the handshake.
+    let t = c.tls.as_ref().unwrap();
+    let text = format!("{}tls = true\nca-file = \"{}\"\n", cluster_section(&c, dir.path(), None), t.ca.display());
+    std::fs::write(&cfg, text).unwrap();
+    let started = Instant::now();
+    let (code, _, stderr) = run(&["snapshot", "--config", cfg.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?} to fail: {stderr}");
+    assert!(stderr.contains("set cluster.cert-file and cluster.key-file"), "{stderr}");
 }
 
 #[test]

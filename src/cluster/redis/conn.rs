@@ -114,8 +114,10 @@ impl Conns {
     }
 
     /// The likely cause of a failed connect that the error alone does not name: TLS on one
-    /// end only. A plaintext client at a TLS-only port sees the connection dropped; a TLS
-    /// client at a plaintext port reads a reply that is no TLS record, or none at all.
+    /// end only, or no client certificate. A plaintext client at a TLS-only port sees the
+    /// connection dropped; a TLS client at a plaintext port reads a reply that is no TLS
+    /// record, or none at all; a server that wants a client certificate drops a client
+    /// without one.
     fn hint(&self, e: &RedisError) -> &'static str {
         // The server's own refusal (NOAUTH, LOADING) or a closed port says enough.
         if e.code().is_some() || e.is_connection_refusal() {
@@ -125,6 +127,9 @@ impl Conns {
             None => " (is the server TLS-only? set cluster.tls = true)",
             Some(_) if e.is_timeout() || e.to_string().contains("corrupt message") => {
                 " (is the server plaintext? set cluster.tls = false)"
+            }
+            Some(Tls(certs)) if certs.client_tls.is_none() && e.is_connection_dropped() => {
+                " (does the server want a client certificate? set cluster.cert-file and cluster.key-file)"
             }
             Some(_) => "",
         }
@@ -195,5 +200,17 @@ mod tests {
         // A certificate the client refused names itself.
         let refused = RedisError::from(Error::new(ErrorKind::InvalidData, "invalid peer certificate: UnknownIssuer"));
         assert_eq!(conns(true).hint(&refused), "");
+    }
+
+    #[test]
+    fn a_tls_connection_dropped_without_a_client_certificate_asks_for_one() {
+        let dropped = RedisError::from(Error::from(ErrorKind::BrokenPipe));
+        let hint = conns(true).hint(&dropped);
+        assert_eq!(hint, " (does the server want a client certificate? set cluster.cert-file and cluster.key-file)");
+        let with_cert = Tls(TlsCertificates {
+            client_tls: Some(ClientTlsConfig { client_cert: Vec::new(), client_key: Vec::new() }),
+            root_cert: None,
+        });
+        assert_eq!(Conns::new(Auth::default(), Some(with_cert), Duration::from_secs(1)).hint(&dropped), "");
     }
 }
