@@ -8,6 +8,7 @@
 //! Does not own: what the values mean at run time (each module reads its own section).
 
 mod files;
+mod pem;
 mod secret;
 mod units;
 mod validate;

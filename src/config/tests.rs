@@ -244,14 +244,80 @@ fn every_referenced_file_must_exist_naming_key_and_path() {
         let line = errs.iter().find(|l| l.starts_with(&format!("{key} "))).unwrap_or_else(|| panic!("{key}"));
         assert!(line.starts_with(&format!("{key} {}: cannot read: ", path.display())), "{line}");
     }
-    for (_, name) in FILES {
-        std::fs::write(dir.path().join(name), "x\n").unwrap();
-    }
+    fill(dir.path());
     assert_eq!(c.check_files(), Vec::<String>::new());
 }
 
+/// A CA, a client certificate and its key, and the directory that holds them.
+fn certificates() -> (tempfile::TempDir, autobalancer_testkit::TlsFiles) {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = autobalancer_testkit::TlsFiles::generate(dir.path()).unwrap();
+    (dir, tls)
+}
+
+/// Writes every file of `FILES` as its key wants it: a CA, a client certificate and its
+/// key where the key names one, a line of text elsewhere.
+fn fill(dir: &std::path::Path) {
+    let (_keep, tls) = certificates();
+    for (key, name) in FILES {
+        let from = match key.rsplit('.').next().unwrap() {
+            "ca-file" => Some(&tls.ca),
+            "cert-file" => Some(&tls.client_cert),
+            "key-file" => Some(&tls.client_key),
+            _ => None,
+        };
+        let content = from.map_or_else(|| b"x\n".to_vec(), |p| std::fs::read(p).unwrap());
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+}
+
 #[test]
-fn secrets_and_keys_must_not_be_empty() {
+fn a_bad_pem_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = naming_files(dir.path());
+    fill(dir.path());
+    let (_keep, other) = certificates();
+    let at = |name: &str| dir.path().join(name);
+    // A key where a certificate belongs, a certificate where a key belongs, no PEM at all.
+    std::fs::copy(&other.client_key, at("redis-ca.pem")).unwrap();
+    std::fs::copy(&other.client_cert, at("redis-key.pem")).unwrap();
+    std::fs::write(at("etcd-cert.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let errs = c.check_files();
+    let line = |key: &str| errs.iter().find(|l| l.starts_with(&format!("{key} "))).cloned().unwrap_or_default();
+    let ca = line("cluster.ca-file");
+    assert!(
+        ca.starts_with(&format!("cluster.ca-file {}: no PEM certificate", at("redis-ca.pem").display())),
+        "{errs:#?}"
+    );
+    let key = line("cluster.key-file");
+    assert!(
+        key.starts_with(&format!("cluster.key-file {}: no PEM private key", at("redis-key.pem").display())),
+        "{errs:#?}"
+    );
+    assert!(line("etcd.cert-file").contains(": certificate 1 of 1 is not X.509"), "{errs:#?}");
+    assert_eq!(errs.len(), 3, "a pair with a bad file is not compared as well: {errs:#?}");
+}
+
+#[test]
+fn a_client_key_must_be_its_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = naming_files(dir.path());
+    fill(dir.path());
+    // The key of another client certificate.
+    let (_keep, other) = certificates();
+    std::fs::copy(&other.client_key, dir.path().join("redis-key.pem")).unwrap();
+    let errs = c.check_files();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let want = format!(
+        "cluster.key-file {} is not the key of cluster.cert-file {}: ",
+        dir.path().join("redis-key.pem").display(),
+        dir.path().join("redis-cert.pem").display()
+    );
+    assert!(errs[0].starts_with(&want), "{errs:#?}");
+}
+
+#[test]
+fn only_a_snapshot_may_be_empty() {
     let dir = tempfile::tempdir().unwrap();
     let c = naming_files(dir.path());
     for (_, name) in FILES {
@@ -260,12 +326,9 @@ fn secrets_and_keys_must_not_be_empty() {
     let errs = c.check_files();
     let empty: Vec<&str> =
         errs.iter().filter(|l| l.ends_with(": the file is empty")).map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(
-        empty,
-        ["cluster.password-file", "cluster.key-file", "etcd.password-file", "etcd.key-file", "api.token-file"],
-        "{errs:#?}"
-    );
-    assert_eq!(errs.len(), empty.len(), "certificates and snapshots may hold anything: {errs:#?}");
+    let want: Vec<&str> = FILES.iter().map(|(k, _)| *k).filter(|k| *k != "cluster.snapshot-file").collect();
+    assert_eq!(empty, want, "{errs:#?}");
+    assert_eq!(errs.len(), empty.len(), "a snapshot may hold anything here: {errs:#?}");
 }
 
 #[test]

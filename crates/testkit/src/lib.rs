@@ -9,6 +9,7 @@
 //!   password, an ACL user), its views, a skewed data set and a digest of every key.
 //! - [`etcd`]: a single-member etcd that can be stopped and restarted.
 //! - [`prometheus`]: a Prometheus scraping given targets with rules loaded.
+//! - [`tls`]: a CA, server and client certificates for TLS clusters and their clients.
 //! - [`ports`], [`proc`]: loopback ports, and child processes killed on drop.
 //!
 //! Every server runs in a temporary directory removed on drop unless started with
@@ -20,6 +21,7 @@ pub mod etcd;
 pub mod ports;
 pub mod proc;
 pub mod prometheus;
+pub mod tls;
 
 pub use cluster::{AclUser, ClusterSpec, LocalCluster, Login, Node, digest_diff};
 pub use engine::Engine;
@@ -27,6 +29,7 @@ pub use etcd::LocalEtcd;
 pub use ports::free_port;
 pub use proc::Proc;
 pub use prometheus::LocalPrometheus;
+pub use tls::TlsFiles;
 
 pub type Result<T> = std::result::Result<T, String>;
 

