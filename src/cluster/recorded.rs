@@ -12,7 +12,7 @@ use chrono::Utc;
 use tracing::warn;
 
 use super::{Cluster, ClusterError, FenceError, MoveStats, Pace, RepairOptions, RepairReport};
-use crate::coord::{Coordinator, Fence, GuardFence, LockGuard};
+use crate::coord::{Coordinator, Fence, GuardFence, LockError, LockGuard};
 use crate::model::{ClusterSnapshot, MoveIntent};
 use crate::plan::Move;
 
@@ -74,10 +74,14 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
                 for done in &moves[..i] {
                     let _ = self.coordinator.clear_move(done.bucket).await;
                 }
-                let why = e.to_string();
                 return moves
                     .iter()
-                    .map(|m| Err(ClusterError::Move { bucket: m.bucket, message: why.clone(), open: false }))
+                    .map(|m| match &e {
+                        ClusterError::Fenced { .. } => {
+                            Err(ClusterError::Fenced { bucket: m.bucket, cause: FenceError::NotHolder })
+                        }
+                        e => Err(ClusterError::Move { bucket: m.bucket, message: e.to_string(), open: false }),
+                    })
                     .collect();
             }
         }
@@ -106,10 +110,14 @@ impl<C> Recorded<'_, C> {
             holder: self.guard.holder.member.clone(),
             started_at: Utc::now(),
         };
-        self.coordinator.record_move(self.guard, &intent).await.map_err(|e| ClusterError::Move {
-            bucket: mv.bucket,
-            message: format!("could not record the move's intent, so it did not start: {e}"),
-            open: false,
+        self.coordinator.record_move(self.guard, &intent).await.map_err(|e| match e {
+            // The lock is gone: the run stops as lock_lost, not as a failed move.
+            LockError::NotHolder => ClusterError::Fenced { bucket: mv.bucket, cause: FenceError::NotHolder },
+            e => ClusterError::Move {
+                bucket: mv.bucket,
+                message: format!("could not record the move's intent, so it did not start: {e}"),
+                open: false,
+            },
         })
     }
 

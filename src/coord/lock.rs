@@ -60,6 +60,9 @@ pub enum FenceError {
     Expired,
     #[error("the lock could not be confirmed: {0}")]
     Unconfirmed(String),
+    /// A write under the lock (a move's intent) found the lock under another lease, or gone.
+    #[error("the lock is no longer ours")]
+    NotHolder,
 }
 
 /// Asked before each move and right before each commit: is the lock still ours?

@@ -334,9 +334,13 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 self.log_progress();
             }
             Err(e @ ClusterError::Fenced { .. }) => {
-                warn!(bucket = mv.bucket, cause = %e, "the lock was lost before a commit: starting no more moves");
+                warn!(bucket = mv.bucket, cause = %e, "the lock was lost: starting no more moves");
                 metrics.moves_total.with_label_values(&["cancelled"]).inc();
-                self.open_buckets.push(mv.bucket);
+                // Refused before the commit, the bucket is left open; refused before the
+                // start (its intent could not be recorded), it never opened.
+                if !matches!(e, ClusterError::Fenced { cause: FenceError::NotHolder, .. }) {
+                    self.open_buckets.push(mv.bucket);
+                }
                 self.stopped.get_or_insert(StopReason::LockLost);
             }
             Err(e) => {
