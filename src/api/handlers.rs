@@ -139,10 +139,11 @@ pub async fn rebalance_stop<C: Control>(State(api): S<C>, _: Authorized) -> ApiR
         description = "Optional; an empty body takes every default"),
     responses(
         (status = 202, description = "Recorded; the evacuation runs in the background", body = EvacuationState),
-        (status = 400, description = "Not a JSON object of the known fields, a bad rate, or a target that \
-            cannot receive", body = ErrorBody),
+        (status = 400, description = "Not a JSON object of the known fields, or a bad rate", body = ErrorBody),
         (status = 401, description = "No bearer token", body = ErrorBody),
         (status = 403, description = "A wrong bearer token", body = ErrorBody),
+        (status = 409, description = "This member or a target is not in the cluster (`unknown_member`), or a \
+            target cannot receive (`cannot_receive`)", body = ErrorBody),
         (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "A body that is not declared JSON", body = ErrorBody),
         (status = 503, description = "etcd or the cluster cannot be reached", body = ErrorBody)))]
@@ -164,26 +165,25 @@ pub async fn evacuation_start<C: Control>(
 }
 
 /// Checks the member and the targets against the live cluster before anything persists.
+/// A well-formed request the cluster as it is now cannot take is a conflict (409), not a
+/// bad request: the same body may pass once the member joins or heals.
 async fn check_targets<C: Control>(control: &C, migrate_to: &[String]) -> Result<(), ApiError> {
     let snap = control.snapshot().await?;
     let me = control.member();
+    let conflict = |code, message: String| Err(ApiError::new(StatusCode::CONFLICT, code, message));
     if snap.member_index(me).is_none() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_member",
-            format!("member {me} is not in the cluster"),
-        ));
+        return conflict("unknown_member", format!("member {me} is not in the cluster"));
     }
     for t in migrate_to {
         let Some(i) = snap.member_index(t) else {
-            return Err(ApiError::bad_request(format!("migrate_to: unknown member {t:?}")));
+            return conflict("unknown_member", format!("migrate_to: unknown member {t:?}"));
         };
         if t == me {
-            return Err(ApiError::bad_request(format!("migrate_to: {t} is the member being evacuated")));
+            return conflict("cannot_receive", format!("migrate_to: {t} is the member being evacuated"));
         }
         let m = &snap.members[i as usize];
         if m.health != crate::model::Health::Healthy || m.draining {
-            return Err(ApiError::bad_request(format!("migrate_to: {t} cannot receive (down, critical or draining)")));
+            return conflict("cannot_receive", format!("migrate_to: {t} cannot receive (down, critical or draining)"));
         }
     }
     Ok(())
