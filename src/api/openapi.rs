@@ -39,7 +39,7 @@ use super::handlers;
         handlers::resume,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&BearerToken, &OptionalBodies),
+    modifiers(&BearerToken, &OptionalBodies, &RoutingErrors),
     tags(
         (name = "health", description = "Probes and metrics; no token"),
         (name = "status", description = "What this sidecar and the fleet are doing; no token"),
@@ -68,6 +68,29 @@ impl utoipa::Modify for OptionalBodies {
         let op = doc.paths.paths.get_mut("/evacuation/start").and_then(|p| p.post.as_mut());
         if let Some(body) = op.and_then(|op| op.request_body.as_mut()) {
             body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+}
+
+/// What the router answers by itself, for any path: 404 for a path it does not serve,
+/// 405 (with `Allow`) for a method a path does not take. No operation can list them, so
+/// they stand as named responses beside the schemas, in the same error shape.
+struct RoutingErrors;
+
+impl utoipa::Modify for RoutingErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        for (name, description) in [
+            ("NotFound", "404: no such path (`not_found`)"),
+            (
+                "MethodNotAllowed",
+                "405: the path does not take this method (`method_not_allowed`); `Allow` lists those it takes",
+            ),
+        ] {
+            let content = Content::new(Some(Ref::from_schema_name("ErrorBody")));
+            let response = ResponseBuilder::new().description(description).content("application/json", content).build();
+            components.responses.insert(name.to_string(), response.into());
         }
     }
 }

@@ -109,6 +109,10 @@ fn the_document_is_well_formed_openapi_3() {
         let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("unexpected $ref {r}"));
         assert!(doc["components"]["schemas"][name].is_object(), "$ref {r} does not resolve");
     }
+    for name in ["NotFound", "MethodNotAllowed"] {
+        let schema = &doc["components"]["responses"][name]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(schema, "#/components/schemas/ErrorBody", "{name}");
+    }
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["bearer"]["type"], "http");
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
