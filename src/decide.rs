@@ -13,7 +13,7 @@ use crate::model::{ClusterSnapshot, Health};
 use crate::plan::Plan;
 
 /// Every reason a run can skip. Used as a metric label, in logs and in API answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     Disabled,
@@ -98,7 +98,7 @@ impl Thresholds {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     /// `rebalance` or `skip`.
     pub action: Action,
@@ -108,7 +108,7 @@ pub struct Decision {
     pub message: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Rebalance,

@@ -12,7 +12,7 @@ use crate::decide::{Decision, Thresholds};
 use crate::model::ClusterSnapshot;
 use crate::plan::{MemberPlan, MoveKind, Plan};
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MoveOut {
     pub kind: MoveKind,
     pub bucket: u64,
@@ -22,7 +22,7 @@ pub struct MoveOut {
 }
 
 /// Per member after a real run, in buckets and bytes (Cisco ESC's rebalance answer).
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MemberReport {
     pub id: String,
     pub previous_buckets: u64,
@@ -35,7 +35,7 @@ pub struct MemberReport {
     pub current_bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Answer {
     pub decision: Decision,
     pub transfer_bytes: u64,

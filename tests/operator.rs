@@ -247,7 +247,7 @@ async fn bad_evacuation_input_is_refused_and_moves_nothing(engine: Engine) {
         &format!("{}{}{QUIET}", cluster_section(&c, dir.path(), Some("127.0.0.1:1")), etcd_section(&etcd)),
     );
     let (code, body) = call("POST", &ghost.url("/evacuation/start"), None, Some("{}")).unwrap();
-    assert_eq!((code, json(&body)["error"]["code"].clone()), (400, serde_json::json!("unknown_member")), "{body}");
+    assert_eq!((code, json(&body)["error"]["code"].clone()), (409, serde_json::json!("unknown_member")), "{body}");
     // Nothing was persisted or moved.
     assert_eq!(get(&s0.url("/availability")).unwrap().0, 200);
     let (_, out, _) = cli(&["evacuate", "status", "--config", &cfg]);

@@ -14,10 +14,11 @@ use crate::report::Answer;
 use crate::run::RunError;
 
 /// Whether the local member should take traffic: not while it is evacuated.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Availability {
     pub available: bool,
     /// `available`, `evacuating` or `evacuated`.
+    #[schema(value_type = String)]
     pub state: &'static str,
     pub member: String,
 }

@@ -8,8 +8,9 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::decide::SkipReason;
 use crate::run::RunError;
@@ -35,9 +36,28 @@ impl ApiError {
     }
 }
 
+/// Every error answer's body: `{"error": {"code", "message"}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `payload_too_large`, `unsupported_media_type`,
+    /// `already_running`, `not_running`, `paused`, `unknown_member`, `snapshot_failed`,
+    /// `lock_unavailable`, `shutting_down`, a skip reason, ...
+    #[schema(example = "unauthorized")]
+    pub code: String,
+    /// One sentence for people.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -166,6 +186,7 @@ fn kind(v: &serde_json::Value) -> &'static str {
 mod tests {
     use super::*;
     use crate::run::Skip;
+    use serde_json::json;
 
     #[test]
     fn run_errors_map_to_statuses_in_one_place() {

@@ -4,28 +4,35 @@
 //! framework's own rejections included, with a 4xx code for anything the caller can fix;
 //! nothing a caller sends can panic a handler.
 //!
-//! Layout: this file owns the routes, authentication and query parsing; [`control`] the
-//! handle the API calls, which the daemon implements (the API never sees the daemon);
-//! [`error`] the error shape and the one mapping from run errors to statuses. Does not
-//! own: what the calls do.
+//! Layout: this file owns the route table, authentication and query parsing; `handlers`
+//! the handlers, each annotated with its part of the OpenAPI contract; [`bodies`] the
+//! request and answer types; [`openapi`] the generated document (`GET /openapi.json`,
+//! public); [`control`] the handle the API calls, which the daemon implements (the API
+//! never sees the daemon); [`error`] the error shape and the one mapping from run errors
+//! to statuses. Does not own: what the calls do.
 
+pub mod bodies;
 pub mod control;
 pub mod error;
+mod handlers;
+pub mod openapi;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use serde::Deserialize;
-use serde_json::json;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::routing::{MethodFilter, MethodRouter, on};
 
 pub use control::{Availability, Control};
 pub use error::ApiError;
-use error::{BODY_LIMIT, JsonObject};
+use error::BODY_LIMIT;
+use handlers::*;
+
+#[cfg(test)]
+mod tests;
 
 /// The router's state: the control handle and the bearer token, if any.
 pub struct Api<C> {
@@ -39,23 +46,48 @@ impl<C> Clone for Api<C> {
     }
 }
 
-type S<C> = State<Api<C>>;
-type ApiResult = Result<Response, ApiError>;
+/// One route: method, path, handler.
+pub struct Route<C> {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<Api<C>>,
+}
+
+fn route<C, H, T>(method: Method, path: &'static str, handler: H) -> Route<C>
+where
+    C: Control,
+    H: Handler<T, Api<C>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+    Route { method, path, handler: on(filter, handler) }
+}
+
+/// Every route the API serves. The router is built from this list only, and a test
+/// holds the OpenAPI document to it: a route without its documentation fails.
+pub fn routes<C: Control>() -> Vec<Route<C>> {
+    vec![
+        route(Method::GET, "/openapi.json", openapi::openapi_json),
+        route(Method::GET, "/metrics", metrics::<C>),
+        route(Method::GET, "/healthz", healthz::<C>),
+        route(Method::GET, "/readyz", readyz::<C>),
+        route(Method::GET, "/status", status::<C>),
+        route(Method::GET, "/status/cluster", status_cluster::<C>),
+        route(Method::GET, "/plan", plan::<C>),
+        route(Method::GET, "/availability", availability::<C>),
+        route(Method::PUT, "/rebalance", rebalance::<C>),
+        route(Method::POST, "/rebalance/stop", rebalance_stop::<C>),
+        route(Method::POST, "/evacuation/start", evacuation_start::<C>),
+        route(Method::POST, "/evacuation/stop", evacuation_stop::<C>),
+        route(Method::PUT, "/pause", pause::<C>),
+        route(Method::DELETE, "/pause", resume::<C>),
+    ]
+}
 
 pub fn router<C: Control>(control: Arc<C>, token: Option<String>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics::<C>))
-        .route("/healthz", get(healthz::<C>))
-        .route("/readyz", get(readyz::<C>))
-        .route("/status", get(status::<C>))
-        .route("/status/cluster", get(status_cluster::<C>))
-        .route("/plan", get(plan::<C>))
-        .route("/availability", get(availability::<C>))
-        .route("/rebalance", put(rebalance::<C>))
-        .route("/rebalance/stop", post(rebalance_stop::<C>))
-        .route("/evacuation/start", post(evacuation_start::<C>))
-        .route("/evacuation/stop", post(evacuation_stop::<C>))
-        .route("/pause", put(pause::<C>).delete(resume::<C>))
+    routes::<C>()
+        .into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.handler))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
@@ -125,141 +157,4 @@ fn flag(q: &[(String, String)], name: &str) -> Result<bool, ApiError> {
 /// `?force=true` or nothing.
 fn force(raw: Option<String>) -> Result<bool, ApiError> {
     flag(&query(raw, &["force"])?, "force")
-}
-
-async fn metrics<C: Control>(State(api): S<C>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.control.metrics()).into_response()
-}
-
-/// 503 once a supervised task has failed: the process is on its way out.
-async fn healthz<C: Control>(State(api): S<C>) -> ApiResult {
-    api.control.health().map_err(|m| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", m))?;
-    Ok(axum::Json(json!({"status": "ok"})).into_response())
-}
-
-async fn readyz<C: Control>(State(api): S<C>) -> Response {
-    match api.control.readiness() {
-        Ok(()) => axum::Json(json!({"ready": true})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                json!({"ready": false, "reason": "lock_unavailable", "message": format!("etcd unavailable: {e}")}),
-            ),
-        )
-            .into_response(),
-    }
-}
-
-async fn status<C: Control>(State(api): S<C>) -> Response {
-    axum::Json(api.control.status().await).into_response()
-}
-
-async fn status_cluster<C: Control>(State(api): S<C>) -> ApiResult {
-    Ok(axum::Json(api.control.cluster_status().await?).into_response())
-}
-
-/// A dry run. Behind the token when one is configured: it sizes the whole cluster.
-async fn plan<C: Control>(State(api): S<C>, _: Authorized, RawQuery(raw): RawQuery) -> ApiResult {
-    let force = force(raw)?;
-    Ok(axum::Json(api.control.plan(force).await?).into_response())
-}
-
-async fn availability<C: Control>(State(api): S<C>) -> Response {
-    let a = api.control.availability();
-    let status = if a.available { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = if a.available {
-        json!({"available": true, "member": a.member})
-    } else {
-        json!({"available": false, "state": a.state, "member": a.member})
-    };
-    (status, axum::Json(body)).into_response()
-}
-
-/// `PUT /rebalance[?force=true]`: one run now through the lock and the gates, answered
-/// per member (previous_buckets, requested_unload, accepted_unload, current_buckets).
-async fn rebalance<C: Control>(State(api): S<C>, _: Authorized, RawQuery(raw): RawQuery) -> ApiResult {
-    let force = force(raw)?;
-    let answer = api.control.rebalance(force).await?;
-    if answer.decision.reason.is_none() {
-        return Ok(axum::Json(answer).into_response());
-    }
-    // Balanced already: not an error; the answer says why, with the per-member figures.
-    let mut v = serde_json::to_value(&answer).expect("answer serializes");
-    v["message"] = json!("No buckets found for rebalance.");
-    Ok(axum::Json(v).into_response())
-}
-
-async fn rebalance_stop<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
-    match api.control.stop() {
-        Some(op) => Ok(axum::Json(json!({"stopping": op})).into_response()),
-        None => Err(ApiError::new(StatusCode::CONFLICT, "not_running", "no operation is running on this sidecar")),
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct EvacuationRequest {
-    #[serde(default)]
-    rate: Option<i64>,
-    #[serde(default)]
-    migrate_to: Vec<String>,
-}
-
-async fn evacuation_start<C: Control>(
-    State(api): S<C>,
-    _: Authorized,
-    JsonObject(req): JsonObject<EvacuationRequest>,
-) -> ApiResult {
-    let rate = match req.rate {
-        None => 0,
-        Some(r) if r > 0 => r as u64,
-        Some(r) => {
-            return Err(ApiError::bad_request(format!("rate must be a positive number of bytes per second, got {r}")));
-        }
-    };
-    check_targets(api.control.as_ref(), &req.migrate_to).await?;
-    let e = api.control.start_evacuation(rate, req.migrate_to).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"evacuation": e}))).into_response())
-}
-
-/// Checks the member and the targets against the live cluster before anything persists.
-async fn check_targets<C: Control>(control: &C, migrate_to: &[String]) -> Result<(), ApiError> {
-    let snap = control.snapshot().await?;
-    let me = control.member();
-    if snap.member_index(me).is_none() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_member",
-            format!("member {me} is not in the cluster"),
-        ));
-    }
-    for t in migrate_to {
-        let Some(i) = snap.member_index(t) else {
-            return Err(ApiError::bad_request(format!("migrate_to: unknown member {t:?}")));
-        };
-        if t == me {
-            return Err(ApiError::bad_request(format!("migrate_to: {t} is the member being evacuated")));
-        }
-        let m = &snap.members[i as usize];
-        if m.health != crate::model::Health::Healthy || m.draining {
-            return Err(ApiError::bad_request(format!("migrate_to: {t} cannot receive (down, critical or draining)")));
-        }
-    }
-    Ok(())
-}
-
-async fn evacuation_stop<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
-    api.control.stop_evacuation().await?;
-    Ok(axum::Json(json!({"evacuation": null})).into_response())
-}
-
-async fn pause<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
-    let by = format!("paused by {} at {}", api.control.member(), chrono::Utc::now().to_rfc3339());
-    api.control.set_paused(Some(by.clone())).await?;
-    Ok(axum::Json(json!({"paused": by})).into_response())
-}
-
-async fn resume<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
-    api.control.set_paused(None).await?;
-    Ok(axum::Json(json!({"paused": null})).into_response())
 }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::{Backend, Coordinator, LockError};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Holder {
     pub member: String,
     pub started_at: DateTime<Utc>,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::lock::{LockGuard, LockId};
 use super::{Backend, Coordinator, LockError};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// The cron slot (Unix seconds) the run belonged to; None for on-demand runs.
     pub slot: Option<i64>,
@@ -21,7 +21,7 @@ pub struct RunRecord {
 }
 
 /// An evacuation request, persisted until stopped.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Evacuation {
     pub member: String,
     pub started_at: DateTime<Utc>,
