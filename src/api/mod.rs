@@ -56,6 +56,7 @@ pub fn router<C: Control>(control: Arc<C>, token: Option<String>) -> Router {
         .route("/evacuation/start", post(evacuation_start::<C>))
         .route("/evacuation/stop", post(evacuation_stop::<C>))
         .route("/pause", put(pause::<C>).delete(resume::<C>))
+        .route("/handoff", post(handoff::<C>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
@@ -262,4 +263,10 @@ async fn pause<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
 async fn resume<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
     api.control.set_paused(None).await?;
     Ok(axum::Json(json!({"paused": null})).into_response())
+}
+
+/// `POST /handoff`: before the local node stops, a master hands its role to its in-sync
+/// replica; beside a replica, 200 with `"action": "none"`.
+async fn handoff<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
+    Ok(axum::Json(api.control.handoff().await?).into_response())
 }
