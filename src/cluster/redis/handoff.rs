@@ -20,6 +20,11 @@ use crate::cluster::handoff::{Handoff, HandoffError};
 /// How often the roles are read while the failover runs.
 const POLL: Duration = Duration::from_millis(100);
 
+/// After this, a manual failover the servers gave up (their limit is 5 s) is asked again.
+const RETRY_AFTER: Duration = Duration::from_secs(6);
+
+const PENDING: &str = "connected and in sync, not yet listed as a replica by the master's cluster view";
+
 /// What a node says of its replication, from INFO replication.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Replication {
@@ -31,6 +36,8 @@ struct Replication {
     offset: u64,
     /// Seconds since the replica last heard from its master.
     last_io_seconds: u64,
+    /// A master's replicas connected now (`ip:port`, from its `slaveN:` lines).
+    followers: Vec<String>,
 }
 
 impl Replication {
@@ -43,14 +50,27 @@ impl Replication {
             link_up: field("master_link_status") == Some("up"),
             offset: num("slave_repl_offset"),
             last_io_seconds: num("master_last_io_seconds_ago"),
+            followers: info.lines().filter_map(follower).collect(),
         }
     }
+}
+
+/// `slave0:ip=10.0.0.2,port=6379,state=online,offset=42,lag=0` -> `10.0.0.2:6379`.
+fn follower(line: &str) -> Option<String> {
+    let (key, fields) = line.trim().split_once(':')?;
+    key.strip_prefix("slave")?.parse::<u32>().ok()?;
+    let field = |name: &str| fields.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+    Some(format!("{}:{}", field("ip")?, field("port")?))
 }
 
 /// One replica of the master, as seen now.
 struct Candidate {
     node: NodeLine,
     seen: Result<Replication, String>,
+    /// The master's cluster view lists it as its replica. The master ignores a failover
+    /// request from a node it does not (Redis: MFSTART from a non-replica), which is
+    /// briefly the case right after a failover, until gossip has told it.
+    listed: bool,
 }
 
 /// Lower is better: the most of the stream held, then the freshest link, then the node
@@ -72,8 +92,14 @@ impl Candidate {
             Err(e) => Some(format!("not answering: {e}")),
             Ok(r) if r.role != "slave" => Some(format!("role {}", r.role)),
             Ok(r) if !r.link_up => Some("replication link down (not in sync)".into()),
+            Ok(_) if !self.listed => Some(PENDING.into()),
             Ok(_) => None,
         }
+    }
+
+    /// In sync, and only waiting for the master's cluster view to list it.
+    fn pending(&self) -> bool {
+        self.unusable().as_deref() == Some(PENDING)
     }
 
     fn rank(&self) -> Option<Rank<'_>> {
@@ -122,14 +148,9 @@ impl RedisCluster {
             });
         }
         self.refuse_open_slots(&me).await?;
-        let candidates = self.candidates(&me, &view).await;
-        let chosen = choose(&me, &candidates)?;
-        let replica = chosen.node.addr.clone();
-        info!(master = %me.addr, replica = %replica, "handoff: CLUSTER FAILOVER");
-        self.conns.query::<()>(&replica, redis::cmd("CLUSTER").arg("FAILOVER")).await.map_err(|e| {
-            HandoffError::Backend(format!("CLUSTER FAILOVER on {replica} (replica of {}): {e}", me.addr))
-        })?;
-        self.wait_swapped(&me.addr, &replica, within).await?;
+        let deadline = tokio::time::Instant::now() + within;
+        let replica = self.choose_replica(&me, view, deadline).await?;
+        self.fail_over(&me.addr, &replica, deadline, within).await?;
         let took = started.elapsed().as_secs_f64();
         Ok(Handoff {
             action: "promoted",
@@ -177,13 +198,40 @@ impl RedisCluster {
         if open.is_empty() { Ok(()) } else { Err(HandoffError::OpenSlots { master: me.addr.clone(), slots: open }) }
     }
 
-    /// The master's replicas by its own view, each asked about its link.
+    /// The master's replicas, each asked about its link: those its cluster view lists, and
+    /// those its replication says are connected (right after a failover the view learns
+    /// of the old master, a replica now, only through gossip).
     async fn candidates(&self, me: &NodeLine, view: &[NodeLine]) -> Vec<Candidate> {
-        let replicas = view.iter().filter(|n| n.master_id.as_deref() == Some(me.id.as_str()) && !n.is_master());
-        futures::future::join_all(
-            replicas.map(|n| async move { Candidate { node: n.clone(), seen: self.replication(&n.addr).await } }),
-        )
+        let following = self.replication(&me.addr).await.map(|r| r.followers).unwrap_or_default();
+        let replicas = view.iter().filter(|n| {
+            let listed = n.master_id.as_deref() == Some(me.id.as_str()) && !n.is_master();
+            !n.is_myself() && (listed || following.contains(&n.addr))
+        });
+        futures::future::join_all(replicas.map(|n| async move {
+            let listed = n.master_id.as_deref() == Some(me.id.as_str()) && !n.is_master();
+            Candidate { node: n.clone(), seen: self.replication(&n.addr).await, listed }
+        }))
         .await
+    }
+
+    /// The replica to promote. While the only replicas in sync are not yet listed by the
+    /// master's view, the view is read again until `deadline`.
+    async fn choose_replica(
+        &self,
+        me: &NodeLine,
+        mut view: Vec<NodeLine>,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, HandoffError> {
+        loop {
+            let candidates = self.candidates(me, &view).await;
+            match choose(me, &candidates) {
+                Ok(c) => return Ok(c.node.addr.clone()),
+                Err(e) if !candidates.iter().any(Candidate::pending) => return Err(e),
+                Err(e) if tokio::time::Instant::now() + POLL >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
+            view = self.cluster_nodes(&me.addr).await.map_err(HandoffError::Backend)?;
+        }
     }
 
     async fn replication(&self, addr: &str) -> Result<Replication, String> {
@@ -191,11 +239,31 @@ impl RedisCluster {
         Ok(Replication::parse(&text))
     }
 
-    /// Waits until the replica says master and the old master says slave, within `within`.
-    async fn wait_swapped(&self, master: &str, replica: &str, within: Duration) -> Result<(), HandoffError> {
-        let deadline = tokio::time::Instant::now() + within;
+    /// Sends `CLUSTER FAILOVER` to the replica and waits until it says master and the old
+    /// master says slave, until `deadline` (`within` of the handoff's start). A server gives
+    /// up a manual failover after 5 s (say, while the other masters' views still lag behind
+    /// a failover just before): once past that, it is asked once more.
+    async fn fail_over(
+        &self,
+        master: &str,
+        replica: &str,
+        deadline: tokio::time::Instant,
+        within: Duration,
+    ) -> Result<(), HandoffError> {
+        let mut asked = 0;
+        let mut last_ask = tokio::time::Instant::now();
+        let mut r = String::from("slave");
         loop {
-            let (r, m) = tokio::join!(self.role_until(replica, deadline), self.role_until(master, deadline));
+            let gave_up = asked == 1 && r == "slave" && last_ask.elapsed() >= RETRY_AFTER;
+            if asked == 0 || gave_up {
+                info!(master = %master, replica = %replica, attempt = asked + 1, "handoff: CLUSTER FAILOVER");
+                self.conns.query::<()>(replica, redis::cmd("CLUSTER").arg("FAILOVER")).await.map_err(|e| {
+                    HandoffError::Backend(format!("CLUSTER FAILOVER on {replica} (replica of {master}): {e}"))
+                })?;
+                (asked, last_ask) = (asked + 1, tokio::time::Instant::now());
+            }
+            let m;
+            (r, m) = tokio::join!(self.role_until(replica, deadline), self.role_until(master, deadline));
             if r == "master" && m == "slave" {
                 return Ok(());
             }
@@ -242,7 +310,7 @@ dddd 10.0.0.4:6379@16379 slave,fail aaaa 0 1 1 disconnected
 ";
 
     fn replica(node: &NodeLine, info: Result<&str, &str>) -> Candidate {
-        Candidate { node: node.clone(), seen: info.map(Replication::parse).map_err(str::to_string) }
+        Candidate { node: node.clone(), seen: info.map(Replication::parse).map_err(str::to_string), listed: true }
     }
 
     #[test]
@@ -250,8 +318,16 @@ dddd 10.0.0.4:6379@16379 slave,fail aaaa 0 1 1 disconnected
         let r = Replication::parse(
             "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.1\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:2\r\nslave_repl_offset:4242\r\n",
         );
-        assert_eq!(r, Replication { role: "slave".into(), link_up: true, offset: 4242, last_io_seconds: 2 });
-        assert_eq!(Replication::parse("role:master\r\nconnected_slaves:1\r\n").role, "master");
+        let expected =
+            Replication { role: "slave".into(), link_up: true, offset: 4242, last_io_seconds: 2, followers: vec![] };
+        assert_eq!(r, expected);
+        let m = Replication::parse(
+            "role:master\r\nconnected_slaves:2\r\nslave0:ip=10.0.0.2,port=6379,state=online,offset=42,lag=0,type=replica\r\nslave1:ip=10.0.0.3,port=7000,state=wait_bgsave,offset=0,lag=0\r\nslave_read_only:1\r\n",
+        );
+        assert_eq!(
+            (m.role.as_str(), m.followers.as_slice()),
+            ("master", &["10.0.0.2:6379".to_string(), "10.0.0.3:7000".to_string()][..])
+        );
     }
 
     #[test]
@@ -282,6 +358,12 @@ dddd 10.0.0.4:6379@16379 slave,fail aaaa 0 1 1 disconnected
         assert!(e.contains("10.0.0.2:6379: replication link down"), "{e}");
         assert!(e.contains("10.0.0.3:6379: not answering: connection refused"), "{e}");
         assert!(e.contains("10.0.0.4:6379: flagged failing"), "{e}");
+        // In sync but not yet in the master's view: not chosen, and said so.
+        let up = "role:slave\nmaster_link_status:up\nslave_repl_offset:100\n";
+        let c = [Candidate { listed: false, ..replica(&v[1], Ok(up)) }];
+        assert!(c[0].pending());
+        let e = choose(&v[0], &c).err().unwrap().to_string();
+        assert!(e.contains("10.0.0.2:6379: connected and in sync, not yet listed"), "{e}");
         let e = choose(&v[0], &[]).err().unwrap();
         assert!(matches!(&e, HandoffError::NoReplica { detail, .. } if detail == "no replicas"), "{e}");
     }
