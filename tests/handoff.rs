@@ -64,6 +64,31 @@ async fn wait_in_sync(c: &LocalCluster, addr: &str) {
     }
 }
 
+/// Waits until every live node's view has `addr` as a replica of the node `master_id`
+/// (gossip after a failover), so a failover right after it finds the cluster agreeing.
+async fn wait_views_agree(c: &LocalCluster, addr: &str, master_id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    'poll: loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes did not agree within 30 s that {addr} follows {master_id}"
+        );
+        for a in c.live_addrs() {
+            let mut con = c.conn(&a).await.unwrap();
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut con).await.unwrap();
+            let agrees = nodes.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].starts_with(&format!("{addr}@")) && f[2].contains("slave") && f[3] == master_id
+            });
+            if !agrees {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue 'poll;
+            }
+        }
+        return;
+    }
+}
+
 async fn assert_nothing_lost(c: &LocalCluster, before: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
     let after = c.digest().await.unwrap();
     assert_eq!(after.len(), before.len());
@@ -120,6 +145,7 @@ async fn handoff_beside_a_master_promotes_its_replica_and_loses_nothing(engine: 
     // (once the old master, its replica now, has caught up).
     let s = sidecar(&c, dir.path(), &replica);
     wait_in_sync(&c, &master).await;
+    wait_views_agree(&c, &master, c.id_of(&replica).unwrap()).await;
     let (code, body) = call("POST", &s.url("/handoff"), None, None).unwrap();
     assert_eq!((code, json(&body)["error"]["code"].clone()), (401, serde_json::json!("unauthorized")), "{body}");
     assert_eq!(masters_now(&c).await, now);
