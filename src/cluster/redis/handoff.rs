@@ -203,12 +203,11 @@ impl RedisCluster {
     /// of the old master, a replica now, only through gossip).
     async fn candidates(&self, me: &NodeLine, view: &[NodeLine]) -> Vec<Candidate> {
         let following = self.replication(&me.addr).await.map(|r| r.followers).unwrap_or_default();
-        let replicas = view.iter().filter(|n| {
+        let replicas = view.iter().filter_map(|n| {
             let listed = n.master_id.as_deref() == Some(me.id.as_str()) && !n.is_master();
-            !n.is_myself() && (listed || following.contains(&n.addr))
+            (!n.is_myself() && (listed || following.contains(&n.addr))).then_some((n, listed))
         });
-        futures::future::join_all(replicas.map(|n| async move {
-            let listed = n.master_id.as_deref() == Some(me.id.as_str()) && !n.is_master();
+        futures::future::join_all(replicas.map(|(n, listed)| async move {
             Candidate { node: n.clone(), seen: self.replication(&n.addr).await, listed }
         }))
         .await
