@@ -10,15 +10,6 @@ use common::*;
 
 const TOKEN: &str = "handoff-token";
 
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = bin().args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 /// A config beside `member`, written to `dir/name.toml`; returns its path.
 fn config(c: &LocalCluster, dir: &std::path::Path, name: &str, member: &str) -> String {
     let path = dir.join(format!("{name}.toml"));
