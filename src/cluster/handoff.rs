@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// How long the promoted replica may take to become master (and the old master a replica).
+/// How long a handoff may wait, from the first look at the replicas until the promoted
+/// one is master and the old master its replica.
 pub const HANDOFF_WITHIN: Duration = Duration::from_secs(15);
 
 /// What a handoff did.

@@ -23,6 +23,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// After this, a manual failover the servers gave up (their limit is 5 s) is asked again.
 const RETRY_AFTER: Duration = Duration::from_secs(6);
 
+/// Why a replica in sync is not chosen yet (and the choice waits for it).
 const PENDING: &str = "connected and in sync, not yet listed as a replica by the master's cluster view";
 
 /// What a node says of its replication, from INFO replication.
@@ -239,7 +240,7 @@ impl RedisCluster {
     }
 
     /// Sends `CLUSTER FAILOVER` to the replica and waits until it says master and the old
-    /// master says slave, until `deadline` (`within` of the handoff's start). A server gives
+    /// master says slave, until `deadline` (`within` after the replicas were first read). A server gives
     /// up a manual failover after 5 s (say, while the other masters' views still lag behind
     /// a failover just before): once past that, it is asked once more.
     async fn fail_over(
