@@ -240,9 +240,9 @@ impl RedisCluster {
     }
 
     /// Sends `CLUSTER FAILOVER` to the replica and waits until it says master and the old
-    /// master says slave, until `deadline` (`within` after the replicas were first read). A server gives
-    /// up a manual failover after 5 s (say, while the other masters' views still lag behind
-    /// a failover just before): once past that, it is asked once more.
+    /// master says slave, until `deadline` (`within` after the replicas were first read).
+    /// A server gives up a manual failover after 5 s (say, while the other masters' views
+    /// still lag behind a failover just before): once past that, it is asked once more.
     async fn fail_over(
         &self,
         master: &str,
