@@ -21,6 +21,8 @@ use autobalancer::report::Answer;
 use autobalancer::run::{Outcome, Trigger};
 use autobalancer::sidecar::SidecarError;
 
+#[path = "cli/handoff.rs"]
+mod handoff;
 #[path = "cli/local.rs"]
 mod local;
 #[path = "cli/progress.rs"]
@@ -117,6 +119,14 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Before the local node stops (rolling restart): a master hands its role to its
+    /// in-sync replica (CLUSTER FAILOVER); beside a replica, nothing to do.
+    Handoff {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Check a config file: prints `ok` or every error.
     CheckConfig { file: PathBuf },
 }
@@ -133,7 +143,7 @@ enum EvacuateAction {
         /// Members to move to (repeatable); default: the planner's choice.
         #[arg(long = "migrate-to")]
         migrate_to: Vec<String>,
-        /// Block until the member holds nothing (for a preStop hook).
+        /// Block until the member holds nothing (before a scale-down removes it).
         #[arg(long)]
         wait: bool,
     },
@@ -240,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
         }
         Command::Evacuate { action } => evacuate(action),
         Command::Repair { config, slot, dry_run } => repair::repair(config, slot, dry_run),
+        Command::Handoff { config, format } => handoff::handoff(config, format),
         Command::Rebalance { config, once, force, allow_big_keys, format } => {
             rebalance(config, once, force, allow_big_keys, format)
         }

@@ -1,6 +1,9 @@
 //! What `deploy/` ships, checked against a running sidecar: every metric the alert
 //! rules and the dashboard use is exported, and a real Prometheus scrapes the sidecar
-//! with the rules loaded.
+//! with the rules loaded. The Kubernetes pods hand off before they stop, with commands
+//! the binary takes, and wait for nothing that is never written; the sidecar can read
+//! its secrets; the image runs as that same user. (`scripts/test` validates the
+//! manifests against the Kubernetes schemas.)
 
 mod common;
 
@@ -93,4 +96,81 @@ fn a_real_prometheus_scrapes_the_sidecar_with_the_rules_loaded() {
     assert_eq!(names.len(), 7, "{names:?}");
     assert!(rules["data"]["groups"][0]["rules"].as_array().unwrap().iter().all(|r| r["health"] != "err"), "{rules:#}");
     drop(prometheus);
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(root(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+#[test]
+fn pods_hand_off_before_they_stop_and_wait_for_nothing_unwritten() {
+    let sts = read("deploy/kubernetes/statefulset.yaml");
+    // The sidecar's preStop is `handoff` (a rolling restart moves no slot), not an
+    // evacuation, and the binary takes it as written: run with a config of its own, it
+    // reaches the handoff, which refuses a snapshot file.
+    let hook = sts.lines().find(|l| l.contains("\"handoff\"")).expect("a preStop running handoff");
+    let args: Vec<String> = serde_json::from_str(hook.trim().trim_start_matches("command:").trim()).unwrap();
+    assert_eq!(&args[..3], ["/usr/local/bin/autobalancer", "handoff", "--config"], "{hook}");
+    assert!(!sts.contains("evacuate start"), "a restart must not evacuate");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let snap = root("examples/redis-16384.json");
+    std::fs::write(
+        &cfg,
+        format!("[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\n", snap.display()),
+    )
+    .unwrap();
+    let mut argv: Vec<String> = args[1..].to_vec();
+    argv[2] = cfg.display().to_string();
+    let out = bin().args(&argv).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("handoff needs cluster.backend"), "{out:?}");
+    // Nothing waits for a file some other hook may never write.
+    for waits in ["[ ! -f", "touch ", "/handoff"] {
+        assert!(!sts.contains(waits), "statefulset.yaml still has {waits:?}");
+    }
+    // Redis waits for the handoff a bounded time, within the grace period.
+    assert!(sts.contains("for i in $(seq 30)"), "the Redis preStop waits at most 30 s");
+    let grace: u64 = sts
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    assert!((45..=300).contains(&grace), "{grace}: the 15 s handoff and the 30 s wait, not an evacuation's hour");
+}
+
+#[test]
+fn the_sidecar_can_read_its_secrets_and_the_image_runs_as_its_user() {
+    let sts = read("deploy/kubernetes/statefulset.yaml");
+    // Secret files are root's; the sidecar runs as 65534: the group it gets through
+    // fsGroup must be allowed to read them.
+    assert!(sts.contains("runAsUser: 65534") && sts.contains("fsGroup: 65534"), "{sts}");
+    let mode = sts.split("defaultMode:").nth(1).and_then(|r| r.split(['}', '\n']).next()).expect("defaultMode");
+    let mode = u32::from_str_radix(mode.trim().trim_start_matches('0'), 8).unwrap();
+    assert_eq!(mode & 0o040, 0o040, "defaultMode {mode:o}: the group cannot read the secrets");
+    assert_eq!(mode & 0o007, 0, "defaultMode {mode:o}: others can read the secrets");
+    let docker = read("Dockerfile");
+    assert_eq!(docker.lines().filter(|l| l.starts_with("FROM ")).count(), 2, "a build stage and a runtime stage");
+    assert!(docker.lines().any(|l| l == "USER 65534:65534"), "{docker}");
+    assert!(docker.contains("/usr/local/bin/autobalancer"), "the path the preStop hook runs");
+}
+
+#[test]
+fn the_shipped_sidecar_config_is_valid() {
+    // As the pod sees it: secrets mounted, member and etcd from the environment.
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        read("deploy/kubernetes/config.toml").replace("/etc/autobalancer/secrets", &dir.path().display().to_string());
+    std::fs::write(dir.path().join("redis-password"), "pw\n").unwrap();
+    std::fs::write(dir.path().join("api-token"), "token\n").unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = bin()
+        .args(["check-config", cfg.to_str().unwrap()])
+        .env("AUTOBALANCER_CLUSTER_MEMBER_ID", "10.0.0.7:6379")
+        .env("AUTOBALANCER_ETCD_ENDPOINTS", "[\"http://etcd.etcd.svc:2379\"]")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{out:?}");
+    assert_eq!(out.status.code(), Some(0));
 }

@@ -14,15 +14,6 @@ fn etcd_section(etcd: &LocalEtcd) -> String {
 
 const QUIET: &str = "[schedule]\ncron = \"0 0 3 * * *\"\n[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n";
 
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = bin().args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 async fn evacuation_drains_a_master_and_the_503_outlives_a_restart(engine: Engine) {
     let c = ClusterSpec::new(engine, 3, 0).start().await.unwrap();
     c.load_skewed(8_000, 21).await.unwrap();

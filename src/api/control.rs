@@ -8,6 +8,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
+use crate::cluster::{Handoff, HandoffError};
 use crate::coord::Evacuation;
 use crate::model::ClusterSnapshot;
 use crate::report::Answer;
@@ -69,4 +70,8 @@ pub trait Control: Send + Sync + 'static {
 
     /// Pauses every run of the fleet (`Some(by whom)`), or lifts the pause.
     fn set_paused(&self, by: Option<String>) -> impl Future<Output = Result<(), RunError>> + Send;
+
+    /// Hands the local master's role to its in-sync replica (nothing beside a replica),
+    /// waiting a bounded time for the roles to swap.
+    fn handoff(&self) -> impl Future<Output = Result<Handoff, HandoffError>> + Send;
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
+use crate::cluster::HandoffError;
 use crate::decide::SkipReason;
 use crate::run::RunError;
 
@@ -76,6 +77,21 @@ impl From<RunError> for ApiError {
             RunError::Lost(_) => (S::INTERNAL_SERVER_ERROR, "run_lost"),
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// A handoff that did not happen: 409 when the cluster says no (no usable replica, a slot
+/// in flight), 503 when a node did not answer or the failover did not finish in time.
+impl From<HandoffError> for ApiError {
+    fn from(e: HandoffError) -> ApiError {
+        let status = match &e {
+            HandoffError::UnknownMember(_) => StatusCode::BAD_REQUEST,
+            HandoffError::NoReplica { .. } | HandoffError::OpenSlots { .. } | HandoffError::Unsupported => {
+                StatusCode::CONFLICT
+            }
+            HandoffError::TimedOut { .. } | HandoffError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.code(), e.to_string())
     }
 }
 
@@ -199,6 +215,9 @@ mod tests {
         assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::MemberDown, "d"))), (409, "too_few_healthy"));
         assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::SnapshotFailed, "s"))), (503, "snapshot_failed"));
         assert_eq!(e(RunError::ShuttingDown), (503, "shutting_down"));
+        let h = ApiError::from(HandoffError::NoReplica { master: "m:1".into(), detail: "no replicas".into() });
+        assert_eq!((h.status.as_u16(), h.code), (409, "no_replica"));
+        assert_eq!(ApiError::from(HandoffError::Backend("x".into())).status, 503);
         let busy = ApiError::from(RunError::Busy("manual"));
         assert_eq!(busy.message, "a manual is already running on this sidecar");
     }

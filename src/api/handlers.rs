@@ -14,6 +14,7 @@ use super::bodies::{
 };
 use super::error::{ApiError, ErrorBody, JsonObject};
 use super::{Api, Authorized, Availability, Control, force};
+use crate::cluster::Handoff;
 use crate::report::Answer;
 
 type S<C> = State<Api<C>>;
@@ -222,4 +223,17 @@ pub async fn pause<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
 pub async fn resume<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
     api.control.set_paused(None).await?;
     Ok(axum::Json(PauseState { paused: None }).into_response())
+}
+
+/// Before the local node stops (a rolling restart): a master hands its role to its in-sync
+/// replica (CLUSTER FAILOVER on the replica, 15 s at most); beside a replica, nothing.
+#[utoipa::path(post, path = "/handoff", tag = "operator", security(("bearer" = [])), responses(
+    (status = 200, description = "Handed off (`promoted`), or nothing to hand off (`none`)", body = Handoff),
+    (status = 400, description = "cluster.member-id names no node of the cluster", body = ErrorBody),
+    (status = 401, description = "No bearer token", body = ErrorBody),
+    (status = 403, description = "A wrong bearer token", body = ErrorBody),
+    (status = 409, description = "No usable replica, or a slot open on the member: evacuate or repair first", body = ErrorBody),
+    (status = 503, description = "The failover did not finish in time, or a node could not be reached", body = ErrorBody)))]
+pub async fn handoff<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
+    Ok(axum::Json(api.control.handoff().await?).into_response())
 }

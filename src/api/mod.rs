@@ -81,6 +81,7 @@ pub fn routes<C: Control>() -> Vec<Route<C>> {
         route(Method::POST, "/evacuation/stop", evacuation_stop::<C>),
         route(Method::PUT, "/pause", pause::<C>),
         route(Method::DELETE, "/pause", resume::<C>),
+        route(Method::POST, "/handoff", handoff::<C>),
     ]
 }
 

@@ -37,6 +37,7 @@ use super::handlers;
         handlers::evacuation_stop,
         handlers::pause,
         handlers::resume,
+        handlers::handoff,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerToken, &OptionalBodies, &RoutingErrors),
@@ -44,7 +45,7 @@ use super::handlers;
         (name = "health", description = "Probes and metrics; no token"),
         (name = "status", description = "What this sidecar and the fleet are doing; no token"),
         (name = "runs", description = "Dry runs and runs now"),
-        (name = "operator", description = "Persistent operator state: evacuation and pause"),
+        (name = "operator", description = "Persistent operator state: evacuation and pause; handoff before a node stops"),
     )
 )]
 pub struct ApiDoc;

@@ -57,6 +57,9 @@ impl Control for Unused {
     async fn set_paused(&self, _: Option<String>) -> Result<(), RunError> {
         unreachable!()
     }
+    async fn handoff(&self) -> Result<crate::cluster::Handoff, crate::cluster::HandoffError> {
+        unreachable!()
+    }
 }
 
 fn document() -> Value {

@@ -1,9 +1,11 @@
 //! Backends: where snapshots come from and how one bucket moves.
 //!
 //! Owns: the `Cluster` trait (the only I/O edge the executor sees) and `AnyCluster`, the
-//! backend chosen by `cluster.backend`. Does not own: planning or limits.
+//! backend chosen by `cluster.backend`; [`handoff`] the answer of a handoff (a master's
+//! role to its replica, outside any run). Does not own: planning or limits.
 
 pub mod file;
+pub mod handoff;
 pub mod recorded;
 pub mod redis;
 
@@ -14,6 +16,7 @@ use chrono::{DateTime, Utc};
 pub use crate::coord::FenceError;
 use crate::model::{ClusterSnapshot, MoveIntent};
 use crate::plan::Move;
+pub use handoff::{HANDOFF_WITHIN, Handoff, HandoffError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -184,6 +187,15 @@ impl AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.capabilities(),
             AnyCluster::File(_) => None,
+        }
+    }
+
+    /// Hands the master role of `member`'s node to its in-sync replica (rolling restarts);
+    /// nothing to do beside a replica. Waits at most `within` for the roles to swap.
+    pub async fn handoff(&self, member: &str, within: std::time::Duration) -> Result<Handoff, HandoffError> {
+        match self {
+            AnyCluster::Redis(c) => c.handoff(member, within).await,
+            AnyCluster::File(_) => Err(HandoffError::Unsupported),
         }
     }
 

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::Sidecar;
 use crate::api::{Availability, Control};
+use crate::cluster::{HANDOFF_WITHIN, Handoff, HandoffError};
 use crate::coord::Evacuation;
 use crate::model::ClusterSnapshot;
 use crate::report::Answer;
@@ -107,5 +108,9 @@ impl Control for Sidecar {
 
     async fn set_paused(&self, by: Option<String>) -> Result<(), RunError> {
         Ok(self.ctx.coordinator.set_paused(by).await?)
+    }
+
+    async fn handoff(&self) -> Result<Handoff, HandoffError> {
+        self.ctx.cluster.handoff(self.member(), HANDOFF_WITHIN).await
     }
 }

@@ -12,6 +12,16 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_autobalancer"))
 }
 
+/// Runs the command line to its end: (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
 /// A running `autobalancer run`, killed on drop.
 pub struct SidecarProc {
     pub child: Option<Child>,

@@ -5,13 +5,15 @@
 //! health; [`sizing`] slot sizes in bytes ([`slot_stats`]: Valkey's key counts in one call);
 //! [`capabilities`] what the engines support and which mover runs; [`legacy`] the
 //! SETSLOT and MIGRATE mover; [`atomic`] Valkey 9's MIGRATESLOTS mover, [`migrations`]
-//! reading its jobs; [`repair`] closing slots a crash left open. This file wires them into
+//! reading its jobs; [`repair`] closing slots a crash left open; [`handoff`] a master's
+//! role to its in-sync replica before a restart. This file wires them into
 //! the backend-neutral [`Cluster`] trait and builds the snapshot. Does not own: which
 //! slots move.
 
 mod atomic;
 mod capabilities;
 mod conn;
+mod handoff;
 mod inflight;
 mod legacy;
 mod migrations;

@@ -17,6 +17,8 @@ pub struct NodeLine {
     pub id: String,
     /// `ip:port` as the cluster announces it.
     pub addr: String,
+    /// The announced hostname (`cluster-announce-hostname`), if any.
+    pub hostname: Option<String>,
     pub flags: Vec<String>,
     pub master_id: Option<String>,
     pub config_epoch: u64,
@@ -41,6 +43,12 @@ impl NodeLine {
     pub fn owns(&self, slot: u16) -> bool {
         self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
     }
+    /// Whether `name` names this node: its id, `ip:port`, or `hostname:port`.
+    pub fn is_named(&self, name: &str) -> bool {
+        let port = self.addr.rsplit_once(':').map(|(_, p)| p);
+        let host_port = self.hostname.as_deref().zip(port).map(|(h, p)| format!("{h}:{p}"));
+        self.id == name || self.addr == name || host_port.as_deref() == Some(name)
+    }
 }
 
 /// Parses CLUSTER NODES output.
@@ -53,9 +61,12 @@ pub fn parse_nodes(text: &str) -> Result<Vec<NodeLine>, String> {
         }
         // ip:port@cport[,hostname]
         let addr = f[1].split('@').next().unwrap_or("").to_string();
+        // Any further `,key=value` fields (newer servers) are not the hostname.
+        let hostname = f[1].split(',').nth(1).filter(|h| !h.is_empty() && !h.contains('=')).map(str::to_string);
         let mut node = NodeLine {
             id: f[0].to_string(),
             addr,
+            hostname,
             flags: f[2].split(',').map(str::to_string).collect(),
             master_id: (f[3] != "-").then(|| f[3].to_string()),
             config_epoch: f[6].parse().unwrap_or(0),
@@ -160,20 +171,21 @@ impl RedisCluster {
         parse_nodes(&text)
     }
 
-    /// Reads the topology from the first seed that answers, then each master's own view.
-    pub(super) async fn topology(&self) -> Result<Topology, ClusterError> {
+    /// CLUSTER NODES from the first seed that answers.
+    pub(super) async fn seed_nodes(&self) -> Result<Vec<NodeLine>, String> {
         let mut last = String::from("no seeds configured");
-        let mut nodes = None;
         for seed in &self.seeds {
             match self.cluster_nodes(seed).await {
-                Ok(n) => {
-                    nodes = Some(n);
-                    break;
-                }
+                Ok(n) => return Ok(n),
                 Err(e) => last = e,
             }
         }
-        let nodes = nodes.ok_or_else(|| ClusterError::Snapshot(format!("no seed answered CLUSTER NODES: {last}")))?;
+        Err(format!("no seed answered CLUSTER NODES: {last}"))
+    }
+
+    /// Reads the topology from the first seed that answers, then each master's own view.
+    pub(super) async fn topology(&self) -> Result<Topology, ClusterError> {
+        let nodes = self.seed_nodes().await.map_err(ClusterError::Snapshot)?;
         let mut masters: Vec<NodeLine> = nodes.iter().filter(|n| n.is_master()).cloned().collect();
         masters.sort_by(|a, b| a.addr.cmp(&b.addr));
         let replicas: Vec<NodeLine> = nodes.iter().filter(|n| !n.is_master()).cloned().collect();
@@ -262,6 +274,10 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
         let n = parse_nodes(text).unwrap();
         assert_eq!(n.len(), 5);
         assert_eq!(n[0].addr, "127.0.0.1:30004");
+        assert_eq!(n[0].hostname.as_deref(), Some("host-a"));
+        assert!(n[0].is_named("host-a:30004") && n[0].is_named("127.0.0.1:30004"));
+        assert!(n[0].is_named("07c37dfeb235213a872192d90877d0cd55635b91") && !n[0].is_named("host-a"));
+        assert_eq!(n[1].hostname, None);
         assert!(!n[0].is_master());
         assert_eq!(n[0].master_id.as_deref(), Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca"));
         let me = &n[3];
