@@ -61,8 +61,10 @@ async fn run(engine: Engine, tool: &'static str, keys: usize, bin: &str) -> Row 
             std::fs::write(
                 &cfg,
                 format!(
-                    "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\n",
-                    seeds.join(",")
+                    "[cluster]\nid = \"bench\"\nseeds = [{}]\n{}[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\n",
+                    seeds.join(","),
+                    // BENCH_SIZING=sampled: the sizing of earlier rounds, for comparing like with like.
+                    std::env::var("BENCH_SIZING").map(|m| format!("sizing = \"{m}\"\n")).unwrap_or_default()
                 ),
             )
             .unwrap();

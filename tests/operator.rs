@@ -35,7 +35,8 @@ async fn evacuation_drains_a_master_and_the_503_outlives_a_restart(engine: Engin
 
     let cfg0 = s0.config.to_str().unwrap().to_string();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        cli(&["evacuate", "start", "--config", &cfg0, "--rate", "50MiB", "--wait"])
+        // Bounded: a sidecar that wedged mid-evacuation fails here with its log.
+        cli_within(&["evacuate", "start", "--config", &cfg0, "--rate", "50MiB", "--wait"], Duration::from_secs(300))
     })
     .await
     .unwrap();

@@ -164,6 +164,7 @@ fn every_error_status_names_the_error_shape_and_protected_calls_name_the_token()
         "POST /evacuation/stop",
         "PUT /pause",
         "DELETE /pause",
+        "POST /handoff",
     ];
     assert_eq!(protected, expected.iter().map(|s| s.to_string()).collect());
 }

@@ -22,6 +22,28 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// As `cli`, killed after `within`: a command that never returns fails its test instead
+/// of stalling the suite (exit code -1 and "killed after" in stderr).
+pub fn cli_within(args: &[&str], within: Duration) -> (i32, String, String) {
+    let mut child = bin().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            return (-1, String::from_utf8_lossy(&out.stdout).into(), format!("{err}\nkilled after {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
 /// A running `autobalancer run`, killed on drop.
 pub struct SidecarProc {
     pub child: Option<Child>,

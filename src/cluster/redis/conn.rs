@@ -128,7 +128,12 @@ impl Conns {
             Some(_) if e.is_timeout() || e.to_string().contains("corrupt message") => {
                 " (is the server plaintext? set cluster.tls = false)"
             }
-            Some(Tls(certs)) if certs.client_tls.is_none() && e.is_connection_dropped() => {
+            // TLS 1.3 refuses a missing client certificate after the handshake: the
+            // client reads either the server's CertificateRequired alert or a drop.
+            Some(Tls(certs))
+                if certs.client_tls.is_none()
+                    && (e.is_connection_dropped() || e.to_string().contains("CertificateRequired")) =>
+            {
                 " (does the server want a client certificate? set cluster.cert-file and cluster.key-file)"
             }
             Some(_) => "",
