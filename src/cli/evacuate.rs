@@ -1,0 +1,84 @@
+//! `autobalancer evacuate start|stop|status`: through the local sidecar's API. `--wait`
+//! polls the sidecar's status until the member holds nothing, showing progress.
+//!
+//! Owns: the commands' arguments, output and exit codes. Does not own: the evacuation
+//! (the sidecar runs it).
+
+use std::process::ExitCode;
+
+use crate::local::Local;
+use crate::{EvacuateAction, Fail, load_config, progress, usage};
+
+pub fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
+    match action {
+        EvacuateAction::Start { config, rate, migrate_to, wait } => {
+            let rate = match rate {
+                None => None,
+                Some(r) => match autobalancer::config::Size::parse(&r) {
+                    Ok(s) if s.0 > 0 => Some(s.0),
+                    _ => {
+                        return Err(usage(anyhow::anyhow!(
+                            "--rate must be a positive size in bytes per second (e.g. 10485760 or \"10MiB\"), got {r:?}"
+                        )));
+                    }
+                },
+            };
+            let config = load_config(&config)?;
+            let me = config.member_id();
+            if migrate_to.contains(&me) {
+                return Err(usage(anyhow::anyhow!("--migrate-to names {me}, the member being evacuated")));
+            }
+            let local = Local::new(&config)?;
+            let v = local.call(
+                "POST",
+                "/evacuation/start",
+                Some(serde_json::json!({"rate": rate, "migrate_to": migrate_to})),
+            )?;
+            println!("evacuation of {me} started: {}", v["evacuation"]);
+            if wait {
+                wait_evacuated(&local, &me)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EvacuateAction::Stop { config } => {
+            let config = load_config(&config)?;
+            Local::new(&config)?.call("POST", "/evacuation/stop", None)?;
+            println!("evacuation of {} stopped", config.member_id());
+            Ok(ExitCode::SUCCESS)
+        }
+        EvacuateAction::Status { config } => {
+            let config = load_config(&config)?;
+            let s = Local::new(&config)?.call("GET", "/status", None)?;
+            println!("{}", serde_json::to_string_pretty(&s["evacuation"]).unwrap());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Polls the sidecar until `me` holds nothing, showing what has left it meanwhile.
+fn wait_evacuated(local: &Local, me: &str) -> Result<(), Fail> {
+    let mut shown = progress::Shown::new();
+    let mut first: Option<(u64, u64)> = None;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let s = local.call("GET", "/status", None)?;
+        let e = &s["evacuation"];
+        if !e["active"].as_bool().unwrap_or(false) {
+            shown.finish();
+            return Err(Fail(1, anyhow::anyhow!("the evacuation was stopped before the member was empty")));
+        }
+        let left = (e["buckets_left"].as_u64().unwrap_or(0), e["bytes_left"].as_u64().unwrap_or(0));
+        if left.0 == 0 {
+            shown.finish();
+            println!("{me} holds nothing: evacuated");
+            return Ok(());
+        }
+        let (slots, bytes) = *first.get_or_insert(left);
+        shown.update(progress::Figures {
+            bytes_done: bytes.saturating_sub(left.1),
+            bytes_planned: bytes,
+            slots_done: slots.saturating_sub(left.0),
+            slots_planned: slots,
+        });
+    }
+}
