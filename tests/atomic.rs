@@ -91,26 +91,7 @@ async fn wait_views(c: &LocalCluster, slots: &[u64], owner: &str) {
 
 /// Every key on one node with its DUMP payload (READONLY first, so a replica answers).
 async fn dump_node(c: &LocalCluster, addr: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut con = c.conn(addr).await.unwrap();
-    redis::cmd("READONLY").query_async::<()>(&mut con).await.unwrap();
-    let mut out = BTreeMap::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) =
-            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(&mut con).await.unwrap();
-        if !keys.is_empty() {
-            let mut p = redis::pipe();
-            for k in &keys {
-                p.cmd("DUMP").arg(k);
-            }
-            let vals: Vec<Option<Vec<u8>>> = p.query_async(&mut con).await.unwrap();
-            out.extend(keys.into_iter().zip(vals).filter_map(|(k, v)| Some((k, v?))));
-        }
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
-    }
+    c.dump_node(addr).await.unwrap()
 }
 
 /// The hash slot of each key.

@@ -159,49 +159,11 @@ async fn an_operators_migration_is_left_alone_until_repair_settles_it(engine: En
     let [a, b, e] = [c.master_addrs()[0].clone(), c.master_addrs()[1].clone(), c.master_addrs()[2].clone()];
     let id = |addr: &str| c.nodes.iter().find(|n| n.addr() == addr).unwrap().id.clone();
     let owners = c.slot_owners().await.unwrap();
-    // Slot 1: keys half-moved from a to e (finish). Slot 16000: only flags set (roll back).
-    let half = (0..16384u16).find(|&s| owners[s as usize] == a && s > 0).unwrap();
-    let mut ca = c.conn(&a).await.unwrap();
+    // One slot of a's with keys half-moved to e (finish); slot 16000: only flags set
+    // (roll back).
+    let half = c.half_move_by_hand(&a, &e).await.unwrap();
     let mut ce = c.conn(&e).await.unwrap();
     let mut cb = c.conn(&b).await.unwrap();
-    let mut half = half;
-    loop {
-        let n: u64 = redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(half).query_async(&mut ca).await.unwrap();
-        if n >= 2 {
-            break;
-        }
-        half += 1;
-    }
-    redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(half)
-        .arg("IMPORTING")
-        .arg(id(&a))
-        .query_async::<()>(&mut ce)
-        .await
-        .unwrap();
-    redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(half)
-        .arg("MIGRATING")
-        .arg(id(&e))
-        .query_async::<()>(&mut ca)
-        .await
-        .unwrap();
-    let keys: Vec<String> =
-        redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(half).arg(1).query_async(&mut ca).await.unwrap();
-    let (h, p) = e.rsplit_once(':').unwrap();
-    redis::cmd("MIGRATE")
-        .arg(h)
-        .arg(p)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(&keys[0])
-        .query_async::<()>(&mut ca)
-        .await
-        .unwrap();
     let rolled = 16000u16;
     assert_eq!(owners[rolled as usize], b);
     redis::cmd("CLUSTER")

@@ -132,27 +132,18 @@ async fn exact(c: &LocalCluster) -> (BTreeMap<String, u64>, BTreeMap<u16, u64>) 
     let mut per_slot = BTreeMap::new();
     for addr in c.master_addrs() {
         let mut con = c.conn(&addr).await.unwrap();
-        let mut cursor = 0u64;
         let mut total = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) =
-                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(&mut con).await.unwrap();
-            if !keys.is_empty() {
-                let mut p = redis::pipe();
-                for k in &keys {
-                    p.cmd("MEMORY").arg("USAGE").arg(k.as_slice()).arg("SAMPLES").arg(0);
-                    p.cmd("CLUSTER").arg("KEYSLOT").arg(k.as_slice());
-                }
-                let v: Vec<u64> = p.query_async(&mut con).await.unwrap();
-                for pair in v.chunks(2) {
-                    total += pair[0];
-                    *per_slot.entry(pair[1] as u16).or_insert(0) += pair[0];
-                }
+        for keys in c.keys_on(&addr).await.unwrap().chunks(1000) {
+            let mut p = redis::pipe();
+            for k in keys {
+                p.cmd("MEMORY").arg("USAGE").arg(k.as_slice()).arg("SAMPLES").arg(0);
+                p.cmd("CLUSTER").arg("KEYSLOT").arg(k.as_slice());
             }
-            if next == 0 {
-                break;
+            let v: Vec<u64> = p.query_async(&mut con).await.unwrap();
+            for pair in v.chunks(2) {
+                total += pair[0];
+                *per_slot.entry(pair[1] as u16).or_insert(0) += pair[0];
             }
-            cursor = next;
         }
         per_master.insert(addr, total);
     }

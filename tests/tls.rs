@@ -92,38 +92,8 @@ async fn repair_finishes_a_half_moved_slot_over_tls() {
     c.load_skewed(6_000, 3).await.unwrap();
     let before = c.digest().await.unwrap();
     let [a, e] = [c.master_addrs()[0].clone(), c.master_addrs()[2].clone()];
-    let id = |addr: &str| c.id_of(addr).unwrap().to_string();
-    let owners = c.slot_owners().await.unwrap();
-    let mut ca = c.conn(&a).await.unwrap();
-    let mut ce = c.conn(&e).await.unwrap();
     // A slot of a's with at least two keys: one moves now, the rest is left to repair.
-    let mut slot = None;
-    for s in (0..16384u16).filter(|&s| owners[s as usize] == a) {
-        let n: u64 = redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s).query_async(&mut ca).await.unwrap();
-        if n >= 2 {
-            slot = Some(s);
-            break;
-        }
-    }
-    let slot = slot.expect("a slot with two keys");
-    let setslot =
-        |state: &str, node: String| redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(state).arg(node).clone();
-    setslot("IMPORTING", id(&a)).query_async::<()>(&mut ce).await.unwrap();
-    setslot("MIGRATING", id(&e)).query_async::<()>(&mut ca).await.unwrap();
-    let keys: Vec<String> =
-        redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1).query_async(&mut ca).await.unwrap();
-    let (host, port) = e.rsplit_once(':').unwrap();
-    redis::cmd("MIGRATE")
-        .arg(host)
-        .arg(port)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(&keys[0])
-        .query_async::<()>(&mut ca)
-        .await
-        .unwrap();
+    let slot = c.half_move_by_hand(&a, &e).await.unwrap();
     assert_eq!(c.open_slots().await.unwrap().len(), 2);
 
     let dir = tempfile::tempdir().unwrap();

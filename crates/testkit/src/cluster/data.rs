@@ -152,8 +152,8 @@ impl LocalCluster {
     }
 }
 
-/// SCAN, then DUMP of each batch: every key of one node with its payload.
-async fn dump_all(addr: &str, con: &mut MultiplexedConnection) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Every key name on the node behind `con`, by SCAN.
+async fn scan_keys(addr: &str, con: &mut MultiplexedConnection) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     let mut cursor: u64 = 0;
     loop {
@@ -164,18 +164,73 @@ async fn dump_all(addr: &str, con: &mut MultiplexedConnection) -> Result<Vec<(Ve
             .query_async(con)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        if !keys.is_empty() {
-            let mut p = redis::pipe();
-            for k in &keys {
-                p.cmd("DUMP").arg(k.as_slice());
-            }
-            let vals: Vec<Option<Vec<u8>>> = p.query_async(con).await.map_err(|e| format!("{addr}: {e}"))?;
-            out.extend(keys.into_iter().zip(vals).filter_map(|(k, v)| Some((k, v?))));
-        }
+        out.extend(keys);
         if next == 0 {
             return Ok(out);
         }
         cursor = next;
+    }
+}
+
+/// Every key of one node with its DUMP payload (a key gone in between is left out).
+async fn dump_all(addr: &str, con: &mut MultiplexedConnection) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for keys in scan_keys(addr, con).await?.chunks(2000) {
+        let mut p = redis::pipe();
+        for k in keys {
+            p.cmd("DUMP").arg(k.as_slice());
+        }
+        let vals: Vec<Option<Vec<u8>>> = p.query_async(con).await.map_err(|e| format!("{addr}: {e}"))?;
+        out.extend(keys.iter().cloned().zip(vals).filter_map(|(k, v)| Some((k, v?))));
+    }
+    Ok(out)
+}
+
+impl LocalCluster {
+    /// Every key name on one node; READONLY first, so a replica answers too.
+    pub async fn keys_on(&self, addr: &str) -> Result<Vec<Vec<u8>>> {
+        let mut con = self.conn(addr).await?;
+        redis::cmd("READONLY").query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
+        scan_keys(addr, &mut con).await
+    }
+
+    /// Every key on one node with its DUMP payload; READONLY first, so a replica answers.
+    pub async fn dump_node(&self, addr: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut con = self.conn(addr).await?;
+        redis::cmd("READONLY").query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
+        Ok(dump_all(addr, &mut con).await?.into_iter().collect())
+    }
+
+    /// An operator's migration left half-done: the first slot of `from` holding at least
+    /// two keys is set IMPORTING on `to` and MIGRATING on `from`, and one of its keys is
+    /// MIGRATEd. Returns the slot.
+    pub async fn half_move_by_hand(&self, from: &str, to: &str) -> Result<u16> {
+        let owners = self.slot_owners().await?;
+        let mut cf = self.conn(from).await?;
+        let mut ct = self.conn(to).await?;
+        let fail = |e: redis::RedisError| format!("{from} -> {to}: {e}");
+        let mut slot = None;
+        for s in (0..16384u16).filter(|&s| owners[s as usize] == from) {
+            let n: u64 =
+                redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s).query_async(&mut cf).await.map_err(fail)?;
+            if n >= 2 {
+                slot = Some(s);
+                break;
+            }
+        }
+        let slot = slot.ok_or_else(|| format!("{from} owns no slot with two keys"))?;
+        let id = |a: &str| self.id_of(a).unwrap_or_default().to_string();
+        let setslot =
+            |state: &str, node: String| redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(state).arg(node).clone();
+        setslot("IMPORTING", id(from)).query_async::<()>(&mut ct).await.map_err(fail)?;
+        setslot("MIGRATING", id(to)).query_async::<()>(&mut cf).await.map_err(fail)?;
+        let keys: Vec<Vec<u8>> =
+            redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1).query_async(&mut cf).await.map_err(fail)?;
+        let (host, port) = to.rsplit_once(':').ok_or_else(|| format!("{to}: not host:port"))?;
+        let mut migrate = redis::cmd("MIGRATE");
+        migrate.arg(host).arg(port).arg("").arg(0).arg(5000).arg("KEYS").arg(&keys[0]);
+        migrate.query_async::<()>(&mut cf).await.map_err(fail)?;
+        Ok(slot)
     }
 }
 
