@@ -84,7 +84,7 @@ impl Keys {
 pub(crate) struct EtcdBackend {
     options: ConnectOptions,
     endpoints: Vec<String>,
-    client: Mutex<Option<Client>>,
+    client: std::sync::Mutex<Option<Client>>,
 }
 
 pub(crate) enum Backend {
@@ -178,7 +178,7 @@ impl Coordinator {
                     })
                     .collect();
                 (
-                    Backend::Etcd(Box::new(EtcdBackend { options, endpoints, client: Mutex::new(None) })),
+                    Backend::Etcd(Box::new(EtcdBackend { options, endpoints, client: std::sync::Mutex::new(None) })),
                     format!("{}/{cluster_id}", e.prefix.trim_end_matches('/')),
                     e.lease_ttl.0,
                 )
@@ -201,10 +201,12 @@ impl Coordinator {
         &self.member
     }
 
+    /// The cached client, or a new one. The cache's lock is never held across an await:
+    /// a caller waiting for it could otherwise wait for a task that is not polled (two
+    /// callers that both connect keep the last client).
     pub(crate) async fn client(&self) -> Result<Client, LockError> {
         let Backend::Etcd(etcd) = &self.backend else { unreachable!("etcd client asked for in standalone mode") };
-        let mut c = etcd.client.lock().await;
-        if let Some(c) = c.as_ref() {
+        if let Some(c) = etcd.client.lock().expect("etcd client cache").as_ref() {
             return Ok(c.clone());
         }
         let fresh = tokio::time::timeout(
@@ -213,14 +215,14 @@ impl Coordinator {
         )
         .await
         .map_err(|_| LockError::Unavailable(format!("connect to {:?} timed out", etcd.endpoints)))??;
-        *c = Some(fresh.clone());
+        *etcd.client.lock().expect("etcd client cache") = Some(fresh.clone());
         Ok(fresh)
     }
 
     /// Drops the cached client after an error, so the next call reconnects.
     pub(crate) async fn reset(&self) {
         if let Backend::Etcd(etcd) = &self.backend {
-            *etcd.client.lock().await = None;
+            *etcd.client.lock().expect("etcd client cache") = None;
         }
     }
 

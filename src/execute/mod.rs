@@ -224,15 +224,43 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 }
                 continue;
             }
-            if let Err(e) = self.job.fence.check().await {
+            if let Err(e) = self.fence_check().await {
                 warn!(cause = %e, "lock check failed before a move: stopping");
                 self.stopped = Some(StopReason::LockLost);
+                break;
+            }
+            if self.stopped.is_some() {
+                // A move that finished during the check failed: start nothing more.
                 break;
             }
             let idx = self.pending.remove(i).expect("index in range");
             let group = self.group_with(idx);
             self.start(group);
         }
+    }
+
+    /// The fence check before a move, while the moves in flight go on being polled. A
+    /// move waiting for a lock the check also takes (an async mutex hands it to waiters in
+    /// turn) must be polled to take and release it; awaiting the check alone would wait
+    /// for a move that is never polled again. Moves that finish meanwhile are booked.
+    async fn fence_check(&mut self) -> Result<(), FenceError> {
+        let fence = self.job.fence;
+        let check = fence.check();
+        tokio::pin!(check);
+        loop {
+            tokio::select! {
+                r = &mut check => return r,
+                Some(finished) = self.inflight.next() => self.book(finished),
+            }
+        }
+    }
+
+    /// Frees the members of a finished move (or group) and books each result.
+    fn book(&mut self, finished: Vec<Finished>) {
+        let first = &self.job.plan.moves[finished[0].0];
+        self.busy[first.from as usize] -= 1;
+        self.busy[first.to as usize] -= 1;
+        finished.into_iter().for_each(|f| self.take_finished(f));
     }
 
     /// `idx` and, for a backend that moves groups as one unit, the pending moves that
@@ -295,12 +323,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         let deadline = tokio::time::sleep_until(self.deadline.into());
         let running = self.stopped.is_none();
         tokio::select! {
-            Some(finished) = self.inflight.next() => {
-                let first = &self.job.plan.moves[finished[0].0];
-                self.busy[first.from as usize] -= 1;
-                self.busy[first.to as usize] -= 1;
-                finished.into_iter().for_each(|f| self.take_finished(f));
-            }
+            Some(finished) = self.inflight.next() => self.book(finished),
             _ = cancel.cancelled(), if running => {
                 info!(in_flight = self.inflight.len(), "stop requested: finishing moves in flight");
                 self.stopped = Some(StopReason::Cancelled);
@@ -613,6 +636,82 @@ mod tests {
         assert_eq!(r.stopped, Some(StopReason::Cancelled));
         assert_eq!(r.moves_done, 6, "two rounds of three");
         assert_eq!(rec.running.load(Ordering::SeqCst), 0);
+    }
+
+    /// A lock the moves and the fence both take (the coordinator's client cache is one):
+    /// an async mutex hands it to its waiters in turn.
+    struct Contended {
+        lock: Arc<tokio::sync::Mutex<()>>,
+        /// The plan's second move only sleeps; every other move takes the lock.
+        sleeper: u64,
+        done: AtomicUsize,
+    }
+
+    impl Cluster for Contended {
+        async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+            unreachable!()
+        }
+        async fn repair(
+            &self,
+            _: &crate::cluster::RepairOptions,
+        ) -> Result<crate::cluster::RepairReport, ClusterError> {
+            Ok(Default::default())
+        }
+        async fn move_bucket<P: Pace>(&self, _: &ClusterSnapshot, mv: &Move, _: &P) -> Result<MoveStats, ClusterError> {
+            if mv.bucket == self.sleeper {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            } else {
+                drop(self.lock.lock().await);
+            }
+            self.done.fetch_add(1, Ordering::SeqCst);
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false })
+        }
+    }
+
+    /// Checks 1 and 2 pass at once; check 3 lets go of the lock the test held (the first
+    /// move, queued for it since its first poll, is handed it) and takes it in turn.
+    struct ContendedFence {
+        lock: Arc<tokio::sync::Mutex<()>>,
+        held: std::sync::Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
+        checks: AtomicUsize,
+    }
+
+    impl Fence for ContendedFence {
+        async fn check(&self) -> Result<(), FenceError> {
+            if self.checks.fetch_add(1, Ordering::SeqCst) < 2 {
+                return Ok(());
+            }
+            drop(self.held.lock().unwrap().take());
+            drop(self.lock.lock().await);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fence_check_waiting_for_a_lock_a_move_holds_does_not_wedge_the_run() {
+        let (s, p) = scenario();
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let held = lock.clone().lock_owned().await;
+        let cluster = Contended { lock: lock.clone(), sleeper: p.moves[1].bucket, done: AtomicUsize::new(0) };
+        let fence = ContendedFence { lock, held: std::sync::Mutex::new(Some(held)), checks: AtomicUsize::new(0) };
+        let l = Limits { max_concurrent_moves: 2, max_moves_per_member: 10, ..limits() };
+        let (progress, m) = (Progress::default(), Metrics::new());
+        let job = Job {
+            cluster: &cluster,
+            snapshot: &s,
+            plan: &p,
+            limits: &l,
+            fence: &fence,
+            progress: &progress,
+            metrics: &m,
+        };
+        let cancel = CancellationToken::new();
+        let r = tokio::time::timeout(Duration::from_secs(20), execute(job, &cancel))
+            .await
+            .expect("the run wedged: a move was handed the lock and never polled again");
+        assert_eq!(r.moves_done, p.moves.len() as u64);
+        assert_eq!(cluster.done.load(Ordering::SeqCst), p.moves.len());
+        assert!(fence.checks.load(Ordering::SeqCst) >= 3);
     }
 
     struct FlakyFence(AtomicUsize);

@@ -14,7 +14,7 @@ use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
     RedisError, RedisResult, TlsCertificates,
 };
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use crate::config::ClusterConfig;
 
@@ -77,13 +77,14 @@ impl Conns {
 
     /// A connection to one node (cached; dropped on error so the next call reconnects).
     pub async fn conn(&self, addr: &str) -> Result<MultiplexedConnection, String> {
-        if let Some(c) = self.cache.lock().await.get(addr) {
+        // The cache's lock is never held across an await.
+        if let Some(c) = self.cache.lock().expect("connection cache").get(addr) {
             return Ok(c.clone());
         }
         let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr} is not host:port"))?;
         let port: u16 = port.parse().map_err(|_| format!("{addr} is not host:port"))?;
         let c = self.connect(host, port).await.map_err(|e| format!("connect to {addr}: {e}{}", self.hint(&e)))?;
-        self.cache.lock().await.insert(addr.to_string(), c.clone());
+        self.cache.lock().expect("connection cache").insert(addr.to_string(), c.clone());
         Ok(c)
     }
 
@@ -141,7 +142,7 @@ impl Conns {
     }
 
     pub async fn forget(&self, addr: &str) {
-        self.cache.lock().await.remove(addr);
+        self.cache.lock().expect("connection cache").remove(addr);
     }
 
     pub async fn query<T: redis::FromRedisValue>(&self, addr: &str, cmd: &redis::Cmd) -> Result<T, String> {

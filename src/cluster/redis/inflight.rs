@@ -59,7 +59,7 @@ impl RedisCluster {
                 if ours {
                     report.settled.push(format!("{}: would wait for the running job {}", ranges(&job), job.name));
                 } else {
-                    let since = *self.first_seen.lock().await.entry(slots[0]).or_insert_with(Utc::now);
+                    let since = *self.first_seen.lock().expect("first seen").entry(slots[0]).or_insert_with(Utc::now);
                     report.foreign.push(ForeignMove { bucket: slots[0] as u64, from: Some(src), to, since });
                 }
                 busy.extend(slots);

@@ -27,7 +27,7 @@ mod topology;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 use tracing::debug;
 
 pub use capabilities::{Capabilities, MigrationMode, Mover};

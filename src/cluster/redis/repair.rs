@@ -100,14 +100,14 @@ impl RedisCluster {
         report.intents_done.dedup();
         if !opts.dry_run {
             // The topology changed under repair: movers must read it afresh.
-            *self.topo.lock().await = None;
+            *self.topo.lock().expect("topology cache") = None;
         }
         Ok(report)
     }
 
     /// Names a migration nobody recorded, with when this process first saw it.
     async fn foreign(&self, topo: &Topology, slot: u16, flags: &OpenSlot) -> ForeignMove {
-        let since = *self.first_seen.lock().await.entry(slot).or_insert_with(Utc::now);
+        let since = *self.first_seen.lock().expect("first seen").entry(slot).or_insert_with(Utc::now);
         let by_id = |id: &String| topo.master_by_id(id).map(|m| m.addr.clone()).or_else(|| Some(id.clone()));
         let from = flags
             .migrating

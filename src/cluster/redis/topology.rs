@@ -231,13 +231,13 @@ impl RedisCluster {
             }
         }
         let topo = Topology { masters, replicas, myself, owner };
-        *self.topo.lock().await = Some(Arc::new(topo.clone()));
+        *self.topo.lock().expect("topology cache") = Some(Arc::new(topo.clone()));
         Ok(topo)
     }
 
     /// The topology of the last snapshot, read afresh when there is none.
     pub(super) async fn cached_topology(&self) -> Result<Arc<Topology>, ClusterError> {
-        if let Some(t) = self.topo.lock().await.clone() {
+        if let Some(t) = self.topo.lock().expect("topology cache").clone() {
             return Ok(t);
         }
         Ok(Arc::new(self.topology().await?))
