@@ -357,21 +357,24 @@ async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) 
     let owners = c.slot_owners().await.unwrap();
     let mut ca = c.conn(&a).await.unwrap();
     let mut ce = c.conn(&e).await.unwrap();
-    // Two slots of `a` with keys; plant a stray copy of one key of each on `e`.
+    // Two slots of `a` with two keys or more; plant a stray copy of the last listed key
+    // of each on `e`. MIGRATE of the batch moves the other keys and refuses that one:
+    // the source, migrating, then answers ASK for the keys already moved.
     let mut picked = Vec::new();
     for s in 0..16384u16 {
         if owners[s as usize] != a {
             continue;
         }
         let keys: Vec<String> =
-            redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s).arg(1).query_async(&mut ca).await.unwrap();
-        if let Some(k) = keys.into_iter().next() {
-            picked.push((s, k));
+            redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(s).arg(10).query_async(&mut ca).await.unwrap();
+        if keys.len() >= 2 {
+            picked.push((s, keys.last().unwrap().clone()));
             if picked.len() == 2 {
                 break;
             }
         }
     }
+    assert_eq!(picked.len(), 2, "no two slots of {a} hold two keys");
     for (i, (s, k)) in picked.iter().enumerate() {
         let v: Vec<u8> = redis::cmd("GET").arg(k).query_async(&mut ca).await.unwrap();
         let stray = if i == 0 { v.clone() } else { b"a different value".to_vec() };

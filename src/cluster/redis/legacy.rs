@@ -138,7 +138,8 @@ impl RedisCluster {
             p.cmd("DUMP").arg(key);
             async move { self.conns.pipeline::<Option<Vec<u8>>>(&on, &p).await.map(|v| v.into_iter().next().flatten()) }
         };
-        let Some(here) = dump("src", src.to_string()).await? else {
+        let here = if asking { dump("src", src.to_string()).await? } else { self.dump_at_source(src, key).await? };
+        let Some(here) = here else {
             return Ok(KeyPair::Gone);
         };
         Ok(match dump("dst", dst.to_string()).await? {
@@ -146,6 +147,37 @@ impl RedisCluster {
             Some(t) if t == here => KeyPair::Same,
             Some(_) => KeyPair::Different,
         })
+    }
+
+    /// MEMORY USAGE of each key on the source; 0 for a key gone since it was listed (a
+    /// client deleted it or it expired: a migrating source answers ASK for it).
+    async fn key_sizes(&self, src: &str, keys: &[Vec<u8>]) -> Result<Vec<u64>, String> {
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        for k in keys {
+            p.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
+        }
+        let sizes: Vec<redis::RedisResult<Option<u64>>> = self.conns.pipeline_as(src, &p).await?;
+        sizes
+            .into_iter()
+            .map(|r| match r {
+                Ok(size) => Ok(size.unwrap_or(0)),
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => Ok(0),
+                Err(e) => Err(format!("{src}: MEMORY USAGE: {e}")),
+            })
+            .collect()
+    }
+
+    /// DUMP on a source that owns the slot; None when the key is not there. A source
+    /// migrating the slot answers ASK for a key it no longer holds (a MIGRATE that
+    /// refused one key of a batch moved the others): that is "not here" too.
+    async fn dump_at_source(&self, src: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let mut c = self.conns.conn(src).await?;
+        match redis::cmd("DUMP").arg(key).query_async::<Option<Vec<u8>>>(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => Ok(None),
+            Err(e) => Err(self.conns.failed(src, e).await),
+        }
     }
 
     /// MIGRATE of one key, replacing the target's copy when `replace`.
@@ -197,12 +229,7 @@ impl RedisCluster {
             let sizes: Vec<u64> = if small {
                 vec![estimate / keys.len() as u64; keys.len()]
             } else {
-                let mut p = redis::pipe();
-                for k in &keys {
-                    p.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
-                }
-                let s: Vec<Option<u64>> = self.conns.pipeline(src, &p).await.map_err(fail)?;
-                s.into_iter().map(|x| x.unwrap_or(0)).collect()
+                self.key_sizes(src, &keys).await.map_err(fail)?
             };
             let mut start = 0;
             let mut next = None;
