@@ -347,19 +347,20 @@ async fn with_progress<T>(run: impl std::future::Future<Output = T>, p: &autobal
     use std::sync::atomic::Ordering::Relaxed;
     let mut shown = progress::Shown::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let figures = || progress::Figures {
+        bytes_done: p.bytes_done.load(Relaxed),
+        bytes_planned: p.bytes_planned.load(Relaxed),
+        slots_done: p.done.load(Relaxed),
+        slots_planned: p.planned.load(Relaxed),
+    };
     tokio::pin!(run);
     loop {
         tokio::select! {
             out = &mut run => {
-                shown.finish();
+                shown.finish(Some(figures()));
                 return out;
             }
-            _ = tick.tick() => shown.update(progress::Figures {
-                bytes_done: p.bytes_done.load(Relaxed),
-                bytes_planned: p.bytes_planned.load(Relaxed),
-                slots_done: p.done.load(Relaxed),
-                slots_planned: p.planned.load(Relaxed),
-            }),
+            _ = tick.tick() => shown.update(figures()),
         }
     }
 }

@@ -55,30 +55,35 @@ pub fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
     }
 }
 
-/// Polls the sidecar until `me` holds nothing, showing what has left it meanwhile.
+/// Polls the sidecar until `me` holds nothing, showing what has left it meanwhile. What
+/// is left is unknown (null) until the sidecar's first look after the start: that is not
+/// "nothing left".
 fn wait_evacuated(local: &Local, me: &str) -> Result<(), Fail> {
     let mut shown = progress::Shown::new();
     let mut first: Option<(u64, u64)> = None;
     loop {
-        std::thread::sleep(std::time::Duration::from_secs(1));
+        std::thread::sleep(std::time::Duration::from_millis(500));
         let s = local.call("GET", "/status", None)?;
         let e = &s["evacuation"];
         if !e["active"].as_bool().unwrap_or(false) {
-            shown.finish();
+            shown.finish(None);
             return Err(Fail(1, anyhow::anyhow!("the evacuation was stopped before the member was empty")));
         }
-        let left = (e["buckets_left"].as_u64().unwrap_or(0), e["bytes_left"].as_u64().unwrap_or(0));
-        if left.0 == 0 {
-            shown.finish();
+        let (Some(slots_left), Some(bytes_left)) = (e["buckets_left"].as_u64(), e["bytes_left"].as_u64()) else {
+            continue;
+        };
+        let (slots, bytes) = *first.get_or_insert((slots_left, bytes_left));
+        let figures = progress::Figures {
+            bytes_done: bytes.saturating_sub(bytes_left),
+            bytes_planned: bytes,
+            slots_done: slots.saturating_sub(slots_left),
+            slots_planned: slots,
+        };
+        if slots_left == 0 {
+            shown.finish(Some(figures));
             println!("{me} holds nothing: evacuated");
             return Ok(());
         }
-        let (slots, bytes) = *first.get_or_insert(left);
-        shown.update(progress::Figures {
-            bytes_done: bytes.saturating_sub(left.1),
-            bytes_planned: bytes,
-            slots_done: slots.saturating_sub(left.0),
-            slots_planned: slots,
-        });
+        shown.update(figures);
     }
 }

@@ -61,9 +61,13 @@ impl Shown {
         }
     }
 
-    pub fn finish(self) {
-        if let Some(bar) = self.bar {
-            bar.finish_and_clear();
+    /// Clears the bar; off a terminal, prints the final figures (if any were seen), so
+    /// a log ends with what was done.
+    pub fn finish(self, last: Option<Figures>) {
+        match (self.bar, last) {
+            (Some(bar), _) => bar.finish_and_clear(),
+            (None, Some(f)) if f.slots_planned > 0 => eprintln!("{}", line(f, self.started.elapsed())),
+            (None, _) => {}
         }
     }
 }
