@@ -133,13 +133,13 @@ fn print_outcome(sidecars: &[Sidecar], winner: usize) {
     }
     println!("\n   decision: {}", won["last_decision"]["message"].as_str().unwrap_or("?"));
     println!(
-        "\n   {:<20} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
-        "member", "previous", "requested", "accepted", "current", "bytes before", "bytes after"
+        "\n   {:<26} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+        "member (node id, address)", "previous", "requested", "accepted", "current", "bytes before", "bytes after"
     );
     for r in won["last_report"].as_array().cloned().unwrap_or_default() {
         println!(
-            "   {:<20} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
-            r["id"].as_str().unwrap_or(""),
+            "   {:<26} {:>10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+            format!("{:.8} {}", r["id"].as_str().unwrap_or(""), r["address"].as_str().unwrap_or("")),
             r["previous_buckets"].as_u64().unwrap_or(0),
             r["requested_unload"].as_u64().unwrap_or(0),
             r["accepted_unload"].as_u64().unwrap_or(0),

@@ -145,7 +145,7 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
     if let Some(m) = members.iter().find(|m| m.health == Health::Down) {
         return Decision::skip(
             SkipReason::MemberDown,
-            format!("member {} is down: no moves until it returns or is removed", m.id),
+            format!("member {} is down: no moves until it returns or is removed", m.label()),
         );
     }
     let healthy = members.iter().filter(|m| m.health == Health::Healthy && !m.draining).count();
@@ -174,7 +174,7 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
             SkipReason::CriticalMember,
             format!(
                 "the cluster is off-balance but the members that could take data are above critical memory (first: {})",
-                m.id
+                m.label()
             ),
         );
     }

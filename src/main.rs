@@ -197,7 +197,13 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
-fn context(config: Config) -> Result<autobalancer::run::Context, Fail> {
+/// The run context, the member named by its stable id (the configured name, with a
+/// warning, when the cluster does not answer: the command's own call says why).
+fn context(mut config: Config) -> Result<autobalancer::run::Context, Fail> {
+    match runtime().block_on(autobalancer::run::stable_member_id(&config)) {
+        Ok(id) => config.cluster.member_id = Some(id),
+        Err(e) => tracing::warn!(member = %config.member_id(), cause = %e, "cannot name the member by its node id"),
+    }
     autobalancer::run::Context::new(config).map_err(usage)
 }
 

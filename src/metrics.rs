@@ -50,6 +50,9 @@ pub struct Metrics {
     pub member_load_bytes: GaugeVec,
     /// Used memory per member as the server reports it, beside `member_load_bytes`.
     pub member_used_memory_bytes: GaugeVec,
+    /// 1 per member, with where it is now: joins the `member` label (a stable id) to an
+    /// address and hostname that may change.
+    pub member_info: IntGaugeVec,
     /// Buckets per member at the last snapshot.
     pub member_buckets: GaugeVec,
     /// Target bytes per member at the last plan.
@@ -164,6 +167,11 @@ impl Metrics {
                 "Used memory per member as the server reports it.",
                 MEMBER,
             ),
+            member_info: r.int_gauges(
+                "member_info",
+                "1 per member at the last snapshot, with its address and hostname.",
+                &["member", "address", "hostname"],
+            ),
             member_buckets: r.gauges("member_buckets", "Buckets per member at the last snapshot.", MEMBER),
             member_target_bytes: r.gauges("member_target_bytes", "Target bytes per member at the last plan.", MEMBER),
             big_keys: r.int_gauges("big_keys", "Keys above execution.max-key-bytes per member.", MEMBER),
@@ -247,12 +255,15 @@ impl Metrics {
     pub fn observe_snapshot(&self, snap: &ClusterSnapshot) {
         let o = &snap.observed;
         self.member_used_memory_bytes.reset();
+        self.member_info.reset();
         self.stray_keys.reset();
         self.big_keys.reset();
         // A backend that observes nothing beside the layout (a snapshot file) saw no
         // stray or big keys; it has no memory figure to show.
         for (i, m) in snap.members.iter().enumerate() {
             let f = o.members.get(i).cloned().unwrap_or_default();
+            let hostname = m.hostname.as_deref().unwrap_or("");
+            self.member_info.with_label_values(&[&m.id, &m.address, hostname]).set(1);
             if o.members.get(i).is_some() {
                 self.member_used_memory_bytes.with_label_values(&[&m.id]).set(f.used_memory_bytes as f64);
             }
@@ -346,5 +357,19 @@ mod tests {
         assert!(text.contains("autobalancer_member_buckets{member=\"m1\"} 3"));
         assert!(text.contains("autobalancer_member_target_bytes{member=\"m2\"} 200"));
         assert!(text.contains("autobalancer_transfer_ratio 0.25"));
+        // member_info joins the stable id to where the member is now; a member that moved
+        // shows its new address only.
+        let mut s = s;
+        s.members[0].address = "10.0.0.1:6379".into();
+        s.members[0].hostname = Some("redis-0".into());
+        m.observe_snapshot(&s);
+        s.members[0].address = "10.0.0.7:6379".into();
+        m.observe_snapshot(&s);
+        let text = m.render();
+        assert!(
+            text.contains("autobalancer_member_info{address=\"10.0.0.7:6379\",hostname=\"redis-0\",member=\"m1\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("10.0.0.1:6379"), "{text}");
     }
 }

@@ -26,11 +26,16 @@ pub enum Health {
     Down,
 }
 
+/// A member is named by its stable id (Redis: the node id, which stays with the node's
+/// data across an IP change); `address` and `hostname` are where it is now.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub id: String,
     #[serde(default)]
     pub address: String,
+    /// The announced hostname (Redis: `cluster-announce-hostname`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     #[serde(default)]
     pub capacity_bytes: Option<u64>,
     #[serde(default)]
@@ -46,11 +51,31 @@ impl Member {
         Member {
             id: id.to_string(),
             address: id.to_string(),
+            hostname: None,
             capacity_bytes: None,
             health: Health::Healthy,
             draining: false,
             zone: None,
         }
+    }
+
+    /// How messages name it: the id, with the address when that says more.
+    pub fn label(&self) -> String {
+        if self.address.is_empty() || self.address == self.id {
+            self.id.clone()
+        } else {
+            format!("{} ({})", self.id, self.address)
+        }
+    }
+
+    /// Whether `name` names this member: its id, its address, or `hostname:port` (the
+    /// port of its address).
+    pub fn is_named(&self, name: &str) -> bool {
+        if self.id == name || self.address == name {
+            return true;
+        }
+        let port = self.address.rsplit_once(':').map(|(_, p)| p);
+        matches!((&self.hostname, port, name.rsplit_once(':')), (Some(h), Some(p), Some((nh, np))) if h == nh && p == np)
     }
 }
 
@@ -91,6 +116,9 @@ pub struct MoveIntent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Replica {
     pub id: String,
+    /// Where it is now (Redis: ip:port).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     #[serde(default)]
     pub master: Option<String>,
     #[serde(default = "yes")]
@@ -356,6 +384,11 @@ impl ClusterSnapshot {
         self.members.iter().position(|m| m.id == id).map(|i| i as MemberIdx)
     }
 
+    /// The member `name` names: by id first, then by address or `hostname:port`.
+    pub fn member_named(&self, name: &str) -> Option<MemberIdx> {
+        self.member_index(name).or_else(|| self.members.iter().position(|m| m.is_named(name)).map(|i| i as MemberIdx))
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.buckets.iter().map(|b| b.bytes * b.copies.len() as u64).sum()
     }
@@ -397,6 +430,26 @@ mod tests {
     }
 
     const MEMBERS: &str = r#""members":[{"id":"m1","address":"a:1"},{"id":"m2","address":"a:2"}]"#;
+
+    #[test]
+    fn a_member_is_named_by_id_address_or_hostname_and_port() {
+        let mut a = Member::new("07c37dfeb235213a872192d90877d0cd55635b91");
+        a.address = "10.0.0.1:6379".into();
+        a.hostname = Some("redis-0.redis".into());
+        let mut b = Member::new("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca");
+        b.address = "10.0.0.2:6379".into();
+        let s = fixtures::make_snapshot(vec![a, b], &[]);
+        for name in ["07c37dfeb235213a872192d90877d0cd55635b91", "10.0.0.1:6379", "redis-0.redis:6379"] {
+            assert_eq!(s.member_named(name), Some(0), "{name}");
+        }
+        assert_eq!(s.member_named("10.0.0.2:6379"), Some(1));
+        // Another port, an unknown host, a bare hostname: nobody.
+        for name in ["redis-0.redis:6380", "redis-9.redis:6379", "redis-0.redis", "10.0.0.3:6379"] {
+            assert_eq!(s.member_named(name), None, "{name}");
+        }
+        // member_index takes the id only.
+        assert_eq!(s.member_index("10.0.0.1:6379"), None);
+    }
 
     #[test]
     fn reads_the_design_example() {

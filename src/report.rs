@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::config::human_bytes as hb;
 use crate::decide::{Decision, Thresholds};
 use crate::model::ClusterSnapshot;
-use crate::plan::{MemberPlan, MoveKind, Plan};
+use crate::plan::{MemberPlan, Move, MoveKind, Plan};
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MoveOut {
@@ -21,10 +21,18 @@ pub struct MoveOut {
     pub bytes: u64,
 }
 
+/// A member in a table: its id and, when that says more, where it is now.
+fn label(id: &str, address: &str) -> String {
+    if address.is_empty() { id.to_string() } else { format!("{id} {address}") }
+}
+
 /// Per member after a real run, in buckets and bytes (Cisco ESC's rebalance answer).
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MemberReport {
     pub id: String,
+    /// Where the member is now, when that is not its id (Redis: ip:port).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     pub previous_buckets: u64,
     pub requested_unload: u64,
     pub accepted_unload: u64,
@@ -33,6 +41,41 @@ pub struct MemberReport {
     pub requested_unload_bytes: u64,
     pub accepted_unload_bytes: u64,
     pub current_bytes: u64,
+}
+
+impl MemberReport {
+    /// Per member: buckets before, asked to unload, actually unloaded, held now (and bytes).
+    pub fn of_run(plan: &Plan, done: &[&Move]) -> Vec<MemberReport> {
+        let mut r: Vec<MemberReport> = plan
+            .members
+            .iter()
+            .map(|m| MemberReport {
+                id: m.id.clone(),
+                address: m.address.clone(),
+                previous_buckets: m.before.buckets,
+                previous_bytes: m.before.bytes,
+                current_buckets: m.before.buckets,
+                current_bytes: m.before.bytes,
+                ..Default::default()
+            })
+            .collect();
+        for mv in plan.copy_moves() {
+            let f = &mut r[mv.from as usize];
+            f.requested_unload += 1;
+            f.requested_unload_bytes += mv.bytes;
+        }
+        for mv in done.iter().filter(|m| m.kind == crate::plan::MoveKind::Copy) {
+            let f = &mut r[mv.from as usize];
+            f.accepted_unload += 1;
+            f.accepted_unload_bytes += mv.bytes;
+            f.current_buckets -= 1;
+            f.current_bytes -= mv.bytes;
+            let t = &mut r[mv.to as usize];
+            t.current_buckets += 1;
+            t.current_bytes += mv.bytes;
+        }
+        r
+    }
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -118,17 +161,18 @@ impl Answer {
     /// One row per member, the figures against the thresholds, the decision in a sentence.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
+        let w = self.members.iter().map(|m| label(&m.id, &m.address).len()).max().unwrap_or(0).max(24);
         let _ = writeln!(
             out,
-            "{:<24} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
+            "{:<w$} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
             "member", "before", "target", "after", "dev", "buckets", "primaries"
         );
         for m in &self.members {
             let dev = m.deviation_percent(m.after.bytes).map(|d| format!("{d:+.1}%")).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 out,
-                "{:<24} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
-                m.id,
+                "{:<w$} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
+                label(&m.id, &m.address),
                 hb(m.before.bytes),
                 hb(m.target_bytes),
                 hb(m.after.bytes),
@@ -156,14 +200,14 @@ impl Answer {
         if let Some(report) = &self.report {
             let _ = writeln!(
                 out,
-                "\n{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
+                "\n{:<w$} {:>10} {:>10} {:>10} {:>10} {:>14}",
                 "member", "previous", "requested", "accepted", "current", "current bytes"
             );
             for r in report {
                 let _ = writeln!(
                     out,
-                    "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
-                    r.id,
+                    "{:<w$} {:>10} {:>10} {:>10} {:>10} {:>14}",
+                    label(&r.id, &r.address),
                     r.previous_buckets,
                     r.requested_unload,
                     r.accepted_unload,

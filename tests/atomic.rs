@@ -34,7 +34,7 @@ fn backend(c: &LocalCluster, dir: &Path, migrate_timeout: Duration) -> RedisClus
 /// Moves of `n` slots owned by `from` to `to`: a run of contiguous slots, then every
 /// other slot (so the job carries several ranges).
 fn moves(snap: &ClusterSnapshot, from: &str, to: &str, n: usize) -> Vec<Move> {
-    let (f, t) = (snap.member_index(from).unwrap(), snap.member_index(to).unwrap());
+    let (f, t) = (snap.member_named(from).unwrap(), snap.member_named(to).unwrap());
     let owned: Vec<(usize, u64)> =
         snap.buckets.iter().enumerate().filter(|(_, b)| b.copies[0] == f).map(|(i, b)| (i, b.id)).collect();
     let picked = owned.iter().take(n / 2).chain(owned.iter().skip(n / 2 + 1).step_by(2).take(n - n / 2));

@@ -187,7 +187,7 @@ async fn stray_keys_are_returned_or_reported(engine: Engine) {
     assert_eq!(got.as_deref(), Some("theirs"), "the owner's value was overwritten");
     let snap = bin().args(["snapshot", "--config", cfg.to_str().unwrap()]).output().unwrap();
     let snap: serde_json::Value = serde_json::from_slice(&snap.stdout).unwrap();
-    let i = snap["members"].as_array().unwrap().iter().position(|m| m["id"] == a.as_str()).unwrap();
+    let i = snap["members"].as_array().unwrap().iter().position(|m| m["address"] == a.as_str()).unwrap();
     assert_eq!(snap["observed"]["members"][i]["stray_keys"], 1, "{:#}", snap["observed"]);
 }
 

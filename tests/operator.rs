@@ -21,6 +21,8 @@ async fn evacuation_drains_a_master_and_the_503_outlives_a_restart(engine: Engin
     let etcd = LocalEtcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let masters = c.master_addrs();
+    // Members are named by node id, whatever address the config gives.
+    let ids: Vec<String> = masters.iter().map(|a| c.id_of(a).unwrap().to_string()).collect();
     let mut s0 = SidecarProc::start(
         dir.path(),
         "e0",
@@ -77,12 +79,13 @@ async fn evacuation_drains_a_master_and_the_503_outlives_a_restart(engine: Engin
         fleet = json(&out);
         fleet["sidecars"].as_array().is_some_and(|s| {
             s.len() == 2
-                && s.iter().any(|x| x["member"] == masters[0].as_str() && x["state"] == "evacuated")
-                && s.iter().any(|x| x["member"] == masters[1].as_str() && !x["last_decision"].is_null())
+                && s.iter().any(|x| x["member"] == ids[0].as_str() && x["state"] == "evacuated")
+                && s.iter().any(|x| x["member"] == ids[1].as_str() && !x["last_decision"].is_null())
         })
     });
-    assert_eq!(fleet["evacuations"][0]["member"], masters[0].as_str());
-    let e1 = fleet["sidecars"].as_array().unwrap().iter().find(|s| s["member"] == masters[1].as_str()).unwrap();
+    assert_eq!(fleet["evacuations"][0]["member"], ids[0].as_str());
+    let e1 = fleet["sidecars"].as_array().unwrap().iter().find(|s| s["member"] == ids[1].as_str()).unwrap();
+    assert_eq!(e1["address"], masters[1].as_str(), "{e1:#}");
     for k in ["state", "last_decision", "next_run", "progress", "version"] {
         assert!(!e1[k].is_null(), "{k} missing: {e1:#}");
     }
@@ -232,14 +235,20 @@ async fn bad_evacuation_input_is_refused_and_moves_nothing(engine: Engine) {
     let (code, _, err) = cli(&["evacuate", "start", "--config", &cfg, "--migrate-to", &masters[2]]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot receive"), "{err}");
-    // A sidecar whose member is not in the cluster.
-    let ghost = SidecarProc::start(
+    // A sidecar whose member is not in the cluster cannot name it by node id: it says so
+    // and serves nothing (no state is ever keyed by a name that may be reused), and a
+    // SIGTERM still ends it at once.
+    let mut ghost = SidecarProc::start_unready(
         dir.path(),
         "ghost",
         &format!("{}{}{QUIET}", cluster_section(&c, dir.path(), Some("127.0.0.1:1")), etcd_section(&etcd)),
     );
-    let (code, body) = call("POST", &ghost.url("/evacuation/start"), None, Some("{}")).unwrap();
-    assert_eq!((code, json(&body)["error"]["code"].clone()), (409, serde_json::json!("unknown_member")), "{body}");
+    wait_for(15, "the ghost to say why it waits", || ghost.logs().contains("names no node of the cluster"));
+    assert!(ghost.logs().contains("cannot name the local member yet"), "{}", ghost.logs());
+    assert!(get(&ghost.url("/healthz")).is_err());
+    let (code, took) = ghost.terminate();
+    assert_eq!(code, Some(0), "{}", ghost.logs());
+    assert!(took < Duration::from_secs(10), "{took:?}");
     // Nothing was persisted or moved.
     assert_eq!(get(&s0.url("/availability")).unwrap().0, 200);
     let (_, out, _) = cli(&["evacuate", "status", "--config", &cfg]);

@@ -61,12 +61,14 @@ async fn rebalance_by_bytes_loses_nothing(engine: Engine) {
     assert_eq!(snap["replicas"].as_array().unwrap().len(), 4);
     assert_eq!(snap["buckets"].as_array().unwrap().len(), 16384);
     let empty = c.master_addrs()[3].clone();
-    let bytes_on = |s: &serde_json::Value, m: &str| -> u64 {
+    // Copies name members by node id.
+    let bytes_on = |s: &serde_json::Value, addr: &str| -> u64 {
+        let id = c.id_of(addr).unwrap();
         s["buckets"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|b| b["copies"][0] == m)
+            .filter(|b| b["copies"][0] == id)
             .map(|b| b["bytes"].as_u64().unwrap())
             .sum()
     };
@@ -81,7 +83,8 @@ async fn rebalance_by_bytes_loses_nothing(engine: Engine) {
     assert_eq!(v["decision"]["action"], "rebalance", "{v:#}");
     assert!(v["failures"].is_null(), "{v:#}");
     let report = v["report"].as_array().unwrap();
-    let new = report.iter().find(|r| r["id"] == empty.as_str()).unwrap();
+    // Members are named by node id.
+    let new = report.iter().find(|r| Some(r["id"].as_str().unwrap()) == c.id_of(&empty)).unwrap();
     assert!(new["current_buckets"].as_u64().unwrap() > 0);
     assert_eq!(v["moved_bytes"], v["transfer_bytes"]);
     // Off a terminal, progress is a plain line (every few seconds, the first at once).
@@ -327,13 +330,14 @@ async fn acl_user_and_password_from_a_file(engine: Engine) {
     assert!(v["moved_bytes"].as_u64().unwrap() > 0, "{v:#}");
     assert!(!stderr.contains("s3cret-pw"), "password logged");
     assert_eq!(c.digest().await.unwrap(), before);
-    // Then as the ACL user, draining one member with weight 0.
+    // Then as the ACL user, draining one member with weight 0, keyed by its node id.
     let drained = c.master_addrs()[0].clone();
-    let cfg = write_config(dir.path(), &c, &format!("\n[balance.weights]\n\"{drained}\" = 0\n"));
+    let drained_id = c.id_of(&drained).unwrap().to_string();
+    let cfg = write_config(dir.path(), &c, &format!("\n[balance.weights]\n\"{drained_id}\" = 0\n"));
     let (code, v, stderr) = rebalance_json(&cfg, &[]);
     assert_eq!(code, 0, "{stderr}\n{v:#}");
     let report = v["report"].as_array().unwrap();
-    let r = report.iter().find(|r| r["id"] == drained.as_str()).unwrap();
+    let r = report.iter().find(|r| r["id"] == drained_id.as_str()).unwrap();
     assert_eq!(r["current_buckets"], 0, "{v:#}");
     assert!(!stderr.contains("acl-pw-9"), "password logged");
     assert_eq!(c.key_counts().await.unwrap()[&drained], 0);
@@ -396,7 +400,7 @@ async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) 
     cfg.cluster.seeds = c.master_addrs();
     let rc = RedisCluster::from_config(&cfg).unwrap();
     let snap = rc.snapshot().await.unwrap();
-    let idx = |m: &str| snap.member_index(m).unwrap();
+    let idx = |m: &str| snap.member_named(m).unwrap();
     let mv = |s: u16| Move {
         kind: MoveKind::Copy,
         bucket: s as u64,

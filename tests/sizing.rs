@@ -158,9 +158,9 @@ fn config(dir: &std::path::Path, c: &LocalCluster, extra: &str) -> Config {
 }
 
 fn member_bytes(s: &ClusterSnapshot) -> BTreeMap<String, u64> {
-    let mut out: BTreeMap<String, u64> = s.members.iter().map(|m| (m.id.clone(), 0)).collect();
+    let mut out: BTreeMap<String, u64> = s.members.iter().map(|m| (m.address.clone(), 0)).collect();
     for b in &s.buckets {
-        *out.get_mut(&s.members[b.copies[0] as usize].id).unwrap() += b.bytes;
+        *out.get_mut(&s.members[b.copies[0] as usize].address).unwrap() += b.bytes;
     }
     out
 }
@@ -209,7 +209,7 @@ async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot(engine: Engin
     let index = snap.buckets.iter().position(|b| b.id == slot as u64).unwrap();
     let before = snap.buckets[index].clone();
     assert!(off(before.bytes, slot_truth) <= 0.01, "slot {slot}: {} vs {slot_truth}", before.bytes);
-    let empty = snap.member_index(&c.master_addrs()[3]).unwrap();
+    let empty = snap.member_named(&c.master_addrs()[3]).unwrap();
     let mv = autobalancer::plan::Move {
         kind: autobalancer::plan::MoveKind::Copy,
         bucket: slot as u64,
@@ -292,7 +292,7 @@ async fn big_keys_pin_their_slot_and_stray_keys_are_counted(engine: Engine) {
     p.query_async::<()>(&mut con).await.unwrap();
     redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE").query_async::<()>(&mut con).await.unwrap();
     let snap = AnyCluster::from_config(&cfg).unwrap().snapshot().await.unwrap();
-    let i = snap.member_index(&target).unwrap() as usize;
+    let i = snap.member_named(&target).unwrap() as usize;
     assert_eq!(snap.observed.members[i].stray_keys, 1);
 
     // With a small max-key-bytes the blobs pin their slots, and the reason names the limit.

@@ -64,8 +64,11 @@ async fn snapshot_and_rebalance_over_tls_lose_nothing() {
     let buckets = snap["buckets"].as_array().unwrap();
     assert_eq!(buckets.len(), 16384);
     let empty = c.master_addrs()[3].clone();
-    let bytes_on =
-        |m: &str| -> u64 { buckets.iter().filter(|b| b["copies"][0] == m).map(|b| b["bytes"].as_u64().unwrap()).sum() };
+    // Copies name members by node id.
+    let bytes_on = |addr: &str| -> u64 {
+        let id = c.id_of(addr).unwrap();
+        buckets.iter().filter(|b| b["copies"][0] == id).map(|b| b["bytes"].as_u64().unwrap()).sum()
+    };
     assert_eq!(bytes_on(&empty), 0);
     assert!(bytes_on(&c.master_addrs()[0]) > 0, "the snapshot sized nothing over TLS");
 

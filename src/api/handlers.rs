@@ -160,34 +160,37 @@ pub async fn evacuation_start<C: Control>(
             return Err(ApiError::bad_request(format!("rate must be a positive number of bytes per second, got {r}")));
         }
     };
-    check_targets(api.control.as_ref(), &req.migrate_to).await?;
-    let e = api.control.start_evacuation(rate, req.migrate_to).await?;
+    let migrate_to = check_targets(api.control.as_ref(), &req.migrate_to).await?;
+    let e = api.control.start_evacuation(rate, migrate_to).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(EvacuationState { evacuation: Some(e) })).into_response())
 }
 
-/// Checks the member and the targets against the live cluster before anything persists.
-/// A well-formed request the cluster as it is now cannot take is a conflict (409), not a
-/// bad request: the same body may pass once the member joins or heals.
-async fn check_targets<C: Control>(control: &C, migrate_to: &[String]) -> Result<(), ApiError> {
+/// Checks the member and the targets against the live cluster before anything persists,
+/// and names the targets by member id (a target may be given by id, address or
+/// `hostname:port`). A well-formed request the cluster as it is now cannot take is a
+/// conflict (409), not a bad request: the same body may pass once the member joins or heals.
+async fn check_targets<C: Control>(control: &C, migrate_to: &[String]) -> Result<Vec<String>, ApiError> {
     let snap = control.snapshot().await?;
     let me = control.member();
     let conflict = |code, message: String| Err(ApiError::new(StatusCode::CONFLICT, code, message));
     if snap.member_index(me).is_none() {
         return conflict("unknown_member", format!("member {me} is not in the cluster"));
     }
+    let mut ids = Vec::with_capacity(migrate_to.len());
     for t in migrate_to {
-        let Some(i) = snap.member_index(t) else {
+        let Some(i) = snap.member_named(t) else {
             return conflict("unknown_member", format!("migrate_to: unknown member {t:?}"));
         };
-        if t == me {
+        let m = &snap.members[i as usize];
+        if m.id == me {
             return conflict("cannot_receive", format!("migrate_to: {t} is the member being evacuated"));
         }
-        let m = &snap.members[i as usize];
         if m.health != crate::model::Health::Healthy || m.draining {
             return conflict("cannot_receive", format!("migrate_to: {t} cannot receive (down, critical or draining)"));
         }
+        ids.push(m.id.clone());
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// Ends the evacuation of the local member; an evacuation run stops at its next safe

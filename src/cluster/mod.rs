@@ -134,6 +134,13 @@ impl std::fmt::Display for StrayConflict {
 pub trait Cluster: Send + Sync {
     /// A consistent-enough view of members, buckets and half-done moves.
     fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, ClusterError>> + Send;
+    /// The stable id of the member `name` names (its id, its address, or
+    /// `hostname:port`): what evacuations, weights and metric labels are keyed by, so they
+    /// stay with the member when its address changes. By default the name itself.
+    fn member_id(&self, name: &str) -> impl Future<Output = Result<String, ClusterError>> + Send {
+        let id = name.to_string();
+        async move { Ok(id) }
+    }
     /// Settles what moves left behind: buckets left mid-move that this fleet recorded
     /// (finish or roll back, never dropping data), and data held outside its owner.
     fn repair(&self, opts: &RepairOptions) -> impl Future<Output = Result<RepairReport, ClusterError>> + Send;
@@ -215,6 +222,13 @@ impl Cluster for AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.snapshot().await,
             AnyCluster::File(c) => c.snapshot().await,
+        }
+    }
+
+    async fn member_id(&self, name: &str) -> Result<String, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.member_id(name).await,
+            AnyCluster::File(c) => c.member_id(name).await,
         }
     }
 

@@ -46,6 +46,10 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
         self.inner.repair(opts).await
     }
 
+    async fn member_id(&self, name: &str) -> Result<String, ClusterError> {
+        self.inner.member_id(name).await
+    }
+
     async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
         self.record(s, mv).await?;
         let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };

@@ -2,9 +2,10 @@
 //!
 //! Owns: concurrency (`max-concurrent-moves`, `max-moves-per-member`), pacing
 //! (`max-bytes-per-second`), the per-run byte budget, the deadline, stopping at a safe
-//! point, and the per-member run report. Does not own: how a bucket moves (the backend),
-//! whether the lock is held (the fence answers), or how long a shutdown may wait for the
-//! moves in flight (the daemon bounds that).
+//! point, and the run's report (its per-member figures: `MemberReport::of_run`). Does
+//! not own: how a bucket moves (the backend), whether the lock is held (the fence
+//! answers), or how long a shutdown may wait for the moves in flight (the daemon bounds
+//! that).
 //!
 //! Moves start in plan order (most valuable first), each when its two members have a free
 //! slot. Before each start the fence is asked whether the lock is still ours. A stop
@@ -419,41 +420,9 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             stopped,
             failures: self.failures,
             open_buckets: self.open_buckets,
-            members: member_report(plan, &self.done),
+            members: MemberReport::of_run(plan, &self.done),
         }
     }
-}
-
-/// Per member: buckets before, asked to unload, actually unloaded, held now (and bytes).
-pub fn member_report(plan: &Plan, done: &[&Move]) -> Vec<MemberReport> {
-    let mut r: Vec<MemberReport> = plan
-        .members
-        .iter()
-        .map(|m| MemberReport {
-            id: m.id.clone(),
-            previous_buckets: m.before.buckets,
-            previous_bytes: m.before.bytes,
-            current_buckets: m.before.buckets,
-            current_bytes: m.before.bytes,
-            ..Default::default()
-        })
-        .collect();
-    for mv in plan.copy_moves() {
-        let f = &mut r[mv.from as usize];
-        f.requested_unload += 1;
-        f.requested_unload_bytes += mv.bytes;
-    }
-    for mv in done.iter().filter(|m| m.kind == crate::plan::MoveKind::Copy) {
-        let f = &mut r[mv.from as usize];
-        f.accepted_unload += 1;
-        f.accepted_unload_bytes += mv.bytes;
-        f.current_buckets -= 1;
-        f.current_bytes -= mv.bytes;
-        let t = &mut r[mv.to as usize];
-        t.current_buckets += 1;
-        t.current_bytes += mv.bytes;
-    }
-    r
 }
 
 #[cfg(test)]

@@ -66,6 +66,9 @@ pub struct MemberLoad {
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MemberPlan {
     pub id: String,
+    /// Where the member is now, when that is not its id (Redis: ip:port).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     pub target_bytes: u64,
     pub before: MemberLoad,
     pub after: MemberLoad,

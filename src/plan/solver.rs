@@ -140,7 +140,7 @@ impl<'a> Solver<'a> {
                 None
             };
             if let Some(why) = why {
-                self.explanation.push(format!("{} {why}", m.id));
+                self.explanation.push(format!("{} {why}", m.label()));
             }
         }
     }
@@ -192,6 +192,7 @@ impl<'a> Solver<'a> {
             .enumerate()
             .map(|(i, m)| MemberPlan {
                 id: m.id.clone(),
+                address: if m.address == m.id { String::new() } else { m.address.clone() },
                 target_bytes: self.target[i].max(0) as u64,
                 before: self.before[i],
                 after: after[i],
@@ -241,7 +242,7 @@ impl<'a> Solver<'a> {
             } else {
                 "bucket sizes do not allow closer"
             };
-            lines.push(format!("{} stays {dev}: {reason}", self.snap.members[i].id));
+            lines.push(format!("{} stays {dev}: {reason}", self.snap.members[i].label()));
         }
         self.explanation.extend(lines);
     }
@@ -267,7 +268,7 @@ fn weights(snap: &ClusterSnapshot, opts: &PlanOptions) -> (Vec<f64>, &'static st
             let m = &snap.members[i];
             if !opts.weights.is_empty() {
                 basis = "configured weights";
-                *opts.weights.get(&m.id).unwrap_or(&1.0)
+                weight_of(m, &opts.weights)
             } else if all_have_capacity {
                 basis = "capacity";
                 m.capacity_bytes.unwrap_or(0) as f64
@@ -277,6 +278,12 @@ fn weights(snap: &ClusterSnapshot, opts: &PlanOptions) -> (Vec<f64>, &'static st
         })
         .collect();
     (weight, basis)
+}
+
+/// A member's configured weight: keyed by its id, or else by its address or
+/// `hostname:port` (which follow the address, not the member); 1 when not named.
+fn weight_of(m: &crate::model::Member, weights: &std::collections::BTreeMap<String, f64>) -> f64 {
+    weights.get(&m.id).or_else(|| weights.iter().find(|(k, _)| m.is_named(k)).map(|(_, w)| w)).copied().unwrap_or(1.0)
 }
 
 /// Each member's zone as a small number (zones sorted by name), `None` without a zone.

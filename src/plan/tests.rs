@@ -268,6 +268,30 @@ fn weights_replace_capacities_and_zero_drains() {
 }
 
 #[test]
+fn a_weight_keyed_by_id_follows_the_member_and_one_keyed_by_address_the_address() {
+    let mut members = make_members(3);
+    for (i, m) in members.iter_mut().enumerate() {
+        m.address = format!("10.0.0.{}:6379", i + 1);
+    }
+    members[1].hostname = Some("redis-1".into());
+    let s = make_snapshot(members, &(0..300).map(|i| (MIB, vec![(i % 3) as MemberIdx])).collect::<Vec<_>>());
+    let mut o = opts(0);
+    o.weights.insert("m1".into(), 2.0);
+    o.weights.insert("redis-1:6379".into(), 3.0);
+    // An address another member had: weighs nothing here.
+    o.weights.insert("10.0.0.9:6379".into(), 7.0);
+    let p = plan(&s, &o).unwrap();
+    let targets: Vec<u64> = p.members.iter().map(|m| m.target_bytes / MIB).collect();
+    assert_eq!(targets, vec![100, 150, 50]);
+    // By address: the member at 10.0.0.3 weighs 0 (a key by id wins over one by address).
+    o.weights.insert("10.0.0.3:6379".into(), 0.0);
+    o.weights.insert("10.0.0.1:6379".into(), 0.0);
+    let p = plan(&s, &o).unwrap();
+    let targets: Vec<u64> = p.members.iter().map(|m| m.target_bytes / MIB).collect();
+    assert_eq!(targets, vec![120, 180, 0]);
+}
+
+#[test]
 fn only_named_receivers_receive() {
     let mut members = make_members(4);
     members[0].draining = true;

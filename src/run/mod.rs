@@ -56,6 +56,13 @@ impl Trigger {
     }
 }
 
+/// `cluster.member-id` (or the first seed) as the backend names the member for good
+/// (Redis: the node id of the node an address or hostname names now). The coordinator's
+/// records (lock holder, evacuation, registration) and the metric labels use it.
+pub async fn stable_member_id(config: &Config) -> Result<String, crate::cluster::ClusterError> {
+    AnyCluster::from_config(config)?.member_id(&config.member_id()).await
+}
+
 /// Everything a run needs, built once per process.
 pub struct Context {
     pub config: Config,
@@ -82,6 +89,8 @@ pub struct RunStatus {
     pub last_report: Option<Vec<crate::report::MemberReport>>,
     /// What the last snapshot observed: how sizes were taken, engine, per-member facts.
     pub observed: Option<crate::model::Observed>,
+    /// Where the local member was at the last snapshot (its id stays; this may change).
+    pub address: Option<String>,
 }
 
 impl Context {
@@ -132,7 +141,12 @@ impl Context {
         let mut snap = self.cluster.snapshot().await.map_err(RunError::Snapshot)?;
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_snapshot(&snap);
-        self.status.lock().unwrap().observed = Some(snap.observed.clone());
+        {
+            let mut status = self.status.lock().unwrap();
+            status.observed = Some(snap.observed.clone());
+            let me = snap.member_index(self.coordinator.member()).map(|i| &snap.members[i as usize]);
+            status.address = me.map(|m| m.address.clone());
+        }
         let evacuations = match self.coordinator.evacuations().await {
             Ok(ev) => ev,
             Err(e) => {

@@ -169,7 +169,9 @@ struct Tasks {
 
 /// Runs the daemon until `shutdown` is cancelled, SIGTERM/SIGINT arrive, or a supervised
 /// task fails (then the answer is that failure).
-pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
+pub async fn serve(mut config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    let Some(member) = named_member(&config, &shutdown).await else { return Ok(()) };
+    config.cluster.member_id = Some(member);
     let listen = config.api.listen.clone();
     let grace = shutdown_timeout(&config);
     let token = read_token(&config)?;
@@ -188,6 +190,34 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Si
     match sc.supervisor.failure() {
         Some(f) => Err(f.into()),
         None => Ok(()),
+    }
+}
+
+/// The local member's stable id: asks the cluster until it answers (a pod's data node
+/// may start after its sidecar), every failure logged. None: shutdown came first.
+async fn named_member(config: &Config, shutdown: &CancellationToken) -> Option<String> {
+    let named = config.member_id();
+    let signalled = signals(shutdown.clone());
+    tokio::pin!(signalled);
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let answer = tokio::select! {
+            _ = &mut signalled => return None,
+            a = crate::run::stable_member_id(config) => a,
+        };
+        match answer {
+            Ok(id) => {
+                if id != named {
+                    info!(member = %id, named = %named, "the member is named by its node id");
+                }
+                return Some(id);
+            }
+            Err(e) => warn!(member = %named, cause = %e, retry_in = ?wait, "cannot name the local member yet"),
+        }
+        tokio::select! {
+            _ = &mut signalled => return None,
+            _ = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(10)),
+        }
     }
 }
 

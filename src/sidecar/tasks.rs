@@ -118,6 +118,7 @@ impl Sidecar {
         };
         serde_json::json!({
             "member": self.member(),
+            "address": status.address,
             "api": self.ctx.config.api.listen,
             "version": env!("CARGO_PKG_VERSION"),
             "state": state,

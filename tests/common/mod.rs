@@ -60,17 +60,37 @@ impl SidecarProc {
 
     /// As `start`, with more lines for the `[api]` section.
     pub fn start_with(dir: &Path, name: &str, config: &str, api_extra: &str) -> SidecarProc {
+        let mut p = Self::written(dir, name, config, api_extra);
+        p.spawn();
+        p
+    }
+
+    /// As `start`, without waiting for `/healthz` (a sidecar that cannot start serving).
+    pub fn start_unready(dir: &Path, name: &str, config: &str) -> SidecarProc {
+        let mut p = Self::written(dir, name, config, "");
+        p.spawn_process();
+        p
+    }
+
+    fn written(dir: &Path, name: &str, config: &str, api_extra: &str) -> SidecarProc {
         let port = autobalancer_testkit::free_port();
         let api = format!("127.0.0.1:{port}");
         let text = format!("{config}\n[api]\nlisten = \"{api}\"\n{api_extra}\n");
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, text).unwrap();
-        let mut p = SidecarProc { child: None, api, log: dir.join(format!("{name}.log")), config: cfg };
-        p.spawn();
-        p
+        SidecarProc { child: None, api, log: dir.join(format!("{name}.log")), config: cfg }
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_process();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while get(&self.url("/healthz")).is_err() {
+            assert!(Instant::now() < deadline, "sidecar did not answer /healthz: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = bin()
             .args(["run", "--config", self.config.to_str().unwrap()])
@@ -80,11 +100,6 @@ impl SidecarProc {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while get(&self.url("/healthz")).is_err() {
-            assert!(Instant::now() < deadline, "sidecar did not answer /healthz: {}", self.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -171,16 +171,10 @@ impl RedisCluster {
     /// in a seed's view. Its own view is the truth about its role (a seed may lag behind
     /// a failover).
     async fn own_view(&self, member: &str) -> Result<(NodeLine, Vec<NodeLine>), HandoffError> {
-        let addr = match self.cluster_nodes(member).await {
-            Ok(view) if view.iter().any(|n| n.is_myself()) => return myself(member, view),
-            _ => {
-                let seed = self.seed_nodes().await.map_err(HandoffError::Backend)?;
-                let node = seed.into_iter().find(|n| n.is_named(member));
-                node.ok_or_else(|| HandoffError::UnknownMember(member.to_string()))?.addr
-            }
-        };
-        let view = self.cluster_nodes(&addr).await.map_err(HandoffError::Backend)?;
-        myself(&addr, view)
+        match self.node_named(member).await.map_err(HandoffError::Backend)? {
+            Some(found) => Ok(found),
+            None => Err(HandoffError::UnknownMember(member.to_string())),
+        }
     }
 
     /// Refuses while a slot of the master is open: MIGRATING or IMPORTING (the legacy
@@ -288,13 +282,6 @@ impl RedisCluster {
             Err(_) => "unknown (no answer in time)".to_string(),
         }
     }
-}
-
-/// The `myself` line of a node's own view, with the view.
-fn myself(addr: &str, view: Vec<NodeLine>) -> Result<(NodeLine, Vec<NodeLine>), HandoffError> {
-    let me = view.iter().find(|n| n.is_myself()).cloned();
-    let me = me.ok_or_else(|| HandoffError::Backend(format!("{addr}: CLUSTER NODES has no myself line")))?;
-    Ok((me, view))
 }
 
 #[cfg(test)]

@@ -122,6 +122,17 @@ impl Cluster for RedisCluster {
         self.observe().await
     }
 
+    /// The node id of the node `name` names.
+    async fn member_id(&self, name: &str) -> Result<String, ClusterError> {
+        match self.node_named(name).await {
+            Ok(Some((node, _))) => Ok(node.id),
+            Ok(None) => Err(ClusterError::Config(format!(
+                "cluster.member-id {name:?} names no node of the cluster (give its node id, ip:port or hostname:port)"
+            ))),
+            Err(e) => Err(ClusterError::Connect(e)),
+        }
+    }
+
     async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
         self.repair_from_truth(opts).await
     }

@@ -106,11 +106,14 @@ impl RedisCluster {
 
     /// The member a master is, with its health, and the facts beside it.
     fn member(&self, m: &NodeLine, view: &Result<MasterView, String>) -> (Member, MemberFacts) {
-        let mut member = Member::new(&m.addr);
+        // Named by its node id: it stays with the node's data when its address changes.
+        let mut member = Member::new(&m.id);
+        member.address = m.addr.clone();
+        member.hostname = m.hostname.clone();
         let v = match view {
             Ok(v) => v,
             Err(cause) => {
-                warn!(member = %m.addr, cause = %cause, "master is down or unreachable");
+                warn!(member = %m.id, node = %m.addr, cause = %cause, "master is down or unreachable");
                 member.health = Health::Down;
                 return (member, MemberFacts::default());
             }
@@ -119,7 +122,7 @@ impl RedisCluster {
         member.capacity_bytes = (max > 0).then_some(max);
         let critical = max > 0 && used.saturating_mul(100) > max.saturating_mul(self.critical_percent as u64);
         if !v.info.cluster_ok {
-            warn!(member = %m.addr, "node reports cluster_state other than ok");
+            warn!(member = %m.id, node = %m.addr, "node reports cluster_state other than ok");
         }
         if critical || !v.info.cluster_ok {
             member.health = Health::Critical;
@@ -175,16 +178,15 @@ fn engine(views: &[&MasterView]) -> Option<String> {
 
 /// Slots MIGRATING or IMPORTING, from either side's own view.
 fn open_migrations(topo: &Topology) -> Vec<OpenMigration> {
+    // Named as members are: by node id (an id no master has any more stays as it is).
     let mut open = Vec::new();
     for m in &topo.masters {
         let Some(me) = topo.myself.get(&m.addr) else { continue };
         for (slot, to) in &me.migrating {
-            let to = topo.master_by_id(to).map(|t| t.addr.clone());
-            open.push(OpenMigration { bucket: *slot as u64, from: Some(m.addr.clone()), to });
+            open.push(OpenMigration { bucket: *slot as u64, from: Some(m.id.clone()), to: Some(to.clone()) });
         }
         for (slot, from) in &me.importing {
-            let from = topo.master_by_id(from).map(|t| t.addr.clone());
-            open.push(OpenMigration { bucket: *slot as u64, from, to: Some(m.addr.clone()) });
+            open.push(OpenMigration { bucket: *slot as u64, from: Some(from.clone()), to: Some(m.id.clone()) });
         }
     }
     open.sort_by_key(|o| o.bucket);
@@ -196,8 +198,9 @@ fn replicas(topo: &Topology) -> Vec<Replica> {
     topo.replicas
         .iter()
         .map(|r| Replica {
-            id: r.addr.clone(),
-            master: r.master_id.as_ref().and_then(|id| topo.master_by_id(id)).map(|m| m.addr.clone()),
+            id: r.id.clone(),
+            address: r.addr.clone(),
+            master: r.master_id.clone(),
             healthy: !r.is_failed(),
         })
         .collect()

@@ -171,6 +171,25 @@ impl RedisCluster {
         parse_nodes(&text)
     }
 
+    /// The node `name` names (its id, ip:port or hostname:port) and the view it was found
+    /// in: the node itself when `name` is an address that answers (its `myself` line: a
+    /// reused address names the node there now), otherwise a seed's view. None: no node.
+    pub(super) async fn node_named(&self, name: &str) -> Result<Option<(NodeLine, Vec<NodeLine>)>, String> {
+        if let Ok(view) = self.cluster_nodes(name).await
+            && let Some(me) = view.iter().find(|n| n.is_myself()).cloned()
+        {
+            return Ok(Some((me, view)));
+        }
+        let seen = self.seed_nodes().await?;
+        let Some(node) = seen.iter().find(|n| n.is_named(name)).cloned() else { return Ok(None) };
+        // Its own view: the seed's may lag behind a failover.
+        let view = self.cluster_nodes(&node.addr).await?;
+        match view.iter().find(|n| n.is_myself()).cloned() {
+            Some(me) => Ok(Some((me, view))),
+            None => Err(format!("{}: CLUSTER NODES has no myself line", node.addr)),
+        }
+    }
+
     /// CLUSTER NODES from the first seed that answers.
     pub(super) async fn seed_nodes(&self) -> Result<Vec<NodeLine>, String> {
         let mut last = String::from("no seeds configured");

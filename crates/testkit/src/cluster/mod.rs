@@ -8,6 +8,7 @@
 //! with the client certificate.
 
 mod data;
+mod readdress;
 pub use data::digest_diff;
 mod start;
 mod views;
@@ -138,6 +139,8 @@ pub struct Node {
     pub id: String,
     /// Index of the master it replicates.
     pub replica_of: Option<usize>,
+    /// Its files (nodes.conf: its id; dump.rdb after a SAVE).
+    pub dir: PathBuf,
 }
 
 impl Node {

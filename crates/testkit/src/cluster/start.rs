@@ -51,21 +51,35 @@ fn spawn_nodes(binary: &Path, dir: &Path, spec: &ClusterSpec, tls: Option<&TlsFi
     for i in 0..masters * (1 + spec.replicas) {
         let port = free_port();
         let d = dir.join(format!("node-{port}"));
-        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
-            .args(server_args(port, &d, spec.password.as_deref(), tls))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        let proc = spawn_node(binary, port, &d, spec.password.as_deref(), tls, spec.engine)?;
         nodes.push(Node {
             port,
-            proc: Some(Proc::new(child, format!("{}-{port}", spec.engine))),
+            proc: Some(proc),
             id: String::new(),
             replica_of: (i >= masters).then(|| (i - masters) % masters),
+            dir: d,
         });
     }
     Ok(nodes)
+}
+
+/// Starts one server on `port` with its files in `dir` (created if need be).
+pub(super) fn spawn_node(
+    binary: &Path,
+    port: u16,
+    dir: &Path,
+    password: Option<&str>,
+    tls: Option<&TlsFiles>,
+    engine: crate::Engine,
+) -> Result<Proc> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let child = Command::new(binary)
+        .args(server_args(port, dir, password, tls))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    Ok(Proc::new(child, format!("{engine}-{port}")))
 }
 
 /// The command line of one node; the same for Redis 7 and Valkey 9. With TLS the node
@@ -116,17 +130,21 @@ impl LocalCluster {
     /// Waits for each node to answer and records its id (10 s at most per node).
     async fn read_ids(&mut self) -> Result<()> {
         for i in 0..self.nodes.len() {
-            let addr = self.nodes[i].addr();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            self.nodes[i].id = loop {
-                match self.text(&addr, &["CLUSTER", "MYID"]).await {
-                    Ok(id) => break id,
-                    Err(e) if Instant::now() > deadline => return Err(e),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            };
+            self.nodes[i].id = self.my_id(&self.nodes[i].addr()).await?;
         }
         Ok(())
+    }
+
+    /// The id of the node at `addr`, once it answers (10 s at most).
+    pub(super) async fn my_id(&self, addr: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.text(addr, &["CLUSTER", "MYID"]).await {
+                Ok(id) => return Ok(id),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// Every node meets the first one; gossip does the rest.
@@ -159,19 +177,24 @@ impl LocalCluster {
 
     /// `ACL SETUSER` on every node: users are not replicated nor gossiped.
     async fn create_user(&self) -> Result<()> {
+        for n in &self.nodes {
+            self.create_user_on(&n.addr()).await?;
+        }
+        Ok(())
+    }
+
+    /// `ACL SETUSER` on one node (a node that started again has lost its users).
+    pub(super) async fn create_user_on(&self, addr: &str) -> Result<()> {
         let Some(u) = &self.user else { return Ok(()) };
         let password = format!(">{}", u.password);
         let mut command = vec!["ACL", "SETUSER", &u.name, "reset", "on", &password];
         let rules = acl_args(&u.rules);
         command.extend(rules.iter().map(String::as_str));
-        for n in &self.nodes {
-            self.ok(&n.addr(), &command).await?;
-        }
-        Ok(())
+        self.ok(addr, &command).await
     }
 
     /// Sends a command that answers OK.
-    async fn ok(&self, addr: &str, command: &[&str]) -> Result<()> {
+    pub(super) async fn ok(&self, addr: &str, command: &[&str]) -> Result<()> {
         let mut con = self.conn(addr).await?;
         let mut c = redis::cmd(command[0]);
         for a in &command[1..] {

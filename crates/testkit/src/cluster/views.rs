@@ -91,7 +91,7 @@ impl LocalCluster {
     }
 
     /// Polls every live node's CLUSTER NODES until `settled` holds for all.
-    async fn wait_views(&self, what: &str, settled: impl Fn(&str) -> bool) -> Result<()> {
+    pub(super) async fn wait_views(&self, what: &str, settled: impl Fn(&str) -> bool) -> Result<()> {
         let deadline = Instant::now() + SETTLE;
         loop {
             let mut all = true;
