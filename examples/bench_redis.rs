@@ -35,7 +35,7 @@ async fn exact_bytes(c: &LocalCluster) -> (Vec<String>, Vec<u64>) {
     let mut owner = vec![String::new(); 16384];
     let mut bytes = vec![0u64; 16384];
     for b in &s.buckets {
-        owner[b.id as usize] = s.members[b.copies[0] as usize].id.clone();
+        owner[b.id as usize] = s.members[b.copies[0] as usize].address.clone();
         bytes[b.id as usize] = b.bytes;
     }
     (owner, bytes)
