@@ -61,22 +61,28 @@ impl Member {
 
     /// How messages name it: the id, with the address when that says more.
     pub fn label(&self) -> String {
-        if self.address.is_empty() || self.address == self.id {
-            self.id.clone()
-        } else {
-            format!("{} ({})", self.id, self.address)
-        }
+        member_label(&self.id, &self.address)
     }
 
-    /// Whether `name` names this member: its id, its address, or `hostname:port` (the
-    /// port of its address).
+    /// Whether `name` names this member: its id, its address, or `hostname:port`.
     pub fn is_named(&self, name: &str) -> bool {
-        if self.id == name || self.address == name {
-            return true;
-        }
-        let port = self.address.rsplit_once(':').map(|(_, p)| p);
-        matches!((&self.hostname, port, name.rsplit_once(':')), (Some(h), Some(p), Some((nh, np))) if h == nh && p == np)
+        names(&self.id, &self.address, self.hostname.as_deref(), name)
     }
+}
+
+/// A member as messages and tables name it: its id, and its address when that says more.
+pub fn member_label(id: &str, address: &str) -> String {
+    if address.is_empty() || address == id { id.to_string() } else { format!("{id} ({address})") }
+}
+
+/// Whether `name` names the member or node with this id, address (`ip:port`) and
+/// announced hostname: the id, the address, or `hostname:port` (the address's port).
+pub fn names(id: &str, address: &str, hostname: Option<&str>, name: &str) -> bool {
+    if id == name || address == name {
+        return true;
+    }
+    let port = address.rsplit_once(':').map(|(_, p)| p);
+    matches!((hostname, port, name.rsplit_once(':')), (Some(h), Some(p), Some((nh, np))) if h == nh && p == np)
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::human_bytes as hb;
 use crate::decide::{Decision, Thresholds};
-use crate::model::ClusterSnapshot;
+use crate::model::{ClusterSnapshot, member_label};
 use crate::plan::{MemberPlan, Move, MoveKind, Plan};
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -19,11 +19,6 @@ pub struct MoveOut {
     pub from: String,
     pub to: String,
     pub bytes: u64,
-}
-
-/// A member in a table: its id and, when that says more, where it is now.
-fn label(id: &str, address: &str) -> String {
-    if address.is_empty() { id.to_string() } else { format!("{id} {address}") }
 }
 
 /// Per member after a real run, in buckets and bytes (Cisco ESC's rebalance answer).
@@ -161,7 +156,7 @@ impl Answer {
     /// One row per member, the figures against the thresholds, the decision in a sentence.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let w = self.members.iter().map(|m| label(&m.id, &m.address).len()).max().unwrap_or(0).max(24);
+        let w = self.members.iter().map(|m| member_label(&m.id, &m.address).len()).max().unwrap_or(0).max(24);
         let _ = writeln!(
             out,
             "{:<w$} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
@@ -172,7 +167,7 @@ impl Answer {
             let _ = writeln!(
                 out,
                 "{:<w$} {:>12} {:>12} {:>12} {:>8} {:>15} {:>15}",
-                label(&m.id, &m.address),
+                member_label(&m.id, &m.address),
                 hb(m.before.bytes),
                 hb(m.target_bytes),
                 hb(m.after.bytes),
@@ -207,7 +202,7 @@ impl Answer {
                 let _ = writeln!(
                     out,
                     "{:<w$} {:>10} {:>10} {:>10} {:>10} {:>14}",
-                    label(&r.id, &r.address),
+                    member_label(&r.id, &r.address),
                     r.previous_buckets,
                     r.requested_unload,
                     r.accepted_unload,

@@ -45,9 +45,7 @@ impl NodeLine {
     }
     /// Whether `name` names this node: its id, `ip:port`, or `hostname:port`.
     pub fn is_named(&self, name: &str) -> bool {
-        let port = self.addr.rsplit_once(':').map(|(_, p)| p);
-        let host_port = self.hostname.as_deref().zip(port).map(|(h, p)| format!("{h}:{p}"));
-        self.id == name || self.addr == name || host_port.as_deref() == Some(name)
+        crate::model::names(&self.id, &self.addr, self.hostname.as_deref(), name)
     }
 }
 
