@@ -69,7 +69,7 @@ impl Coordinator {
     /// Applies `f` to the standalone state's kept part and saves it.
     pub(crate) async fn update_kept<T>(&self, f: impl FnOnce(&mut Kept) -> T) -> Result<T, LockError> {
         let Backend::Local(s) = &self.backend else { unreachable!("standalone state asked for with etcd") };
-        let mut s = s.lock().await;
+        let mut s = s.lock().expect("local state");
         let out = f(&mut s.kept);
         s.save()?;
         Ok(out)
@@ -78,7 +78,7 @@ impl Coordinator {
     /// A copy of the standalone state's kept part.
     pub(crate) async fn kept(&self) -> Kept {
         let Backend::Local(s) = &self.backend else { unreachable!("standalone state asked for with etcd") };
-        s.lock().await.kept.clone()
+        s.lock().expect("local state").kept.clone()
     }
 }
 

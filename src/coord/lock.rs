@@ -84,7 +84,7 @@ impl Coordinator {
         let holder = Holder { member: self.member.clone(), started_at: Utc::now(), operation: operation.to_string() };
         match &self.backend {
             Backend::Local(state) => {
-                let mut s = state.lock().await;
+                let mut s = state.lock().expect("local state");
                 if let Some((_, h)) = &s.holder {
                     return Ok(Acquire::HeldElsewhere(h.clone()));
                 }
@@ -148,7 +148,7 @@ impl Coordinator {
             return Err(FenceError::KeepAliveLost);
         }
         match (&self.backend, guard.id) {
-            (Backend::Local(state), LockId::Local(id)) => match &state.lock().await.holder {
+            (Backend::Local(state), LockId::Local(id)) => match &state.lock().expect("local state").holder {
                 Some((h, _)) if *h == id => Ok(()),
                 Some((_, h)) => Err(FenceError::HeldElsewhere(format!("in-process, by {}", h.member))),
                 None => Err(FenceError::Expired),
@@ -174,7 +174,7 @@ impl Coordinator {
         guard.stop_keepalive.cancel();
         match (&self.backend, guard.id) {
             (Backend::Local(state), LockId::Local(id)) => {
-                let mut s = state.lock().await;
+                let mut s = state.lock().expect("local state");
                 if s.holder.as_ref().is_some_and(|(h, _)| *h == id) {
                     s.holder = None;
                 }
@@ -191,7 +191,7 @@ impl Coordinator {
     /// The current holder, if any.
     pub async fn holder(&self) -> Result<Option<Holder>, LockError> {
         match &self.backend {
-            Backend::Local(s) => Ok(s.lock().await.holder.as_ref().map(|(_, h)| h.clone())),
+            Backend::Local(s) => Ok(s.lock().expect("local state").holder.as_ref().map(|(_, h)| h.clone())),
             Backend::Etcd(_) => self.get_json(self.keys.lock()).await,
         }
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions};
 use serde::Serialize;
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use crate::config::{Config, EtcdConfig};
 use local::LocalState;
@@ -84,7 +84,7 @@ impl Keys {
 pub(crate) struct EtcdBackend {
     options: ConnectOptions,
     endpoints: Vec<String>,
-    client: std::sync::Mutex<Option<Client>>,
+    client: Mutex<Option<Client>>,
 }
 
 pub(crate) enum Backend {
@@ -98,7 +98,8 @@ pub struct Coordinator {
     pub(crate) member: String,
     pub(crate) ttl: Duration,
     /// Registration lease (etcd), re-granted when lost.
-    pub(crate) registration: Mutex<Option<i64>>,
+    /// Held across the lease's renewal (its own task only).
+    pub(crate) registration: tokio::sync::Mutex<Option<i64>>,
 }
 
 impl Coordinator {
@@ -178,7 +179,7 @@ impl Coordinator {
                     })
                     .collect();
                 (
-                    Backend::Etcd(Box::new(EtcdBackend { options, endpoints, client: std::sync::Mutex::new(None) })),
+                    Backend::Etcd(Box::new(EtcdBackend { options, endpoints, client: Mutex::new(None) })),
                     format!("{}/{cluster_id}", e.prefix.trim_end_matches('/')),
                     e.lease_ttl.0,
                 )
@@ -189,7 +190,7 @@ impl Coordinator {
             keys: Keys { base },
             member: member.to_string(),
             ttl,
-            registration: Mutex::new(None),
+            registration: tokio::sync::Mutex::new(None),
         })
     }
 

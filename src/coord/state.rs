@@ -105,7 +105,7 @@ impl Coordinator {
     pub async fn register(&self, state: &serde_json::Value) -> Result<(), LockError> {
         match &self.backend {
             Backend::Local(s) => {
-                s.lock().await.sidecars.insert(self.member.clone(), state.clone());
+                s.lock().expect("local state").sidecars.insert(self.member.clone(), state.clone());
                 Ok(())
             }
             Backend::Etcd(_) => {
@@ -138,7 +138,7 @@ impl Coordinator {
     pub async fn deregister(&self) {
         match &self.backend {
             Backend::Local(s) => {
-                s.lock().await.sidecars.remove(&self.member);
+                s.lock().expect("local state").sidecars.remove(&self.member);
             }
             Backend::Etcd(_) => {
                 if let Some(l) = self.registration.lock().await.take() {
@@ -150,7 +150,7 @@ impl Coordinator {
 
     pub async fn sidecars(&self) -> Result<Vec<serde_json::Value>, LockError> {
         match &self.backend {
-            Backend::Local(s) => Ok(s.lock().await.sidecars.values().cloned().collect()),
+            Backend::Local(s) => Ok(s.lock().expect("local state").sidecars.values().cloned().collect()),
             Backend::Etcd(_) => self.list_json(self.keys.sidecars()).await,
         }
     }
