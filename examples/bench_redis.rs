@@ -8,44 +8,19 @@
 //! and bytes moved from the owners before and after, and every key and value is
 //! compared before and after.
 
-use std::collections::BTreeMap;
+mod bench_common;
+
 use std::process::Command;
 use std::time::Instant;
 
-use autobalancer::cluster::Cluster;
-use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster};
+use autobalancer_testkit::{ClusterSpec, Engine};
+use bench_common::{Row, exact_bytes, print_header, print_row, row};
 
-struct Row {
-    tool: &'static str,
-    wall: f64,
-    slots_moved: usize,
-    bytes_moved: u64,
-    masters_mb: Vec<f64>,
-    max_dev: f64,
-    intact: bool,
-}
-
-async fn exact_bytes(c: &LocalCluster) -> (Vec<String>, Vec<u64>) {
-    let mut cfg = autobalancer::config::Config::default();
-    cfg.cluster.id = "bench".into();
-    cfg.cluster.seeds = c.master_addrs();
-    cfg.cluster.slot_sample_keys = 10_000;
-    let rc = autobalancer::cluster::redis::RedisCluster::from_config(&cfg).unwrap();
-    let s = rc.snapshot().await.unwrap();
-    let mut owner = vec![String::new(); 16384];
-    let mut bytes = vec![0u64; 16384];
-    for b in &s.buckets {
-        owner[b.id as usize] = s.members[b.copies[0] as usize].address.clone();
-        bytes[b.id as usize] = b.bytes;
-    }
-    (owner, bytes)
-}
-
-async fn run(engine: Engine, tool: &'static str, keys: usize, bin: &str) -> Row {
+async fn run(engine: Engine, tool: &str, keys: usize, bin: &str) -> Row {
     let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(keys, 42).await.unwrap();
     let digest = c.digest().await.unwrap();
-    let (owner0, bytes0) = exact_bytes(&c).await;
+    let before = exact_bytes(&c).await;
     let seed = c.master_addrs()[0].clone();
     let t0 = Instant::now();
     let status = match tool {
@@ -83,24 +58,8 @@ async fn run(engine: Engine, tool: &'static str, keys: usize, bin: &str) -> Row 
     let wall = t0.elapsed().as_secs_f64();
     assert!(status.success(), "{tool} failed");
     c.wait_ok(std::time::Duration::from_secs(30)).await.unwrap();
-    let (owner1, bytes1) = exact_bytes(&c).await;
-    let moved: Vec<usize> = (0..16384).filter(|&s| owner0[s] != owner1[s]).collect();
-    let mut per: BTreeMap<String, u64> = c.master_addrs().into_iter().map(|a| (a, 0)).collect();
-    for s in 0..16384 {
-        *per.entry(owner1[s].clone()).or_default() += bytes1[s];
-    }
-    let total: u64 = per.values().sum();
-    let mean = total as f64 / per.len() as f64;
-    let max_dev = per.values().map(|&b| (b as f64 - mean).abs() / mean).fold(0.0, f64::max);
-    Row {
-        tool,
-        wall,
-        slots_moved: moved.len(),
-        bytes_moved: moved.iter().map(|&s| bytes0[s]).sum(),
-        masters_mb: per.values().map(|&b| b as f64 / 1e6).collect(),
-        max_dev,
-        intact: c.digest().await.unwrap() == digest && c.open_slots().await.unwrap().is_empty(),
-    }
+    let intact = c.digest().await.unwrap() == digest && c.open_slots().await.unwrap().is_empty();
+    row(&c, &before, wall, intact).await
 }
 
 #[tokio::main]
@@ -110,22 +69,8 @@ async fn main() {
     args.retain(|a| a != "--valkey");
     let keys: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(200_000);
     let bin = args.get(2).cloned().unwrap_or_else(|| "target/release/autobalancer".into());
-    println!(
-        "| tool | wall time (s) | slots moved | bytes moved (MB) | masters after (MB) | max byte deviation | every key intact |"
-    );
-    println!("|---|---|---|---|---|---|---|");
+    print_header("tool");
     for tool in ["redis-cli", "autobalancer"] {
-        let r = run(engine, tool, keys, &bin).await;
-        let mb: Vec<String> = r.masters_mb.iter().map(|m| format!("{m:.1}")).collect();
-        println!(
-            "| {} | {:.2} | {} | {:.1} | {} | {:.1}% | {} |",
-            r.tool,
-            r.wall,
-            r.slots_moved,
-            r.bytes_moved as f64 / 1e6,
-            mb.join(", "),
-            100.0 * r.max_dev,
-            if r.intact { "yes" } else { "NO" }
-        );
+        print_row(tool, &run(engine, tool, keys, &bin).await);
     }
 }

@@ -8,6 +8,8 @@
 //! same keys. Bytes per master are measured exactly before and after, and every key and
 //! value is compared before and after.
 
+mod bench_common;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,38 +19,10 @@ use autobalancer::cluster::redis::RedisCluster;
 use autobalancer::model::ClusterSnapshot;
 use autobalancer::plan::{Move, PlanOptions, plan};
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster};
+use bench_common::{Row, backend, exact_bytes, print_header, print_row, row};
 
 const WAYS: [&str; 4] =
     ["redis-cli", "autobalancer, defaults (atomic)", "autobalancer, legacy mover", "floor: MIGRATESLOTS by hand"];
-
-struct Row {
-    wall: f64,
-    slots_moved: usize,
-    bytes_moved: u64,
-    masters_mb: Vec<f64>,
-    max_dev: f64,
-    intact: bool,
-}
-
-fn backend(c: &LocalCluster) -> RedisCluster {
-    let mut cfg = autobalancer::config::Config::default();
-    cfg.cluster.id = "bench".into();
-    cfg.cluster.seeds = c.master_addrs();
-    cfg.cluster.slot_sample_keys = 10_000;
-    RedisCluster::from_config(&cfg).unwrap()
-}
-
-/// Slot owner (its address) and exact bytes of every slot.
-async fn exact_bytes(c: &LocalCluster) -> (Vec<String>, Vec<u64>) {
-    let s = backend(c).snapshot().await.unwrap();
-    let mut owner = vec![String::new(); 16384];
-    let mut bytes = vec![0u64; 16384];
-    for b in &s.buckets {
-        owner[b.id as usize] = s.members[b.copies[0] as usize].address.clone();
-        bytes[b.id as usize] = b.bytes;
-    }
-    (owner, bytes)
-}
 
 /// A snapshot and its plan (tolerance 2%), the moves grouped by (source, target).
 async fn planned(rc: &RedisCluster) -> (ClusterSnapshot, Vec<Vec<Move>>) {
@@ -163,27 +137,14 @@ async fn run(way: &str, keys: usize, bin: &str) -> Row {
     let c = ClusterSpec::new(Engine::Valkey, 3, 1).start().await.unwrap();
     c.load_skewed(keys, 42).await.unwrap();
     let before = digest(&c).await;
-    let (owner0, bytes0) = exact_bytes(&c).await;
+    let slots = exact_bytes(&c).await;
     let wall = match way {
         "floor: MIGRATESLOTS by hand" => floor(&c).await,
         _ => cli(&c, way, bin),
     };
     c.wait_ok(Duration::from_secs(30)).await.unwrap();
-    let (owner1, bytes1) = exact_bytes(&c).await;
-    let moved: Vec<usize> = (0..16384).filter(|&s| owner0[s] != owner1[s]).collect();
-    let mut per: BTreeMap<String, u64> = c.master_addrs().into_iter().map(|a| (a, 0)).collect();
-    for s in 0..16384 {
-        *per.entry(owner1[s].clone()).or_default() += bytes1[s];
-    }
-    let mean = per.values().sum::<u64>() as f64 / per.len() as f64;
-    Row {
-        wall,
-        slots_moved: moved.len(),
-        bytes_moved: moved.iter().map(|&s| bytes0[s]).sum(),
-        masters_mb: per.values().map(|&b| b as f64 / 1e6).collect(),
-        max_dev: per.values().map(|&b| (b as f64 - mean).abs() / mean).fold(0.0, f64::max),
-        intact: digest(&c).await == before && c.open_slots().await.unwrap().is_empty(),
-    }
+    let intact = digest(&c).await == before && c.open_slots().await.unwrap().is_empty();
+    row(&c, &slots, wall, intact).await
 }
 
 #[tokio::main]
@@ -193,24 +154,11 @@ async fn main() {
     let bin = args.get(2).cloned().unwrap_or_else(|| "target/release/autobalancer".into());
     println!("Valkey: {}", Engine::Valkey.server_version().unwrap());
     println!();
-    println!(
-        "| way | wall time (s) | slots moved | bytes moved (MB) | masters after (MB) | max byte deviation | every key intact |"
-    );
-    println!("|---|---|---|---|---|---|---|");
+    print_header("way");
     // BENCH_WAYS="defaults,floor": only the ways whose names contain one of these words.
     let only: Vec<String> =
         std::env::var("BENCH_WAYS").map(|w| w.split(',').map(String::from).collect()).unwrap_or_default();
     for way in WAYS.into_iter().filter(|w| only.is_empty() || only.iter().any(|o| w.contains(o.as_str()))) {
-        let r = run(way, keys, &bin).await;
-        let mb: Vec<String> = r.masters_mb.iter().map(|m| format!("{m:.1}")).collect();
-        println!(
-            "| {way} | {:.2} | {} | {:.1} | {} | {:.1}% | {} |",
-            r.wall,
-            r.slots_moved,
-            r.bytes_moved as f64 / 1e6,
-            mb.join(", "),
-            100.0 * r.max_dev,
-            if r.intact { "yes" } else { "NO" }
-        );
+        print_row(way, &run(way, keys, &bin).await);
     }
 }
