@@ -21,6 +21,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, StreamExt};
 use rand::seq::index::sample;
 
 use super::{PIPELINE, RedisCluster, SLOTS};
@@ -106,25 +107,35 @@ impl SizeCache {
     }
 }
 
-/// Keeps one master's measuring within its keys-per-second budget.
-struct KeyBudget {
-    per_second: u64,
-    started: Instant,
-    spent: u64,
+/// Keeps each master's measuring within `cluster.sizing-keys-per-second`: a token bucket
+/// per master, kept for the life of the backend. It holds one second's worth of keys, so
+/// a master holding fewer keys than that is measured at once, and a larger one at the
+/// budget's rate on average; a snapshot and the check after a run draw on the same bucket.
+pub(super) struct KeyBudget {
+    limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+    burst: u32,
 }
 
 impl KeyBudget {
-    fn new(per_second: u64) -> KeyBudget {
-        KeyBudget { per_second, started: Instant::now(), spent: 0 }
+    /// `per_second` keys per master; 0 = no limit.
+    pub(super) fn new(per_second: u64) -> KeyBudget {
+        let burst = u32::try_from(per_second).unwrap_or(u32::MAX);
+        let limiter =
+            std::num::NonZeroU32::new(burst).map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n)));
+        KeyBudget { limiter, burst }
     }
 
-    /// Waits until `n` more keys may be measured.
-    async fn take(&mut self, n: u64) {
-        if self.per_second > 0 {
-            let due = self.started + Duration::from_secs_f64(self.spent as f64 / self.per_second as f64);
-            tokio::time::sleep_until(due.into()).await;
+    /// Waits until `n` more keys may be measured on `addr`.
+    async fn take(&self, addr: &str, mut n: u64) {
+        let Some(limiter) = &self.limiter else { return };
+        let key = addr.to_string();
+        while n > 0 {
+            let part = n.min(self.burst as u64) as u32;
+            let cells = std::num::NonZeroU32::new(part).expect("part > 0");
+            // `part` never exceeds the bucket, so the wait always ends.
+            let _ = limiter.until_key_n_ready(&key, cells).await;
+            n -= part as u64;
         }
-        self.spent += n;
     }
 }
 
@@ -149,6 +160,12 @@ const WHOLE_SLOT_FACTOR: u64 = 4;
 const LIST_KEYS: u64 = 8192;
 /// Slots listed per round trip at most.
 const LIST_SLOTS: usize = 512;
+/// Groups of slots measured at once on one master: the next group's keys are listed
+/// while the last one's are measured.
+const GROUPS_IN_FLIGHT: usize = 2;
+/// MEMORY USAGE pipelines in flight on one master's connection: the server works on one
+/// while the client sends the next and reads the last.
+const PIPELINES_IN_FLIGHT: usize = 3;
 
 impl RedisCluster {
     /// Key counts of `slots` on `addr`. With `slot_stats` (the node runs Valkey 8 or
@@ -192,7 +209,7 @@ impl RedisCluster {
                 (_, None) => todo.push((slot, keys)),
             }
         }
-        let mut budget = KeyBudget::new(opts.keys_per_second);
+        let mut groups = Vec::new();
         let mut start = 0;
         while start < todo.len() {
             let mut end = start;
@@ -201,12 +218,19 @@ impl RedisCluster {
                 listed += todo[end].1;
                 end += 1;
             }
-            for (slot, size) in self.measure_group(addr, &todo[start..end], &mut budget).await? {
+            groups.push(&todo[start..end]);
+            start = end;
+        }
+        // The futures are made before the stream, which then holds no closure: a stream
+        // over a borrowing closure is not `Send` in a trait's async method.
+        let groups: Vec<_> = groups.into_iter().map(|g| self.measure_group(addr, g)).collect();
+        let mut measured = stream::iter(groups).buffered(GROUPS_IN_FLIGHT);
+        while let Some(sizes) = measured.next().await {
+            for (slot, size) in sizes? {
                 self.sizes.put(slot, size);
                 out.keys_measured_now += size.keys.min(self.measured_per_slot(size.keys));
                 out.slots.push((slot, size));
             }
-            start = end;
         }
         Ok(out)
     }
@@ -223,12 +247,7 @@ impl RedisCluster {
     }
 
     /// Lists the keys of a group of slots and measures them (all, or a random sample).
-    async fn measure_group(
-        &self,
-        addr: &str,
-        group: &[(u16, u64)],
-        budget: &mut KeyBudget,
-    ) -> Result<Vec<(u16, SlotSize)>, String> {
+    async fn measure_group(&self, addr: &str, group: &[(u16, u64)]) -> Result<Vec<(u16, SlotSize)>, String> {
         let mut p = redis::pipe();
         for &(slot, keys) in group {
             p.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(keys);
@@ -245,7 +264,7 @@ impl RedisCluster {
             }
         }
         let flat: Vec<&[u8]> = chosen.iter().flatten().map(Vec::as_slice).collect();
-        let usage = self.memory_usage(addr, &flat, budget).await?;
+        let usage = self.memory_usage(addr, &flat).await?;
         let mut sizes = Vec::with_capacity(group.len());
         let mut at = 0;
         for (&(slot, counted), keys) in group.iter().zip(&chosen) {
@@ -263,38 +282,38 @@ impl RedisCluster {
     /// elements it looks at depend on the node's hash table). Keys the first pass finds
     /// large are measured again with `SAMPLES` [`REFINE_SAMPLES`]: exact for aggregates of
     /// up to that many elements, a bounded cost for huge ones (never `SAMPLES 0`).
-    async fn memory_usage(&self, addr: &str, keys: &[&[u8]], budget: &mut KeyBudget) -> Result<Vec<u64>, String> {
-        let mut out = self.memory_usage_pass(addr, keys, None, budget).await?;
+    async fn memory_usage(&self, addr: &str, keys: &[&[u8]]) -> Result<Vec<u64>, String> {
+        let mut out = self.memory_usage_pass(addr, keys, None).await?;
         let large: Vec<usize> = (0..keys.len()).filter(|&i| out[i] >= REFINE_BYTES).collect();
         let again: Vec<&[u8]> = large.iter().map(|&i| keys[i]).collect();
-        let refined = self.memory_usage_pass(addr, &again, Some(REFINE_SAMPLES), budget).await?;
+        let refined = self.memory_usage_pass(addr, &again, Some(REFINE_SAMPLES)).await?;
         for (i, bytes) in large.into_iter().zip(refined) {
             out[i] = bytes;
         }
         Ok(out)
     }
 
-    async fn memory_usage_pass(
-        &self,
-        addr: &str,
-        keys: &[&[u8]],
-        samples: Option<u32>,
-        budget: &mut KeyBudget,
-    ) -> Result<Vec<u64>, String> {
+    async fn memory_usage_pass(&self, addr: &str, keys: &[&[u8]], samples: Option<u32>) -> Result<Vec<u64>, String> {
         // A refined key costs the server up to REFINE_SAMPLES element visits: charge it.
         let weight = if samples.is_some() { REFINE_WEIGHT } else { 1 };
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(PIPELINE / 2) {
-            budget.take(chunk.len() as u64 * weight).await;
-            let mut p = redis::pipe();
-            for k in chunk {
-                p.cmd("MEMORY").arg("USAGE").arg(*k);
-                if let Some(n) = samples {
-                    p.arg("SAMPLES").arg(n);
+        let pass: Vec<_> = keys
+            .chunks(PIPELINE / 2)
+            .map(|chunk| async move {
+                self.budget.take(addr, chunk.len() as u64 * weight).await;
+                let mut p = redis::pipe();
+                for k in chunk {
+                    p.cmd("MEMORY").arg("USAGE").arg(*k);
+                    if let Some(n) = samples {
+                        p.arg("SAMPLES").arg(n);
+                    }
                 }
-            }
-            let u: Vec<Option<u64>> = self.conns.pipeline(addr, &p).await?;
-            out.extend(u.into_iter().map(Option::unwrap_or_default));
+                self.conns.pipeline::<Option<u64>>(addr, &p).await
+            })
+            .collect();
+        let mut replies = stream::iter(pass).buffered(PIPELINES_IN_FLIGHT);
+        let mut out = Vec::with_capacity(keys.len());
+        while let Some(u) = replies.next().await {
+            out.extend(u?.into_iter().map(Option::unwrap_or_default));
         }
         Ok(out)
     }
@@ -354,13 +373,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn budget_spreads_keys_over_time() {
-        let mut b = KeyBudget::new(10_000);
+    async fn the_budget_lets_one_seconds_worth_through_then_holds_the_rate() {
+        let b = KeyBudget::new(1000);
         let t = Instant::now();
-        for _ in 0..5 {
-            b.take(1000).await;
-        }
-        // Five takes of 1000 at 10k/s: the fifth may start at 0.4 s, not before.
-        assert!(t.elapsed() >= Duration::from_millis(390), "{:?}", t.elapsed());
+        // One take larger than the bucket: 1000 at once, 1000 a second later, then 500.
+        b.take("a:1", 2500).await;
+        assert!(t.elapsed() >= Duration::from_millis(1450), "{:?}", t.elapsed());
+        // The unlimited budget never waits, however much is taken.
+        let free = KeyBudget::new(0);
+        free.take("a:1", u64::MAX).await;
     }
 }
