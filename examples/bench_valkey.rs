@@ -103,6 +103,10 @@ fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
         ),
     )
     .unwrap();
+    let log = std::env::var_os("BENCH_LOG").is_some();
+    if log {
+        eprintln!("{} spawned", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
     let t0 = Instant::now();
     let status = match way {
         "redis-cli" => Command::new("redis-cli")
@@ -113,7 +117,7 @@ fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
             .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--force"])
             .stdout(Stdio::null())
             // BENCH_LOG=1 shows the run's log (where its time goes).
-            .stderr(if std::env::var_os("BENCH_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
             .status(),
     };
     assert!(status.unwrap().success(), "{way} failed");
