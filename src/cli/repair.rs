@@ -38,9 +38,7 @@ pub fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitC
         if let Ok(r) = &report
             && !dry_run
         {
-            for b in &r.intents_done {
-                let _ = ctx.coordinator.clear_move(*b).await;
-            }
+            let _ = ctx.coordinator.clear_moves(&r.intents_done).await;
         }
         ctx.coordinator.release(guard).await;
         let r = report?;

@@ -51,10 +51,10 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
     }
 
     async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
-        self.record(s, mv).await?;
+        self.record(s, std::slice::from_ref(mv)).await?;
         let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
         let result = self.inner.move_bucket(s, mv, &fenced).await;
-        self.settle(mv, &result).await;
+        self.settle(std::slice::from_ref(mv), std::slice::from_ref(&result)).await;
         result
     }
 
@@ -72,75 +72,82 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
         moves: &[Move],
         pace: &P,
     ) -> Vec<Result<MoveStats, ClusterError>> {
-        for (i, mv) in moves.iter().enumerate() {
-            if let Err(e) = self.record(s, mv).await {
-                // Nothing of the group started: the intents recorded so far are cleared.
-                for done in &moves[..i] {
-                    let _ = self.coordinator.clear_move(done.bucket).await;
-                }
-                return moves
-                    .iter()
-                    .map(|m| match &e {
-                        ClusterError::Fenced { .. } => {
-                            Err(ClusterError::Fenced { bucket: m.bucket, cause: FenceError::NotHolder })
-                        }
-                        e => Err(ClusterError::Move { bucket: m.bucket, message: e.to_string(), open: false }),
-                    })
-                    .collect();
-            }
+        if let Err(e) = self.record(s, moves).await {
+            // Nothing of the group started: whatever intents were recorded are cleared.
+            let all: Vec<u64> = moves.iter().map(|m| m.bucket).collect();
+            let _ = self.coordinator.clear_moves(&all).await;
+            return moves
+                .iter()
+                .map(|m| match &e {
+                    ClusterError::Fenced { .. } => {
+                        Err(ClusterError::Fenced { bucket: m.bucket, cause: FenceError::NotHolder })
+                    }
+                    e => Err(ClusterError::Move { bucket: m.bucket, message: e.to_string(), open: false }),
+                })
+                .collect();
         }
         let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
         let results = self.inner.move_group(s, moves, &fenced).await;
-        for (mv, r) in moves.iter().zip(&results) {
-            self.settle(mv, r).await;
-        }
+        self.settle(moves, &results).await;
         results
     }
 }
 
 impl<C> Recorded<'_, C> {
-    /// Records the move's intent; the move does not start without it.
-    async fn record(&self, s: &ClusterSnapshot, mv: &Move) -> Result<(), ClusterError>
+    /// Records the intents of `moves`, which start together; none starts without its
+    /// intent.
+    async fn record(&self, s: &ClusterSnapshot, moves: &[Move]) -> Result<(), ClusterError>
     where
         C: Cluster,
     {
-        if !self.inner.moves_can_be_left_open() {
+        if !self.inner.moves_can_be_left_open() || moves.is_empty() {
             return Ok(());
         }
-        let intent = MoveIntent {
-            bucket: mv.bucket,
-            from: s.members[mv.from as usize].id.clone(),
-            to: s.members[mv.to as usize].id.clone(),
-            holder: self.guard.holder.member.clone(),
-            started_at: Utc::now(),
-        };
-        self.coordinator.record_move(self.guard, &intent).await.map_err(|e| match e {
-            // The lock is gone: the run stops as lock_lost, not as a failed move.
-            LockError::NotHolder => ClusterError::Fenced { bucket: mv.bucket, cause: FenceError::NotHolder },
-            e => ClusterError::Move {
+        let intents: Vec<MoveIntent> = moves
+            .iter()
+            .map(|mv| MoveIntent {
                 bucket: mv.bucket,
+                from: s.members[mv.from as usize].id.clone(),
+                to: s.members[mv.to as usize].id.clone(),
+                holder: self.guard.holder.member.clone(),
+                started_at: Utc::now(),
+            })
+            .collect();
+        let bucket = moves[0].bucket;
+        self.coordinator.record_moves(self.guard, &intents).await.map_err(|e| match e {
+            // The lock is gone: the run stops as lock_lost, not as a failed move.
+            LockError::NotHolder => ClusterError::Fenced { bucket, cause: FenceError::NotHolder },
+            e => ClusterError::Move {
+                bucket,
                 message: format!("could not record the move's intent, so it did not start: {e}"),
                 open: false,
             },
         })
     }
 
-    /// Removes the intent of a move that committed or rolled back; one left open keeps
+    /// Removes the intents of moves that committed or rolled back; one left open keeps
     /// it for the next holder's repair.
-    async fn settle(&self, mv: &Move, result: &Result<MoveStats, ClusterError>)
+    async fn settle(&self, moves: &[Move], results: &[Result<MoveStats, ClusterError>])
     where
         C: Cluster,
     {
         if !self.inner.moves_can_be_left_open() {
             return;
         }
-        let settled = match result {
-            Ok(_) => true,
-            Err(ClusterError::Move { open, .. }) => !open,
-            Err(_) => false,
-        };
-        if settled && let Err(e) = self.coordinator.clear_move(mv.bucket).await {
-            warn!(bucket = mv.bucket, cause = %e, "could not clear the move's intent; the next run's repair clears it");
+        let settled: Vec<u64> = moves
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| match r {
+                Ok(_) => true,
+                Err(ClusterError::Move { open, .. }) => !open,
+                Err(_) => false,
+            })
+            .map(|(mv, _)| mv.bucket)
+            .collect();
+        if !settled.is_empty()
+            && let Err(e) = self.coordinator.clear_moves(&settled).await
+        {
+            warn!(buckets = settled.len(), cause = %e, "could not clear settled moves' intents; the next run's repair clears them");
         }
     }
 }

@@ -16,23 +16,41 @@ use super::lock::{LockGuard, LockId};
 use super::{Backend, Coordinator, LockError};
 use crate::model::MoveIntent;
 
+/// Operations in one etcd transaction at most: half of etcd's default `--max-txn-ops`
+/// (128), so a server configured lower than the default still takes them.
+const TXN_OPS: usize = 64;
+
 impl Coordinator {
     /// Records `intent` before its move starts; fails when the lock is no longer ours.
     pub async fn record_move(&self, guard: &LockGuard, intent: &MoveIntent) -> Result<(), LockError> {
+        self.record_moves(guard, std::slice::from_ref(intent)).await
+    }
+
+    /// Records the intents of moves that start together (one atomic job moves a group of
+    /// slots): a transaction per [`TXN_OPS`] intents, each on the condition that the lock
+    /// is still ours, instead of one round trip and one disk sync per slot. Fails when
+    /// the lock is no longer ours; the intents of earlier transactions stay recorded, and
+    /// the caller clears them.
+    pub async fn record_moves(&self, guard: &LockGuard, intents: &[MoveIntent]) -> Result<(), LockError> {
         match (&self.backend, guard.id) {
             (Backend::Local(_), _) => {
-                self.update_kept(|k| k.moves.insert(intent.bucket, intent.clone())).await?;
+                self.update_kept(|k| k.moves.extend(intents.iter().map(|i| (i.bucket, i.clone())))).await?;
                 Ok(())
             }
             (Backend::Etcd(_), LockId::Lease(lease)) => {
-                let value = serde_json::to_vec(intent).expect("intent serializes");
-                let txn = Txn::new()
-                    .when([Compare::lease(self.keys.lock(), CompareOp::Equal, lease)])
-                    .and_then([TxnOp::put(self.keys.move_intent(intent.bucket), value, None)]);
-                match self.etcd(|mut c| async move { c.txn(txn).await }).await?.succeeded() {
-                    true => Ok(()),
-                    false => Err(LockError::NotHolder),
+                for chunk in intents.chunks(TXN_OPS) {
+                    let puts = chunk.iter().map(|i| {
+                        let value = serde_json::to_vec(i).expect("intent serializes");
+                        TxnOp::put(self.keys.move_intent(i.bucket), value, None)
+                    });
+                    let txn = Txn::new()
+                        .when([Compare::lease(self.keys.lock(), CompareOp::Equal, lease)])
+                        .and_then(puts.collect::<Vec<_>>());
+                    if !self.etcd(|mut c| async move { c.txn(txn).await }).await?.succeeded() {
+                        return Err(LockError::NotHolder);
+                    }
                 }
+                Ok(())
             }
             _ => Err(LockError::NotHolder),
         }
@@ -40,12 +58,25 @@ impl Coordinator {
 
     /// Removes the intent of a move that committed, rolled back or was settled.
     pub async fn clear_move(&self, bucket: u64) -> Result<(), LockError> {
+        self.clear_moves(&[bucket]).await
+    }
+
+    /// Removes the intents of `buckets`, a transaction per [`TXN_OPS`].
+    pub async fn clear_moves(&self, buckets: &[u64]) -> Result<(), LockError> {
         match &self.backend {
             Backend::Local(_) => {
-                self.update_kept(|k| k.moves.remove(&bucket)).await?;
+                self.update_kept(|k| buckets.iter().for_each(|b| _ = k.moves.remove(b))).await?;
                 Ok(())
             }
-            Backend::Etcd(_) => self.delete(self.keys.move_intent(bucket)).await,
+            Backend::Etcd(_) => {
+                for chunk in buckets.chunks(TXN_OPS) {
+                    let deletes: Vec<TxnOp> =
+                        chunk.iter().map(|b| TxnOp::delete(self.keys.move_intent(*b), None)).collect();
+                    let txn = Txn::new().and_then(deletes);
+                    self.etcd(|mut c| async move { c.txn(txn).await }).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -128,5 +159,35 @@ mod tests {
         assert!(!c.claim_scheduled_slot(&g, 90).await.unwrap(), "never backwards");
         assert!(c.claim_scheduled_slot(&g, 160).await.unwrap());
         assert_eq!(c.scheduled_slot().await.unwrap(), Some(160));
+    }
+
+    fn intent(bucket: u64) -> MoveIntent {
+        MoveIntent { bucket, from: "a".into(), to: "b".into(), holder: "m1".into(), started_at: Utc::now() }
+    }
+
+    /// A group's intents go to etcd in transactions of at most `TXN_OPS`, each only while
+    /// the lock is ours; clearing them takes as few.
+    #[tokio::test]
+    async fn a_groups_intents_are_recorded_in_etcd_together_and_only_under_the_lock() {
+        let etcd = autobalancer_testkit::LocalEtcd::start().unwrap();
+        let cfg = crate::config::EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "/ab-intents".into(),
+            ..Default::default()
+        };
+        let c = Coordinator::new(Some(&cfg), "x", "m1").unwrap();
+        let Acquire::Acquired(g) = c.try_lock("manual").await.unwrap() else { panic!("not acquired") };
+        let intents: Vec<MoveIntent> = (0..150).map(intent).collect();
+        assert!(intents.len() > 2 * TXN_OPS, "more than two transactions' worth");
+        c.record_moves(&g, &intents).await.unwrap();
+        assert_eq!(c.moves().await.unwrap(), intents);
+        c.clear_moves(&(0..100).collect::<Vec<u64>>()).await.unwrap();
+        assert_eq!(c.moves().await.unwrap(), intents[100..].to_vec());
+        // The lease is gone (expired, or revoked as here): nothing more is recorded.
+        let LockId::Lease(lease) = g.id else { panic!("an etcd lock has a lease") };
+        c.etcd(|mut e| async move { e.lease_revoke(lease).await }).await.unwrap();
+        let more: Vec<MoveIntent> = (200..210).map(intent).collect();
+        assert!(matches!(c.record_moves(&g, &more).await, Err(LockError::NotHolder)));
+        assert_eq!(c.moves().await.unwrap().len(), 50, "no intent of the refused group");
     }
 }

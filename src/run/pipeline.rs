@@ -134,10 +134,10 @@ impl Context {
             Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, format!("repair: {e}")))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
-        for b in &r.intents_done {
-            if let Err(e) = self.coordinator.clear_move(*b).await {
-                warn!(bucket = b, cause = %e, "could not clear a settled move intent; the next run clears it");
-            }
+        if !r.intents_done.is_empty()
+            && let Err(e) = self.coordinator.clear_moves(&r.intents_done).await
+        {
+            warn!(buckets = r.intents_done.len(), cause = %e, "could not clear settled move intents; the next run clears them");
         }
         let and_more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
         if let Some(f) = r.foreign.first() {
