@@ -18,11 +18,16 @@ use autobalancer::cluster::Cluster;
 use autobalancer::cluster::redis::RedisCluster;
 use autobalancer::model::ClusterSnapshot;
 use autobalancer::plan::{Move, PlanOptions, plan};
-use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd};
 use bench_common::{Row, backend, exact_bytes, print_header, print_row, row};
 
-const WAYS: [&str; 4] =
-    ["redis-cli", "autobalancer, defaults (atomic)", "autobalancer, legacy mover", "floor: MIGRATESLOTS by hand"];
+const WAYS: [&str; 5] = [
+    "redis-cli",
+    "autobalancer, defaults (atomic)",
+    "autobalancer, defaults, lock and intents in etcd",
+    "autobalancer, legacy mover",
+    "floor: MIGRATESLOTS by hand",
+];
 
 /// A snapshot and its plan (tolerance 2%), the moves grouped by (source, target).
 async fn planned(rc: &RedisCluster) -> (ClusterSnapshot, Vec<Vec<Move>>) {
@@ -90,6 +95,19 @@ async fn floor(c: &LocalCluster) -> f64 {
 }
 
 fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
+    // The "etcd" way: the lock and each move's intent in etcd, as a fleet of sidecars runs.
+    let etcd = way.contains("etcd").then(|| LocalEtcd::start().unwrap());
+    if let Some(e) = &etcd {
+        // A fresh etcd takes writes once it has elected itself: not part of the run's time.
+        let ready = Command::new("etcdctl")
+            .args(["--endpoints", &e.endpoint(), "put", "bench-ready", "1"])
+            .env("ETCDCTL_API", "3")
+            .stdout(Stdio::null())
+            .status();
+        assert!(ready.unwrap().success(), "etcd did not take a write");
+    }
+    let etcd_section =
+        etcd.as_ref().map(|e| format!("[etcd]\nendpoints = [\"{}\"]\n", e.endpoint())).unwrap_or_default();
     let seed = c.master_addrs()[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
@@ -98,7 +116,7 @@ fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
     std::fs::write(
         &cfg,
         format!(
-            "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\nmigration = \"{migration}\"\n",
+            "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\nmigration = \"{migration}\"\n{etcd_section}",
             seeds.join(",")
         ),
     )
