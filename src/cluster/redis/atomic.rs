@@ -147,10 +147,13 @@ impl RedisCluster {
         let bytes: u64 = group.iter().map(|mv| mv.bytes).sum();
         let estimates: HashMap<u16, u64> = slots.iter().copied().zip(group.iter().map(|mv| mv.bytes)).collect();
         let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
-        let keys = self.key_counts(&src, &slots, slot_stats).await.unwrap_or_else(|_| vec![0; slots.len()]);
         pace.take(bytes).await;
         let started = Instant::now();
-        let mut ends = self.transfer(&topo, &src, &dst, &dst_id, &slots, &estimates).await;
+        // The source's key counts are asked for first on its connection, which the server
+        // answers in order: they are read before the job starts, without waiting for them.
+        let counting = self.key_counts(&src, &slots, slot_stats);
+        let (keys, mut ends) = tokio::join!(counting, self.transfer(&topo, &src, &dst, &dst_id, &slots, &estimates));
+        let keys = keys.unwrap_or_else(|_| vec![0; slots.len()]);
         let mut out = Vec::with_capacity(group.len());
         for ((mv, slot), keys) in group.iter().zip(&slots).zip(keys) {
             self.sizes.forget(*slot);
