@@ -21,11 +21,6 @@ use autobalancer::report::Answer;
 use autobalancer::run::{Outcome, Trigger};
 use autobalancer::sidecar::SidecarError;
 
-/// Sizing and moving allocate a small buffer per key, from several threads: mimalloc's
-/// per-thread heaps serve that with less contention and fewer page faults than glibc's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[path = "cli/evacuate.rs"]
 mod evacuate;
 #[path = "cli/handoff.rs"]
