@@ -447,6 +447,22 @@ mod tests {
         max_groups: AtomicUsize,
     }
 
+    /// The backend methods no executor test reaches: a run's snapshot and repair happen
+    /// before the executor.
+    macro_rules! no_snapshot_or_repair {
+        () => {
+            async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+                unreachable!()
+            }
+            async fn repair(
+                &self,
+                _: &crate::cluster::RepairOptions,
+            ) -> Result<crate::cluster::RepairReport, ClusterError> {
+                Ok(Default::default())
+            }
+        };
+    }
+
     impl Recorder {
         fn new(delay_ms: u64) -> Recorder {
             Recorder {
@@ -464,15 +480,7 @@ mod tests {
     }
 
     impl Cluster for Recorder {
-        async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
-            unreachable!()
-        }
-        async fn repair(
-            &self,
-            _: &crate::cluster::RepairOptions,
-        ) -> Result<crate::cluster::RepairReport, ClusterError> {
-            Ok(Default::default())
-        }
+        no_snapshot_or_repair!();
         async fn move_bucket<P: Pace>(
             &self,
             _s: &ClusterSnapshot,
@@ -617,15 +625,7 @@ mod tests {
     }
 
     impl Cluster for Contended {
-        async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
-            unreachable!()
-        }
-        async fn repair(
-            &self,
-            _: &crate::cluster::RepairOptions,
-        ) -> Result<crate::cluster::RepairReport, ClusterError> {
-            Ok(Default::default())
-        }
+        no_snapshot_or_repair!();
         async fn move_bucket<P: Pace>(&self, _: &ClusterSnapshot, mv: &Move, _: &P) -> Result<MoveStats, ClusterError> {
             if mv.bucket == self.sleeper {
                 tokio::time::sleep(Duration::from_millis(50)).await;
