@@ -21,16 +21,11 @@ use crate::model::MoveIntent;
 const TXN_OPS: usize = 64;
 
 impl Coordinator {
-    /// Records `intent` before its move starts; fails when the lock is no longer ours.
-    pub async fn record_move(&self, guard: &LockGuard, intent: &MoveIntent) -> Result<(), LockError> {
-        self.record_moves(guard, std::slice::from_ref(intent)).await
-    }
-
-    /// Records the intents of moves that start together (one atomic job moves a group of
-    /// slots): a transaction per [`TXN_OPS`] intents, each on the condition that the lock
-    /// is still ours, instead of one round trip and one disk sync per slot. Fails when
-    /// the lock is no longer ours; the intents of earlier transactions stay recorded, and
-    /// the caller clears them.
+    /// Records the intents of moves before they start (one move, or the group of slots
+    /// one atomic job moves): a transaction per [`TXN_OPS`] intents, each on the condition
+    /// that the lock is still ours, instead of one round trip and one disk sync per slot.
+    /// Fails when the lock is no longer ours; the intents of earlier transactions stay
+    /// recorded, and the caller clears them.
     pub async fn record_moves(&self, guard: &LockGuard, intents: &[MoveIntent]) -> Result<(), LockError> {
         match (&self.backend, guard.id) {
             (Backend::Local(_), _) => {
@@ -56,12 +51,8 @@ impl Coordinator {
         }
     }
 
-    /// Removes the intent of a move that committed, rolled back or was settled.
-    pub async fn clear_move(&self, bucket: u64) -> Result<(), LockError> {
-        self.clear_moves(&[bucket]).await
-    }
-
-    /// Removes the intents of `buckets`, a transaction per [`TXN_OPS`].
+    /// Removes the intents of moves that committed, rolled back or were settled, a
+    /// transaction per [`TXN_OPS`].
     pub async fn clear_moves(&self, buckets: &[u64]) -> Result<(), LockError> {
         match &self.backend {
             Backend::Local(_) => {
@@ -150,9 +141,9 @@ mod tests {
         let Acquire::Acquired(g) = c.try_lock("scheduled").await.unwrap() else { panic!("not acquired") };
         let intent =
             MoveIntent { bucket: 9, from: "a".into(), to: "b".into(), holder: "m1".into(), started_at: Utc::now() };
-        c.record_move(&g, &intent).await.unwrap();
+        c.record_moves(&g, std::slice::from_ref(&intent)).await.unwrap();
         assert_eq!(c.moves().await.unwrap(), vec![intent]);
-        c.clear_move(9).await.unwrap();
+        c.clear_moves(&[9]).await.unwrap();
         assert!(c.moves().await.unwrap().is_empty());
         assert!(c.claim_scheduled_slot(&g, 100).await.unwrap());
         assert!(!c.claim_scheduled_slot(&g, 100).await.unwrap(), "a slot runs once");

@@ -98,7 +98,7 @@ mod tests {
         {
             let c = Coordinator::standalone("x", "m1", Some(&path)).unwrap();
             let Acquire::Acquired(g) = c.try_lock("scheduled").await.unwrap() else { panic!("not acquired") };
-            c.record_move(&g, &intent).await.unwrap();
+            c.record_moves(&g, std::slice::from_ref(&intent)).await.unwrap();
             assert!(c.claim_scheduled_slot(&g, 100).await.unwrap());
             c.set_paused(Some("ops".into())).await.unwrap();
         }
@@ -106,7 +106,7 @@ mod tests {
         assert_eq!(c.moves().await.unwrap().iter().map(|m| m.bucket).collect::<Vec<_>>(), [7]);
         assert_eq!(c.scheduled_slot().await.unwrap(), Some(100));
         assert_eq!(c.paused().await.unwrap().as_deref(), Some("ops"));
-        c.clear_move(7).await.unwrap();
+        c.clear_moves(&[7]).await.unwrap();
         let c = Coordinator::standalone("x", "m1", Some(&path)).unwrap();
         assert!(c.moves().await.unwrap().is_empty(), "a cleared intent stays cleared");
     }
