@@ -81,6 +81,7 @@ pub struct Metrics {
     pub sizing_duration_seconds: Histogram,
     /// Age of the oldest bucket size the last snapshot used (cached sizes age).
     pub sizing_age_seconds: Gauge,
+    pub size_refresh_timestamp_seconds: Gauge,
     /// 1 while etcd answers the heartbeat (always 1 when standalone).
     pub etcd_up: IntGauge,
     /// Buckets still on the local member while it is evacuated (0 otherwise).
@@ -188,6 +189,10 @@ impl Metrics {
             snapshot_duration_seconds: r.histogram("snapshot_duration_seconds", "Duration of a snapshot."),
             sizing_duration_seconds: r.histogram("sizing_duration_seconds", "Duration of sizing a snapshot's buckets."),
             sizing_age_seconds: r.gauge("sizing_age_seconds", "Age of the oldest bucket size the last snapshot used."),
+            size_refresh_timestamp_seconds: r.gauge(
+                "size_refresh_timestamp_seconds",
+                "When this sidecar last measured (and published) its sizes ahead of runs, Unix seconds (0: not yet).",
+            ),
             etcd_up: r.int_gauge("etcd_up", "1 while etcd answers the heartbeat (1 when standalone)."),
             evacuation_buckets_left: r.int_gauge(
                 "evacuation_buckets_left",
@@ -329,6 +334,7 @@ mod tests {
             "autobalancer_lock_age_seconds 0",
             "autobalancer_sizing_duration_seconds_count 0",
             "autobalancer_sizing_age_seconds 0",
+            "autobalancer_size_refresh_timestamp_seconds 0",
             "autobalancer_size_threshold_ratio 0",
             "autobalancer_etcd_up 0",
             "autobalancer_evacuation_buckets_left 0",

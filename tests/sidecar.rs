@@ -40,12 +40,34 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
         sidecars.iter().any(|s| s.metric("autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0)
     });
     tokio::time::sleep(Duration::from_secs(8)).await;
+    // Each measured its own master at start and published the sizes, under its lease.
+    let observer = autobalancer::coord::Coordinator::new(
+        Some(&autobalancer::config::EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "/ab-test".into(),
+            ..Default::default()
+        }),
+        "t",
+        "observer",
+    )
+    .unwrap();
+    let mut published: Vec<String> = observer.size_tables().await.unwrap().into_iter().map(|t| t.member).collect();
+    published.sort();
+    let mut ids = Vec::new();
+    for s in &sidecars {
+        let e = s.events("sizes published");
+        assert!(!e.is_empty(), "{}", s.logs());
+        ids.push(e[0]["fields"]["member"].as_str().unwrap().to_string());
+    }
+    ids.sort();
+    assert_eq!(published, ids);
     // SIGTERM: each stops cleanly and quickly.
     for s in sidecars.iter_mut() {
         let (code, took) = s.terminate();
         assert_eq!(code, Some(0), "{}", s.logs());
         assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     }
+    assert!(observer.size_tables().await.unwrap().is_empty(), "the tables went with their sidecars");
     // slot -> outcomes from every sidecar.
     let mut slots: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for s in &sidecars {

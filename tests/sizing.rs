@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 
 use autobalancer::cluster::{AnyCluster, Cluster};
 use autobalancer::config::Config;
+use autobalancer::coord::Coordinator;
 use autobalancer::model::ClusterSnapshot;
-use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, on_each_engine};
+use autobalancer::run::Context;
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd, on_each_engine};
 
 /// A small deterministic generator (the data must be the same on every run).
 struct Lcg(u64);
@@ -352,6 +354,83 @@ async fn sampled_sizes_state_their_error_bound(engine: Engine) {
     );
 }
 
+/// What a sidecar measured on its own member and published in etcd serves the lock
+/// holder's snapshot where it still holds: a slot the member still owns with the same key
+/// count. A slot that gained a key, or moved, is measured again; the table goes with its
+/// sidecar's lease.
+async fn published_sizes_serve_the_holder_where_they_still_hold(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
+    let written = load(&c, 6_000).await as u64;
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let masters = c.master_addrs();
+    let a = node_id(&c, &masters[0]).await;
+    let etcd_section = format!("[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-sizes\"\n", etcd.endpoint());
+    let write = |name: &str, member: &str| {
+        let text = format!("{}\n{etcd_section}", common::cluster_section(&c, dir.path(), Some(member)));
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        Config::load(&p).unwrap()
+    };
+    let (cfg_a, holder) = (write("a.toml", &a), write("holder.toml", &masters[1]));
+    let measured_now = |s: &ClusterSnapshot| s.observed.sizing.as_ref().unwrap().keys_measured_now;
+
+    // With nothing published, a holder measures every key.
+    let cold = Context::new(holder.clone()).unwrap().snapshot().await.unwrap();
+    assert_eq!(measured_now(&cold), written);
+
+    // A's sidecar measures its member and publishes; the table reads back as written.
+    let (table, measured) =
+        AnyCluster::from_config(&cfg_a).unwrap().measure_member(&a).await.unwrap().expect("A is a master");
+    let a_keys: u64 = table.buckets.iter().map(|b| b.keys).sum();
+    assert!(a_keys > 0 && table.buckets.iter().all(|b| b.keys > 0 && b.variance == 0.0));
+    assert_eq!(measured, a_keys, "a sidecar with a cold cache measures every key of its member");
+    let coord_a = Coordinator::for_config(&cfg_a).unwrap();
+    coord_a.publish_sizes(Some(&table)).await.unwrap();
+    assert_eq!(coord_a.size_tables().await.unwrap(), vec![table.clone()]);
+    let nobody = AnyCluster::from_config(&cfg_a).unwrap().measure_member(&"0".repeat(40)).await.unwrap();
+    assert!(nobody.is_none(), "a member owning no slot has no table");
+
+    // A holder with a cold cache measures only the slots the table does not cover, and
+    // uses the table's sizes as published.
+    let warm = Context::new(holder.clone()).unwrap().snapshot().await.unwrap();
+    assert_eq!(measured_now(&warm), written - a_keys);
+    for b in &table.buckets {
+        let got = warm.buckets.iter().find(|x| x.id == b.bucket).unwrap();
+        assert_eq!(got.bytes, b.bytes, "slot {}", b.bucket);
+    }
+    let (cold_bytes, warm_bytes) = (member_bytes(&cold), member_bytes(&warm));
+    for (addr, want) in &cold_bytes {
+        assert!(off(warm_bytes[addr], *want) <= 0.01, "{addr}: {} warm, {want} cold", warm_bytes[addr]);
+    }
+
+    // One of A's slots gains a key; another moves to the empty master. Both are measured
+    // again, the moved one where it lives now (A's table still lists it).
+    let small = |b: &&autobalancer::cluster::MeasuredBucket| b.largest_key < 1 << 20;
+    let mut mine = table.buckets.iter().filter(small);
+    let (grown, moved) = (*mine.next().unwrap(), *mine.next().unwrap());
+    let key = (0..).map(|i| format!("grown:{i}")).find(|k| crc16_slot(k) as u64 == grown.bucket).unwrap();
+    let mut con = c.conn(&masters[0]).await.unwrap();
+    redis::cmd("SET").arg(&key).arg("one more").query_async::<()>(&mut con).await.unwrap();
+    let index = cold.buckets.iter().position(|b| b.id == moved.bucket).unwrap();
+    let mv = autobalancer::plan::Move {
+        kind: autobalancer::plan::MoveKind::Copy,
+        bucket: moved.bucket,
+        bucket_index: index as u32,
+        from: cold.buckets[index].copies[0],
+        to: cold.member_named(&masters[3]).unwrap(),
+        bytes: cold.buckets[index].bytes,
+    };
+    let mover = AnyCluster::from_config(&holder).unwrap();
+    mover.move_bucket(&cold, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
+    let after = Context::new(holder.clone()).unwrap().snapshot().await.unwrap();
+    assert_eq!(measured_now(&after), written - a_keys + (grown.keys + 1) + moved.keys);
+
+    // The table lives under its sidecar's registration lease, and goes with it.
+    coord_a.deregister().await;
+    assert!(coord_a.size_tables().await.unwrap().is_empty());
+}
+
 fn crc16_slot(key: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384
 }
@@ -365,4 +444,5 @@ on_each_engine!(
     exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot,
     big_keys_pin_their_slot_and_stray_keys_are_counted,
     sampled_sizes_state_their_error_bound,
+    published_sizes_serve_the_holder_where_they_still_hold,
 );

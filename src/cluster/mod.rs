@@ -131,6 +131,50 @@ impl std::fmt::Display for StrayConflict {
     }
 }
 
+/// The bucket sizes a sidecar measured on its own member, published in etcd
+/// (`cluster.sizing-refresh`) for whichever sidecar takes the lock: it uses an entry for
+/// a bucket the member still owns, holding the same key count, measured within
+/// `cluster.sizing-max-age`, and measures the rest itself.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SizeTable {
+    pub member: String,
+    pub taken_at: DateTime<Utc>,
+    /// Buckets holding keys (an empty bucket needs no measuring).
+    pub buckets: Vec<MeasuredBucket>,
+}
+
+/// One bucket's measurement. Written as an array, `[bucket, keys, bytes, largest_key,
+/// big_keys, variance, age_ms]`, to keep a member of 16384 buckets well inside etcd's
+/// request limit.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "MeasuredRow", into = "MeasuredRow")]
+pub struct MeasuredBucket {
+    pub bucket: u64,
+    pub keys: u64,
+    pub bytes: u64,
+    pub largest_key: u64,
+    /// Keys above `execution.max-key-bytes`.
+    pub big_keys: u32,
+    /// Variance of `bytes` as an estimate (0: every key was measured).
+    pub variance: f64,
+    /// How long before the table's `taken_at` it was measured.
+    pub age_ms: u64,
+}
+
+type MeasuredRow = (u64, u64, u64, u64, u32, f64, u64);
+
+impl From<MeasuredRow> for MeasuredBucket {
+    fn from((bucket, keys, bytes, largest_key, big_keys, variance, age_ms): MeasuredRow) -> Self {
+        MeasuredBucket { bucket, keys, bytes, largest_key, big_keys, variance, age_ms }
+    }
+}
+
+impl From<MeasuredBucket> for MeasuredRow {
+    fn from(m: MeasuredBucket) -> Self {
+        (m.bucket, m.keys, m.bytes, m.largest_key, m.big_keys, m.variance, m.age_ms)
+    }
+}
+
 pub trait Cluster: Send + Sync {
     /// A consistent-enough view of members, buckets and half-done moves.
     fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, ClusterError>> + Send;
@@ -203,6 +247,35 @@ impl AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.handoff(member, within).await,
             AnyCluster::File(_) => Err(HandoffError::Unsupported),
+        }
+    }
+
+    /// Measures the buckets `member` owns (what the size cache cannot vouch for), for its
+    /// sidecar to publish. None: the member owns no buckets now (a replica), or the
+    /// backend measures nothing (a snapshot file).
+    pub async fn measure_member(&self, member: &str) -> Result<Option<(SizeTable, u64)>, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.measure_member(member).await,
+            AnyCluster::File(_) => Ok(None),
+        }
+    }
+
+    /// Keeps the size cache warm for every member (a standalone sidecar, the only one of
+    /// its cluster, measures them all). The keys measured now.
+    pub async fn warm_sizes(&self) -> Result<u64, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => {
+                let snap = c.snapshot().await?;
+                Ok(snap.observed.sizing.map_or(0, |s| s.keys_measured_now))
+            }
+            AnyCluster::File(_) => Ok(0),
+        }
+    }
+
+    /// Size tables other sidecars published, for the next snapshots to use.
+    pub fn adopt_sizes(&self, tables: Vec<SizeTable>) {
+        if let AnyCluster::Redis(c) = self {
+            c.adopt_sizes(tables);
         }
     }
 

@@ -97,6 +97,9 @@ pub struct ClusterConfig {
     pub sizing_keys_per_second: u32,
     /// A cached slot size older than this is measured again.
     pub sizing_max_age: Dur,
+    /// How often a sidecar measures its own member's slots and publishes them for the
+    /// lock holder (standalone: every master, into its own cache); 0 = never.
+    pub sizing_refresh: Dur,
     /// `cluster.sizing-sample-keys` (`slot-sample-keys`, its former name, is still read):
     /// keys measured per slot in sampled mode.
     #[serde(rename = "sizing-sample-keys", alias = "slot-sample-keys")]
@@ -128,6 +131,7 @@ impl Default for ClusterConfig {
             // costs the server about 1 us.
             sizing_keys_per_second: 100_000,
             sizing_max_age: Dur(Duration::from_secs(3600)),
+            sizing_refresh: Dur(Duration::from_secs(900)),
             slot_sample_keys: 64,
             tls: false,
             ca_file: None,

@@ -25,6 +25,7 @@ fn sizing_tls_and_mover_defaults() {
     assert_eq!(c.cluster.sizing, Sizing::Exact);
     assert_eq!(c.cluster.sizing_keys_per_second, 100_000);
     assert_eq!(c.cluster.sizing_max_age.0, Duration::from_secs(3600));
+    assert_eq!(c.cluster.sizing_refresh.0, Duration::from_secs(900));
     assert_eq!(c.cluster.slot_sample_keys, 64);
     assert!(!c.cluster.tls && c.cluster.ca_file.is_none() && c.cluster.cert_file.is_none());
     assert_eq!(c.execution.migration, Migration::Auto);
@@ -38,13 +39,14 @@ fn sizing_tls_and_mover_defaults() {
 fn the_new_keys_are_read() {
     let c = parse(&format!(
         "{MIN}sizing = \"sampled\"\nsizing-keys-per-second = 5000\nsizing-max-age = \"10m\"\nsizing-sample-keys = 200\n\
-         tls = true\nca-file = \"/ca.pem\"\n[execution]\nmigration = \"legacy\"\nmax-key-bytes = \"1GiB\"\n\
+         sizing-refresh = \"0s\"\ntls = true\nca-file = \"/ca.pem\"\n[execution]\nmigration = \"legacy\"\nmax-key-bytes = \"1GiB\"\n\
          shutdown-timeout = \"5s\"\n[log]\nlevel = \"debug\"\n"
     ))
     .unwrap();
     assert_eq!(c.cluster.sizing, Sizing::Sampled);
     assert_eq!(c.cluster.sizing_keys_per_second, 5000);
     assert_eq!(c.cluster.sizing_max_age.0, Duration::from_secs(600));
+    assert!(c.cluster.sizing_refresh.0.is_zero(), "0s: never");
     assert_eq!(c.cluster.slot_sample_keys, 200);
     assert!(c.cluster.tls);
     assert_eq!(c.execution.migration, Migration::Legacy);
@@ -92,13 +94,14 @@ fn every_enumeration_names_its_key_and_the_accepted_values() {
 #[test]
 fn sizing_budget_and_mover_limits_are_checked() {
     let e = parse(&format!(
-        "{MIN}sizing-keys-per-second = 10\n[execution]\nmax-key-bytes = 0\nshutdown-timeout = \"0s\"\n"
+        "{MIN}sizing-keys-per-second = 10\nsizing-refresh = \"2s\"\n[execution]\nmax-key-bytes = 0\nshutdown-timeout = \"0s\"\n"
     ))
     .unwrap_err();
     assert_eq!(
         e.lines(),
         vec![
             "cluster.sizing-keys-per-second must be 100..=10000000, got 10",
+            "cluster.sizing-refresh = 2s: at least 10s, or 0s to never refresh",
             "execution.max-key-bytes must be greater than 0 (a size such as \"64MiB\")",
             "execution.shutdown-timeout must be greater than 0 (a duration such as \"20s\")",
         ]

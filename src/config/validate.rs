@@ -74,6 +74,10 @@ fn cluster(c: &ClusterConfig, errs: &mut Vec<String>) {
     }
     in_range(errs, "cluster.sizing-keys-per-second", c.sizing_keys_per_second, 100..=10_000_000);
     in_range(errs, "cluster.sizing-sample-keys", c.slot_sample_keys, 1..=10_000);
+    let refresh = c.sizing_refresh.0;
+    if !refresh.is_zero() && refresh < Duration::from_secs(10) {
+        errs.push(format!("cluster.sizing-refresh = {}: at least 10s, or 0s to never refresh", c.sizing_refresh));
+    }
     tls_files(errs, "cluster", c.cert_file.is_some(), c.key_file.is_some());
     if !c.tls && (c.ca_file.is_some() || c.cert_file.is_some() || c.key_file.is_some()) {
         errs.push("cluster.ca-file, cluster.cert-file and cluster.key-file need cluster.tls = true".into());

@@ -7,6 +7,8 @@
 //! - `runs/last`: the last run's report, written only while the lock is ours (a
 //!   transaction compares the lock's lease).
 //! - `sidecars/<member>`: registration under a lease of its own.
+//! - `sizes/<member>`: the bucket sizes a sidecar measured on its member, under the same
+//!   lease (`cluster.sizing-refresh`).
 //! - `paused`, `evacuations/<member>`: persistent, written by operators.
 //!
 //! Layout: this file owns the connection (client, timeouts, the in-process stand-in) and
@@ -75,6 +77,9 @@ impl Keys {
     }
     pub(crate) fn move_intent(&self, bucket: u64) -> String {
         format!("{}/moves/{bucket}", self.base)
+    }
+    pub(crate) fn sizes(&self) -> String {
+        format!("{}/sizes/", self.base)
     }
     pub(crate) fn scheduled(&self) -> String {
         format!("{}/runs/scheduled", self.base)

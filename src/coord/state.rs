@@ -1,4 +1,5 @@
-//! Records kept in the coordinator: the last run, pause, evacuations, registrations.
+//! Records kept in the coordinator: the last run, pause, evacuations, registrations, the
+//! size tables sidecars publish.
 //!
 //! Owns: their types and keys' contents. Does not own: the lock ([`super::lock`]).
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lock::{LockGuard, LockId};
 use super::{Backend, Coordinator, LockError};
+use crate::cluster::SizeTable;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
@@ -109,28 +111,62 @@ impl Coordinator {
                 Ok(())
             }
             Backend::Etcd(_) => {
-                let mut reg = self.registration.lock().await;
-                let ttl = self.ttl.as_secs().max(1) as i64;
-                let lease = match *reg {
-                    Some(l) => {
-                        let alive = self
-                            .etcd(|mut c| async move {
-                                let (mut k, mut s) = c.lease_keep_alive(l).await?;
-                                k.keep_alive().await?;
-                                Ok(s.message().await?.map(|r| r.ttl()).unwrap_or(0))
-                            })
-                            .await;
-                        match alive {
-                            Ok(t) if t > 0 => l,
-                            _ => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
-                        }
-                    }
-                    None => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
-                };
-                *reg = Some(lease);
+                let lease = self.registration_lease().await?;
                 let key = format!("{}{}", self.keys.sidecars(), self.member);
                 self.put_json(key, state, Some(lease)).await
             }
+        }
+    }
+
+    /// The lease this sidecar's records live under: kept alive, or granted again when
+    /// lost. They vanish with it when the sidecar does.
+    async fn registration_lease(&self) -> Result<i64, LockError> {
+        let mut reg = self.registration.lock().await;
+        let ttl = self.ttl.as_secs().max(1) as i64;
+        let lease = match *reg {
+            Some(l) => {
+                let alive = self
+                    .etcd(|mut c| async move {
+                        let (mut k, mut s) = c.lease_keep_alive(l).await?;
+                        k.keep_alive().await?;
+                        Ok(s.message().await?.map(|r| r.ttl()).unwrap_or(0))
+                    })
+                    .await;
+                match alive {
+                    Ok(t) if t > 0 => l,
+                    _ => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
+                }
+            }
+            None => self.etcd(|mut c| async move { c.lease_grant(ttl, None).await }).await?.id(),
+        };
+        *reg = Some(lease);
+        Ok(lease)
+    }
+
+    /// Publishes the sizes this sidecar measured on its member (None: it owns no buckets
+    /// now, and a table it published before is withdrawn). Under the registration's
+    /// lease: a table goes with its sidecar. Standalone: nothing to publish to (the only
+    /// sidecar keeps its sizes in its own cache).
+    pub async fn publish_sizes(&self, table: Option<&SizeTable>) -> Result<(), LockError> {
+        if self.is_standalone() {
+            return Ok(());
+        }
+        let key = format!("{}{}", self.keys.sizes(), self.member);
+        match table {
+            Some(t) => {
+                let lease = self.registration_lease().await?;
+                self.put_json(key, t, Some(lease)).await
+            }
+            None => self.delete(key).await,
+        }
+    }
+
+    /// The size tables the sidecars published (none standalone). A table that cannot be
+    /// read is left out: its buckets are measured.
+    pub async fn size_tables(&self) -> Result<Vec<SizeTable>, LockError> {
+        match &self.backend {
+            Backend::Local(_) => Ok(Vec::new()),
+            Backend::Etcd(_) => self.list_json(self.keys.sizes()).await,
         }
     }
 

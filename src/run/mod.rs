@@ -138,6 +138,7 @@ impl Context {
     /// As `snapshot`, also returning the evacuations it applied (one read of etcd).
     async fn snapshot_and_evacuations(&self) -> Result<(ClusterSnapshot, Vec<Evacuation>), RunError> {
         let t0 = Instant::now();
+        self.adopt_published_sizes().await;
         let mut snap = self.cluster.snapshot().await.map_err(RunError::Snapshot)?;
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_snapshot(&snap);
@@ -160,6 +161,18 @@ impl Context {
             }
         }
         Ok((snap, evacuations))
+    }
+
+    /// The sizes other sidecars measured on their members (`cluster.sizing-refresh`), for
+    /// the snapshot to use where they still hold. Without them it measures those slots.
+    async fn adopt_published_sizes(&self) {
+        if self.coordinator.is_standalone() {
+            return;
+        }
+        match self.coordinator.size_tables().await {
+            Ok(tables) => self.cluster.adopt_sizes(tables),
+            Err(e) => warn!(cause = %e, "cannot read the sizes sidecars published; measuring every slot"),
+        }
     }
 
     pub fn plan(&self, snap: &ClusterSnapshot) -> Result<Plan, RunError> {

@@ -238,6 +238,7 @@ impl Sidecar {
             ("scheduler", sup.spawn("scheduler", self.clone().scheduler())),
             ("evacuator", sup.spawn("evacuator", self.clone().evacuator())),
             ("heartbeat", sup.spawn("heartbeat", self.clone().heartbeat())),
+            ("sizer", sup.spawn("sizer", self.clone().sizer())),
         ];
         Tasks { http, http_stop, loops, signals }
     }

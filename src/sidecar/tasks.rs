@@ -1,5 +1,5 @@
-//! The daemon's loops: the schedule, the heartbeat (registration and readiness), and the
-//! evacuation of the local member. Each returns only once shutdown is asked for; anything
+//! The daemon's loops: the schedule, the heartbeat (registration and readiness), the
+//! sizes measured ahead of runs, and the evacuation of the local member. Each returns only once shutdown is asked for; anything
 //! else is a failure its supervisor reports.
 //!
 //! Owns: when runs start on their own, what this sidecar publishes in etcd. Does not
@@ -102,6 +102,66 @@ impl Sidecar {
             }
             *self.etcd.lock().unwrap() = res;
         }
+    }
+
+    /// Keeps the sizes a run needs measured ahead of it (`cluster.sizing-refresh`): the
+    /// slots of the local member, published for whichever sidecar takes the lock;
+    /// standalone, every master, into this process's cache. Waits while an operation
+    /// runs (its snapshot measures what it needs), and a refresh under way ends at
+    /// shutdown: it only reads.
+    pub(super) async fn sizer(self: Arc<Self>) {
+        let every = self.ctx.config.cluster.sizing_refresh.0;
+        if every.is_zero() {
+            return self.shutdown.cancelled().await;
+        }
+        loop {
+            if injected("sizer") {
+                return;
+            }
+            if self.ops.current().is_none() {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = self.refresh_sizes() => {}
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    async fn refresh_sizes(&self) {
+        let started = std::time::Instant::now();
+        let (ctx, member) = (&self.ctx, self.member());
+        if ctx.coordinator.is_standalone() {
+            match ctx.cluster.warm_sizes().await {
+                Ok(measured) => {
+                    info!(keys_measured_now = measured, seconds = started.elapsed().as_secs_f64(), "sizes refreshed")
+                }
+                Err(e) => return warn!(cause = %e, "size refresh failed"),
+            }
+        } else {
+            let table = match ctx.cluster.measure_member(member).await {
+                Ok(t) => t,
+                Err(e) => return warn!(member, cause = %e, "size refresh failed"),
+            };
+            if let Err(e) = ctx.coordinator.publish_sizes(table.as_ref().map(|(t, _)| t)).await {
+                return warn!(member, cause = %e, "cannot publish the member's sizes");
+            }
+            match table {
+                Some((t, measured)) => info!(
+                    member,
+                    buckets = t.buckets.len(),
+                    keys = t.buckets.iter().map(|b| b.keys).sum::<u64>(),
+                    keys_measured_now = measured,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "sizes published"
+                ),
+                None => tracing::debug!(member, "no buckets on the member: no sizes published"),
+            }
+        }
+        ctx.metrics.size_refresh_timestamp_seconds.set(Utc::now().timestamp() as f64);
     }
 
     /// What this sidecar publishes under `sidecars/<member>`.

@@ -54,6 +54,8 @@ pub struct RedisCluster {
     sizing: SizingOptions,
     /// Slot sizes measured so far; a slot keeps its entry when it moves.
     sizes: SizeCache,
+    /// Size tables other sidecars published, by member: read at each snapshot of a run.
+    published: Mutex<std::collections::HashMap<String, super::SizeTable>>,
     /// Keys each master may still be asked to measure (`cluster.sizing-keys-per-second`).
     budget: sizing::KeyBudget,
     critical_percent: u32,
@@ -101,6 +103,7 @@ impl RedisCluster {
                 max_key_bytes: config.execution.max_key_bytes.0,
             },
             sizes: SizeCache::default(),
+            published: Mutex::default(),
             budget: sizing::KeyBudget::new(c.sizing_keys_per_second as u64),
             critical_percent: config.balance.critical_memory_percent,
             batch_keys: config.execution.migrate_batch_keys,

@@ -14,7 +14,7 @@ use super::capabilities::Capabilities;
 use super::sizing::MasterSizes;
 use super::topology::{NodeInfo, NodeLine, Topology};
 use super::{RedisCluster, SLOTS};
-use crate::cluster::ClusterError;
+use crate::cluster::{ClusterError, MeasuredBucket, SizeTable};
 use crate::model::{
     Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, Replica, SizingSummary,
 };
@@ -71,6 +71,36 @@ impl RedisCluster {
         Ok(snap)
     }
 
+    /// The sizes of the slots `member` owns, measured where the cache cannot vouch for
+    /// them, as a table its sidecar publishes; with the keys measured now. None when the
+    /// member is no master.
+    pub async fn measure_member(&self, member: &str) -> Result<Option<(SizeTable, u64)>, ClusterError> {
+        let topo = self.topology().await?;
+        let Some(i) = topo.masters.iter().position(|m| m.id == member) else { return Ok(None) };
+        let m = &topo.masters[i];
+        let view = self
+            .observe_master(&topo, i, m)
+            .await
+            .map_err(|e| ClusterError::Snapshot(format!("member {member} ({}): {e}", m.addr)))?;
+        let buckets = view
+            .sizes
+            .slots
+            .iter()
+            .filter(|(_, s)| s.keys > 0)
+            .map(|(slot, s)| MeasuredBucket {
+                bucket: *slot as u64,
+                keys: s.keys,
+                bytes: s.bytes,
+                largest_key: s.largest_key,
+                big_keys: s.big_keys,
+                variance: s.variance,
+                age_ms: s.measured_at.elapsed().as_millis() as u64,
+            })
+            .collect();
+        let table = SizeTable { member: member.to_string(), taken_at: Utc::now(), buckets };
+        Ok(Some((table, view.sizes.keys_measured_now)))
+    }
+
     /// A MIGRATE that blocks longer than `cluster-node-timeout` gets its node failed over:
     /// says so once, when `execution.migrate-timeout` is above it.
     async fn warn_on_migrate_timeout(&self, addr: &str) {
@@ -99,6 +129,7 @@ impl RedisCluster {
         }
         let info = self.node_info(&m.addr).await?;
         let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
+        self.use_published(&m.id, &owned);
         let counts = self.key_counts(&m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
         let sizes = self.size_master(&m.addr, &owned, &counts).await?;
         Ok(MasterView { info, sizes, owned_keys: counts.iter().sum() })

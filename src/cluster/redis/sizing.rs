@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use rand::seq::index::sample;
 
+use chrono::Utc;
+
 use super::{PIPELINE, RedisCluster, SLOTS};
+use crate::cluster::SizeTable;
 
 /// How slot sizes are taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +104,15 @@ impl SizeCache {
         self.slots.lock().unwrap()[slot as usize] = Some(size);
     }
 
+    /// Keeps `size` unless the cache holds a later measurement of the slot.
+    fn offer(&self, slot: u16, size: SlotSize) {
+        let mut slots = self.slots.lock().unwrap();
+        let e = &mut slots[slot as usize];
+        if e.is_none_or(|e| e.measured_at < size.measured_at) {
+            *e = Some(size);
+        }
+    }
+
     /// Forgets a slot (it moved, or a move of it failed): the next snapshot measures it.
     pub fn forget(&self, slot: u16) {
         self.slots.lock().unwrap()[slot as usize] = None;
@@ -168,6 +180,44 @@ const GROUPS_IN_FLIGHT: usize = 2;
 const PIPELINES_IN_FLIGHT: usize = 3;
 
 impl RedisCluster {
+    /// Replaces the size tables other sidecars published.
+    pub fn adopt_sizes(&self, tables: Vec<SizeTable>) {
+        *self.published.lock().unwrap() = tables.into_iter().map(|t| (t.member.clone(), t)).collect();
+    }
+
+    /// Offers the cache what `member`'s sidecar published of the slots the member owns
+    /// now: a slot that moved since is measured where it lives. The cache then serves an
+    /// entry as it serves its own: while the key count holds, within `sizing-max-age`.
+    pub(super) fn use_published(&self, member: &str, owned: &[u16]) {
+        let tables = self.published.lock().unwrap();
+        let Some(t) = tables.get(member) else { return };
+        let mut owns = vec![false; SLOTS];
+        for &s in owned {
+            owns[s as usize] = true;
+        }
+        // A table stamped ahead of this clock counts as taken now.
+        let since_taken = (Utc::now() - t.taken_at).to_std().unwrap_or_default();
+        let now = Instant::now();
+        for b in &t.buckets {
+            let slot = b.bucket as usize;
+            if slot >= SLOTS || !owns[slot] {
+                continue;
+            }
+            let Some(measured_at) = now.checked_sub(since_taken + Duration::from_millis(b.age_ms)) else { continue };
+            self.sizes.offer(
+                slot as u16,
+                SlotSize {
+                    keys: b.keys,
+                    bytes: b.bytes,
+                    largest_key: b.largest_key,
+                    big_keys: b.big_keys,
+                    variance: b.variance,
+                    measured_at,
+                },
+            );
+        }
+    }
+
     /// Key counts of `slots` on `addr`. With `slot_stats` (the node runs Valkey 8 or
     /// later) one CLUSTER SLOT-STATS call answers for every slot the node owns; slots it
     /// did not answer for, and every slot when its reply cannot be read, are counted with
@@ -370,6 +420,38 @@ mod tests {
         assert!(c.fresh(8, 10, &opts(Mode::Sampled)).is_some());
         c.forget(7);
         assert_eq!(c.fresh(7, 10, &opts(Mode::Exact)), None, "forgotten");
+    }
+
+    #[test]
+    fn the_cache_keeps_the_later_of_two_measurements() {
+        let c = SizeCache::default();
+        let earlier = Instant::now() - Duration::from_secs(30);
+        let later = SlotSize { keys: 10, bytes: 500, ..SlotSize::empty() };
+        c.offer(7, SlotSize { keys: 10, bytes: 400, measured_at: earlier, ..SlotSize::empty() });
+        c.offer(7, later);
+        c.offer(7, SlotSize { keys: 10, bytes: 300, measured_at: earlier, ..SlotSize::empty() });
+        assert_eq!(c.fresh(7, 10, &opts(Mode::Exact)), Some(later));
+    }
+
+    #[test]
+    fn a_published_table_is_written_as_arrays_and_read_back() {
+        use crate::cluster::{MeasuredBucket, SizeTable};
+        let t = SizeTable {
+            member: "abc".into(),
+            taken_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            buckets: vec![MeasuredBucket {
+                bucket: 16383,
+                keys: 12,
+                bytes: 3456,
+                largest_key: 789,
+                big_keys: 0,
+                variance: 0.0,
+                age_ms: 1500,
+            }],
+        };
+        let text = serde_json::to_string(&t).unwrap();
+        assert!(text.contains("[[16383,12,3456,789,0,0.0,1500]]"), "{text}");
+        assert_eq!(serde_json::from_str::<SizeTable>(&text).unwrap(), t);
     }
 
     #[tokio::test]
