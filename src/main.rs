@@ -341,8 +341,16 @@ fn rebalance(config: PathBuf, once: bool, force: bool, allow_big_keys: bool, for
             Fail(1, anyhow::anyhow!("shutdown timeout ({grace:?}) reached: moves in flight left recorded as intents"))
         })
     });
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     let finished = finished?;
+    if finished.moved {
+        rt.block_on(async {
+            tokio::select! {
+                _ = ctx.check_after_run() => {}
+                _ = signalled() => {}
+            }
+        });
+    }
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     print_outcome(&finished.answer, format);
     let failed = matches!(finished.outcome, Outcome::Failed(_) | Outcome::Skipped(SkipReason::SnapshotFailed));
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })

@@ -39,6 +39,9 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
     wait_for(90, "a rebalance", || {
         sidecars.iter().any(|s| s.metric("autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0)
     });
+    // The holder checks the cluster after the run, once it has answered: the log says what
+    // is left to move.
+    wait_for(30, "the check after the run", || sidecars.iter().any(|s| s.logs().contains("after the run: transfer")));
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Each measured its own master at start and published the sizes, under its lease.
     let observer = autobalancer::coord::Coordinator::new(

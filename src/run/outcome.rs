@@ -95,6 +95,8 @@ impl Outcome {
 pub struct Finished {
     pub outcome: Outcome,
     pub answer: Answer,
+    /// Buckets moved: the caller runs `Context::check_after_run` once it has answered.
+    pub moved: bool,
 }
 
 impl Finished {
@@ -189,6 +191,7 @@ mod tests {
         let finished = |r: SkipReason| Finished {
             outcome: Outcome::Skipped(r),
             answer: Answer::skipped(Decision::skip(r, format!("because {r}")), &t),
+            moved: false,
         };
         assert!(finished(SkipReason::BelowThreshold).into_answer().is_ok());
         match finished(SkipReason::Paused).into_answer() {

@@ -159,7 +159,7 @@ impl Context {
         error!(cause = %message, "repair failed; nothing moves this run");
         let d = Decision::skip(SkipReason::MigrationInProgress, format!("repair failed: {message}"));
         let answer = Answer::skipped(d, &self.thresholds(false));
-        Finished { outcome: Outcome::Failed(Failure::Repair(message)), answer }
+        Finished { outcome: Outcome::Failed(Failure::Repair(message)), answer, moved: false }
     }
 
     /// Plans; an evacuation naming targets moves only onto them.
@@ -174,7 +174,7 @@ impl Context {
                 let d = Decision::skip(SkipReason::PlanFailed, format!("planning failed: {e}"));
                 let mut answer = Answer::skipped(d, &self.thresholds(false));
                 answer.stopped = Some(e.to_string());
-                Break(Finished { outcome: Outcome::Failed(Failure::Plan(e)), answer })
+                Break(Finished { outcome: Outcome::Failed(Failure::Plan(e)), answer, moved: false })
             }
         }
     }
@@ -194,7 +194,7 @@ impl Context {
         let reason = d.reason;
         let answer = Answer::new(snap, p, d, &t);
         match reason {
-            Some(r) => Break(Finished { outcome: Outcome::Skipped(r), answer }),
+            Some(r) => Break(Finished { outcome: Outcome::Skipped(r), answer, moved: false }),
             None => Continue(answer),
         }
     }
@@ -254,16 +254,18 @@ impl Context {
             stopped = report.stopped.map(|s| s.to_string()).unwrap_or_default(),
             "run finished"
         );
-        if report.moves_done > 0 {
-            self.log_what_is_left().await;
+        let moved = report.moves_done > 0;
+        if moved {
             self.status.lock().unwrap().last_report = Some(report.members.clone());
         }
         fill_answer(&mut answer, report);
-        Finished { outcome, answer }
+        Finished { outcome, answer, moved }
     }
 
-    /// After moves: the gauges show the cluster as it is now, not as it was planned.
-    async fn log_what_is_left(&self) {
+    /// After a run that moved buckets (`Finished::moved`), outside its lock and after its
+    /// answer: the moved slots are measured where they now live, and the gauges and the
+    /// log show the cluster as it is, not as it was planned.
+    pub async fn check_after_run(&self) {
         if let Ok(after) = self.snapshot().await
             && let Ok(p) = self.plan(&after)
         {
@@ -305,7 +307,7 @@ impl Context {
     fn skipped(&self, skip: Skip) -> Finished {
         info!(reason = %skip.reason, "skip: {}", skip.message);
         let answer = Answer::skipped(Decision::skip(skip.reason, skip.message), &self.thresholds(false));
-        Finished { outcome: Outcome::Skipped(skip.reason), answer }
+        Finished { outcome: Outcome::Skipped(skip.reason), answer, moved: false }
     }
 
     /// A run's metrics and status, for every outcome.

@@ -119,9 +119,20 @@ impl Sidecar {
     /// Starts a run in a task of its own, refusing a second one in this process. The
     /// handle gives its answer; dropping the handle leaves the run going.
     pub fn start(&self, trigger: Trigger) -> Result<RunHandle, RunError> {
-        let (ctx, sup) = (self.ctx.clone(), self.supervisor.clone());
+        let (ctx, sup, shutdown) = (self.ctx.clone(), self.supervisor.clone(), self.shutdown.clone());
         self.ops.spawn(trigger.operation(), &self.shutdown, move |cancel| async move {
-            sup.catch("run", ctx.run_once(trigger, &cancel)).await
+            let finished = sup.catch("run", ctx.run_once(trigger, &cancel)).await;
+            if finished.as_ref().is_some_and(|f| f.moved) {
+                // The caller has its answer now; the check measures the moved slots after
+                // it, in a task of its own (it only reads: the next operation may start).
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = sup.catch("check after the run", ctx.check_after_run()) => {}
+                    }
+                });
+            }
+            finished
         })
     }
 
