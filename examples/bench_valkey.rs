@@ -4,6 +4,11 @@
 //! and the floor: the same slots moved by MIGRATESLOTS jobs issued by hand.
 //! Usage: bench_valkey KEYS [AUTOBALANCER_BIN]. Prints a Markdown table.
 //!
+//! The sidecars' way is the fleet as deployed: a sidecar beside each master, the lock, the
+//! intents and the sizes each sidecar measured of its master in etcd, a run asked for by
+//! `PUT /rebalance?force=true` once every sidecar has published its sizes (each measures
+//! its master as it starts); timed from the request to the answer.
+//!
 //! Each way gets a fresh cluster (3 loaded masters + 1 empty, loopback) loaded with the
 //! same keys. Bytes per master are measured exactly before and after, and every key and
 //! value is compared before and after.
@@ -21,10 +26,11 @@ use autobalancer::plan::{Move, PlanOptions, plan};
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd};
 use bench_common::{Row, backend, exact_bytes, print_header, print_row, row};
 
-const WAYS: [&str; 5] = [
+const WAYS: [&str; 6] = [
     "redis-cli",
     "autobalancer, defaults (atomic)",
     "autobalancer, defaults, lock and intents in etcd",
+    "autobalancer sidecars, defaults, PUT /rebalance",
     "autobalancer, legacy mover",
     "floor: MIGRATESLOTS by hand",
 ];
@@ -94,33 +100,86 @@ async fn floor(c: &LocalCluster) -> f64 {
     }
 }
 
+/// A fresh etcd, once it takes writes (it elects itself first: not part of a run's time).
+fn etcd() -> LocalEtcd {
+    let e = LocalEtcd::start().unwrap();
+    let ready = Command::new("etcdctl")
+        .args(["--endpoints", &e.endpoint(), "put", "bench-ready", "1"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .status();
+    assert!(ready.unwrap().success(), "etcd did not take a write");
+    e
+}
+
+/// The configuration every autobalancer way shares (its own `[cluster]` head first).
+fn config(c: &LocalCluster, way: &str, etcd: Option<&LocalEtcd>, member: Option<&str>) -> String {
+    let etcd_section = etcd.map(|e| format!("[etcd]\nendpoints = [\"{}\"]\n", e.endpoint())).unwrap_or_default();
+    let member = member.map(|m| format!("member-id = \"{m}\"\n")).unwrap_or_default();
+    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    let migration = if way.contains("legacy") { "legacy" } else { "auto" };
+    format!(
+        "[cluster]\nid = \"bench\"\nseeds = [{}]\n{member}[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\nmigration = \"{migration}\"\n{etcd_section}",
+        seeds.join(",")
+    )
+}
+
+/// The fleet: a sidecar beside each master; one run by `PUT /rebalance?force=true` once
+/// every sidecar has published its master's sizes.
+async fn sidecars(c: &LocalCluster, bin: &str) -> f64 {
+    let etcd = etcd();
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::env::var_os("BENCH_LOG").is_some();
+    let mut procs = Vec::new();
+    let mut apis = Vec::new();
+    for (i, m) in c.master_addrs().iter().enumerate() {
+        let api = format!("127.0.0.1:{}", autobalancer_testkit::free_port());
+        let cfg = dir.path().join(format!("s{i}.toml"));
+        let text =
+            format!("{}[schedule]\nenabled = false\n[api]\nlisten = \"{api}\"\n", config(c, "", Some(&etcd), Some(m)));
+        std::fs::write(&cfg, text).unwrap();
+        let child = Command::new(bin)
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .unwrap();
+        procs.push(autobalancer_testkit::Proc::new(child, format!("sidecar {i}")));
+        apis.push(api);
+    }
+    let observer = autobalancer::coord::Coordinator::new(
+        Some(&autobalancer::config::EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }),
+        "bench",
+        "bench",
+    )
+    .unwrap();
+    let waited = Instant::now();
+    while observer.size_tables().await.map_or(0, |t| t.len()) < apis.len() {
+        assert!(waited.elapsed() < Duration::from_secs(120), "the sidecars did not publish their sizes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("sidecars: sizes published {:.2} s after the start", waited.elapsed().as_secs_f64());
+    if log {
+        eprintln!("{} asked", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    let url = format!("http://{}/rebalance?force=true", apis[0]);
+    let t0 = Instant::now();
+    let answer = tokio::task::spawn_blocking(move || ureq::put(&url).call()).await.unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    assert_eq!(answer.map(|r| r.status()).unwrap_or_else(|e| panic!("PUT /rebalance: {e}")), 200);
+    for mut p in procs {
+        p.kill();
+    }
+    wall
+}
+
 fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
     // The "etcd" way: the lock and each move's intent in etcd, as a fleet of sidecars runs.
-    let etcd = way.contains("etcd").then(|| LocalEtcd::start().unwrap());
-    if let Some(e) = &etcd {
-        // A fresh etcd takes writes once it has elected itself: not part of the run's time.
-        let ready = Command::new("etcdctl")
-            .args(["--endpoints", &e.endpoint(), "put", "bench-ready", "1"])
-            .env("ETCDCTL_API", "3")
-            .stdout(Stdio::null())
-            .status();
-        assert!(ready.unwrap().success(), "etcd did not take a write");
-    }
-    let etcd_section =
-        etcd.as_ref().map(|e| format!("[etcd]\nendpoints = [\"{}\"]\n", e.endpoint())).unwrap_or_default();
+    let etcd = way.contains("etcd").then(etcd);
     let seed = c.master_addrs()[0].clone();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
-    let migration = if way.contains("legacy") { "legacy" } else { "auto" };
-    std::fs::write(
-        &cfg,
-        format!(
-            "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\nmigration = \"{migration}\"\n{etcd_section}",
-            seeds.join(",")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, config(c, way, etcd.as_ref(), None)).unwrap();
     let log = std::env::var_os("BENCH_LOG").is_some();
     if log {
         eprintln!("{} spawned", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
@@ -162,6 +221,7 @@ async fn run(way: &str, keys: usize, bin: &str) -> Row {
     let slots = exact_bytes(&c).await;
     let wall = match way {
         "floor: MIGRATESLOTS by hand" => floor(&c).await,
+        w if w.contains("sidecars") => sidecars(&c, bin).await,
         _ => cli(&c, way, bin),
     };
     c.wait_ok(Duration::from_secs(30)).await.unwrap();
