@@ -164,9 +164,12 @@ async fn sidecars(c: &LocalCluster, bin: &str) -> f64 {
     }
     let url = format!("http://{}/rebalance?force=true", apis[0]);
     let t0 = Instant::now();
-    let answer = tokio::task::spawn_blocking(move || ureq::put(&url).call()).await.unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || ureq::put(&url).call().map(|r| r.status()).map_err(|e| e.to_string()))
+            .await
+            .unwrap();
     let wall = t0.elapsed().as_secs_f64();
-    assert_eq!(answer.map(|r| r.status()).unwrap_or_else(|e| panic!("PUT /rebalance: {e}")), 200);
+    assert_eq!(status.unwrap_or_else(|e| panic!("PUT /rebalance: {e}")), 200);
     for mut p in procs {
         p.kill();
     }
