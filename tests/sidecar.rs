@@ -14,6 +14,23 @@ fn etcd_section(etcd: &LocalEtcd, ttl: &str) -> String {
     format!("[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-test\"\nlease-ttl = \"{ttl}\"\n", etcd.endpoint())
 }
 
+/// Reads what the fleet keeps in etcd, as no sidecar of it.
+fn observer(etcd: &LocalEtcd) -> autobalancer::coord::Coordinator {
+    let e = autobalancer::config::EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        prefix: "/ab-test".into(),
+        ..Default::default()
+    };
+    autobalancer::coord::Coordinator::new(Some(&e), "t", "observer").unwrap()
+}
+
+/// The members whose sidecars' size tables are in etcd.
+async fn published(etcd: &LocalEtcd) -> Vec<String> {
+    let mut m: Vec<String> = observer(etcd).size_tables().await.unwrap().into_iter().map(|t| t.member).collect();
+    m.sort();
+    m
+}
+
 const FAST: &str = "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 4\nmax-moves-per-member = 4\n";
 
 async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: Engine) {
@@ -44,18 +61,7 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
     wait_for(30, "the check after the run", || sidecars.iter().any(|s| s.logs().contains("after the run: transfer")));
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Each measured its own master at start and published the sizes, under its lease.
-    let observer = autobalancer::coord::Coordinator::new(
-        Some(&autobalancer::config::EtcdConfig {
-            endpoints: vec![etcd.endpoint()],
-            prefix: "/ab-test".into(),
-            ..Default::default()
-        }),
-        "t",
-        "observer",
-    )
-    .unwrap();
-    let mut published: Vec<String> = observer.size_tables().await.unwrap().into_iter().map(|t| t.member).collect();
-    published.sort();
+    let observer = observer(&etcd);
     let mut ids = Vec::new();
     for s in &sidecars {
         let e = s.events("sizes published");
@@ -63,14 +69,14 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
         ids.push(e[0]["fields"]["member"].as_str().unwrap().to_string());
     }
     ids.sort();
-    assert_eq!(published, ids);
+    assert_eq!(published(&etcd).await, ids);
     // SIGTERM: each stops cleanly and quickly.
     for s in sidecars.iter_mut() {
         let (code, took) = s.terminate();
         assert_eq!(code, Some(0), "{}", s.logs());
         assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     }
-    assert!(observer.size_tables().await.unwrap().is_empty(), "the tables went with their sidecars");
+    assert!(published(&etcd).await.is_empty(), "the tables went with their sidecars");
     // slot -> outcomes from every sidecar.
     let mut slots: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for s in &sidecars {
@@ -154,6 +160,18 @@ async fn a_killed_lock_holder_is_taken_over_and_repaired(engine: Engine) {
     assert!(c.open_slots().await.unwrap().is_empty());
     c.wait_ok(Duration::from_secs(10)).await.unwrap();
     assert_eq!(c.digest().await.unwrap(), before);
+    // The killed sidecar's size table expired with its lease; the survivor's stays.
+    let own = |s: &SidecarProc| s.events("sizes published")[0]["fields"]["member"].as_str().unwrap().to_string();
+    let (gone, kept) = (own(&sidecars[v]), own(survivor));
+    assert_ne!(gone, kept);
+    for i in 0.. {
+        let now = published(&etcd).await;
+        if now == [kept.clone()] {
+            break;
+        }
+        assert!(i < 300, "tables in etcd: {now:?}; {gone} was killed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
