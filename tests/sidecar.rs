@@ -61,7 +61,6 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
     wait_for(30, "the check after the run", || sidecars.iter().any(|s| s.logs().contains("after the run: transfer")));
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Each measured its own master at start and published the sizes, under its lease.
-    let observer = observer(&etcd);
     let mut ids = Vec::new();
     for s in &sidecars {
         let e = s.events("sizes published");
