@@ -205,6 +205,30 @@ async fn etcd_outage_skips_with_lock_unavailable_and_recovers() {
     wait_for(20, "readyz 200 again", || get(&s.url("/readyz")).unwrap().0 == 200);
 }
 
+/// A sidecar whose etcd is down when it starts measures its master, says it cannot
+/// publish, and publishes once etcd is back.
+async fn sizes_are_published_once_etcd_is_back(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
+    c.load_skewed(2_000, 5).await.unwrap();
+    let mut etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let member = c.master_addrs()[0].clone();
+    etcd.stop();
+    let cfg = format!(
+        "{}sizing-refresh = \"10s\"\n[schedule]\nenabled = false\n{}",
+        cluster_section(&c, dir.path(), Some(&member)),
+        etcd_section(&etcd, "3s")
+    );
+    let s = SidecarProc::start(dir.path(), "p", &cfg);
+    wait_for(30, "a refresh that cannot publish", || !s.events("cannot publish the member's sizes").is_empty());
+    assert_eq!(s.metric("autobalancer_size_refresh_timestamp_seconds"), 0.0);
+    etcd.restart().unwrap();
+    wait_for(60, "the sizes published", || !s.events("sizes published").is_empty());
+    let id = s.events("sizes published")[0]["fields"]["member"].as_str().unwrap().to_string();
+    assert_eq!(published(&etcd).await, [id]);
+    assert!(s.metric("autobalancer_size_refresh_timestamp_seconds") > 1e9);
+}
+
 async fn a_lease_lost_mid_run_stops_before_the_next_move(engine: Engine) {
     let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(8_000, 13).await.unwrap();
@@ -730,4 +754,5 @@ on_each_engine!(
     three_sidecars_give_one_evaluation_per_slot_and_one_rebalance,
     a_killed_lock_holder_is_taken_over_and_repaired,
     a_lease_lost_mid_run_stops_before_the_next_move,
+    sizes_are_published_once_etcd_is_back,
 );

@@ -1,6 +1,6 @@
 //! The daemon's loops: the schedule, the heartbeat (registration and readiness), the
-//! sizes measured ahead of runs, and the evacuation of the local member. Each returns only once shutdown is asked for; anything
-//! else is a failure its supervisor reports.
+//! sizes measured ahead of runs, and the evacuation of the local member. Each returns
+//! only once shutdown is asked for; anything else is a failure its supervisor reports.
 //!
 //! Owns: when runs start on their own, what this sidecar publishes in etcd. Does not
 //! own: the runs (`run`), the operation slot (`super::operation`).
@@ -111,27 +111,33 @@ impl Sidecar {
     /// shutdown: it only reads.
     pub(super) async fn sizer(self: Arc<Self>) {
         let every = self.ctx.config.cluster.sizing_refresh.0;
-        if every.is_zero() {
+        // A snapshot file has nothing to measure.
+        if every.is_zero() || self.ctx.config.cluster.backend == crate::config::Backend::File {
             return self.shutdown.cancelled().await;
         }
         loop {
             if injected("sizer") {
                 return;
             }
+            // Busy: looks again soon rather than a whole interval later; failed (the
+            // member or etcd down): tries again within a minute.
+            let mut wait = every.min(Duration::from_secs(10));
             if self.ops.current().is_none() {
-                tokio::select! {
+                let done = tokio::select! {
                     _ = self.shutdown.cancelled() => return,
-                    _ = self.refresh_sizes() => {}
-                }
+                    done = self.refresh_sizes() => done,
+                };
+                wait = if done { every } else { every.min(Duration::from_secs(60)) };
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    async fn refresh_sizes(&self) {
+    /// One refresh; false when it failed (logged).
+    async fn refresh_sizes(&self) -> bool {
         let started = std::time::Instant::now();
         let (ctx, member) = (&self.ctx, self.member());
         if ctx.coordinator.is_standalone() {
@@ -139,15 +145,22 @@ impl Sidecar {
                 Ok(measured) => {
                     info!(keys_measured_now = measured, seconds = started.elapsed().as_secs_f64(), "sizes refreshed")
                 }
-                Err(e) => return warn!(cause = %e, "size refresh failed"),
+                Err(e) => {
+                    warn!(cause = %e, "size refresh failed");
+                    return false;
+                }
             }
         } else {
             let table = match ctx.cluster.measure_member(member).await {
                 Ok(t) => t,
-                Err(e) => return warn!(member, cause = %e, "size refresh failed"),
+                Err(e) => {
+                    warn!(member, cause = %e, "size refresh failed");
+                    return false;
+                }
             };
             if let Err(e) = ctx.coordinator.publish_sizes(table.as_ref().map(|(t, _)| t)).await {
-                return warn!(member, cause = %e, "cannot publish the member's sizes");
+                warn!(member, cause = %e, "cannot publish the member's sizes");
+                return false;
             }
             match table {
                 Some((t, measured)) => info!(
@@ -162,6 +175,7 @@ impl Sidecar {
             }
         }
         ctx.metrics.size_refresh_timestamp_seconds.set(Utc::now().timestamp() as f64);
+        true
     }
 
     /// What this sidecar publishes under `sidecars/<member>`.
