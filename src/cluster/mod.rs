@@ -13,7 +13,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-pub use crate::coord::FenceError;
+pub use crate::coord::{FenceError, MeasuredBucket, SizeTable};
 use crate::model::{ClusterSnapshot, MoveIntent};
 use crate::plan::Move;
 pub use handoff::{HANDOFF_WITHIN, Handoff, HandoffError};
@@ -128,50 +128,6 @@ impl std::fmt::Display for StrayConflict {
             "bucket {}: {} stray key(s) on {}, {} with a different value at the owner (left in place)",
             self.bucket, self.keys, self.member, self.conflicting
         )
-    }
-}
-
-/// The bucket sizes a sidecar measured on its own member, published in etcd
-/// (`cluster.sizing-refresh`) for whichever sidecar takes the lock: it uses an entry for
-/// a bucket the member still owns, holding the same key count, measured within
-/// `cluster.sizing-max-age`, and measures the rest itself.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SizeTable {
-    pub member: String,
-    pub taken_at: DateTime<Utc>,
-    /// Buckets holding keys (an empty bucket needs no measuring).
-    pub buckets: Vec<MeasuredBucket>,
-}
-
-/// One bucket's measurement. Written as an array, `[bucket, keys, bytes, largest_key,
-/// big_keys, variance, age_ms]`, to keep a member of 16384 buckets well inside etcd's
-/// request limit.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(from = "MeasuredRow", into = "MeasuredRow")]
-pub struct MeasuredBucket {
-    pub bucket: u64,
-    pub keys: u64,
-    pub bytes: u64,
-    pub largest_key: u64,
-    /// Keys above `execution.max-key-bytes`.
-    pub big_keys: u32,
-    /// Variance of `bytes` as an estimate (0: every key was measured).
-    pub variance: f64,
-    /// How long before the table's `taken_at` it was measured.
-    pub age_ms: u64,
-}
-
-type MeasuredRow = (u64, u64, u64, u64, u32, f64, u64);
-
-impl From<MeasuredRow> for MeasuredBucket {
-    fn from((bucket, keys, bytes, largest_key, big_keys, variance, age_ms): MeasuredRow) -> Self {
-        MeasuredBucket { bucket, keys, bytes, largest_key, big_keys, variance, age_ms }
-    }
-}
-
-impl From<MeasuredBucket> for MeasuredRow {
-    fn from(m: MeasuredBucket) -> Self {
-        (m.bucket, m.keys, m.bytes, m.largest_key, m.big_keys, m.variance, m.age_ms)
     }
 }
 

@@ -32,7 +32,7 @@ use crate::config::{Config, EtcdConfig};
 use local::LocalState;
 
 pub use lock::{Acquire, Fence, FenceError, GuardFence, Holder, LockGuard, NoFence};
-pub use state::{Evacuation, RunRecord};
+pub use state::{Evacuation, MeasuredBucket, RunRecord, SizeTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::lock::{LockGuard, LockId};
 use super::{Backend, Coordinator, LockError};
-use crate::cluster::SizeTable;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
@@ -31,6 +30,50 @@ pub struct Evacuation {
     pub rate: u64,
     /// Members to move to; empty = the planner's choice.
     pub migrate_to: Vec<String>,
+}
+
+/// The bucket sizes a sidecar measured on its own member, published in etcd
+/// (`cluster.sizing-refresh`) for whichever sidecar takes the lock: it uses an entry for
+/// a bucket the member still owns, holding the same key count, measured within
+/// `cluster.sizing-max-age`, and measures the rest itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SizeTable {
+    pub member: String,
+    pub taken_at: DateTime<Utc>,
+    /// Buckets holding keys (an empty bucket needs no measuring).
+    pub buckets: Vec<MeasuredBucket>,
+}
+
+/// One bucket's measurement. Written as an array, `[bucket, keys, bytes, largest_key,
+/// big_keys, variance, age_ms]`, to keep a member of 16384 buckets well inside etcd's
+/// request limit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "MeasuredRow", into = "MeasuredRow")]
+pub struct MeasuredBucket {
+    pub bucket: u64,
+    pub keys: u64,
+    pub bytes: u64,
+    pub largest_key: u64,
+    /// Keys above `execution.max-key-bytes`.
+    pub big_keys: u32,
+    /// Variance of `bytes` as an estimate (0: every key was measured).
+    pub variance: f64,
+    /// How long before the table's `taken_at` it was measured.
+    pub age_ms: u64,
+}
+
+type MeasuredRow = (u64, u64, u64, u64, u32, f64, u64);
+
+impl From<MeasuredRow> for MeasuredBucket {
+    fn from((bucket, keys, bytes, largest_key, big_keys, variance, age_ms): MeasuredRow) -> Self {
+        MeasuredBucket { bucket, keys, bytes, largest_key, big_keys, variance, age_ms }
+    }
+}
+
+impl From<MeasuredBucket> for MeasuredRow {
+    fn from(m: MeasuredBucket) -> Self {
+        (m.bucket, m.keys, m.bytes, m.largest_key, m.big_keys, m.variance, m.age_ms)
+    }
 }
 
 impl Coordinator {
