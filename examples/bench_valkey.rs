@@ -100,6 +100,18 @@ async fn floor(c: &LocalCluster) -> f64 {
     }
 }
 
+/// BENCH_LOG=1: the runs' logs go to stderr, beside the moments the bench acts.
+fn bench_log() -> bool {
+    std::env::var_os("BENCH_LOG").is_some()
+}
+
+/// With BENCH_LOG, when the bench did `what`, to read the runs' logs against.
+fn log_moment(what: &str) {
+    if bench_log() {
+        eprintln!("{} {what}", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+}
+
 /// A fresh etcd, once it takes writes (it elects itself first: not part of a run's time).
 fn etcd() -> LocalEtcd {
     let e = LocalEtcd::start().unwrap();
@@ -129,7 +141,7 @@ fn config(c: &LocalCluster, way: &str, etcd: Option<&LocalEtcd>, member: Option<
 async fn sidecars(c: &LocalCluster, bin: &str) -> f64 {
     let etcd = etcd();
     let dir = tempfile::tempdir().unwrap();
-    let log = std::env::var_os("BENCH_LOG").is_some();
+    let log = bench_log();
     let mut procs = Vec::new();
     let mut apis = Vec::new();
     for (i, m) in c.master_addrs().iter().enumerate() {
@@ -159,9 +171,7 @@ async fn sidecars(c: &LocalCluster, bin: &str) -> f64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("sidecars: sizes published {:.2} s after the start", waited.elapsed().as_secs_f64());
-    if log {
-        eprintln!("{} asked", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    }
+    log_moment("asked");
     let url = format!("http://{}/rebalance?force=true", apis[0]);
     let t0 = Instant::now();
     let status =
@@ -183,10 +193,8 @@ fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, config(c, way, etcd.as_ref(), None)).unwrap();
-    let log = std::env::var_os("BENCH_LOG").is_some();
-    if log {
-        eprintln!("{} spawned", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    }
+    let log = bench_log();
+    log_moment("spawned");
     let t0 = Instant::now();
     let status = match way {
         "redis-cli" => Command::new("redis-cli")

@@ -24,6 +24,13 @@ fn observer(etcd: &LocalEtcd) -> autobalancer::coord::Coordinator {
     autobalancer::coord::Coordinator::new(Some(&e), "t", "observer").unwrap()
 }
 
+/// The member a sidecar said it published the sizes of.
+fn published_by(s: &SidecarProc) -> String {
+    let e = s.events("sizes published");
+    assert!(!e.is_empty(), "no sizes published: {}", s.logs());
+    e[0]["fields"]["member"].as_str().unwrap().to_string()
+}
+
 /// The members whose sidecars' size tables are in etcd.
 async fn published(etcd: &LocalEtcd) -> Vec<String> {
     let mut m: Vec<String> = observer(etcd).size_tables().await.unwrap().into_iter().map(|t| t.member).collect();
@@ -61,12 +68,7 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
     wait_for(30, "the check after the run", || sidecars.iter().any(|s| s.logs().contains("after the run: transfer")));
     tokio::time::sleep(Duration::from_secs(8)).await;
     // Each measured its own master at start and published the sizes, under its lease.
-    let mut ids = Vec::new();
-    for s in &sidecars {
-        let e = s.events("sizes published");
-        assert!(!e.is_empty(), "{}", s.logs());
-        ids.push(e[0]["fields"]["member"].as_str().unwrap().to_string());
-    }
+    let mut ids: Vec<String> = sidecars.iter().map(published_by).collect();
     ids.sort();
     assert_eq!(published(&etcd).await, ids);
     // SIGTERM: each stops cleanly and quickly.
@@ -160,8 +162,7 @@ async fn a_killed_lock_holder_is_taken_over_and_repaired(engine: Engine) {
     c.wait_ok(Duration::from_secs(10)).await.unwrap();
     assert_eq!(c.digest().await.unwrap(), before);
     // The killed sidecar's size table expired with its lease; the survivor's stays.
-    let own = |s: &SidecarProc| s.events("sizes published")[0]["fields"]["member"].as_str().unwrap().to_string();
-    let (gone, kept) = (own(&sidecars[v]), own(survivor));
+    let (gone, kept) = (published_by(&sidecars[v]), published_by(survivor));
     assert_ne!(gone, kept);
     for i in 0.. {
         let now = published(&etcd).await;
@@ -224,8 +225,7 @@ async fn sizes_are_published_once_etcd_is_back(engine: Engine) {
     assert_eq!(s.metric("autobalancer_size_refresh_timestamp_seconds"), 0.0);
     etcd.restart().unwrap();
     wait_for(60, "the sizes published", || !s.events("sizes published").is_empty());
-    let id = s.events("sizes published")[0]["fields"]["member"].as_str().unwrap().to_string();
-    assert_eq!(published(&etcd).await, [id]);
+    assert_eq!(published(&etcd).await, [published_by(&s)]);
     assert!(s.metric("autobalancer_size_refresh_timestamp_seconds") > 1e9);
 }
 

@@ -129,7 +129,7 @@ impl RedisCluster {
         }
         let info = self.node_info(&m.addr).await?;
         let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
-        self.use_published(&m.id, &owned);
+        self.use_published(&m.id, |slot| topo.owner[slot] == Some(i));
         let counts = self.key_counts(&m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
         let sizes = self.size_master(&m.addr, &owned, &counts).await?;
         Ok(MasterView { info, sizes, owned_keys: counts.iter().sum() })

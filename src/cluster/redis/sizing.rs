@@ -186,21 +186,18 @@ impl RedisCluster {
     }
 
     /// Offers the cache what `member`'s sidecar published of the slots the member owns
-    /// now: a slot that moved since is measured where it lives. The cache then serves an
-    /// entry as it serves its own: while the key count holds, within `sizing-max-age`.
-    pub(super) fn use_published(&self, member: &str, owned: &[u16]) {
+    /// now (`owns`): a slot that moved since is measured where it lives. The cache then
+    /// serves an entry as it serves its own: while the key count holds, within
+    /// `sizing-max-age`.
+    pub(super) fn use_published(&self, member: &str, owns: impl Fn(usize) -> bool) {
         let tables = self.published.lock().unwrap();
         let Some(t) = tables.get(member) else { return };
-        let mut owns = vec![false; SLOTS];
-        for &s in owned {
-            owns[s as usize] = true;
-        }
         // A table stamped ahead of this clock counts as taken now.
         let since_taken = (Utc::now() - t.taken_at).to_std().unwrap_or_default();
         let now = Instant::now();
         for b in &t.buckets {
             let slot = b.bucket as usize;
-            if slot >= SLOTS || !owns[slot] {
+            if slot >= SLOTS || !owns(slot) {
                 continue;
             }
             let Some(measured_at) = now.checked_sub(since_taken + Duration::from_millis(b.age_ms)) else { continue };
