@@ -5,6 +5,7 @@
 //! `now`) or what happens at a slot.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -52,6 +53,29 @@ impl Schedule {
         self.cron.after(&now.with_timezone(&self.tz)).next().map(|t| t.with_timezone(&Utc))
     }
 
+    /// How long the sizer waits after a refresh that ended at `now`: `every`, or less, so
+    /// that the next refresh starts `lead` ahead of a scheduled run and its sizes are
+    /// fresh when the run reads them. Never less than `floor`: a run too close for that
+    /// (or within `lead`, which the refresh just ended served) is not aimed at, and
+    /// frequent runs do not make refreshes frequent.
+    pub fn refresh_wait(&self, now: DateTime<Utc>, every: Duration, lead: Duration, floor: Duration) -> Duration {
+        let floor = floor.min(every);
+        let (Ok(lead), Ok(floor_c), Ok(every_c)) =
+            (chrono::Duration::from_std(lead), chrono::Duration::from_std(floor), chrono::Duration::from_std(every))
+        else {
+            return every;
+        };
+        let horizon = now + every_c + lead;
+        self.cron
+            .after(&now.with_timezone(&self.tz))
+            .map(|t| t.with_timezone(&Utc))
+            .take_while(|&t| t <= horizon)
+            .map(|t| t - lead)
+            .find(|&start| start >= now + floor_c)
+            .and_then(|start| (start - now).to_std().ok())
+            .unwrap_or(every)
+    }
+
     /// The latest fire time at or before `now` (the slot `now` belongs to), looking back
     /// at most a day.
     pub fn slot_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -72,6 +96,26 @@ impl Schedule {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_refresh_is_timed_to_start_its_lead_ahead_of_the_next_run() {
+        let s = Schedule::new("0 0 3 * * *", "UTC").unwrap();
+        let at = |h, m, sec| Utc.with_ymd_and_hms(2026, 1, 1, h, m, sec).unwrap();
+        let (every, lead, floor) = (Duration::from_secs(900), Duration::from_secs(30), Duration::from_secs(225));
+        // Far from the run: the interval.
+        assert_eq!(s.refresh_wait(at(1, 0, 0), every, lead, floor), every);
+        // The run within an interval: 30 s ahead of it.
+        assert_eq!(s.refresh_wait(at(2, 50, 0), every, lead, floor), Duration::from_secs(570));
+        // Within the lead: this refresh was the run's; the next is an interval away.
+        assert_eq!(s.refresh_wait(at(2, 59, 40), every, lead, floor), every);
+        // Too close to aim at within the floor: the interval.
+        assert_eq!(s.refresh_wait(at(2, 58, 0), every, lead, floor), every);
+        // Runs every 3 s: the first run at least the floor away, 10 s ahead of it.
+        let often = Schedule::new("*/3 * * * * *", "UTC").unwrap();
+        assert_eq!(often.refresh_wait(at(1, 0, 1), every, Duration::from_secs(10), floor), Duration::from_secs(226));
+        // A floor above the interval gives the interval.
+        assert_eq!(often.refresh_wait(at(1, 0, 1), Duration::from_secs(20), lead, floor), Duration::from_secs(20));
+    }
 
     #[test]
     fn six_and_five_fields() {

@@ -229,6 +229,44 @@ async fn sizes_are_published_once_etcd_is_back(engine: Engine) {
     assert!(s.metric("autobalancer_size_refresh_timestamp_seconds") > 1e9);
 }
 
+/// When a JSON log line was written.
+fn logged_at(e: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    let t = e["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {e}"));
+    chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc()
+}
+
+/// With runs every 20 s and a refresh interval of 40 s, the refresh after the one at start
+/// is timed to end shortly before a run: twice the last refresh's time plus 10 s ahead.
+async fn a_refresh_ends_shortly_before_a_scheduled_run(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
+    c.load_skewed(2_000, 7).await.unwrap();
+    let etcd = LocalEtcd::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let member = c.master_addrs()[0].clone();
+    // The runs decide and move nothing: the data is far below minimum-size.
+    let cfg = format!(
+        "{}sizing-refresh = \"40s\"\n[schedule]\ncron = \"*/20 * * * * *\"\n{}[balance]\nminimum-size = \"1TiB\"\n",
+        cluster_section(&c, dir.path(), Some(&member)),
+        etcd_section(&etcd, "3s")
+    );
+    let s = SidecarProc::start(dir.path(), "aligned", &cfg);
+    wait_for(30, "the refresh at start", || !s.events("sizes published").is_empty());
+    // The next run at least 10 s away is 20 to 40 s after the start: the refresh ahead of
+    // it comes before the 40 s interval would bring one.
+    wait_for(35, "a refresh ahead of a run", || s.events("sizes published").len() >= 2);
+    let published = s.events("sizes published");
+    let took = published[0]["fields"]["seconds"].as_f64().unwrap();
+    let ended = logged_at(&published[1]);
+    let next_run = (ended.timestamp() / 20 + 1) * 20;
+    let ahead = (next_run * 1000 - ended.timestamp_millis()) as f64 / 1000.0;
+    assert!(
+        (3.0..=10.5 + 2.0 * took).contains(&ahead),
+        "the refresh ended {ahead:.2} s before the run at {next_run} (the one before took {took:.3} s): {}",
+        s.logs()
+    );
+    assert!(observer(&etcd).size_tables().await.unwrap().iter().any(|t| t.member == published_by(&s)));
+}
+
 async fn a_lease_lost_mid_run_stops_before_the_next_move(engine: Engine) {
     let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
     c.load_skewed(8_000, 13).await.unwrap();
@@ -755,4 +793,5 @@ on_each_engine!(
     a_killed_lock_holder_is_taken_over_and_repaired,
     a_lease_lost_mid_run_stops_before_the_next_move,
     sizes_are_published_once_etcd_is_back,
+    a_refresh_ends_shortly_before_a_scheduled_run,
 );

@@ -10,12 +10,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use chrono::Utc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Sidecar;
 use super::supervise::failpoint::{self, Fault};
 use crate::decide::SkipReason;
 use crate::run::Trigger;
+
+/// How soon the sizer looks again while an operation runs; also the least time between
+/// two refreshes timed to a scheduled run.
+const BUSY_RETRY: Duration = Duration::from_secs(10);
+/// A refresh timed to a scheduled run starts this long ahead of it, plus twice the time
+/// the last refresh took.
+const REFRESH_LEAD: Duration = Duration::from_secs(10);
 
 /// Injects the fault configured for `name` (debug builds): panics, or says to return.
 fn injected(name: &str) -> bool {
@@ -106,28 +113,41 @@ impl Sidecar {
 
     /// Keeps the sizes a run needs measured ahead of it (`cluster.sizing-refresh`): the
     /// slots of the local member, published for whichever sidecar takes the lock;
-    /// standalone, every master, into this process's cache. Waits while an operation
-    /// runs (its snapshot measures what it needs), and a refresh under way ends at
-    /// shutdown: it only reads.
+    /// standalone, every master, into this process's cache. With a schedule, the refresh
+    /// before a scheduled run is timed to end shortly before it. Waits while an operation
+    /// runs (its snapshot measures what it needs); a refresh under way when one starts
+    /// goes on within the same per-master budget. A refresh ends at shutdown: it only
+    /// reads.
     pub(super) async fn sizer(self: Arc<Self>) {
         let every = self.ctx.config.cluster.sizing_refresh.0;
         // A snapshot file has nothing to measure.
         if every.is_zero() || self.ctx.config.cluster.backend == crate::config::Backend::File {
             return self.shutdown.cancelled().await;
         }
+        let scheduled = self.ctx.config.schedule.enabled;
         loop {
             if injected("sizer") {
                 return;
             }
             // Busy: looks again soon rather than a whole interval later; failed (the
             // member or etcd down): tries again within a minute.
-            let mut wait = every.min(Duration::from_secs(10));
+            let mut wait = every.min(BUSY_RETRY);
             if self.ops.current().is_none() {
+                let started = std::time::Instant::now();
                 let done = tokio::select! {
                     _ = self.shutdown.cancelled() => return,
                     done = self.refresh_sizes() => done,
                 };
-                wait = if done { every } else { every.min(Duration::from_secs(60)) };
+                wait = match done {
+                    true if scheduled => {
+                        let lead = started.elapsed() * 2 + REFRESH_LEAD;
+                        let floor = (every / 4).max(BUSY_RETRY);
+                        self.schedule.refresh_wait(Utc::now(), every, lead, floor)
+                    }
+                    true => every,
+                    false => every.min(Duration::from_secs(60)),
+                };
+                debug!(next_in_seconds = wait.as_secs_f64(), "next size refresh");
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -138,6 +158,7 @@ impl Sidecar {
 
     /// One refresh; false when it failed (logged).
     async fn refresh_sizes(&self) -> bool {
+        debug!("size refresh started");
         let started = std::time::Instant::now();
         let (ctx, member) = (&self.ctx, self.member());
         if ctx.coordinator.is_standalone() {
@@ -171,7 +192,7 @@ impl Sidecar {
                     seconds = started.elapsed().as_secs_f64(),
                     "sizes published"
                 ),
-                None => tracing::debug!(member, "no buckets on the member: no sizes published"),
+                None => debug!(member, "no buckets on the member: no sizes published"),
             }
         }
         ctx.metrics.size_refresh_timestamp_seconds.set(Utc::now().timestamp() as f64);
