@@ -183,15 +183,21 @@ pub struct SizingSummary {
 }
 
 impl SizingSummary {
-    /// One line for explanations: "sizes: exact, measured 3 s ago, 1.02M keys".
+    /// One line for explanations: "sizes: exact, measured 3 s ago at the oldest, 1.02M
+    /// keys (12.3k measured now)".
     pub fn line(&self) -> String {
-        let keys = match self.keys {
+        let count = |n: u64| match n {
             k if k >= 1_000_000 => format!("{:.2}M", k as f64 / 1e6),
             k if k >= 10_000 => format!("{:.1}k", k as f64 / 1e3),
             k => k.to_string(),
         };
-        let mut line =
-            format!("sizes: {}, measured {:.0} s ago at the oldest, {keys} keys", self.mode, self.oldest_seconds);
+        let mut line = format!(
+            "sizes: {}, measured {:.0} s ago at the oldest, {} keys ({} measured now)",
+            self.mode,
+            self.oldest_seconds,
+            count(self.keys),
+            count(self.keys_measured_now)
+        );
         if self.error_bytes > 0 {
             line.push_str(&format!(", error within {} bytes (95%)", self.error_bytes));
         }
@@ -436,6 +442,23 @@ mod tests {
     }
 
     const MEMBERS: &str = r#""members":[{"id":"m1","address":"a:1"},{"id":"m2","address":"a:2"}]"#;
+
+    #[test]
+    fn the_sizes_line_says_how_much_was_measured_now() {
+        let s = SizingSummary {
+            mode: "exact".into(),
+            keys: 1_020_000,
+            keys_measured_now: 12_345,
+            oldest_seconds: 3.2,
+            ..SizingSummary::default()
+        };
+        assert_eq!(s.line(), "sizes: exact, measured 3 s ago at the oldest, 1.02M keys (12.3k measured now)");
+        let s = SizingSummary { mode: "sampled".into(), keys: 900, keys_measured_now: 64, error_bytes: 512, ..s };
+        assert_eq!(
+            s.line(),
+            "sizes: sampled, measured 3 s ago at the oldest, 900 keys (64 measured now), error within 512 bytes (95%)"
+        );
+    }
 
     #[test]
     fn a_member_is_named_by_id_address_or_hostname_and_port() {
