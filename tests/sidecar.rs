@@ -67,6 +67,21 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
     // is left to move.
     wait_for(30, "the check after the run", || sidecars.iter().any(|s| s.logs().contains("after the run: transfer")));
     tokio::time::sleep(Duration::from_secs(8)).await;
+    // Each decision says what its sizes cost: the keys it holds and those it measured
+    // itself, fewer once sizes were known (published, or in the holder's cache).
+    let decisions: Vec<serde_json::Value> = sidecars
+        .iter()
+        .flat_map(|s| {
+            s.logs().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).collect::<Vec<_>>()
+        })
+        .filter(|v| v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("decision: ")))
+        .map(|v| v["fields"].clone())
+        .collect();
+    assert!(decisions.iter().all(|d| d["keys"].as_u64() >= Some(8_000)), "{decisions:?}");
+    assert!(
+        decisions.iter().any(|d| d["keys_measured_now"].as_u64().is_some_and(|n| n < 8_000)),
+        "every decision measured every key: {decisions:?}"
+    );
     // Each measured its own master at start and published the sizes, under its lease.
     let mut ids: Vec<String> = sidecars.iter().map(published_by).collect();
     ids.sort();

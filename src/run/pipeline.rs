@@ -184,10 +184,14 @@ impl Context {
         let force = matches!(trigger, Trigger::Manual { force: true, .. } | Trigger::Evacuation);
         let t = self.thresholds(force);
         let d = decide(snap, p, &t);
+        // What the sizes cost this run: keys measured now (the rest came from the cache or
+        // from the sizes other sidecars published) and how long that took.
+        let sizing = snap.observed.sizing.as_ref();
         info!(
             action = ?d.action, reason = d.reason.map(|r| r.as_str()).unwrap_or("-"),
             transfer_bytes = p.transfer_bytes, total_bytes = p.total_bytes, lower_bound_bytes = p.lower_bound_bytes,
-            moves = p.moves.len(), "decision: {}", d.message
+            moves = p.moves.len(), keys = sizing.map_or(0, |s| s.keys),
+            keys_measured_now = sizing.map_or(0, |s| s.keys_measured_now), sizing_seconds = sizing.map_or(0.0, |s| s.duration_seconds), "decision: {}", d.message
         );
         // Shown in /status while the moves go on, not only once they end.
         self.status.lock().unwrap().last_decision = Some(d.clone());
