@@ -55,9 +55,9 @@ impl Schedule {
 
     /// How long the sizer waits after a refresh that ended at `now`: `every`, or less, so
     /// that the next refresh starts `lead` ahead of a scheduled run and its sizes are
-    /// fresh when the run reads them. Never less than `floor`: a run too close for that
-    /// (or within `lead`, which the refresh just ended served) is not aimed at, and
-    /// frequent runs do not make refreshes frequent.
+    /// fresh when the run reads them. Never less than `floor`: a run due sooner than
+    /// `floor + lead` is left to the refresh that just ended, and frequent runs do not
+    /// make refreshes frequent.
     pub fn refresh_wait(&self, now: DateTime<Utc>, every: Duration, lead: Duration, floor: Duration) -> Duration {
         let floor = floor.min(every);
         let (Ok(lead), Ok(floor_c), Ok(every_c)) =

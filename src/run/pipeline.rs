@@ -191,7 +191,8 @@ impl Context {
             action = ?d.action, reason = d.reason.map(|r| r.as_str()).unwrap_or("-"),
             transfer_bytes = p.transfer_bytes, total_bytes = p.total_bytes, lower_bound_bytes = p.lower_bound_bytes,
             moves = p.moves.len(), keys = sizing.map_or(0, |s| s.keys),
-            keys_measured_now = sizing.map_or(0, |s| s.keys_measured_now), sizing_seconds = sizing.map_or(0.0, |s| s.duration_seconds), "decision: {}", d.message
+            keys_measured_now = sizing.map_or(0, |s| s.keys_measured_now),
+            sizing_seconds = sizing.map_or(0.0, |s| s.duration_seconds), "decision: {}", d.message
         );
         // Shown in /status while the moves go on, not only once they end.
         self.status.lock().unwrap().last_decision = Some(d.clone());
