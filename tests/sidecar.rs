@@ -7,11 +7,24 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use autobalancer_testkit::{ClusterSpec, Engine, LocalEtcd, on_each_engine};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd, on_each_engine};
 use common::*;
 
 fn etcd_section(etcd: &LocalEtcd, ttl: &str) -> String {
     format!("[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-test\"\nlease-ttl = \"{ttl}\"\n", etcd.endpoint())
+}
+
+/// A sidecar's configuration beside `member`: the `[cluster]` section, then `lines` (more
+/// `[cluster]` keys first, then other sections), then `[etcd]` with the lease `ttl`.
+fn sidecar_config(
+    c: &LocalCluster,
+    dir: &std::path::Path,
+    member: &str,
+    lines: &str,
+    etcd: &LocalEtcd,
+    ttl: &str,
+) -> String {
+    format!("{}{lines}\n{}", cluster_section(c, dir, Some(member)), etcd_section(etcd, ttl))
 }
 
 /// Reads what the fleet keeps in etcd, as no sidecar of it.
@@ -50,10 +63,13 @@ async fn three_sidecars_give_one_evaluation_per_slot_and_one_rebalance(engine: E
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let cfg = format!(
-                "{}\n[schedule]\ncron = \"*/3 * * * * *\"\n{}\n{FAST}",
-                cluster_section(&c, dir.path(), Some(m)),
-                etcd_section(&etcd, "3s")
+            let cfg = sidecar_config(
+                &c,
+                dir.path(),
+                m,
+                &format!("\n[schedule]\ncron = \"*/3 * * * * *\"\n{FAST}"),
+                &etcd,
+                "3s",
             );
             SidecarProc::start(dir.path(), &format!("s{i}"), &cfg)
         })
@@ -137,10 +153,13 @@ async fn a_killed_lock_holder_is_taken_over_and_repaired(engine: Engine) {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let cfg = format!(
-                "{}\n[schedule]\ncron = \"*/2 * * * * *\"\n{}\n{slow}",
-                cluster_section(&c, dir.path(), Some(m)),
-                etcd_section(&etcd, "2s")
+            let cfg = sidecar_config(
+                &c,
+                dir.path(),
+                m,
+                &format!("\n[schedule]\ncron = \"*/2 * * * * *\"\n{slow}"),
+                &etcd,
+                "2s",
             );
             SidecarProc::start(dir.path(), &format!("k{i}"), &cfg)
         })
@@ -230,11 +249,8 @@ async fn sizes_are_published_once_etcd_is_back(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let member = c.master_addrs()[0].clone();
     etcd.stop();
-    let cfg = format!(
-        "{}sizing-refresh = \"10s\"\n[schedule]\nenabled = false\n{}",
-        cluster_section(&c, dir.path(), Some(&member)),
-        etcd_section(&etcd, "3s")
-    );
+    let cfg =
+        sidecar_config(&c, dir.path(), &member, "sizing-refresh = \"10s\"\n[schedule]\nenabled = false\n", &etcd, "3s");
     let s = SidecarProc::start(dir.path(), "p", &cfg);
     wait_for(30, "a refresh that cannot publish", || !s.events("cannot publish the member's sizes").is_empty());
     assert_eq!(s.metric("autobalancer_size_refresh_timestamp_seconds"), 0.0);
@@ -259,11 +275,8 @@ async fn a_refresh_ends_shortly_before_a_scheduled_run(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let member = c.master_addrs()[0].clone();
     // The runs decide and move nothing: the data is far below minimum-size.
-    let cfg = format!(
-        "{}sizing-refresh = \"40s\"\n[schedule]\ncron = \"*/20 * * * * *\"\n{}[balance]\nminimum-size = \"1TiB\"\n",
-        cluster_section(&c, dir.path(), Some(&member)),
-        etcd_section(&etcd, "3s")
-    );
+    let lines = "sizing-refresh = \"40s\"\n[schedule]\ncron = \"*/20 * * * * *\"\n[balance]\nminimum-size = \"1TiB\"\n";
+    let cfg = sidecar_config(&c, dir.path(), &member, lines, &etcd, "3s");
     let s = SidecarProc::start(dir.path(), "aligned", &cfg);
     wait_for(30, "the refresh at start", || !s.events("sizes published").is_empty());
     // The next run at least 10 s away is 20 to 40 s after the start: the refresh ahead of
@@ -291,10 +304,13 @@ async fn a_lease_lost_mid_run_stops_before_the_next_move(engine: Engine) {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "{}\n{}\n[balance]\nminimum-size = 0\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 10\nmigration = \"legacy\"\n",
-            cluster_section(&c, dir.path(), Some(&c.master_addrs()[0])),
-            etcd_section(&etcd, "2s")
+        sidecar_config(
+            &c,
+            dir.path(),
+            &c.master_addrs()[0],
+            "\n[balance]\nminimum-size = 0\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 10\nmigration = \"legacy\"\n",
+            &etcd,
+            "2s",
         ),
     )
     .unwrap();
@@ -680,7 +696,7 @@ fn a_disabled_schedule_never_wakes_but_serves_the_api() {
 /// The test's `execution.shutdown-timeout`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
 
-fn redis_pids(c: &autobalancer_testkit::LocalCluster) -> Vec<String> {
+fn redis_pids(c: &LocalCluster) -> Vec<String> {
     c.nodes.iter().filter_map(|n| n.proc.as_ref()).map(|p| p.child.id().to_string()).collect()
 }
 
