@@ -149,7 +149,7 @@ pub struct ClusterSnapshot {
 
 /// How bucket sizes were taken, and what the backend found beside the layout. Empty for
 /// a snapshot file that carries none of it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Observed {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,7 +166,7 @@ pub struct Observed {
 }
 
 /// The state of the sizes a snapshot carries.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SizingSummary {
     /// "exact" (sum of MEMORY USAGE of every key) or "sampled".
     pub mode: String,
@@ -206,7 +206,7 @@ impl SizingSummary {
 }
 
 /// A bucket that stays where it is, and why.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pinned {
     pub bucket: u64,
     /// Its largest key, in bytes.
@@ -215,7 +215,7 @@ pub struct Pinned {
 }
 
 /// What a member's server says of itself beside the buckets it holds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct MemberFacts {
     /// The server's own memory figure (Redis: `used_memory`).

@@ -1,15 +1,18 @@
 //! The bodies the API answers with and accepts, as types: the handlers build them and the
 //! OpenAPI document describes them, so the two cannot drift apart.
 //!
-//! Owns: request and answer bodies, and the schemas of the two status documents the
-//! daemon builds itself (`/status`, `/status/cluster`). Does not own: the error shape
+//! Owns: request and answer bodies, the status documents (`/status`, and the
+//! registration each sidecar publishes), and the schema of `/status/cluster`, which the
+//! daemon assembles from etcd. Does not own: the error shape
 //! (`error`), the run's answer ([`Answer`], from `report`).
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::coord::{Evacuation, Holder, RunRecord};
 use crate::decide::Decision;
+use crate::model::Observed;
 use crate::report::{Answer, MemberReport};
 
 /// `GET /healthz`: every supervised task runs.
@@ -72,12 +75,13 @@ pub struct PauseState {
     pub paused: Option<String>,
 }
 
-/// `GET /status`: this sidecar. Built by the daemon as a JSON document; this type
-/// describes it and is never built.
-#[allow(dead_code)]
-#[derive(ToSchema)]
-pub struct Status {
+/// What a sidecar publishes of itself in etcd every lease-ttl/3 (the `sidecars` of
+/// `/status/cluster`), and the first fields of its `GET /status`.
+#[derive(Serialize, ToSchema)]
+pub struct Registration {
     pub member: String,
+    /// Where the local member was at the last snapshot (its id stays; this may change).
+    pub address: Option<String>,
     /// The API's listen address.
     pub api: String,
     pub version: String,
@@ -87,32 +91,37 @@ pub struct Status {
     pub operation: Option<String>,
     pub progress: Progress,
     pub last_decision: Option<Decision>,
-    pub last_run_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_run_at: Option<DateTime<Utc>>,
     /// `rebalanced`, `skipped`, `failed` or `stopped`.
     pub last_outcome: Option<String>,
     pub last_report: Option<Vec<MemberReport>>,
-    pub next_run: Option<chrono::DateTime<chrono::Utc>>,
+    pub next_run: Option<DateTime<Utc>>,
     /// The local member's evacuation.
-    pub evacuation: serde_json::Value,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub evacuation: EvacuationStatus,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /status`: this sidecar, its registration first.
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    #[serde(flatten)]
+    pub registration: Registration,
     pub cluster: String,
     pub schedule: ScheduleStatus,
     /// No etcd configured: the lock is this process's own.
     pub standalone: bool,
-    /// The lock's holder (`holder` null when free), or `error` when it cannot be read.
-    pub lock: serde_json::Value,
+    pub lock: LockStatus,
     pub paused: Option<String>,
     /// Why etcd is not usable now, if it is not.
     pub etcd: Option<String>,
     /// How the last snapshot sized the buckets, in a line.
     pub sizes: Option<String>,
     /// What the last snapshot observed: engine, sizing, per-member facts.
-    pub observed: serde_json::Value,
+    pub observed: Option<Observed>,
 }
 
 /// Moves of the running (or last) operation.
-#[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct Progress {
     pub moves_planned: u64,
     pub moves_done: u64,
@@ -121,12 +130,40 @@ pub struct Progress {
     pub bytes_done: u64,
 }
 
-#[allow(dead_code)]
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct ScheduleStatus {
     pub cron: String,
     pub timezone: String,
     pub enabled: bool,
+}
+
+/// The lock as this sidecar reads it: its holder (null when free), or `error` when it
+/// cannot be read.
+#[derive(Serialize, ToSchema)]
+pub struct LockStatus {
+    pub holder: Option<String>,
+    /// What the holder runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<f64>,
+    /// This sidecar holds it and runs an operation now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_here: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Evacuation progress of the local member.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct EvacuationStatus {
+    pub active: bool,
+    /// Buckets and bytes still on the member at the last look; None before the first.
+    pub buckets_left: Option<u64>,
+    pub bytes_left: Option<u64>,
+    pub request: Option<Evacuation>,
 }
 
 /// `GET /status/cluster`: the fleet's shared state, read from etcd. Built by the daemon
@@ -139,6 +176,7 @@ pub struct ClusterStatus {
     pub paused: Option<String>,
     pub evacuations: Vec<Evacuation>,
     pub last_run: Option<RunRecord>,
-    /// Every sidecar's registration: the fields of `/status` it last published.
+    /// Every sidecar's registration, as it last published it.
+    #[schema(value_type = Vec<Registration>)]
     pub sidecars: Vec<serde_json::Value>,
 }

@@ -8,6 +8,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
+use super::bodies::Status;
 use crate::cluster::{Handoff, HandoffError};
 use crate::coord::Evacuation;
 use crate::model::ClusterSnapshot;
@@ -40,7 +41,7 @@ pub trait Control: Send + Sync + 'static {
     fn availability(&self) -> Availability;
 
     /// This sidecar's state, schedule, lock holder and last run.
-    fn status(&self) -> impl Future<Output = serde_json::Value> + Send;
+    fn status(&self) -> impl Future<Output = Status> + Send;
 
     /// Every sidecar's registration and the fleet's shared state.
     fn cluster_status(&self) -> impl Future<Output = Result<serde_json::Value, RunError>> + Send;

@@ -30,7 +30,7 @@ impl Control for Unused {
     fn availability(&self) -> Availability {
         unreachable!()
     }
-    async fn status(&self) -> Value {
+    async fn status(&self) -> crate::api::bodies::Status {
         unreachable!()
     }
     async fn cluster_status(&self) -> Result<Value, RunError> {
@@ -178,4 +178,28 @@ fn the_body_limit_and_media_type_are_documented_where_a_body_is_read() {
     }
     assert!(op["requestBody"]["content"]["application/json"]["schema"].is_object(), "{op:#}");
     assert_ne!(op["requestBody"]["required"], true, "an empty body takes every default");
+}
+
+#[test]
+fn the_status_documents_are_typed_field_by_field() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let status = &schemas["Status"]["allOf"];
+    assert_eq!(status[0]["$ref"], "#/components/schemas/Registration", "{status:#}");
+    for (name, props) in [
+        ("Status", &status[1]["properties"]),
+        ("Registration", &schemas["Registration"]["properties"]),
+        ("LockStatus", &schemas["LockStatus"]["properties"]),
+        ("EvacuationStatus", &schemas["EvacuationStatus"]["properties"]),
+    ] {
+        let props = props.as_object().unwrap_or_else(|| panic!("{name} has no properties"));
+        for (field, schema) in props {
+            // An untyped field (serde_json::Value) is described as `{}`: anything.
+            let described = ["type", "$ref", "oneOf", "allOf"].iter().any(|k| schema.get(k).is_some());
+            assert!(described, "{name}.{field} is untyped: {schema}");
+        }
+    }
+    for field in ["address", "evacuation", "progress", "last_decision"] {
+        assert!(schemas["Registration"]["properties"].get(field).is_some(), "Registration lacks {field}");
+    }
 }

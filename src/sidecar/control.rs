@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use super::Sidecar;
+use crate::api::bodies::{LockStatus, ScheduleStatus, Status};
 use crate::api::{Availability, Control};
 use crate::cluster::{HANDOFF_WITHIN, Handoff, HandoffError};
 use crate::coord::Evacuation;
@@ -40,34 +41,41 @@ impl Control for Sidecar {
         Availability { available: !e.active, state, member: self.member().to_string() }
     }
 
-    async fn status(&self) -> serde_json::Value {
-        let mut reg = self.registration();
+    async fn status(&self) -> Status {
         let holder = self.ctx.coordinator.holder().await;
         let paused = self.ctx.coordinator.paused().await;
         let config = &self.ctx.config;
-        let obj = reg.as_object_mut().expect("object");
-        obj.insert("cluster".into(), json!(config.cluster.id));
-        obj.insert(
-            "schedule".into(),
-            json!({"cron": self.schedule.expression(), "timezone": config.schedule.timezone,
-                   "enabled": config.schedule.enabled}),
-        );
-        obj.insert("standalone".into(), json!(self.ctx.coordinator.is_standalone()));
+        let free =
+            LockStatus { holder: None, operation: None, since: None, age_seconds: None, held_here: None, error: None };
         let lock = match holder {
-            Ok(Some(h)) => json!({"holder": h.member, "operation": h.operation, "since": h.started_at,
-                                  "age_seconds": (chrono::Utc::now() - h.started_at).num_milliseconds() as f64 / 1000.0,
-                                  "held_here": h.member == self.member() && self.current_operation().is_some()}),
-            Ok(None) => json!({"holder": null}),
-            Err(e) => json!({"error": e.to_string()}),
+            Ok(Some(h)) => LockStatus {
+                age_seconds: Some((chrono::Utc::now() - h.started_at).num_milliseconds() as f64 / 1000.0),
+                held_here: Some(h.member == self.member() && self.current_operation().is_some()),
+                holder: Some(h.member),
+                operation: Some(h.operation),
+                since: Some(h.started_at),
+                ..free
+            },
+            Ok(None) => free,
+            Err(e) => LockStatus { error: Some(e.to_string()), ..free },
         };
-        obj.insert("lock".into(), lock);
-        obj.insert("paused".into(), json!(paused.ok().flatten()));
-        obj.insert("etcd".into(), json!(self.etcd.lock().unwrap().clone().err()));
         // The last snapshot's sizes ("sizes: exact, measured 3 s ago ...") and findings.
         let observed = self.ctx.status.lock().unwrap().observed.clone();
-        obj.insert("sizes".into(), json!(observed.as_ref().and_then(|o| o.sizing.as_ref()).map(|s| s.line())));
-        obj.insert("observed".into(), json!(observed));
-        reg
+        Status {
+            registration: self.registration(),
+            cluster: config.cluster.id.clone(),
+            schedule: ScheduleStatus {
+                cron: self.schedule.expression().to_string(),
+                timezone: config.schedule.timezone.clone(),
+                enabled: config.schedule.enabled,
+            },
+            standalone: self.ctx.coordinator.is_standalone(),
+            lock,
+            paused: paused.ok().flatten(),
+            etcd: self.etcd.lock().unwrap().clone().err(),
+            sizes: observed.as_ref().and_then(|o| o.sizing.as_ref()).map(|s| s.line()),
+            observed,
+        }
     }
 
     async fn cluster_status(&self) -> Result<serde_json::Value, RunError> {

@@ -27,13 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::bodies::EvacuationStatus;
 use crate::config::Config;
 use crate::coord::Evacuation;
 use crate::run::{Context, Finished, RunError, SetupError, Trigger};
@@ -58,16 +58,6 @@ pub enum SidecarError {
 /// How long a shutdown may take, from the signal to the exit (`execution.shutdown-timeout`).
 pub fn shutdown_timeout(config: &Config) -> Duration {
     config.execution.shutdown_timeout.0
-}
-
-/// Evacuation progress of the local member.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct EvacuationStatus {
-    pub active: bool,
-    /// Buckets and bytes still on the member at the last look; None before the first.
-    pub buckets_left: Option<u64>,
-    pub bytes_left: Option<u64>,
-    pub request: Option<Evacuation>,
 }
 
 pub struct Sidecar {

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::Sidecar;
 use super::supervise::failpoint::{self, Fault};
+use crate::api::bodies::{Progress, Registration};
 use crate::decide::SkipReason;
 use crate::run::Trigger;
 
@@ -99,7 +100,7 @@ impl Sidecar {
                     self.evac_wake.notify_one();
                 }
             }
-            let state = self.registration();
+            let state = serde_json::to_value(self.registration()).expect("a registration is plain data");
             let res = self.ctx.coordinator.register(&state).await.map_err(|e| e.to_string());
             if let Err(e) = &res {
                 warn!(cause = %e, "etcd heartbeat failed");
@@ -200,37 +201,39 @@ impl Sidecar {
     }
 
     /// What this sidecar publishes under `sidecars/<member>`.
-    pub fn registration(&self) -> serde_json::Value {
+    pub fn registration(&self) -> Registration {
         let status = self.ctx.status.lock().unwrap().clone();
-        let evac = self.evacuation.lock().unwrap().clone();
+        let evacuation = self.evacuation.lock().unwrap().clone();
         let p = &self.ctx.progress;
         let running = self.current_operation();
         let state = match running {
             Some(_) => status.state.clone(),
-            None if evac.active && evac.buckets_left == Some(0) => "evacuated".into(),
-            None if evac.active => "evacuating".into(),
+            None if evacuation.active && evacuation.buckets_left == Some(0) => "evacuated".into(),
+            None if evacuation.active => "evacuating".into(),
             None => "idle".into(),
         };
-        serde_json::json!({
-            "member": self.member(),
-            "address": status.address,
-            "api": self.ctx.config.api.listen,
-            "version": env!("CARGO_PKG_VERSION"),
-            "state": state,
-            "operation": running,
-            "progress": {
-                "moves_planned": p.planned.load(Relaxed), "moves_done": p.done.load(Relaxed),
-                "moves_failed": p.failed.load(Relaxed), "bytes_planned": p.bytes_planned.load(Relaxed),
-                "bytes_done": p.bytes_done.load(Relaxed),
+        Registration {
+            member: self.member().to_string(),
+            address: status.address,
+            api: self.ctx.config.api.listen.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state,
+            operation: running.map(String::from),
+            progress: Progress {
+                moves_planned: p.planned.load(Relaxed),
+                moves_done: p.done.load(Relaxed),
+                moves_failed: p.failed.load(Relaxed),
+                bytes_planned: p.bytes_planned.load(Relaxed),
+                bytes_done: p.bytes_done.load(Relaxed),
             },
-            "last_decision": status.last_decision,
-            "last_run_at": status.last_run_at,
-            "last_outcome": status.last_outcome,
-            "last_report": status.last_report,
-            "next_run": *self.next_run.lock().unwrap(),
-            "evacuation": evac,
-            "updated_at": Utc::now(),
-        })
+            last_decision: status.last_decision,
+            last_run_at: status.last_run_at,
+            last_outcome: status.last_outcome.map(String::from),
+            last_report: status.last_report,
+            next_run: *self.next_run.lock().unwrap(),
+            evacuation,
+            updated_at: Utc::now(),
+        }
     }
 
     /// Drains the local member while an evacuation is requested: runs until it holds
