@@ -139,7 +139,7 @@ pub struct ScheduleStatus {
 
 /// The lock as this sidecar reads it: its holder (null when free), or `error` when it
 /// cannot be read.
-#[derive(Serialize, ToSchema)]
+#[derive(Default, Serialize, ToSchema)]
 pub struct LockStatus {
     pub holder: Option<String>,
     /// What the holder runs.

@@ -45,8 +45,6 @@ impl Control for Sidecar {
         let holder = self.ctx.coordinator.holder().await;
         let paused = self.ctx.coordinator.paused().await;
         let config = &self.ctx.config;
-        let free =
-            LockStatus { holder: None, operation: None, since: None, age_seconds: None, held_here: None, error: None };
         let lock = match holder {
             Ok(Some(h)) => LockStatus {
                 age_seconds: Some((chrono::Utc::now() - h.started_at).num_milliseconds() as f64 / 1000.0),
@@ -54,10 +52,10 @@ impl Control for Sidecar {
                 holder: Some(h.member),
                 operation: Some(h.operation),
                 since: Some(h.started_at),
-                ..free
+                ..LockStatus::default()
             },
-            Ok(None) => free,
-            Err(e) => LockStatus { error: Some(e.to_string()), ..free },
+            Ok(None) => LockStatus::default(),
+            Err(e) => LockStatus { error: Some(e.to_string()), ..LockStatus::default() },
         };
         // The last snapshot's sizes ("sizes: exact, measured 3 s ago ...") and findings.
         let observed = self.ctx.status.lock().unwrap().observed.clone();
