@@ -187,6 +187,12 @@ async fn on_demand_answers_and_their_errors() {
     let url = s.url("/rebalance");
     let first = std::thread::spawn(move || call("PUT", &url, None, None).unwrap());
     wait_for(10, "the run to start", || json(&get(&s.url("/status")).unwrap().1)["state"] == "moving");
+    // /status says who holds the lock, for what, and that it is held here.
+    let st = json(&get(&s.url("/status")).unwrap().1);
+    let lock = &st["lock"];
+    assert_eq!(lock["holder"], st["member"], "{st:#}");
+    assert_eq!((lock["operation"].as_str(), lock["held_here"].as_bool()), (Some("manual"), Some(true)), "{st:#}");
+    assert!(lock["age_seconds"].as_f64().is_some_and(|a| a >= 0.0) && lock.get("error").is_none(), "{st:#}");
     let (code, body) = call("PUT", &s.url("/rebalance"), None, None).unwrap();
     assert_eq!((code, json(&body)["error"]["code"].clone()), (409, serde_json::json!("already_running")), "{body}");
     // Stop it: it ends at a safe point, and says so.
