@@ -12,12 +12,14 @@
 //! this process at :47 through the library with the published sizes adopted, as a holder
 //! takes one.
 
+mod bench_common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autobalancer::cluster::Cluster;
-use autobalancer::cluster::redis::RedisCluster;
 use autobalancer_testkit::{ClusterSpec, Engine, LocalEtcd};
+use bench_common::{backend, observer};
 
 /// The decisions logged so far by the sidecar whose JSON log is `path`.
 fn decisions(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -82,15 +84,7 @@ async fn main() {
             tokio::time::sleep_until((t0 + Duration::from_secs_f64((n + 1) as f64 / rate as f64)).into()).await;
         }
     });
-    let observer = autobalancer::coord::Coordinator::new(
-        Some(&autobalancer::config::EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }),
-        "bench",
-        "bench",
-    )
-    .unwrap();
-    let mut cfg = autobalancer::config::Config::default();
-    cfg.cluster.id = "bench".into();
-    cfg.cluster.seeds = c.master_addrs();
+    let observer = observer(&etcd);
     println!("{keys} keys, {rate} new keys/s; runs every minute at :00, sizing-refresh 60s");
     println!();
     println!("| round | taken by | at | keys measured now | of keys | sizing (s) |");
@@ -118,7 +112,7 @@ async fn main() {
         // 47 s into the minute: the sizes were published about 11 s before :00.
         let into = chrono::Utc::now().timestamp() % 60;
         tokio::time::sleep(Duration::from_secs((47 - into).max(0) as u64)).await;
-        let rc = RedisCluster::from_config(&cfg).unwrap();
+        let rc = backend(&c);
         rc.adopt_sizes(observer.size_tables().await.unwrap());
         let snap = rc.snapshot().await.unwrap();
         let s = snap.observed.sizing.unwrap();

@@ -24,7 +24,7 @@ use autobalancer::cluster::redis::RedisCluster;
 use autobalancer::model::ClusterSnapshot;
 use autobalancer::plan::{Move, PlanOptions, plan};
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd};
-use bench_common::{Row, backend, exact_bytes, print_header, print_row, row};
+use bench_common::{Row, backend, exact_bytes, observer, print_header, print_row, row};
 
 const WAYS: [&str; 6] = [
     "redis-cli",
@@ -159,12 +159,7 @@ async fn sidecars(c: &LocalCluster, bin: &str) -> f64 {
         procs.push(autobalancer_testkit::Proc::new(child, format!("sidecar {i}")));
         apis.push(api);
     }
-    let observer = autobalancer::coord::Coordinator::new(
-        Some(&autobalancer::config::EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() }),
-        "bench",
-        "bench",
-    )
-    .unwrap();
+    let observer = observer(&etcd);
     let waited = Instant::now();
     while observer.size_tables().await.map_or(0, |t| t.len()) < apis.len() {
         assert!(waited.elapsed() < Duration::from_secs(120), "the sidecars did not publish their sizes");

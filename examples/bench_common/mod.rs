@@ -1,11 +1,15 @@
-//! What the rebalance benches share: the exact bytes of every slot through the library,
-//! what a way of rebalancing moved and how even it left the masters, and the table.
+//! What the benches share: the library's backend for a local cluster, a reader of what a
+//! fleet keeps in etcd, the exact bytes of every slot, what a way of rebalancing moved
+//! and how even it left the masters, and the table.
+// Each bench is a crate of its own and uses part of this.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
 use autobalancer::cluster::Cluster;
 use autobalancer::cluster::redis::RedisCluster;
-use autobalancer_testkit::LocalCluster;
+use autobalancer::coord::Coordinator;
+use autobalancer_testkit::{LocalCluster, LocalEtcd};
 
 /// Owner (its address) and exact bytes of every slot.
 pub struct Slots {
@@ -30,6 +34,12 @@ pub fn backend(c: &LocalCluster) -> RedisCluster {
     cfg.cluster.seeds = c.master_addrs();
     cfg.cluster.slot_sample_keys = 10_000;
     RedisCluster::from_config(&cfg).unwrap()
+}
+
+/// Reads what the benches' fleet (cluster id `bench`) keeps in `etcd`, as no sidecar of it.
+pub fn observer(etcd: &LocalEtcd) -> Coordinator {
+    let e = autobalancer::config::EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() };
+    Coordinator::new(Some(&e), "bench", "bench").unwrap()
 }
 
 pub async fn exact_bytes(c: &LocalCluster) -> Slots {
