@@ -86,6 +86,7 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
                 })
                 .collect();
         }
+        tracing::debug!(buckets = moves.len(), "intents recorded");
         let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
         let results = self.inner.move_group(s, moves, &fenced).await;
         self.settle(moves, &results).await;

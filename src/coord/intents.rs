@@ -20,8 +20,9 @@ use crate::model::MoveIntent;
 /// (128), so a server configured lower than the default still takes them.
 const TXN_OPS: usize = 64;
 /// Transactions of one call in flight at once. etcd commits concurrent proposals with one
-/// disk sync, so a group of 1,000 slots costs about one sync instead of sixteen in a row.
-const TXNS_IN_FLIGHT: usize = 16;
+/// disk sync, so the largest group an atomic job moves (4,096 slots) costs about one sync
+/// instead of 64 in a row.
+const TXNS_IN_FLIGHT: usize = 64;
 
 impl Coordinator {
     /// Records the intents of moves before they start (one move, or the group of slots

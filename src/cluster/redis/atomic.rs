@@ -268,6 +268,7 @@ impl RedisCluster {
         if let Err(e) = self.conns.query::<()>(src, &c).await {
             return (format!("CLUSTER MIGRATESLOTS refused by {e}"), Next::Legacy, None);
         }
+        debug!(node = %src, target = %dst_id, slots = slots.len(), "atomic job started");
         let limit = self.migrate_timeout + Duration::from_secs(bytes / JOB_MIN_BYTES_PER_SECOND);
         let started = Instant::now();
         let mut name = None;
