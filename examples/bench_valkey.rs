@@ -82,15 +82,22 @@ async fn floor(c: &LocalCluster) -> f64 {
     }
     sources.sort();
     sources.dedup();
+    let mut ended = std::collections::BTreeSet::new();
     loop {
         let mut done = true;
         for s in &sources {
             let jobs: Vec<Vec<String>> =
                 redis::cmd("CLUSTER").arg("GETSLOTMIGRATIONS").query_async(cons.get_mut(s).unwrap()).await.unwrap();
             for j in jobs {
-                let state = j.iter().position(|f| f == "state").map(|i| j[i + 1].as_str()).unwrap_or("");
+                let field = |name: &str| j.iter().position(|f| f == name).map(|i| j[i + 1].as_str()).unwrap_or("");
+                let state = field("state");
                 assert!(state != "failed" && state != "cancelled", "{j:?}");
                 done &= state == "success";
+                if state == "success" && bench_log() && ended.insert(field("name").to_string()) {
+                    let ms = t0.elapsed().as_millis();
+                    let ranges = field("slot_ranges").split_whitespace().count();
+                    eprintln!("floor: job {} ({ranges} slot ranges) ended at {ms} ms", field("name"));
+                }
             }
         }
         if done {
