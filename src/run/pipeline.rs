@@ -128,12 +128,14 @@ impl Context {
                 return Break(self.skipped(Skip::new(SkipReason::LockUnavailable, format!("cannot read moves/: {e}"))));
             }
         };
+        let started = std::time::Instant::now();
         let r = match self.cluster.repair(&RepairOptions { intents, ..Default::default() }).await {
             Ok(r) => r,
             // The cluster cannot be read at all (down, refused, bad credentials).
             Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, format!("repair: {e}")))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
+        tracing::debug!(settled = r.settled.len(), ms = started.elapsed().as_millis() as u64, "repair done");
         if !r.intents_done.is_empty()
             && let Err(e) = self.coordinator.clear_moves(&r.intents_done).await
         {
