@@ -274,25 +274,8 @@ async fn big_keys_pin_their_slot_and_stray_keys_are_counted(engine: Engine) {
 
     // A key written straight into a master that does not own its slot (as a failover
     // mid-move leaves it) shows as a stray key of that master.
-    let owners = c.slot_owners().await.unwrap();
     let target = c.master_addrs()[2].clone();
-    let mut con = c.conn(&target).await.unwrap();
-    let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg("stray").query_async(&mut con).await.unwrap();
-    assert_ne!(owners[slot as usize], target);
-    // RESTORE into a slot the node does not own is refused; ASKING lets it through only
-    // while importing, so the stray key is made the way a failover makes it.
-    redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(slot)
-        .arg("IMPORTING")
-        .arg(node_id(&c, &owners[slot as usize]).await)
-        .query_async::<()>(&mut con)
-        .await
-        .unwrap();
-    let mut p = redis::pipe();
-    p.cmd("ASKING").ignore().cmd("SET").arg("stray").arg("value").ignore();
-    p.query_async::<()>(&mut con).await.unwrap();
-    redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE").query_async::<()>(&mut con).await.unwrap();
+    write_stray(&c, &target, "stray").await;
     let snap = AnyCluster::from_config(&cfg).unwrap().snapshot().await.unwrap();
     let i = snap.member_named(&target).unwrap() as usize;
     assert_eq!(snap.observed.members[i].stray_keys, 1);
@@ -431,6 +414,98 @@ async fn published_sizes_serve_the_holder_where_they_still_hold(engine: Engine) 
     assert!(coord_a.size_tables().await.unwrap().is_empty());
 }
 
+/// Writes `key` into `target`, a master that does not own its slot, the way a failover
+/// mid-move leaves a key: RESTORE into a slot the node does not own is refused, and
+/// ASKING lets a write through only while the node imports the slot.
+async fn write_stray(c: &LocalCluster, target: &str, key: &str) {
+    let owners = c.slot_owners().await.unwrap();
+    let mut con = c.conn(target).await.unwrap();
+    let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut con).await.unwrap();
+    assert_ne!(owners[slot as usize], target);
+    redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("IMPORTING")
+        .arg(node_id(c, &owners[slot as usize]).await)
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let mut p = redis::pipe();
+    p.cmd("ASKING").ignore().cmd("SET").arg(key).arg("value").ignore();
+    p.query_async::<()>(&mut con).await.unwrap();
+    redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE").query_async::<()>(&mut con).await.unwrap();
+}
+
+/// The snapshot right after a repair that changed nothing starts from what the repair
+/// read: every slot's key count is asked for once, not twice. A move, or a repair that
+/// changed something, makes the next snapshot read everything again.
+async fn a_snapshot_after_a_repair_that_changed_nothing_reads_it_once(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 1).start().await.unwrap();
+    let written = load(&c, 2_000).await as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = AnyCluster::from_config(&config(dir.path(), &c, "")).unwrap();
+    let masters = c.master_addrs();
+    // Key counts asked for, summed over the masters: slots counted one by one on Redis
+    // 7, SLOT-STATS calls (one answers for a whole master) on Valkey.
+    let (counting, per_reading) = match engine {
+        Engine::Redis => ("countkeysinslot", 16384),
+        Engine::Valkey => ("slot-stats", masters.len() as u64),
+    };
+    let counted = || async {
+        let mut n = 0;
+        for a in &masters {
+            let mut con = c.conn(a).await.unwrap();
+            let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+            n += stats
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_cluster|{counting}:calls=")))
+                .map_or(0, |v| v.split(',').next().unwrap().parse::<u64>().unwrap());
+        }
+        n
+    };
+    let first = cluster.snapshot().await.unwrap();
+    let base = counted().await;
+
+    let r = cluster.repair(&Default::default()).await.unwrap();
+    assert!(r.settled.is_empty() && r.conflicts.is_empty(), "{r:?}");
+    let snap = cluster.snapshot().await.unwrap();
+    assert_eq!(counted().await - base, per_reading, "the repair's reading serves the snapshot");
+    assert_eq!(snap.observed.sizing.as_ref().unwrap().keys, written);
+    assert_eq!(
+        snap.buckets.iter().map(|b| b.copies.clone()).collect::<Vec<_>>(),
+        first.buckets.iter().map(|b| b.copies.clone()).collect::<Vec<_>>()
+    );
+
+    // A move between the repair and the snapshot: the snapshot reads the cluster again
+    // and sees the slot where it went.
+    let b = snap.buckets.iter().find(|b| b.bytes > 0 && b.bytes < 1 << 20).unwrap();
+    let empty = snap.member_named(&masters[3]).unwrap();
+    let mv = autobalancer::plan::Move {
+        kind: autobalancer::plan::MoveKind::Copy,
+        bucket: b.id,
+        bucket_index: snap.buckets.iter().position(|x| x.id == b.id).unwrap() as u32,
+        from: b.copies[0],
+        to: empty,
+        bytes: b.bytes,
+    };
+    let base = counted().await;
+    cluster.repair(&Default::default()).await.unwrap();
+    cluster.move_bucket(&snap, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
+    let after_move = cluster.snapshot().await.unwrap();
+    let moved = after_move.buckets.iter().find(|x| x.id == b.id).unwrap();
+    assert_eq!(moved.copies, vec![empty], "the snapshot after a move sees the slot's new owner");
+    assert_eq!(counted().await - base, 2 * per_reading, "the repair's reading and the snapshot's own");
+
+    // A repair that returned a stray key changed a count: the snapshot reads again and
+    // finds the key with its owner.
+    write_stray(&c, &masters[2], "stray").await;
+    let r = cluster.repair(&Default::default()).await.unwrap();
+    assert_eq!(r.settled.len(), 1, "{r:?}");
+    let after = cluster.snapshot().await.unwrap();
+    assert_eq!(after.observed.sizing.as_ref().unwrap().keys, written + 1);
+    assert!(after.observed.members.iter().all(|f| f.stray_keys == 0), "{:?}", after.observed.members);
+}
+
 fn crc16_slot(key: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384
 }
@@ -445,4 +520,5 @@ on_each_engine!(
     big_keys_pin_their_slot_and_stray_keys_are_counted,
     sampled_sizes_state_their_error_bound,
     published_sizes_serve_the_holder_where_they_still_hold,
+    a_snapshot_after_a_repair_that_changed_nothing_reads_it_once,
 );

@@ -44,6 +44,33 @@ use sizing::SizeCache;
 use topology::Topology;
 
 pub const SLOTS: usize = 16384;
+/// How long what a repair read may serve the snapshot after it.
+const READING_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// What a repair that changed nothing read of the cluster. The run's snapshot, which
+/// follows at once, starts from it instead of reading the same again (on Redis 7 that is
+/// 16384 COUNTKEYSINSLOT per snapshot). Taken by the first snapshot within
+/// [`READING_MAX_AGE`], dropped by any move.
+struct Reading {
+    topo: Topology,
+    masters: std::collections::HashMap<String, MasterReading>,
+    at: Instant,
+}
+
+/// One master, as a repair read it: INFO, and the key counts of the slots it owns or
+/// imports.
+struct MasterReading {
+    info: NodeInfo,
+    counts: std::collections::HashMap<u16, u64>,
+}
+
+impl MasterReading {
+    /// INFO and the key counts of `slots`, if this reading has every one of them.
+    fn of(&self, slots: &[u16]) -> Option<(NodeInfo, Vec<u64>)> {
+        let counts = slots.iter().map(|s| self.counts.get(s).copied()).collect::<Option<Vec<u64>>>()?;
+        Some((self.info.clone(), counts))
+    }
+}
 /// Commands per pipeline round trip.
 const PIPELINE: usize = 2048;
 
@@ -52,7 +79,7 @@ pub struct RedisCluster {
     seeds: Vec<String>,
     conns: Conns,
     sizing: SizingOptions,
-    /// Slot sizes measured so far; a slot keeps its entry when it moves.
+    /// Slot sizes measured so far; a slot this backend moves is measured again.
     sizes: SizeCache,
     /// Size tables other sidecars published, by member: read at each snapshot of a run.
     published: Mutex<std::collections::HashMap<String, super::SizeTable>>,
@@ -64,6 +91,8 @@ pub struct RedisCluster {
     migrate_timeout: Duration,
     /// The topology read by the last snapshot or repair; moves use its node ids.
     topo: Mutex<Option<Arc<Topology>>>,
+    /// What the last repair read, when it changed nothing: the next snapshot's start.
+    reading: Mutex<Option<Reading>>,
     /// When this process first saw each open slot nobody recorded.
     first_seen: Mutex<std::collections::HashMap<u16, chrono::DateTime<chrono::Utc>>>,
     /// Whether migrate-timeout was compared with the cluster's node timeout.
@@ -110,6 +139,7 @@ impl RedisCluster {
             batch_bytes: config.execution.migrate_batch_bytes.0,
             migrate_timeout,
             topo: Mutex::new(None),
+            reading: Mutex::new(None),
             first_seen: Mutex::default(),
             node_timeout_checked: Default::default(),
             migration: match config.execution.migration {
@@ -120,6 +150,18 @@ impl RedisCluster {
             caps: capabilities::Seen::default(),
             legacy_fallbacks: Default::default(),
         })
+    }
+}
+
+impl RedisCluster {
+    /// What the last repair read no longer stands (a move or a handoff begins).
+    fn drop_reading(&self) {
+        *self.reading.lock().expect("reading") = None;
+    }
+
+    /// What the last repair read, when it is recent enough to start a snapshot from.
+    fn take_reading(&self) -> Option<Reading> {
+        self.reading.lock().expect("reading").take().filter(|r| r.at.elapsed() <= READING_MAX_AGE)
     }
 }
 
@@ -144,6 +186,7 @@ impl Cluster for RedisCluster {
     }
 
     async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
+        self.drop_reading();
         let slot = u16::try_from(mv.bucket)
             .ok()
             .filter(|&x| (x as usize) < SLOTS)
@@ -186,6 +229,7 @@ impl Cluster for RedisCluster {
         moves: &[Move],
         pace: &P,
     ) -> Vec<Result<MoveStats, ClusterError>> {
+        self.drop_reading();
         self.group(s, moves, pace).await
     }
 }

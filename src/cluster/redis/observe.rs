@@ -5,6 +5,8 @@
 //! Owns: turning observations into members, buckets and `Observed`. Does not own: how a
 //! slot is measured ([`super::sizing`]) or read ([`super::topology`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -13,7 +15,7 @@ use tracing::warn;
 use super::capabilities::Capabilities;
 use super::sizing::MasterSizes;
 use super::topology::{NodeInfo, NodeLine, Topology};
-use super::{RedisCluster, SLOTS};
+use super::{MasterReading, RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, MeasuredBucket, SizeTable};
 use crate::model::{
     Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, Replica, SizingSummary,
@@ -31,10 +33,17 @@ impl RedisCluster {
     /// Reads the topology, observes every master in parallel and assembles the snapshot.
     pub(super) async fn observe(&self) -> Result<ClusterSnapshot, ClusterError> {
         let started = Instant::now();
-        let topo = self.topology().await?;
-        let views =
-            futures::future::join_all(topo.masters.iter().enumerate().map(|(i, m)| self.observe_master(&topo, i, m)))
-                .await;
+        let (topo, read) = match self.take_reading() {
+            Some(r) => {
+                *self.topo.lock().expect("topology cache") = Some(Arc::new(r.topo.clone()));
+                (r.topo, r.masters)
+            }
+            None => (self.topology().await?, HashMap::new()),
+        };
+        let views = futures::future::join_all(
+            topo.masters.iter().enumerate().map(|(i, m)| self.observe_master(&topo, i, m, read.get(&m.addr))),
+        )
+        .await;
         let mut snap = ClusterSnapshot {
             cluster_id: self.cluster_id.clone(),
             taken_at: Utc::now(),
@@ -79,7 +88,7 @@ impl RedisCluster {
         let Some(i) = topo.masters.iter().position(|m| m.id == member) else { return Ok(None) };
         let m = &topo.masters[i];
         let view = self
-            .observe_master(&topo, i, m)
+            .observe_master(&topo, i, m, None)
             .await
             .map_err(|e| ClusterError::Snapshot(format!("member {member} ({}): {e}", m.addr)))?;
         let buckets = view
@@ -123,14 +132,28 @@ impl RedisCluster {
         }
     }
 
-    async fn observe_master(&self, topo: &Topology, i: usize, m: &NodeLine) -> Result<MasterView, String> {
+    /// One master: INFO, its slots' key counts (from `read`, what repair read just
+    /// before, when it has them all) and their sizes.
+    async fn observe_master(
+        &self,
+        topo: &Topology,
+        i: usize,
+        m: &NodeLine,
+        read: Option<&MasterReading>,
+    ) -> Result<MasterView, String> {
         if m.is_failed() {
             return Err("flagged fail".into());
         }
-        let info = self.node_info(&m.addr).await?;
         let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
         self.use_published(&m.id, |slot| topo.owner[slot] == Some(i));
-        let counts = self.key_counts(&m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
+        let (info, counts) = match read.and_then(|r| r.of(&owned)) {
+            Some(r) => r,
+            None => {
+                let info = self.node_info(&m.addr).await?;
+                let counts = self.key_counts(&m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
+                (info, counts)
+            }
+        };
         let sizes = self.size_master(&m.addr, &owned, &counts).await?;
         Ok(MasterView { info, sizes, owned_keys: counts.iter().sum() })
     }

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::legacy::SlotMove;
 use super::topology::Topology;
-use super::{NoPace, RedisCluster};
+use super::{NoPace, Reading, RedisCluster};
 use crate::cluster::{ClusterError, ForeignMove, RepairOptions, RepairReport};
 use crate::model::MoveIntent;
 
@@ -85,7 +85,7 @@ impl RedisCluster {
         skip.extend(&busy);
         // Settling open slots changed owners: strays go to the owner as it is now.
         let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.topology().await? };
-        self.return_strays(&topo, opts, &skip, &mut report).await;
+        let readings = self.return_strays(&topo, opts, &skip, &mut report).await;
         // Intents whose slot is closed and clean were settled by whoever got there first.
         for i in &opts.intents {
             let slot = i.bucket as u16;
@@ -102,6 +102,10 @@ impl RedisCluster {
             // The topology changed under repair: movers must read it afresh.
             *self.topo.lock().expect("topology cache") = None;
         }
+        // A repair that changed nothing read what the snapshot after it would read again.
+        let unchanged = report.settled.is_empty() && report.conflicts.is_empty() && report.failed.is_empty();
+        *self.reading.lock().expect("reading") =
+            unchanged.then(|| Reading { topo, masters: readings, at: std::time::Instant::now() });
         Ok(report)
     }
 

@@ -10,52 +10,64 @@
 //! Owns: finding stray slots and returning them. Does not own: open slots of a move
 //! ([`super::repair`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use tracing::{info, warn};
 
 use super::capabilities::Capabilities;
 use super::legacy::KeyPair;
 use super::topology::Topology;
-use super::{RedisCluster, SLOTS};
+use super::{MasterReading, RedisCluster, SLOTS};
 use crate::cluster::{RepairOptions, RepairReport, StrayConflict};
 
 impl RedisCluster {
-    /// Slots `addr` holds keys of without owning them (or importing them): (slot, keys).
+    /// Slots `addr` holds keys of without owning them (or importing them): (slot, keys);
+    /// with what was read of the master on the way, for the snapshot after repair.
     ///
     /// A node whose key count (INFO keyspace) is no more than the keys in the slots it
     /// owns or imports holds no stray key: the other slots, most of the 16384, are then
     /// not counted one by one. A key written to its slots between the two readings can
     /// hide as many stray keys this time; the next run looks again.
-    pub(super) async fn stray_slots(&self, topo: &Topology, addr: &str) -> Result<Vec<(u16, u64)>, String> {
+    pub(super) async fn stray_slots(
+        &self,
+        topo: &Topology,
+        addr: &str,
+    ) -> Result<(Vec<(u16, u64)>, MasterReading), String> {
         let me = topo.masters.iter().position(|m| m.addr == addr);
         let importing: HashSet<u16> =
             topo.myself.get(addr).map(|n| n.importing.iter().map(|(s, _)| *s).collect()).unwrap_or_default();
         let (mine, others): (Vec<u16>, Vec<u16>) =
             (0..SLOTS as u16).partition(|s| topo.owner[*s as usize] == me || importing.contains(s));
         let info = self.node_info(addr).await?;
-        let held: u64 = self.key_counts(addr, &mine, Capabilities::of([&info]).slot_stats).await?.iter().sum();
-        if info.keys <= held {
-            return Ok(Vec::new());
+        let counts = self.key_counts(addr, &mine, Capabilities::of([&info]).slot_stats).await?;
+        let held: u64 = counts.iter().sum();
+        let reading = MasterReading { counts: mine.into_iter().zip(counts).collect(), info };
+        if reading.info.keys <= held {
+            return Ok((Vec::new(), reading));
         }
         // SLOT-STATS answers for the slots a node owns; these it does not.
         let counts = self.key_counts(addr, &others, false).await?;
-        Ok(others.into_iter().zip(counts).filter(|(_, n)| *n > 0).collect())
+        Ok((others.into_iter().zip(counts).filter(|(_, n)| *n > 0).collect(), reading))
     }
 
     /// Returns every stray slot to its owner (skipping `skip`: slots someone else moves).
+    /// Returns what was read of each master that answered.
     pub(super) async fn return_strays(
         &self,
         topo: &Topology,
         opts: &RepairOptions,
         skip: &[u16],
         report: &mut RepairReport,
-    ) {
+    ) -> HashMap<String, MasterReading> {
+        let mut readings = HashMap::new();
         let live: Vec<_> = topo.masters.iter().filter(|m| !m.is_failed()).collect();
         let found = futures::future::join_all(live.iter().map(|m| self.stray_slots(topo, &m.addr))).await;
         for (m, strays) in live.into_iter().zip(found) {
             let strays = match strays {
-                Ok(s) => s,
+                Ok((s, reading)) => {
+                    readings.insert(m.addr.clone(), reading);
+                    s
+                }
                 Err(e) => {
                     warn!(member = %m.addr, cause = %e, "could not look for stray keys");
                     continue;
@@ -93,6 +105,7 @@ impl RedisCluster {
                 }
             }
         }
+        readings
     }
 
     /// Moves the keys of `slot` from `holder` to `owner`; returns how many were left
