@@ -3,6 +3,8 @@
 //! - a cold snapshot, exact sizing of every key, with the largest keys-per-second budget (10M, no limit in practice) and with
 //!   the default budget (100000 keys/s per master);
 //! - a warm snapshot (the same backend again: every slot served from its cache);
+//! - a run's reading of the cluster, warm, averaged over 20 of each: a snapshot alone,
+//!   repair alone (it finds nothing to settle), and repair then the snapshot after it;
 //! - `redis-cli --memkeys` on the three loaded masters at once, for comparison.
 //!
 //! Usage: bench_snapshot [--valkey] KEYS
@@ -10,7 +12,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use autobalancer::cluster::{AnyCluster, Cluster};
+use autobalancer::cluster::{AnyCluster, Cluster, RepairOptions};
 use autobalancer::config::Config;
 use autobalancer_testkit::{ClusterSpec, Engine};
 
@@ -52,6 +54,29 @@ async fn main() {
     timed_snapshot(&unlimited, "cold, exact, no budget").await;
     timed_snapshot(&unlimited, "warm (cache)").await;
     timed_snapshot(&unlimited, "warm (cache), again").await;
+    let n = 20;
+    let t = Instant::now();
+    for _ in 0..n {
+        unlimited.snapshot().await.unwrap();
+    }
+    let alone = t.elapsed().as_secs_f64() / n as f64;
+    let t = Instant::now();
+    for _ in 0..n {
+        unlimited.repair(&RepairOptions::default()).await.unwrap();
+    }
+    let repair = t.elapsed().as_secs_f64() / n as f64;
+    let t = Instant::now();
+    for _ in 0..n {
+        unlimited.repair(&RepairOptions::default()).await.unwrap();
+        unlimited.snapshot().await.unwrap();
+    }
+    let both = t.elapsed().as_secs_f64() / n as f64;
+    println!(
+        "warm, a run's reading: snapshot alone {:.1} ms, repair {:.1} ms, repair then snapshot {:.1} ms",
+        alone * 1e3,
+        repair * 1e3,
+        both * 1e3
+    );
     let budgeted = AnyCluster::from_config(&config(dir.path(), &seeds, "")).unwrap();
     timed_snapshot(&budgeted, "cold, exact, default budget 100000 keys/s per master").await;
 
