@@ -175,6 +175,13 @@ async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
     let mut moved = Vec::new();
     for src in &m[..3] {
         let group = moves(&snap, src, &m[3], 400);
+        let mut con = c.conn(src).await.unwrap();
+        let mut want = 0;
+        for mv in &group {
+            let n: u64 =
+                redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(mv.bucket).query_async(&mut con).await.unwrap();
+            want += n;
+        }
         let results = rc.move_group(&snap, &group, &NoPace).await;
         assert_eq!(results.len(), group.len());
         for (mv, r) in group.iter().zip(&results) {
@@ -190,6 +197,7 @@ async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
         assert!(ranges > 100, "contiguous slots merged, the rest one range each: {ranges}");
         moved.extend(group.iter().map(|mv| mv.bucket));
         assert!(keys > 0);
+        assert_eq!(keys, want, "keys reported are the group's keys");
     }
     assert_eq!(rc.legacy_fallbacks(), 0);
     wait_views(&c, &moved, &m[3]).await;

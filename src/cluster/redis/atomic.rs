@@ -149,9 +149,17 @@ impl RedisCluster {
         let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
         pace.take(bytes).await;
         let started = Instant::now();
-        // The source's key counts are asked for first on its connection, which the server
-        // answers in order: they are read before the job starts, without waiting for them.
-        let counting = self.key_counts(&src, &slots, slot_stats);
+        // Keys are reported in the snapshot's units, as bytes are: the counts its sizes
+        // were taken at. A slot the cache does not hold has its keys counted on the
+        // source, asked for first on its connection, which the server answers in order:
+        // read before the job starts, without waiting for them.
+        let cached: Option<Vec<u64>> = slots.iter().map(|s| self.sizes.keys(*s)).collect();
+        let counting = async {
+            match cached {
+                Some(keys) => Ok(keys),
+                None => self.key_counts(&src, &slots, slot_stats).await,
+            }
+        };
         let (keys, mut ends) = tokio::join!(counting, self.transfer(&topo, &src, &dst, &dst_id, &slots, &estimates));
         let keys = keys.unwrap_or_else(|_| vec![0; slots.len()]);
         let mut out = Vec::with_capacity(group.len());

@@ -115,6 +115,11 @@ impl SizeCache {
         }
     }
 
+    /// The key count a slot's cached size was taken at.
+    pub fn keys(&self, slot: u16) -> Option<u64> {
+        self.slots.lock().unwrap()[slot as usize].map(|e| e.keys)
+    }
+
     /// Forgets a slot (it moved, or a move of it failed): the next snapshot measures it.
     pub fn forget(&self, slot: u16) {
         self.slots.lock().unwrap()[slot as usize] = None;
@@ -253,7 +258,11 @@ impl RedisCluster {
         let mut todo: Vec<(u16, u64)> = Vec::new();
         for (&slot, &keys) in slots.iter().zip(counts) {
             match (keys, self.sizes.fresh(slot, keys, opts)) {
-                (0, _) => out.slots.push((slot, SlotSize::empty())),
+                (0, _) => {
+                    // Kept too, so the cache holds the count of every slot just seen.
+                    self.sizes.put(slot, SlotSize::empty());
+                    out.slots.push((slot, SlotSize::empty()));
+                }
                 (_, Some(e)) => out.slots.push((slot, e)),
                 (_, None) => todo.push((slot, keys)),
             }
