@@ -44,13 +44,16 @@ use sizing::SizeCache;
 use topology::Topology;
 
 pub const SLOTS: usize = 16384;
+/// Commands per pipeline round trip.
+const PIPELINE: usize = 2048;
+
 /// How long what a repair read may serve the snapshot after it.
 const READING_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// What a repair that changed nothing read of the cluster. The run's snapshot, which
 /// follows at once, starts from it instead of reading the same again (on Redis 7 that is
 /// 16384 COUNTKEYSINSLOT per snapshot). Taken by the first snapshot within
-/// [`READING_MAX_AGE`], dropped by any move.
+/// [`READING_MAX_AGE`], dropped by any move or handoff.
 struct Reading {
     topo: Topology,
     masters: std::collections::HashMap<String, MasterReading>,
@@ -71,8 +74,6 @@ impl MasterReading {
         Some((self.info.clone(), counts))
     }
 }
-/// Commands per pipeline round trip.
-const PIPELINE: usize = 2048;
 
 pub struct RedisCluster {
     cluster_id: String,
@@ -151,9 +152,7 @@ impl RedisCluster {
             legacy_fallbacks: Default::default(),
         })
     }
-}
 
-impl RedisCluster {
     /// What the last repair read no longer stands (a move or a handoff begins).
     fn drop_reading(&self) {
         *self.reading.lock().expect("reading") = None;
