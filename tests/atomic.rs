@@ -4,6 +4,8 @@
 //! slots left at the source, a failing job retried and then moved by the legacy mover,
 //! the ACL rules both paths need, and `execution.migration = "atomic"` refused on Redis 7.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -162,15 +164,9 @@ async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
     assert_eq!(snap.observed.sizing.as_ref().unwrap().keys, 30_000);
     let m = c.master_addrs();
     for a in &m {
-        let mut con = c.conn(a).await.unwrap();
-        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
-        let calls = |cmd: &str| {
-            stats
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("cmdstat_cluster|{cmd}:calls=")))
-                .map(|v| v.split(',').next().unwrap().parse::<u64>().unwrap())
-        };
-        assert_eq!((calls("slot-stats"), calls("countkeysinslot")), (Some(1), None), "{a}");
+        let calls =
+            (common::cluster_calls(&c, a, "slot-stats").await, common::cluster_calls(&c, a, "countkeysinslot").await);
+        assert_eq!(calls, (Some(1), None), "{a}");
     }
     let mut moved = Vec::new();
     for src in &m[..3] {

@@ -212,14 +212,7 @@ async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot(engine: Engin
     let before = snap.buckets[index].clone();
     assert!(off(before.bytes, slot_truth) <= 0.01, "slot {slot}: {} vs {slot_truth}", before.bytes);
     let empty = snap.member_named(&c.master_addrs()[3]).unwrap();
-    let mv = autobalancer::plan::Move {
-        kind: autobalancer::plan::MoveKind::Copy,
-        bucket: slot as u64,
-        bucket_index: index as u32,
-        from: before.copies[0],
-        to: empty,
-        bytes: before.bytes,
-    };
+    let mv = copy_move(&snap, slot as u64, empty);
     let stats = cluster.move_bucket(&snap, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
     assert_eq!(stats.bytes, before.bytes, "bytes moved are the measured size");
     let fresh = AnyCluster::from_config(&cfg).unwrap().snapshot().await.unwrap();
@@ -242,14 +235,7 @@ async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot(engine: Engin
     let before = fresh.buckets[index].clone();
     assert!(off(before.bytes, truth_slots[&strings]) <= 0.01, "{} vs {}", before.bytes, truth_slots[&strings]);
     let to = (before.copies[0] + 1) % fresh.members.len() as u32;
-    let mv = autobalancer::plan::Move {
-        bucket: strings as u64,
-        bucket_index: index as u32,
-        from: before.copies[0],
-        to,
-        bytes: before.bytes,
-        ..mv
-    };
+    let mv = copy_move(&fresh, strings as u64, to);
     cluster.move_bucket(&fresh, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
     let moved = AnyCluster::from_config(&cfg).unwrap().snapshot().await.unwrap();
     let after = &moved.buckets[index];
@@ -395,15 +381,7 @@ async fn published_sizes_serve_the_holder_where_they_still_hold(engine: Engine) 
     let key = (0..).map(|i| format!("grown:{i}")).find(|k| crc16_slot(k) as u64 == grown.bucket).unwrap();
     let mut con = c.conn(&masters[0]).await.unwrap();
     redis::cmd("SET").arg(&key).arg("one more").query_async::<()>(&mut con).await.unwrap();
-    let index = cold.buckets.iter().position(|b| b.id == moved.bucket).unwrap();
-    let mv = autobalancer::plan::Move {
-        kind: autobalancer::plan::MoveKind::Copy,
-        bucket: moved.bucket,
-        bucket_index: index as u32,
-        from: cold.buckets[index].copies[0],
-        to: cold.member_named(&masters[3]).unwrap(),
-        bytes: cold.buckets[index].bytes,
-    };
+    let mv = copy_move(&cold, moved.bucket, cold.member_named(&masters[3]).unwrap());
     let mover = AnyCluster::from_config(&holder).unwrap();
     mover.move_bucket(&cold, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
     let after = Context::new(holder.clone()).unwrap().snapshot().await.unwrap();
@@ -454,12 +432,7 @@ async fn a_snapshot_after_a_repair_that_changed_nothing_reads_it_once(engine: En
     let counted = || async {
         let mut n = 0;
         for a in &masters {
-            let mut con = c.conn(a).await.unwrap();
-            let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
-            n += stats
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("cmdstat_cluster|{counting}:calls=")))
-                .map_or(0, |v| v.split(',').next().unwrap().parse::<u64>().unwrap());
+            n += common::cluster_calls(&c, a, counting).await.unwrap_or(0);
         }
         n
     };
@@ -480,14 +453,7 @@ async fn a_snapshot_after_a_repair_that_changed_nothing_reads_it_once(engine: En
     // and sees the slot where it went.
     let b = snap.buckets.iter().find(|b| b.bytes > 0 && b.bytes < 1 << 20).unwrap();
     let empty = snap.member_named(&masters[3]).unwrap();
-    let mv = autobalancer::plan::Move {
-        kind: autobalancer::plan::MoveKind::Copy,
-        bucket: b.id,
-        bucket_index: snap.buckets.iter().position(|x| x.id == b.id).unwrap() as u32,
-        from: b.copies[0],
-        to: empty,
-        bytes: b.bytes,
-    };
+    let mv = copy_move(&snap, b.id, empty);
     let base = counted().await;
     cluster.repair(&Default::default()).await.unwrap();
     cluster.move_bucket(&snap, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
@@ -504,6 +470,20 @@ async fn a_snapshot_after_a_repair_that_changed_nothing_reads_it_once(engine: En
     let after = cluster.snapshot().await.unwrap();
     assert_eq!(after.observed.sizing.as_ref().unwrap().keys, written + 1);
     assert!(after.observed.members.iter().all(|f| f.stray_keys == 0), "{:?}", after.observed.members);
+}
+
+/// The move of `bucket` from where `snap` saw it to member `to`, with the bytes `snap` saw.
+fn copy_move(snap: &ClusterSnapshot, bucket: u64, to: u32) -> autobalancer::plan::Move {
+    let index = snap.buckets.iter().position(|b| b.id == bucket).unwrap();
+    let b = &snap.buckets[index];
+    autobalancer::plan::Move {
+        kind: autobalancer::plan::MoveKind::Copy,
+        bucket,
+        bucket_index: index as u32,
+        from: b.copies[0],
+        to,
+        bytes: b.bytes,
+    }
 }
 
 fn crc16_slot(key: &str) -> u16 {

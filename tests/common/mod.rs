@@ -217,3 +217,14 @@ pub fn cluster_section_as(c: &LocalCluster, dir: &Path, member: Option<&str>, lo
     }
     s
 }
+
+/// How many times `addr` ran `CLUSTER <sub>` since its statistics were last reset
+/// (INFO commandstats); None when it never did.
+pub async fn cluster_calls(c: &LocalCluster, addr: &str, sub: &str) -> Option<u64> {
+    let mut con = c.conn(addr).await.unwrap();
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_cluster|{sub}:calls=")))
+        .map(|v| v.split(',').next().unwrap().parse::<u64>().unwrap())
+}
