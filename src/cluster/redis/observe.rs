@@ -6,7 +6,6 @@
 //! slot is measured ([`super::sizing`]) or read ([`super::topology`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -35,7 +34,7 @@ impl RedisCluster {
         let started = Instant::now();
         let (topo, read) = match self.take_reading() {
             Some(r) => {
-                *self.topo.lock().expect("topology cache") = Some(Arc::new(r.topo.clone()));
+                self.keep_topology(&r.topo);
                 (r.topo, r.masters)
             }
             None => (self.topology().await?, HashMap::new()),

@@ -248,8 +248,13 @@ impl RedisCluster {
             }
         }
         let topo = Topology { masters, replicas, myself, owner };
-        *self.topo.lock().expect("topology cache") = Some(Arc::new(topo.clone()));
+        self.keep_topology(&topo);
         Ok(topo)
+    }
+
+    /// Keeps `topo` as the one moves take their node ids from.
+    pub(super) fn keep_topology(&self, topo: &Topology) {
+        *self.topo.lock().expect("topology cache") = Some(Arc::new(topo.clone()));
     }
 
     /// The topology of the last snapshot, read afresh when there is none.
