@@ -55,6 +55,12 @@ async fn main() {
     timed_snapshot(&unlimited, "warm (cache)").await;
     timed_snapshot(&unlimited, "warm (cache), again").await;
     let n = 20;
+    // Repair commits past a fence: an in-process lock, held, as a standalone run's.
+    let coordinator = autobalancer::coord::Coordinator::new(None, "bench", "bench").unwrap();
+    let autobalancer::coord::Acquire::Acquired(guard) = coordinator.try_lock("manual").await.unwrap() else {
+        unreachable!("a fresh in-process lock is free")
+    };
+    let fence = autobalancer::coord::GuardFence { coordinator: &coordinator, guard: &guard };
     let t = Instant::now();
     for _ in 0..n {
         unlimited.snapshot().await.unwrap();
@@ -62,12 +68,12 @@ async fn main() {
     let alone = t.elapsed().as_secs_f64() / n as f64;
     let t = Instant::now();
     for _ in 0..n {
-        unlimited.repair(&RepairOptions::default()).await.unwrap();
+        unlimited.repair(&RepairOptions::default(), &fence).await.unwrap();
     }
     let repair = t.elapsed().as_secs_f64() / n as f64;
     let t = Instant::now();
     for _ in 0..n {
-        unlimited.repair(&RepairOptions::default()).await.unwrap();
+        unlimited.repair(&RepairOptions::default(), &fence).await.unwrap();
         unlimited.snapshot().await.unwrap();
     }
     let both = t.elapsed().as_secs_f64() / n as f64;

@@ -34,10 +34,15 @@ pub enum SkipReason {
     StrayKeys,
     /// The planner failed (its self-check refused its own output).
     PlanFailed,
+    /// A node's view leaves a slot unserved (`cluster_state:fail`), or an open slot names
+    /// a node that is no longer a master: clients get CLUSTERDOWN until it is settled.
+    ClusterDown,
+    /// What must move has no receiver with room below `balance.critical-memory-percent`.
+    NoRoom,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 16] = [
+    pub const ALL: [SkipReason; 18] = [
         SkipReason::Disabled,
         SkipReason::Paused,
         SkipReason::LockHeldElsewhere,
@@ -54,6 +59,8 @@ impl SkipReason {
         SkipReason::SnapshotFailed,
         SkipReason::StrayKeys,
         SkipReason::PlanFailed,
+        SkipReason::ClusterDown,
+        SkipReason::NoRoom,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +81,8 @@ impl SkipReason {
             SkipReason::SnapshotFailed => "snapshot_failed",
             SkipReason::StrayKeys => "stray_keys",
             SkipReason::PlanFailed => "plan_failed",
+            SkipReason::ClusterDown => "cluster_down",
+            SkipReason::NoRoom => "no_room",
         }
     }
 }
@@ -179,6 +188,15 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
         );
     }
     let moves = plan.moves.len();
+    if plan.unplaced_bytes > 0 && plan.transfer_bytes == 0 {
+        return Decision::skip(
+            SkipReason::NoRoom,
+            format!(
+                "{} must leave members with target 0, and no receiver has room for it below critical memory",
+                hb(plan.unplaced_bytes)
+            ),
+        );
+    }
     if moves == 0 || plan.total_bytes == 0 {
         let why = if plan.total_bytes == 0 {
             "the cluster holds no data"
@@ -196,7 +214,11 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
         hb(t.minimum_size)
     );
     if t.force {
-        return Decision { action: Action::Rebalance, reason: None, message: format!("forced: {figures}") };
+        return Decision {
+            action: Action::Rebalance,
+            reason: None,
+            message: format!("forced: {figures}{}", unplaced(plan)),
+        };
     }
     if pct < t.size_threshold_percent as u64 {
         return Decision::skip(SkipReason::BelowThreshold, format!("balanced enough: {figures}"));
@@ -204,7 +226,15 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
     if plan.transfer_bytes <= t.minimum_size {
         return Decision::skip(SkipReason::BelowMinimumSize, format!("too little to move: {figures}"));
     }
-    Decision { action: Action::Rebalance, reason: None, message: format!("off balance: {figures}") }
+    Decision { action: Action::Rebalance, reason: None, message: format!("off balance: {figures}{}", unplaced(plan)) }
+}
+
+/// What a plan that moves leaves unplaced for want of room, as a clause.
+fn unplaced(plan: &Plan) -> String {
+    match plan.unplaced_bytes {
+        0 => String::new(),
+        n => format!("; {} cannot be placed: no receiver has room for it (no_room)", crate::config::human_bytes(n)),
+    }
 }
 
 #[cfg(test)]
@@ -337,7 +367,7 @@ mod tests {
         let names: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             names.join(","),
-            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed,stray_keys,plan_failed"
+            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed,stray_keys,plan_failed,cluster_down,no_room"
         );
         for r in SkipReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));

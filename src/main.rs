@@ -199,12 +199,23 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// The run context, the member named by its stable id (the configured name, with a
 /// warning, when the cluster does not answer: the command's own call says why).
-fn context(mut config: Config) -> Result<autobalancer::run::Context, Fail> {
+fn context(config: Config) -> Result<autobalancer::run::Context, Fail> {
+    autobalancer::run::Context::new(named(config)).map_err(usage)
+}
+
+/// As `context`, for a command that only reads: a standalone sidecar's state file stays
+/// with the process that holds it.
+fn reader(config: Config) -> Result<autobalancer::run::Context, Fail> {
+    autobalancer::run::Context::reader(named(config)).map_err(usage)
+}
+
+/// The config with its member named by its stable id.
+fn named(mut config: Config) -> Config {
     match runtime().block_on(autobalancer::run::stable_member_id(&config)) {
         Ok(id) => config.cluster.member_id = Some(id),
         Err(e) => tracing::warn!(member = %config.member_id(), cause = %e, "cannot name the member by its node id"),
     }
-    autobalancer::run::Context::new(config).map_err(usage)
+    config
 }
 
 fn main() -> ExitCode {
@@ -269,7 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             let snap = match (&snapshot, config) {
                 (Some(path), _) => ClusterSnapshot::read_file(path).map_err(usage)?,
                 (None, Some(config)) => {
-                    let ctx = context(config)?;
+                    let ctx = reader(config)?;
                     let out = runtime().block_on(ctx.simulate(false))?;
                     print_outcome(&out, format);
                     return Ok(ExitCode::SUCCESS);
@@ -291,7 +302,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
 fn snapshot(config: PathBuf, out: Option<PathBuf>) -> Result<ExitCode, Fail> {
     let config = load_config(&config)?;
     init_logs(Some(&config));
-    let ctx = context(config)?;
+    let ctx = reader(config)?;
     let snap = runtime().block_on(ctx.snapshot())?;
     let json = snap.to_json();
     match out {

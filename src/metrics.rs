@@ -61,6 +61,10 @@ pub struct Metrics {
     pub big_keys: IntGaugeVec,
     /// Keys per member outside the slots it owns, found at each run.
     pub stray_keys: IntGaugeVec,
+    /// 1 when the last run's repair found a slot left unserved that is not ours to settle.
+    pub cluster_down: IntGauge,
+    /// Moves not started because their target had no room below critical memory.
+    pub moves_no_room_total: IntCounter,
     /// Bucket moves by outcome.
     pub moves_total: IntCounterVec,
     /// Bytes moved.
@@ -177,6 +181,14 @@ impl Metrics {
             member_target_bytes: r.gauges("member_target_bytes", "Target bytes per member at the last plan.", MEMBER),
             big_keys: r.int_gauges("big_keys", "Keys above execution.max-key-bytes per member.", MEMBER),
             stray_keys: r.int_gauges("stray_keys", "Keys per member outside the slots it owns.", MEMBER),
+            cluster_down: r.int_gauge(
+                "cluster_down",
+                "1 when the last run found a node whose view leaves a slot unserved, or an open slot naming a node that is no longer a master (skip reason cluster_down).",
+            ),
+            moves_no_room_total: r.counter(
+                "moves_no_room_total",
+                "Moves not started because the target's used memory would pass balance.critical-memory-percent.",
+            ),
             moves_total: r.counters("moves_total", "Bucket moves by outcome.", &["outcome"]),
             moved_bytes_total: r.counter("moved_bytes_total", "Bytes moved."),
             rebalance_in_progress: r

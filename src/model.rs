@@ -163,6 +163,14 @@ pub struct Observed {
     /// The data store's engine and version ("redis 7.0.15", "valkey 9.1.2").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// The largest key measured, in bytes: what a move may hold in flight on its target
+    /// at once (MIGRATE carries a serialised copy), counted against the target's room.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub largest_key_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The state of the sizes a snapshot carries.

@@ -98,6 +98,13 @@ pub struct Answer {
     pub moved_by_legacy_fallback: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+    /// How this run settled the moves that failed before it ended (handed back to the
+    /// owner, rolled back or finished): one line per slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settled: Vec<String>,
+    /// The mover this run chose, and why ("atomic: every master runs valkey 9.1.2").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mover: Option<String>,
 }
 
 impl Answer {
@@ -124,6 +131,8 @@ impl Answer {
             stopped: None,
             moved_by_legacy_fallback: None,
             failures: Vec::new(),
+            settled: Vec::new(),
+            mover: None,
         }
     }
 
@@ -146,6 +155,8 @@ impl Answer {
             stopped: None,
             moved_by_legacy_fallback: None,
             failures: Vec::new(),
+            settled: Vec::new(),
+            mover: None,
         }
     }
 
@@ -215,6 +226,9 @@ impl Answer {
             }
             if let Some(s) = &self.stopped {
                 let _ = writeln!(out, "stopped early: {s}");
+            }
+            for l in &self.settled {
+                let _ = writeln!(out, "settled: {l}");
             }
             for f in &self.failures {
                 let _ = writeln!(out, "failed: {f}");

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use autobalancer::cluster::redis::{MigrationMode, NoPace, RedisCluster};
+use autobalancer::cluster::Unpaced;
+use autobalancer::cluster::redis::{MigrationMode, RedisCluster};
 use autobalancer::cluster::{Cluster, ClusterError, RepairOptions};
 use autobalancer::model::{ClusterSnapshot, MoveIntent};
 use autobalancer::plan::{Move, MoveKind};
@@ -178,7 +179,7 @@ async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
                 redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(mv.bucket).query_async(&mut con).await.unwrap();
             want += n;
         }
-        let results = rc.move_group(&snap, &group, &NoPace).await;
+        let results = rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await;
         assert_eq!(results.len(), group.len());
         for (mv, r) in group.iter().zip(&results) {
             let stats = r.as_ref().unwrap_or_else(|e| panic!("slot {}: {e}", mv.bucket));
@@ -218,7 +219,7 @@ async fn the_targets_replica_holds_the_moved_slots() {
     let snap = rc.snapshot().await.unwrap();
     let m = c.master_addrs();
     let group = moves(&snap, &m[1], &m[3], 600);
-    for r in rc.move_group(&snap, &group, &NoPace).await {
+    for r in rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await {
         r.unwrap();
     }
     let slots: Vec<u64> = group.iter().map(|mv| mv.bucket).collect();
@@ -261,7 +262,7 @@ async fn a_stuck_job_is_cancelled_and_its_slots_stay_with_the_source() {
     // The target stops answering: the job cannot end on its own within its time.
     signal(&c, &m[2], "-STOP");
     let t0 = Instant::now();
-    let results = rc.move_group(&snap, &group, &NoPace).await;
+    let results = rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await;
     signal(&c, &m[2], "-CONT");
     assert!(t0.elapsed() < Duration::from_secs(10), "bounded by the job's timeout: {:?}", t0.elapsed());
     for r in &results {
@@ -285,7 +286,7 @@ async fn a_stuck_job_is_cancelled_and_its_slots_stay_with_the_source() {
     assert_eq!(digest(&c).await, before);
     // The same slots move once the target is back.
     let snap = rc.snapshot().await.unwrap();
-    assert!(rc.move_group(&snap, &group, &NoPace).await.iter().all(Result::is_ok));
+    assert!(rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await.iter().all(Result::is_ok));
     assert_eq!(digest(&c).await, before);
 }
 
@@ -306,7 +307,7 @@ async fn a_failing_job_is_retried_in_halves_then_moved_by_the_legacy_mover() {
     let rc = backend(&c, dir.path(), Duration::from_secs(10));
     let snap = rc.snapshot().await.unwrap();
     let group = moves(&snap, &m[0], &m[2], 40);
-    let results = rc.move_group(&snap, &group, &NoPace).await;
+    let results = rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await;
     for (mv, r) in group.iter().zip(&results) {
         let stats = r.as_ref().unwrap();
         assert_eq!(stats.bytes, mv.bytes);
@@ -343,7 +344,7 @@ async fn acl_rules_for_the_atomic_path() {
         assert_eq!(snap.observed.sizing.as_ref().unwrap().keys, 5_000);
         let m = c.master_addrs();
         let group = moves(&snap, &m[1], &m[2], 30);
-        for r in rc.move_group(&snap, &group, &NoPace).await {
+        for r in rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await {
             r.unwrap();
         }
         let exported = jobs(&c, &m[1]).await;
@@ -390,13 +391,13 @@ async fn the_sources_masteruser_needs_write_rights_on_the_target() {
     let snap = rc.snapshot().await.unwrap();
     let m = c.master_addrs();
     let first = moves(&snap, &m[0], &m[2], 20);
-    assert!(rc.move_group(&snap, &first, &NoPace).await.iter().all(Result::is_ok));
+    assert!(rc.move_group(&snap, &first, &Unpaced, &common::Held::new().await).await.iter().all(Result::is_ok));
     assert_eq!(rc.legacy_fallbacks(), 20, "jobs failed, the legacy mover moved the slots");
     assert!(jobs(&c, &m[0]).await.iter().all(|j| j.0 == "failed"));
     // With SELECT and the write commands on every key, jobs succeed.
     acl("+psync +replconf +ping +cluster|syncslots +select +@write ~*").await;
     let second = moves(&snap, &m[1], &m[2], 20);
-    assert!(rc.move_group(&snap, &second, &NoPace).await.iter().all(Result::is_ok));
+    assert!(rc.move_group(&snap, &second, &Unpaced, &common::Held::new().await).await.iter().all(Result::is_ok));
     assert_eq!(rc.legacy_fallbacks(), 20, "no new fallback");
     assert_eq!(jobs(&c, &m[1]).await.iter().map(|j| j.0.as_str()).collect::<Vec<_>>(), ["success"]);
     let slots: Vec<u64> = first.iter().chain(&second).map(|mv| mv.bucket).collect();
@@ -419,13 +420,13 @@ async fn atomic_on_redis_7_is_refused_naming_the_key_and_auto_moves_with_legacy(
     assert!(!caps.atomic_migration && !caps.slot_stats && caps.engine.starts_with("redis 7."), "{caps:?}");
     let m = c.master_addrs();
     let group = moves(&snap, &m[0], &m[2], 10);
-    for r in rc.move_group(&snap, &group, &NoPace).await {
+    for r in rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("execution.migration = \"atomic\"") && e.contains(&caps.engine), "{e}");
     }
     assert_eq!(c.slot_owners().await.unwrap(), owners, "nothing moved");
     rc.migration = MigrationMode::Auto;
-    for r in rc.move_group(&snap, &group, &NoPace).await {
+    for r in rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await {
         r.unwrap();
     }
     let slots: Vec<u64> = group.iter().map(|mv| mv.bucket).collect();
@@ -476,7 +477,7 @@ async fn jobs_left_running_are_found_waited_for_or_left_alone() {
         })
         .collect();
     let opts = RepairOptions { intents, ..RepairOptions::default() };
-    let repair = tokio::spawn(async move { rc.repair(&opts).await });
+    let repair = tokio::spawn(async move { rc.repair(&opts, &common::Held::new().await).await });
     // Thawed well within the cluster's node timeout (3 s): the jobs then end on their own.
     tokio::time::sleep(Duration::from_millis(800)).await;
     signal(&c, &m[2], "-CONT");

@@ -9,9 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use autobalancer::cluster::redis::{NodeLine, parse_nodes};
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd, digest_diff, on_each_engine};
-use common::{bin, cluster_section};
+use common::{bin, cluster_section, half_moved, nodes};
 
 fn config(dir: &std::path::Path, c: &LocalCluster, etcd: &LocalEtcd) -> std::path::PathBuf {
     let text = format!(
@@ -22,36 +21,6 @@ fn config(dir: &std::path::Path, c: &LocalCluster, etcd: &LocalEtcd) -> std::pat
     let p = dir.join("config.toml");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-async fn nodes(c: &LocalCluster, addr: &str) -> Vec<NodeLine> {
-    let mut con = c.conn(addr).await.unwrap();
-    let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut con).await.unwrap();
-    parse_nodes(&text).unwrap()
-}
-
-async fn count(c: &LocalCluster, addr: &str, slot: u16) -> u64 {
-    let mut con = c.conn(addr).await.unwrap();
-    redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot).query_async(&mut con).await.unwrap()
-}
-
-/// Waits for a slot half-moved: (slot, source addr, target addr), with keys on both.
-async fn half_moved(c: &LocalCluster) -> (u16, String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "no slot was ever half-moved");
-        for a in c.current_masters().await.unwrap() {
-            let all = nodes(c, &a).await;
-            let me = all.iter().find(|n| n.is_myself()).unwrap();
-            for (slot, to) in &me.migrating {
-                let Some(target) = all.iter().find(|n| &n.id == to) else { continue };
-                if count(c, &target.addr, *slot).await >= 2 && count(c, &a, *slot).await >= 2 {
-                    return (*slot, a.clone(), target.addr.clone());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn rebalance(cfg: &std::path::Path) -> (i32, serde_json::Value, String) {

@@ -352,7 +352,7 @@ async fn acl_user_and_password_from_a_file(engine: Engine) {
 /// A stray copy of a key on the target (left by an earlier, interrupted attempt): an
 /// identical value is replaced, a different one stops the move and names the key.
 async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) {
-    use autobalancer::cluster::{Cluster, redis::NoPace, redis::RedisCluster};
+    use autobalancer::cluster::{Cluster, Unpaced, redis::RedisCluster};
     use autobalancer::plan::{Move, MoveKind};
     let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
     c.load_skewed(4_000, 31).await.unwrap();
@@ -412,7 +412,7 @@ async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) 
     // Identical: replaced, the move completes, the value is the original.
     let (s0, k0) = &picked[0];
     let before: Vec<u8> = redis::cmd("GET").arg(k0).query_async(&mut ca).await.unwrap();
-    rc.move_bucket(&snap, &mv(*s0), &NoPace).await.unwrap();
+    rc.move_bucket(&snap, &mv(*s0), &Unpaced, &common::Held::new().await).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after: Vec<u8> = redis::cmd("GET").arg(k0).query_async(&mut ce).await.unwrap();
     assert_eq!(after, before);
@@ -420,7 +420,7 @@ async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) 
     // Different: the move stops, names the key, and leaves the slot open for inspection
     // with both values in place.
     let (s1, k1) = &picked[1];
-    let err = rc.move_bucket(&snap, &mv(*s1), &NoPace).await.unwrap_err().to_string();
+    let err = rc.move_bucket(&snap, &mv(*s1), &Unpaced, &common::Held::new().await).await.unwrap_err().to_string();
     assert!(err.contains(k1.as_str()) && err.contains("different values"), "{err}");
     let open = c.open_slots().await.unwrap();
     assert!(open.iter().any(|o| o.contains(&format!("[{s1}->-"))), "{open:?}");

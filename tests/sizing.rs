@@ -213,7 +213,8 @@ async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot(engine: Engin
     assert!(off(before.bytes, slot_truth) <= 0.01, "slot {slot}: {} vs {slot_truth}", before.bytes);
     let empty = snap.member_named(&c.master_addrs()[3]).unwrap();
     let mv = copy_move(&snap, slot as u64, empty);
-    let stats = cluster.move_bucket(&snap, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
+    let stats =
+        cluster.move_bucket(&snap, &mv, &autobalancer::cluster::Unpaced, &common::Held::new().await).await.unwrap();
     assert_eq!(stats.bytes, before.bytes, "bytes moved are the measured size");
     let fresh = AnyCluster::from_config(&cfg).unwrap().snapshot().await.unwrap();
     let after = fresh.buckets.iter().find(|b| b.id == slot as u64).unwrap();
@@ -236,7 +237,7 @@ async fn exact_sizes_match_the_per_key_sum_and_follow_a_moved_slot(engine: Engin
     assert!(off(before.bytes, truth_slots[&strings]) <= 0.01, "{} vs {}", before.bytes, truth_slots[&strings]);
     let to = (before.copies[0] + 1) % fresh.members.len() as u32;
     let mv = copy_move(&fresh, strings as u64, to);
-    cluster.move_bucket(&fresh, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
+    cluster.move_bucket(&fresh, &mv, &autobalancer::cluster::Unpaced, &common::Held::new().await).await.unwrap();
     let moved = AnyCluster::from_config(&cfg).unwrap().snapshot().await.unwrap();
     let after = &moved.buckets[index];
     assert_eq!(after.copies[0], to);
@@ -383,7 +384,7 @@ async fn published_sizes_serve_the_holder_where_they_still_hold(engine: Engine) 
     redis::cmd("SET").arg(&key).arg("one more").query_async::<()>(&mut con).await.unwrap();
     let mv = copy_move(&cold, moved.bucket, cold.member_named(&masters[3]).unwrap());
     let mover = AnyCluster::from_config(&holder).unwrap();
-    mover.move_bucket(&cold, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
+    mover.move_bucket(&cold, &mv, &autobalancer::cluster::Unpaced, &common::Held::new().await).await.unwrap();
     let after = Context::new(holder.clone()).unwrap().snapshot().await.unwrap();
     assert_eq!(measured_now(&after), written - a_keys + (grown.keys + 1) + moved.keys);
 
@@ -439,7 +440,7 @@ async fn a_snapshot_after_a_repair_that_changed_nothing_reads_it_once(engine: En
     let first = cluster.snapshot().await.unwrap();
     let base = counted().await;
 
-    let r = cluster.repair(&Default::default()).await.unwrap();
+    let r = cluster.repair(&Default::default(), &common::Held::new().await).await.unwrap();
     assert!(r.settled.is_empty() && r.conflicts.is_empty(), "{r:?}");
     let snap = cluster.snapshot().await.unwrap();
     assert_eq!(counted().await - base, per_reading, "the repair's reading serves the snapshot");
@@ -455,8 +456,8 @@ async fn a_snapshot_after_a_repair_that_changed_nothing_reads_it_once(engine: En
     let empty = snap.member_named(&masters[3]).unwrap();
     let mv = copy_move(&snap, b.id, empty);
     let base = counted().await;
-    cluster.repair(&Default::default()).await.unwrap();
-    cluster.move_bucket(&snap, &mv, &autobalancer::cluster::redis::NoPace).await.unwrap();
+    cluster.repair(&Default::default(), &common::Held::new().await).await.unwrap();
+    cluster.move_bucket(&snap, &mv, &autobalancer::cluster::Unpaced, &common::Held::new().await).await.unwrap();
     let after_move = cluster.snapshot().await.unwrap();
     let moved = after_move.buckets.iter().find(|x| x.id == b.id).unwrap();
     assert_eq!(moved.copies, vec![empty], "the snapshot after a move sees the slot's new owner");
@@ -465,7 +466,7 @@ async fn a_snapshot_after_a_repair_that_changed_nothing_reads_it_once(engine: En
     // A repair that returned a stray key changed a count: the snapshot reads again and
     // finds the key with its owner.
     write_stray(&c, &masters[2], "stray").await;
-    let r = cluster.repair(&Default::default()).await.unwrap();
+    let r = cluster.repair(&Default::default(), &common::Held::new().await).await.unwrap();
     assert_eq!(r.settled.len(), 1, "{r:?}");
     let after = cluster.snapshot().await.unwrap();
     assert_eq!(after.observed.sizing.as_ref().unwrap().keys, written + 1);

@@ -73,6 +73,7 @@ impl From<RunError> for ApiError {
             RunError::Snapshot(_) => (S::SERVICE_UNAVAILABLE, "snapshot_failed"),
             RunError::Plan(_) => (S::INTERNAL_SERVER_ERROR, "plan_failed"),
             RunError::Repair(_) => (S::SERVICE_UNAVAILABLE, "repair_failed"),
+            RunError::Mover(_) => (S::CONFLICT, "mover_unsupported"),
             RunError::Coordinator(_) => (S::SERVICE_UNAVAILABLE, "lock_unavailable"),
             RunError::Lost(_) => (S::INTERNAL_SERVER_ERROR, "run_lost"),
         };

@@ -13,7 +13,7 @@ use crate::{Fail, context, init_logs, load_config, runtime};
 /// (foreign ones included); exit 1 when anything could not be.
 pub fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitCode, Fail> {
     use autobalancer::cluster::{Cluster, RepairOptions};
-    use autobalancer::coord::Acquire;
+    use autobalancer::coord::{Acquire, GuardFence};
     let config = load_config(&config)?;
     init_logs(Some(&config));
     let ctx = context(config)?;
@@ -29,10 +29,18 @@ pub fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitC
             }
         };
         let intents = ctx.coordinator.moves().await.map_err(|e| fail(e.to_string()));
-        let opts =
-            intents.map(|intents| RepairOptions { intents, take_foreign: true, only: slot.map(u64::from), dry_run });
+        let opts = intents.map(|intents| RepairOptions {
+            intents,
+            take_foreign: true,
+            only: slot.map(u64::from),
+            dry_run,
+            ..Default::default()
+        });
         let report = match opts {
-            Ok(o) => ctx.cluster.repair(&o).await.map_err(|e| fail(e.to_string())),
+            Ok(o) => {
+                let fence = GuardFence { coordinator: &ctx.coordinator, guard: &guard };
+                ctx.cluster.repair(&o, &fence).await.map_err(|e| fail(e.to_string()))
+            }
             Err(e) => Err(e),
         };
         if let Ok(r) = &report
@@ -50,6 +58,9 @@ pub fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitC
         }
         for (bucket, e) in &r.failed {
             println!("failed: slot {bucket}: {e}");
+        }
+        for d in &r.down {
+            println!("unserved: {d}");
         }
         if r.settled.is_empty() && r.conflicts.is_empty() && r.failed.is_empty() {
             println!("nothing to repair");

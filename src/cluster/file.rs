@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{Cluster, ClusterError, MoveStats, Pace, RepairOptions, RepairReport};
+use super::{Cluster, ClusterError, Fence, MoveStats, Pace, RepairOptions, RepairReport};
 use crate::model::ClusterSnapshot;
 use crate::plan::{Move, apply_moves};
 
@@ -107,7 +107,7 @@ impl Cluster for FileCluster {
     }
 
     /// A file has nothing half-done: moves apply whole. Recorded intents are settled.
-    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
+    async fn repair<F: Fence>(&self, opts: &RepairOptions, _fence: &F) -> Result<RepairReport, ClusterError> {
         Ok(RepairReport { intents_done: opts.intents.iter().map(|i| i.bucket).collect(), ..Default::default() })
     }
 
@@ -115,8 +115,16 @@ impl Cluster for FileCluster {
         false
     }
 
-    async fn move_bucket<P: Pace>(&self, _s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
+    async fn move_bucket<P: Pace, F: Fence>(
+        &self,
+        _s: &ClusterSnapshot,
+        mv: &Move,
+        pace: &P,
+        fence: &F,
+    ) -> Result<MoveStats, ClusterError> {
         pace.take(mv.bytes).await;
+        // A move applies whole: its commit is its only step.
+        fence.check().await.map_err(|cause| ClusterError::Fenced { bucket: mv.bucket, cause })?;
         let loaded = self.inner.state.lock().unwrap().layout.is_some();
         let fresh = if loaded { None } else { Some(self.inner.read()?) };
         let start_writer = {

@@ -13,7 +13,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-pub use crate::coord::{FenceError, MeasuredBucket, SizeTable};
+pub use crate::coord::{Fence, FenceError, MeasuredBucket, SizeTable};
 use crate::model::{ClusterSnapshot, MoveIntent};
 use crate::plan::Move;
 pub use handoff::{HANDOFF_WITHIN, Handoff, HandoffError};
@@ -46,16 +46,20 @@ pub struct MoveStats {
     pub fallback: bool,
 }
 
-/// What a mover asks of the run while it moves: the executor hands the backend one per
-/// run, shared by every move.
+/// How fast a mover may go: the executor hands the backend one per run, shared by every
+/// move. Whether it may commit is the [`Fence`]'s, a separate argument of every path that
+/// commits ownership.
 pub trait Pace: Send + Sync {
     /// Waits until `bytes` more may travel.
     fn take(&self, bytes: u64) -> impl Future<Output = ()> + Send;
-    /// Asked right before a move commits (Redis: SETSLOT NODE): is the lock still ours?
-    /// A mover that hears no leaves the move open and recorded for the next holder.
-    fn fence(&self) -> impl Future<Output = Result<(), FenceError>> + Send {
-        async { Ok(()) }
-    }
+}
+
+/// No pacing: repair, and what settles a failed move, go as fast as they can (an open
+/// slot is the worse state).
+pub struct Unpaced;
+
+impl Pace for Unpaced {
+    async fn take(&self, _bytes: u64) {}
 }
 
 /// What repair is told and may do.
@@ -69,6 +73,10 @@ pub struct RepairOptions {
     pub only: Option<u64>,
     /// Say what would be done, do nothing.
     pub dry_run: bool,
+    /// Hand the keys of an open slot of ours back to its owner instead of finishing the
+    /// move: a live run settling its own failed move (the move was tried and failed, so
+    /// it is not tried again; a target out of memory is never pushed further).
+    pub hand_back: bool,
 }
 
 /// What repair found and did. One bad bucket never stops the repair of the others.
@@ -84,6 +92,10 @@ pub struct RepairReport {
     pub conflicts: Vec<StrayConflict>,
     /// Buckets whose repair failed, and why.
     pub failed: Vec<(u64, String)>,
+    /// What leaves a slot unserved and is not ours to settle: a node whose view has no
+    /// live owner for a slot the cluster serves, or an open slot naming a node that is no
+    /// longer a master. Each line names the node, the slot and the command that settles it.
+    pub down: Vec<String>,
 }
 
 /// A move in flight this fleet did not record.
@@ -143,14 +155,27 @@ pub trait Cluster: Send + Sync {
     }
     /// Settles what moves left behind: buckets left mid-move that this fleet recorded
     /// (finish or roll back, never dropping data), and data held outside its owner.
-    fn repair(&self, opts: &RepairOptions) -> impl Future<Output = Result<RepairReport, ClusterError>> + Send;
-    /// Moves one bucket copy. Runs to a safe end once started.
-    fn move_bucket<P: Pace>(
+    /// Every commit of ownership it makes passes `fence` first.
+    fn repair<F: Fence>(
+        &self,
+        opts: &RepairOptions,
+        fence: &F,
+    ) -> impl Future<Output = Result<RepairReport, ClusterError>> + Send;
+    /// Moves one bucket copy. Runs to a safe end once started; asks `fence` right before
+    /// it commits, and leaves the bucket open (recorded) when the fence says no.
+    fn move_bucket<P: Pace, F: Fence>(
         &self,
         snapshot: &ClusterSnapshot,
         mv: &Move,
         pace: &P,
+        fence: &F,
     ) -> impl Future<Output = Result<MoveStats, ClusterError>> + Send;
+    /// What `member` uses of its memory now and may use, for a target about to receive:
+    /// `None` where the backend sets no limit (no `maxmemory`, or a snapshot file).
+    fn room(&self, member: &crate::model::Member) -> impl Future<Output = Result<Option<Room>, ClusterError>> + Send {
+        let _ = member;
+        async { Ok(None) }
+    }
     /// Whether a move can be left half-done (a crash mid-move leaves state for repair):
     /// only then is its intent recorded before it starts. A snapshot file's moves apply
     /// whole.
@@ -166,19 +191,34 @@ pub trait Cluster: Send + Sync {
     /// (Valkey 9: one atomic migration job); the caller checks its fence, deadline and
     /// budgets between groups, not inside one. One result per move, in the order given.
     /// By default the moves run one by one with `move_bucket`.
-    fn move_group<P: Pace>(
+    fn move_group<P: Pace, F: Fence>(
         &self,
         snapshot: &ClusterSnapshot,
         moves: &[Move],
         pace: &P,
+        fence: &F,
     ) -> impl Future<Output = Vec<Result<MoveStats, ClusterError>>> + Send {
         async move {
             let mut out = Vec::with_capacity(moves.len());
             for mv in moves {
-                out.push(self.move_bucket(snapshot, mv, pace).await);
+                out.push(self.move_bucket(snapshot, mv, pace, fence).await);
             }
             out
         }
+    }
+}
+
+/// A member's memory as its server reports it now (Redis: `used_memory`, `maxmemory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    pub used_bytes: u64,
+    pub max_bytes: u64,
+}
+
+impl Room {
+    /// Bytes it may still receive before it passes `critical_percent` of its maximum.
+    pub fn free(&self, critical_percent: u32) -> u64 {
+        (self.max_bytes.saturating_mul(critical_percent as u64) / 100).saturating_sub(self.used_bytes)
     }
 }
 
@@ -194,6 +234,15 @@ impl AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.capabilities(),
             AnyCluster::File(_) => None,
+        }
+    }
+
+    /// Chooses the mover of a run before anything moves (Redis backend): the choice and
+    /// why, in a line; an error when `execution.migration` asks for what a master cannot.
+    pub async fn choose_mover(&self) -> Result<Option<String>, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.choose_mover().await.map(Some),
+            AnyCluster::File(_) => Ok(None),
         }
     }
 
@@ -261,17 +310,30 @@ impl Cluster for AnyCluster {
         }
     }
 
-    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
+    async fn repair<F: Fence>(&self, opts: &RepairOptions, fence: &F) -> Result<RepairReport, ClusterError> {
         match self {
-            AnyCluster::Redis(c) => c.repair(opts).await,
-            AnyCluster::File(c) => c.repair(opts).await,
+            AnyCluster::Redis(c) => c.repair(opts, fence).await,
+            AnyCluster::File(c) => c.repair(opts, fence).await,
         }
     }
 
-    async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
+    async fn move_bucket<P: Pace, F: Fence>(
+        &self,
+        s: &ClusterSnapshot,
+        mv: &Move,
+        pace: &P,
+        fence: &F,
+    ) -> Result<MoveStats, ClusterError> {
         match self {
-            AnyCluster::Redis(c) => c.move_bucket(s, mv, pace).await,
-            AnyCluster::File(c) => c.move_bucket(s, mv, pace).await,
+            AnyCluster::Redis(c) => c.move_bucket(s, mv, pace, fence).await,
+            AnyCluster::File(c) => c.move_bucket(s, mv, pace, fence).await,
+        }
+    }
+
+    async fn room(&self, member: &crate::model::Member) -> Result<Option<Room>, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.room(member).await,
+            AnyCluster::File(c) => c.room(member).await,
         }
     }
 
@@ -289,15 +351,16 @@ impl Cluster for AnyCluster {
         }
     }
 
-    async fn move_group<P: Pace>(
+    async fn move_group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
         moves: &[Move],
         pace: &P,
+        fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
         match self {
-            AnyCluster::Redis(c) => c.move_group(s, moves, pace).await,
-            AnyCluster::File(c) => c.move_group(s, moves, pace).await,
+            AnyCluster::Redis(c) => c.move_group(s, moves, pace, fence).await,
+            AnyCluster::File(c) => c.move_group(s, moves, pace, fence).await,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A backend as the lock holder drives it: every move's intent is recorded in the
-//! coordinator before the move starts and removed when it commits or rolls back, and the
-//! mover is asked to check the lock right before its commit.
+//! coordinator before the move starts and removed when it commits or rolls back; the
+//! fence the caller hands every move is the one its mover asks right before its commit.
 //!
 //! A move that fails with its bucket left open (or that found the lock lost before its
 //! commit) keeps its intent: the next holder's repair reads it and settles the bucket.
@@ -11,8 +11,8 @@
 use chrono::Utc;
 use tracing::warn;
 
-use super::{Cluster, ClusterError, FenceError, MoveStats, Pace, RepairOptions, RepairReport};
-use crate::coord::{Coordinator, Fence, GuardFence, LockError, LockGuard};
+use super::{Cluster, ClusterError, Fence, FenceError, MoveStats, Pace, RepairOptions, RepairReport, Room};
+use crate::coord::{Coordinator, LockError, LockGuard};
 use crate::model::{ClusterSnapshot, MoveIntent};
 use crate::plan::Move;
 
@@ -22,38 +22,32 @@ pub struct Recorded<'a, C> {
     pub guard: &'a LockGuard,
 }
 
-/// The run's pace, with the lock as the commit fence.
-struct Fenced<'a, P> {
-    pace: &'a P,
-    fence: GuardFence<'a>,
-}
-
-impl<P: Pace> Pace for Fenced<'_, P> {
-    async fn take(&self, bytes: u64) {
-        self.pace.take(bytes).await
-    }
-    async fn fence(&self) -> Result<(), FenceError> {
-        self.fence.check().await
-    }
-}
-
 impl<C: Cluster> Cluster for Recorded<'_, C> {
     async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
         self.inner.snapshot().await
     }
 
-    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
-        self.inner.repair(opts).await
+    async fn repair<F: Fence>(&self, opts: &RepairOptions, fence: &F) -> Result<RepairReport, ClusterError> {
+        self.inner.repair(opts, fence).await
+    }
+
+    async fn room(&self, member: &crate::model::Member) -> Result<Option<Room>, ClusterError> {
+        self.inner.room(member).await
     }
 
     async fn member_id(&self, name: &str) -> Result<String, ClusterError> {
         self.inner.member_id(name).await
     }
 
-    async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
+    async fn move_bucket<P: Pace, F: Fence>(
+        &self,
+        s: &ClusterSnapshot,
+        mv: &Move,
+        pace: &P,
+        fence: &F,
+    ) -> Result<MoveStats, ClusterError> {
         self.record(s, std::slice::from_ref(mv)).await?;
-        let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
-        let result = self.inner.move_bucket(s, mv, &fenced).await;
+        let result = self.inner.move_bucket(s, mv, pace, fence).await;
         self.settle(std::slice::from_ref(mv), std::slice::from_ref(&result)).await;
         result
     }
@@ -66,11 +60,12 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
         self.inner.moves_can_be_left_open()
     }
 
-    async fn move_group<P: Pace>(
+    async fn move_group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
         moves: &[Move],
         pace: &P,
+        fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
         if let Err(e) = self.record(s, moves).await {
             // Nothing of the group started: whatever intents were recorded are cleared.
@@ -87,8 +82,7 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
                 .collect();
         }
         tracing::debug!(buckets = moves.len(), "intents recorded");
-        let fenced = Fenced { pace, fence: GuardFence { coordinator: self.coordinator, guard: self.guard } };
-        let results = self.inner.move_group(s, moves, &fenced).await;
+        let results = self.inner.move_group(s, moves, pace, fence).await;
         self.settle(moves, &results).await;
         results
     }

@@ -112,7 +112,9 @@ pub struct ClusterConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     /// Standalone only (no `[etcd]`): where recorded moves, pause, evacuations and the
-    /// last scheduled slot outlive the process.
+    /// last scheduled slot outlive the process. Default: `<cluster.id>.json` under
+    /// `$STATE_DIRECTORY`, `$XDG_STATE_HOME/autobalancer`, `~/.local/state/autobalancer`
+    /// or `/var/lib/autobalancer`, the first that is set ([`Config::state_file`]).
     pub state_file: Option<PathBuf>,
 }
 
@@ -363,6 +365,16 @@ impl Config {
         })
     }
 
+    /// Where a standalone sidecar keeps what must outlive it: `cluster.state-file`, else
+    /// the default path for `cluster.id`. None with `[etcd]` (etcd keeps it) or for a
+    /// snapshot file (its moves apply whole).
+    pub fn state_file(&self) -> Option<PathBuf> {
+        if self.etcd.is_some() || self.cluster.backend == Backend::File {
+            return None;
+        }
+        self.cluster.state_file.clone().or_else(|| Some(default_state_dir().join(format!("{}.json", self.cluster.id))))
+    }
+
     /// The member this sidecar sits beside.
     pub fn member_id(&self) -> String {
         self.cluster
@@ -371,6 +383,21 @@ impl Config {
             .or_else(|| self.cluster.seeds.first().cloned())
             .unwrap_or_else(|| "local".to_string())
     }
+}
+
+/// The directory of the default state file: systemd's `StateDirectory=`, else the XDG
+/// state directory, else the system's.
+fn default_state_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(d) = var("STATE_DIRECTORY") {
+        // systemd sets a colon-separated list when several are configured.
+        let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        return PathBuf::from(first);
+    }
+    var("XDG_STATE_HOME")
+        .map(|d| d.join("autobalancer"))
+        .or_else(|| var("HOME").map(|h| h.join(".local/state/autobalancer")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/autobalancer"))
 }
 
 /// Applies `AUTOBALANCER_<SECTION>_<KEY>=value`: the key's underscores become dashes; the

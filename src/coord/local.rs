@@ -5,8 +5,10 @@
 //! the next run repairs the slot as its own instead of leaving it as someone else's.
 //!
 //! Owns: the state and its file (JSON, replaced atomically: a temporary file renamed over
-//! it). Does not own: the lock (in process only: one standalone sidecar per cluster) or
-//! registrations (they describe live processes).
+//! it), and the file lock beside it (`<file>.lock`, holding the pid) that keeps a second
+//! process off the same state for as long as this one lives: two standalone processes
+//! never run at once, nor overwrite each other's intents. Does not own: the run lock (in
+//! process) or registrations (they describe live processes).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,6 +28,8 @@ pub(crate) struct LocalState {
     pub(crate) sidecars: BTreeMap<String, serde_json::Value>,
     pub(crate) kept: Kept,
     file: Option<PathBuf>,
+    /// The lock on `<file>.lock`, held while this value lives.
+    _held: Option<std::fs::File>,
 }
 
 /// What the state file holds.
@@ -43,13 +47,29 @@ impl LocalState {
     /// Reads the state file when it exists; a file that does not parse is an error
     /// naming it (never silently replaced: it may hold a move in flight).
     pub(crate) fn open(path: &Path) -> Result<LocalState, LockError> {
+        let held = hold(path)?;
         let kept = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| LockError::Config(format!("cluster.state-file {}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Kept::default(),
             Err(e) => return Err(LockError::Config(format!("cluster.state-file {}: {e}", path.display()))),
         };
-        Ok(LocalState { kept, file: Some(path.to_path_buf()), ..LocalState::default() })
+        Ok(LocalState { kept, file: Some(path.to_path_buf()), _held: Some(held), ..LocalState::default() })
+    }
+
+    /// The state as the file holds it now, for a process that only reads (a dry run, a
+    /// snapshot): no lock taken, nothing ever written.
+    pub(crate) fn read(path: &Path) -> Result<LocalState, LockError> {
+        let kept = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| LockError::Config(format!("cluster.state-file {}: {e}", path.display())))?,
+            Err(_) => Kept::default(),
+        };
+        Ok(LocalState { kept, ..LocalState::default() })
+    }
+
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// Writes the kept part to the state file, if there is one: a temporary file beside
@@ -63,6 +83,39 @@ impl LocalState {
         f.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, path).map_err(fail)
     }
+}
+
+/// Takes the lock beside the state file `path` (creating its directory when missing),
+/// or says which process holds it.
+fn hold(path: &Path) -> Result<std::fs::File, LockError> {
+    let named = |e: std::io::Error| LockError::Config(format!("cluster.state-file {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(named)?;
+    }
+    let lock_path = path.with_extension("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(named)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            let pid = holder.trim();
+            return Err(LockError::Config(format!(
+                "cluster.state-file {} is in use by another autobalancer process{}: one standalone process per state file (stop it, use its API, or give this one its own cluster.state-file)",
+                path.display(),
+                if pid.is_empty() { String::new() } else { format!(" (pid {pid})") }
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(named(e)),
+    }
+    f.set_len(0).map_err(named)?;
+    f.write_all(std::process::id().to_string().as_bytes()).map_err(named)?;
+    Ok(f)
 }
 
 impl Coordinator {
@@ -107,8 +160,23 @@ mod tests {
         assert_eq!(c.scheduled_slot().await.unwrap(), Some(100));
         assert_eq!(c.paused().await.unwrap().as_deref(), Some("ops"));
         c.clear_moves(&[7]).await.unwrap();
+        // The process that held the file lets go of it (exits) before the next opens it.
+        drop(c);
         let c = Coordinator::standalone("x", "m1", Some(&path)).unwrap();
         assert!(c.moves().await.unwrap().is_empty(), "a cleared intent stays cleared");
+    }
+
+    #[test]
+    fn a_second_holder_of_a_state_file_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/state.json");
+        let first = Coordinator::standalone("x", "m1", Some(&path)).unwrap();
+        assert_eq!(first.state_file().as_deref(), Some(path.as_path()));
+        let err = Coordinator::standalone("x", "m2", Some(&path)).err().unwrap().to_string();
+        assert!(err.contains("in use by another autobalancer process") && err.contains("state.json"), "{err}");
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(first);
+        Coordinator::standalone("x", "m2", Some(&path)).expect("free once the first is gone");
     }
 
     #[test]

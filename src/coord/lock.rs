@@ -70,15 +70,6 @@ pub trait Fence: Send + Sync {
     fn check(&self) -> impl std::future::Future<Output = Result<(), FenceError>> + Send;
 }
 
-/// No fence (dry runs, the operator's `repair` without etcd, tests).
-pub struct NoFence;
-
-impl Fence for NoFence {
-    async fn check(&self) -> Result<(), FenceError> {
-        Ok(())
-    }
-}
-
 impl Coordinator {
     pub async fn try_lock(&self, operation: &str) -> Result<Acquire, LockError> {
         let holder = Holder { member: self.member.clone(), started_at: Utc::now(), operation: operation.to_string() };

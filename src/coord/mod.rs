@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use crate::config::{Config, EtcdConfig};
 use local::LocalState;
 
-pub use lock::{Acquire, Fence, FenceError, GuardFence, Holder, LockGuard, NoFence};
+pub use lock::{Acquire, Fence, FenceError, GuardFence, Holder, LockGuard};
 pub use state::{Evacuation, MeasuredBucket, RunRecord, SizeTable};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,17 +109,34 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// What `config` asks for: etcd when it has an `[etcd]` section, otherwise standalone
-    /// with its `cluster.state-file`, if any.
+    /// with its state file ([`Config::state_file`]), held by this process alone.
     pub fn for_config(config: &Config) -> Result<Coordinator, LockError> {
         match &config.etcd {
             Some(_) => Coordinator::new(config.etcd.as_ref(), &config.cluster.id, &config.member_id()),
-            None => {
-                Coordinator::standalone(&config.cluster.id, &config.member_id(), config.cluster.state_file.as_deref())
-            }
+            None => Coordinator::standalone(&config.cluster.id, &config.member_id(), config.state_file().as_deref()),
         }
     }
 
-    /// In process, its lasting state kept in `state_file` when given.
+    /// As `for_config`, for a process that only reads (dry runs, snapshots): standalone,
+    /// the state file is read as it is, neither locked nor written, so a sidecar running
+    /// beside it keeps it.
+    pub fn reader_for_config(config: &Config) -> Result<Coordinator, LockError> {
+        let Some(path) = config.state_file() else { return Coordinator::for_config(config) };
+        let mut c = Coordinator::new(None, &config.cluster.id, &config.member_id())?;
+        c.backend = Backend::Local(Arc::new(Mutex::new(LocalState::read(&path)?)));
+        Ok(c)
+    }
+
+    /// The standalone state file this coordinator holds, if any.
+    pub fn state_file(&self) -> Option<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Local(s) => s.lock().expect("local state").path().map(|p| p.to_path_buf()),
+            Backend::Etcd(_) => None,
+        }
+    }
+
+    /// In process, its lasting state kept in `state_file` when given, which this process
+    /// then holds alone (a second process on it is refused: never two runs at once).
     pub fn standalone(
         cluster_id: &str,
         member: &str,

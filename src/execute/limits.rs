@@ -20,6 +20,9 @@ pub struct Limits {
     /// 0 = unlimited.
     pub max_bytes_per_run: u64,
     pub max_run_time: Duration,
+    /// A target with `maxmemory` receives no move that would take it past this percent
+    /// of it (read before each move); 0: not checked.
+    pub critical_memory_percent: u32,
 }
 
 impl Limits {
@@ -30,6 +33,7 @@ impl Limits {
             max_bytes_per_second: x.max_bytes_per_second.0,
             max_bytes_per_run: x.max_bytes_per_run.0,
             max_run_time: x.max_run_time.0,
+            critical_memory_percent: 0,
         }
     }
 }

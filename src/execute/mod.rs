@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, ClusterError, MoveStats};
-pub use crate::coord::{Fence, FenceError, NoFence};
+pub use crate::coord::{Fence, FenceError};
 pub use limits::{Limits, Progress, RatePacer};
 
 mod limits;
@@ -45,6 +45,8 @@ pub enum StopReason {
     LockLost,
     Budget,
     MoveFailed,
+    /// Moves were held back: their target had no room below critical memory.
+    NoRoom,
 }
 
 impl StopReason {
@@ -56,6 +58,7 @@ impl StopReason {
             StopReason::LockLost => "lock_lost",
             StopReason::Budget => "budget",
             StopReason::MoveFailed => "move_failed",
+            StopReason::NoRoom => "no_room",
         }
     }
 }
@@ -69,6 +72,7 @@ impl std::fmt::Display for StopReason {
             StopReason::LockLost => "the lock was lost",
             StopReason::Budget => "execution.max-bytes-per-run reached",
             StopReason::MoveFailed => "a move failed",
+            StopReason::NoRoom => "a target had no room below balance.critical-memory-percent",
         })
     }
 }
@@ -78,8 +82,10 @@ pub struct RunReport {
     pub moves_planned: u64,
     pub moves_done: u64,
     pub moves_failed: u64,
-    /// Moves not started (stop, budget).
+    /// Moves not started (stop, budget, room).
     pub moves_not_started: u64,
+    /// Of those, moves held back because their target had no room.
+    pub moves_no_room: u64,
     pub moved_bytes: u64,
     /// Moves the legacy mover made after an atomic job failed twice.
     pub moves_by_fallback: u64,
@@ -147,6 +153,9 @@ struct Executor<'a, C, F> {
     committed: u64,
     /// Moves left for the next run because they would pass max-bytes-per-run.
     deferred: u64,
+    /// Moves held back because their target had no room, and the targets found full.
+    no_room: u64,
+    full: Vec<bool>,
     stopped: Option<StopReason>,
     done: Vec<&'a Move>,
     failed: u64,
@@ -175,6 +184,8 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             busy: vec![0; job.snapshot.members.len()],
             committed: 0,
             deferred: 0,
+            no_room: 0,
+            full: vec![false; job.snapshot.members.len()],
             stopped: None,
             done: Vec::new(),
             failed: 0,
@@ -225,7 +236,8 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 }
                 continue;
             }
-            if let Err(e) = self.fence_check().await {
+            let fence = self.job.fence;
+            if let Err(e) = self.polling(fence.check()).await {
                 warn!(cause = %e, "lock check failed before a move: stopping");
                 self.stopped = Some(StopReason::LockLost);
                 break;
@@ -234,19 +246,29 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 // A move that finished during the check failed: start nothing more.
                 break;
             }
+            let room = if self.full[t] { Some(0) } else { self.room_of(t).await };
+            if self.stopped.is_some() {
+                break;
+            }
+            let transient = self.job.snapshot.observed.largest_key_bytes;
+            if let Some(free) = room
+                && mv.bytes.saturating_add(transient) > free
+            {
+                self.hold_back(i, t, free);
+                continue;
+            }
             let idx = self.pending.remove(i).expect("index in range");
-            let group = self.group_with(idx);
+            let group = self.group_with(idx, room.map(|f| f.saturating_sub(transient)));
             self.start(group);
         }
     }
 
-    /// The fence check before a move, while the moves in flight go on being polled. A
-    /// move waiting for a lock the check also takes (an async mutex hands it to waiters in
-    /// turn) must be polled to take and release it; awaiting the check alone would wait
-    /// for a move that is never polled again. Moves that finish meanwhile are booked.
-    async fn fence_check(&mut self) -> Result<(), FenceError> {
-        let fence = self.job.fence;
-        let check = fence.check();
+    /// A check before a move (the fence, a target's room), while the moves in flight go
+    /// on being polled. A move waiting for a lock the check also takes (an async mutex
+    /// hands it to waiters in turn) must be polled to take and release it; awaiting the
+    /// check alone would wait for a move that is never polled again. Moves that finish
+    /// meanwhile are booked.
+    async fn polling<T>(&mut self, check: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(check);
         loop {
             tokio::select! {
@@ -254,6 +276,37 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 Some(finished) = self.inflight.next() => self.book(finished),
             }
         }
+    }
+
+    /// Bytes member `t` may still receive before `critical-memory-percent` of its
+    /// `maxmemory`, read from its server now (it changes under writes); None where it
+    /// has no limit, the check is off, or its server did not say.
+    async fn room_of(&mut self, t: usize) -> Option<u64> {
+        let critical = self.job.limits.critical_memory_percent;
+        if critical == 0 {
+            return None;
+        }
+        let (cluster, member) = (self.job.cluster, &self.job.snapshot.members[t]);
+        match self.polling(cluster.room(member)).await {
+            Ok(room) => room.map(|r| r.free(critical)),
+            Err(e) => {
+                warn!(member = %member.label(), cause = %e, "could not read the target's memory; its moves fail if it is full");
+                None
+            }
+        }
+    }
+
+    /// Holds back the pending move at `i` and every later one to `t`, which has `free`
+    /// bytes of room left: none starts this run.
+    fn hold_back(&mut self, i: usize, t: usize, free: u64) {
+        if !self.full[t] {
+            let member = &self.job.snapshot.members[t];
+            warn!(member = %member.label(), free_bytes = free, "target has no room below critical memory: no more moves to it this run");
+            self.full[t] = true;
+        }
+        self.pending.remove(i);
+        self.no_room += 1;
+        self.job.metrics.moves_no_room_total.inc();
     }
 
     /// Frees the members of a finished move (or group) and books each result.
@@ -267,7 +320,8 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
     /// `idx` and, for a backend that moves groups as one unit, the pending moves that
     /// share its source and target, in plan order, within the group's size and the run's
     /// byte budget. They leave `pending`.
-    fn group_with(&mut self, idx: usize) -> Vec<usize> {
+    /// `room`: what the target may still receive, when it has a limit.
+    fn group_with(&mut self, idx: usize, room: Option<u64>) -> Vec<usize> {
         let moves = &self.job.plan.moves;
         let mut group = vec![idx];
         if !self.job.cluster.groups_moves() {
@@ -278,6 +332,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             0 => GROUP_BYTES,
             rate => rate.saturating_mul(GROUP_SECONDS),
         };
+        let cap = room.map_or(cap, |r| cap.min(r));
         let (from, to) = (moves[idx].from, moves[idx].to);
         let mut bytes = moves[idx].bytes;
         let mut k = 0;
@@ -305,15 +360,16 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         for &idx in &group {
             self.committed += moves[idx].bytes;
         }
-        let (cluster, snapshot, pacer) = (self.job.cluster, self.job.snapshot, self.pacer.clone());
+        let (cluster, snapshot, pacer, fence) =
+            (self.job.cluster, self.job.snapshot, self.pacer.clone(), self.job.fence);
         self.inflight.push(Box::pin(async move {
             let t0 = Instant::now();
             if let [idx] = group[..] {
-                let r = cluster.move_bucket(snapshot, &moves[idx], pacer.as_ref()).await;
+                let r = cluster.move_bucket(snapshot, &moves[idx], pacer.as_ref(), fence).await;
                 return vec![(idx, r, t0.elapsed())];
             }
             let batch: Vec<Move> = group.iter().map(|&i| moves[i].clone()).collect();
-            let results = cluster.move_group(snapshot, &batch, pacer.as_ref()).await;
+            let results = cluster.move_group(snapshot, &batch, pacer.as_ref(), fence).await;
             let took = t0.elapsed();
             group.into_iter().zip(results).map(|(idx, r)| (idx, r, took)).collect()
         }));
@@ -400,12 +456,12 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
 
     /// The run's report, once nothing is in flight.
     fn report(self) -> RunReport {
-        let not_started = self.pending.len() as u64 + self.deferred;
+        let not_started = self.pending.len() as u64 + self.deferred + self.no_room;
         let mut stopped = self.stopped;
         let metrics = self.job.metrics;
         if not_started > 0 {
             metrics.moves_total.with_label_values(&["cancelled"]).inc_by(not_started);
-            stopped.get_or_insert(StopReason::Budget);
+            stopped.get_or_insert(if self.no_room > 0 { StopReason::NoRoom } else { StopReason::Budget });
         }
         metrics.rebalance_in_progress.set(0);
         let plan = self.job.plan;
@@ -414,6 +470,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             moves_done: self.done.len() as u64,
             moves_failed: self.failed,
             moves_not_started: not_started,
+            moves_no_room: self.no_room,
             moved_bytes: self.moved_bytes,
             moves_by_fallback: self.by_fallback,
             duration_seconds: self.started.elapsed().as_secs_f64(),
@@ -432,6 +489,15 @@ mod tests {
     use crate::model::fixtures::*;
     use crate::plan::{PlanOptions, plan};
     use std::sync::atomic::AtomicUsize;
+
+    /// The lock always ours: the executor's own logic under test, not the coordinator's.
+    struct NoFence;
+
+    impl Fence for NoFence {
+        async fn check(&self) -> Result<(), FenceError> {
+            Ok(())
+        }
+    }
 
     /// A backend that records moves and takes `delay` per move.
     struct Recorder {
@@ -454,9 +520,10 @@ mod tests {
             async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
                 unreachable!()
             }
-            async fn repair(
+            async fn repair<F: Fence>(
                 &self,
                 _: &crate::cluster::RepairOptions,
+                _: &F,
             ) -> Result<crate::cluster::RepairReport, ClusterError> {
                 Ok(Default::default())
             }
@@ -481,11 +548,12 @@ mod tests {
 
     impl Cluster for Recorder {
         no_snapshot_or_repair!();
-        async fn move_bucket<P: Pace>(
+        async fn move_bucket<P: Pace, F: Fence>(
             &self,
             _s: &ClusterSnapshot,
             mv: &Move,
             pace: &P,
+            _fence: &F,
         ) -> Result<MoveStats, ClusterError> {
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_running.fetch_max(now, Ordering::SeqCst);
@@ -501,11 +569,12 @@ mod tests {
         fn groups_moves(&self) -> bool {
             self.grouping
         }
-        async fn move_group<P: Pace>(
+        async fn move_group<P: Pace, F: Fence>(
             &self,
             _s: &ClusterSnapshot,
             moves: &[Move],
             _pace: &P,
+            _fence: &F,
         ) -> Vec<Result<MoveStats, ClusterError>> {
             self.groups.lock().unwrap().push(moves.iter().map(|m| (m.from, m.to, m.bytes)).collect());
             let now = self.running_groups.fetch_add(1, Ordering::SeqCst) + 1;
@@ -545,6 +614,7 @@ mod tests {
             max_bytes_per_second: 0,
             max_bytes_per_run: 0,
             max_run_time: Duration::from_secs(60),
+            critical_memory_percent: 0,
         }
     }
 
@@ -626,7 +696,13 @@ mod tests {
 
     impl Cluster for Contended {
         no_snapshot_or_repair!();
-        async fn move_bucket<P: Pace>(&self, _: &ClusterSnapshot, mv: &Move, _: &P) -> Result<MoveStats, ClusterError> {
+        async fn move_bucket<P: Pace, F: Fence>(
+            &self,
+            _: &ClusterSnapshot,
+            mv: &Move,
+            _: &P,
+            _: &F,
+        ) -> Result<MoveStats, ClusterError> {
             if mv.bucket == self.sleeper {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             } else {

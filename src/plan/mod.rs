@@ -26,11 +26,19 @@ pub struct PlanOptions {
     /// When set, only these members may receive copies (an evacuation's `--migrate-to`);
     /// the others keep their targets.
     pub receivers: Option<Vec<String>>,
+    /// No member with a capacity is planned past this percent of it (its used memory plus
+    /// what arrives plus the largest key in flight); 0: room is not counted.
+    pub critical_memory_percent: u32,
 }
 
 impl PlanOptions {
     pub fn from_config(b: &crate::config::BalanceConfig) -> PlanOptions {
-        PlanOptions { tolerance_percent: b.tolerance_percent, weights: b.weights.clone(), receivers: None }
+        PlanOptions {
+            tolerance_percent: b.tolerance_percent,
+            weights: b.weights.clone(),
+            receivers: None,
+            critical_memory_percent: b.critical_memory_percent,
+        }
     }
 }
 
@@ -92,6 +100,11 @@ pub struct Plan {
     pub total_bytes: u64,
     pub lower_bound_bytes: u64,
     pub tolerance_percent: u32,
+    /// Bytes left on members with target 0 (draining, down, weight 0) because no receiver
+    /// has room for them.
+    pub unplaced_bytes: u64,
+    /// `PlanOptions::critical_memory_percent`, for the self-check.
+    pub critical_memory_percent: u32,
     /// A few lines for people: what it did and why.
     pub explanation: Vec<String>,
 }
@@ -220,6 +233,15 @@ fn check(snapshot: &ClusterSnapshot, plan: &Plan) -> Result<(), PlanError> {
         }
         if to.health == Health::Down || to.draining {
             return fail(format!("bucket {} given to {} which is down or draining", mv.bucket, to.id));
+        }
+    }
+    let room = solver::room(snapshot, plan.critical_memory_percent);
+    for (i, m) in plan.members.iter().enumerate() {
+        let arrived: u64 = plan.copy_moves().filter(|mv| mv.to as usize == i).map(|mv| mv.bytes).sum();
+        if let Some(free) = room[i]
+            && arrived as i64 > free
+        {
+            return fail(format!("member {} receives {arrived} bytes with room for {free}", m.id));
         }
     }
     let mut after = snapshot.clone();

@@ -18,6 +18,9 @@ impl Solver<'_> {
         if from == to || !self.receiver[to as usize] || cs.contains(&to) {
             return false;
         }
+        if self.free[to as usize].is_some_and(|free| (self.snap.buckets[b].bytes as i64) > free) {
+            return false;
+        }
         if cs.len() < 2 {
             return true;
         }
@@ -40,6 +43,9 @@ impl Solver<'_> {
         self.copies[b][pos] = to;
         self.load[from as usize] -= bytes as i64;
         self.load[to as usize] += bytes as i64;
+        if let Some(free) = self.free[to as usize].as_mut() {
+            *free -= bytes as i64;
+        }
         if bytes > 0 {
             self.held[from as usize].remove(&(bytes, b as u32));
             self.held[to as usize].insert((bytes, b as u32));
@@ -90,10 +96,26 @@ impl Solver<'_> {
                     .max_by_key(|&d| (self.hi[d] - self.load[d], std::cmp::Reverse(d)));
                 match best {
                     Some(d) => self.apply(b, e as MemberIdx, d as MemberIdx, true),
-                    None => self.stuck[e] = true,
+                    None => {
+                        self.stuck[e] = true;
+                        if self.blocked_by_room(b, e as MemberIdx) {
+                            self.unplaced += self.snap.buckets[b].bytes;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Whether the copy of `b` on `from` would have a receiver but for room.
+    fn blocked_by_room(&self, b: usize, from: MemberIdx) -> bool {
+        (0..self.n()).any(|d| {
+            let to = d as MemberIdx;
+            d != from as usize
+                && self.receiver[d]
+                && !self.copies[b].contains(&to)
+                && self.free[d].is_some_and(|free| self.snap.buckets[b].bytes as i64 > free)
+        })
     }
 
     /// Phases 2 and 3: sheds bytes above every band, then fills every band from below;

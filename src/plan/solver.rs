@@ -55,6 +55,10 @@ pub(super) struct Solver<'a> {
     pub(super) last_move_of_bucket: HashMap<u32, usize>,
     /// Members left outside their band because no copy fits anywhere else.
     pub(super) stuck: Vec<bool>,
+    /// Bytes each member may still receive before critical memory (None: no limit).
+    pub(super) free: Vec<Option<i64>>,
+    /// Bytes phase 1 could not place for want of room.
+    pub(super) unplaced: u64,
     explanation: Vec<String>,
 }
 
@@ -62,6 +66,7 @@ pub(super) struct Solver<'a> {
 pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
     let mut s = Solver::new(snap, opts);
     s.explain_targets();
+    s.explain_room();
     s.empty_members();
     s.balance_bytes();
     let primary_moves = s.balance_primaries();
@@ -108,7 +113,36 @@ impl<'a> Solver<'a> {
             arrived_by: HashMap::new(),
             last_move_of_bucket: HashMap::new(),
             stuck: vec![false; n],
+            free: room(snap, opts.critical_memory_percent),
+            unplaced: 0,
             explanation: Vec::new(),
+        }
+    }
+
+    /// Says what room each member with a limit has, and which members have none.
+    fn explain_room(&mut self) {
+        let crit = self.opts.critical_memory_percent;
+        let limited = self.free.iter().filter(|f| f.is_some()).count();
+        if crit == 0 {
+            return;
+        }
+        let largest = human_bytes(self.snap.observed.largest_key_bytes);
+        for (i, m) in self.snap.members.iter().enumerate() {
+            let (Some(free), Some(max)) = (self.free[i], m.capacity_bytes) else { continue };
+            if !self.receiver[i] {
+                continue;
+            }
+            self.explanation.push(format!(
+                "room: {} may receive {} (used {} of maxmemory {}, critical at {crit}%, {largest} in flight)",
+                m.label(),
+                human_bytes(free.max(0) as u64),
+                human_bytes(used_memory(self.snap, i)),
+                human_bytes(max)
+            ));
+        }
+        let unlimited = self.n() - limited;
+        if unlimited > 0 {
+            self.explanation.push(format!("room: {unlimited} member(s) without maxmemory receive without a limit"));
         }
     }
 
@@ -207,6 +241,8 @@ impl<'a> Solver<'a> {
             total_bytes: self.total,
             lower_bound_bytes: self.lower_bound,
             tolerance_percent: self.opts.tolerance_percent,
+            unplaced_bytes: self.unplaced,
+            critical_memory_percent: self.opts.critical_memory_percent,
             explanation: self.explanation,
         }
     }
@@ -231,6 +267,12 @@ impl<'a> Solver<'a> {
         };
         let within = (0..n).filter(|&i| !outside(i)).count();
         let mut lines = vec![format!("after the plan {within} of {n} members are within ±{tolerance}% of target")];
+        if self.unplaced > 0 {
+            lines.push(format!(
+                "{} could not be placed: no receiver has room for it below critical memory (no_room)",
+                human_bytes(self.unplaced)
+            ));
+        }
         for i in (0..n).filter(|&i| outside(i)) {
             let bytes = members[i].after.bytes;
             let dev = members[i]
@@ -238,7 +280,7 @@ impl<'a> Solver<'a> {
                 .map(|d| format!("{d:+.1}% from target"))
                 .unwrap_or_else(|| format!("{} left on a member with target 0", human_bytes(bytes)));
             let reason = if self.stuck[i] {
-                "no copy fits anywhere else (bucket sizes, copies or zones)"
+                "no copy fits anywhere else (bucket sizes, copies, zones or room)"
             } else {
                 "bucket sizes do not allow closer"
             };
@@ -284,6 +326,27 @@ fn weights(snap: &ClusterSnapshot, opts: &PlanOptions) -> (Vec<f64>, &'static st
 /// `hostname:port` (which follow the address, not the member); 1 when not named.
 fn weight_of(m: &crate::model::Member, weights: &std::collections::BTreeMap<String, f64>) -> f64 {
     weights.get(&m.id).or_else(|| weights.iter().find(|(k, _)| m.is_named(k)).map(|(_, w)| w)).copied().unwrap_or(1.0)
+}
+
+/// Bytes each member may receive before it passes `critical_percent` of its capacity:
+/// its used memory (the server's figure where observed, else the bytes it holds) plus the
+/// largest key in flight. None where no capacity is known or `critical_percent` is 0.
+pub(super) fn room(snap: &ClusterSnapshot, critical_percent: u32) -> Vec<Option<i64>> {
+    (0..snap.members.len())
+        .map(|i| {
+            let max = snap.members[i].capacity_bytes.filter(|&c| c > 0 && critical_percent > 0)?;
+            let line = (max as u128 * critical_percent as u128 / 100) as i64;
+            Some(line - used_memory(snap, i) as i64 - snap.observed.largest_key_bytes as i64)
+        })
+        .collect()
+}
+
+/// A member's used memory: the server's figure where observed, else the bytes it holds.
+fn used_memory(snap: &ClusterSnapshot, i: usize) -> u64 {
+    match snap.observed.members.get(i) {
+        Some(f) if f.used_memory_bytes > 0 => f.used_memory_bytes,
+        _ => snap.buckets.iter().filter(|b| b.copies.contains(&(i as MemberIdx))).map(|b| b.bytes).sum(),
+    }
 }
 
 /// Each member's zone as a small number (zones sorted by name), `None` without a zone.

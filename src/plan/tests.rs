@@ -450,3 +450,40 @@ fn sampled_sizes_widen_the_tolerance_by_their_error() {
     assert!(p.explanation.iter().any(|l| l.contains("tolerance widened by 10%")), "{:?}", p.explanation);
     assert!(p.explanation[0].starts_with("sizes: sampled"), "{:?}", p.explanation);
 }
+
+/// A drain onto members with `maxmemory`: what fits below critical memory moves, the rest
+/// stays and is counted and named; no receiver is planned past its room.
+#[test]
+fn a_drain_that_does_not_fit_moves_what_fits_and_names_the_rest() {
+    let mut members = make_members(3);
+    for m in &mut members[1..] {
+        m.capacity_bytes = Some(10_000);
+    }
+    // m1 drains 20 buckets of 500 bytes; m2 and m3 hold 4000 each and may go to 9500, less
+    // the largest key in flight (500): all of it fits.
+    let mut layout: Vec<(u64, Vec<u32>)> = (0..20).map(|_| (500, vec![0])).collect();
+    layout.extend((0..8).map(|i| (1000, vec![1 + i % 2])));
+    let mut s = make_snapshot(members, &layout);
+    s.observed.largest_key_bytes = 500;
+    let opts = PlanOptions {
+        weights: [("m1".to_string(), 0.0)].into_iter().collect(),
+        critical_memory_percent: 95,
+        ..Default::default()
+    };
+    let p = plan(&s, &opts).unwrap();
+    let arrived = |p: &Plan, i: u32| p.copy_moves().filter(|m| m.to == i).map(|m| m.bytes).sum::<u64>();
+    assert_eq!((arrived(&p, 1), arrived(&p, 2)), (5000, 5000), "{:#?}", p.explanation);
+    assert_eq!(p.unplaced_bytes, 0, "{:#?}", p.explanation);
+    // Less room: 8000 - 4000 = 4000 bytes each, less the largest key in flight (500):
+    // 3500 each fit, 3000 stay.
+    let opts = PlanOptions { critical_memory_percent: 80, ..opts };
+    let p = plan(&s, &opts).unwrap();
+    assert_eq!((arrived(&p, 1), arrived(&p, 2)), (3500, 3500), "{:#?}", p.explanation);
+    assert_eq!(p.unplaced_bytes, 3000, "{:#?}", p.explanation);
+    let text = p.explanation.join("\n");
+    assert!(text.contains("could not be placed") && text.contains("used 3.9 KiB of maxmemory 9.8 KiB"), "{text}");
+    // Room off: all of it moves, as before.
+    let p = plan(&s, &PlanOptions { critical_memory_percent: 0, ..opts }).unwrap();
+    assert_eq!(p.unplaced_bytes, 0);
+    assert_eq!(arrived(&p, 1) + arrived(&p, 2), 10_000);
+}

@@ -91,12 +91,25 @@ pub struct RunStatus {
     pub observed: Option<crate::model::Observed>,
     /// Where the local member was at the last snapshot (its id stays; this may change).
     pub address: Option<String>,
+    /// The mover the last run chose, and why.
+    pub mover: Option<String>,
 }
 
 impl Context {
     pub fn new(config: Config) -> Result<Context, SetupError> {
-        let cluster = AnyCluster::from_config(&config)?;
         let coordinator = Coordinator::for_config(&config)?;
+        Context::with(config, coordinator)
+    }
+
+    /// A context that only reads (`simulate`, `snapshot`): standalone, it leaves the state
+    /// file to the process that holds it.
+    pub fn reader(config: Config) -> Result<Context, SetupError> {
+        let coordinator = Coordinator::reader_for_config(&config)?;
+        Context::with(config, coordinator)
+    }
+
+    fn with(config: Config, coordinator: Coordinator) -> Result<Context, SetupError> {
+        let cluster = AnyCluster::from_config(&config)?;
         let metrics = Arc::new(Metrics::new());
         metrics.size_threshold_ratio.set(config.balance.size_threshold_percent as f64 / 100.0);
         metrics.etcd_up.set(coordinator.is_standalone() as i64);
@@ -116,10 +129,8 @@ impl Context {
             warn!(
                 "no [etcd] section: running standalone with an in-process lock; run only one sidecar per cluster like this"
             );
-            if self.config.cluster.state_file.is_none() {
-                warn!(
-                    "no cluster.state-file: a move interrupted by a crash is not known to the next run (it stays open until `autobalancer repair`)"
-                );
+            if let Some(p) = self.coordinator.state_file() {
+                tracing::info!(state_file = %p.display(), "moves are recorded in the state file before they start");
             }
         }
     }
@@ -193,9 +204,16 @@ impl Context {
     /// A dry run: snapshot, plan, decide; moves nothing, takes no lock.
     pub async fn simulate(&self, force: bool) -> Result<Answer, RunError> {
         let snap = self.snapshot().await?;
-        let p = self.plan(&snap)?;
+        let mut p = self.plan(&snap)?;
+        let mover = match self.cluster.choose_mover().await {
+            Ok(line) => line,
+            Err(e) => Some(format!("mover: none: {e}")),
+        };
+        p.explanation.extend(mover.clone());
         let t = Thresholds::from_config(&self.config.balance, force);
         let d = decide(&snap, &p, &t);
-        Ok(Answer::new(&snap, &p, d, &t))
+        let mut answer = Answer::new(&snap, &p, d, &t);
+        answer.mover = mover;
+        Ok(answer)
     }
 }

@@ -36,6 +36,8 @@ pub enum Failure {
     /// Repair of a bucket an earlier move left failed; nothing moved (the next run tries
     /// again).
     Repair(String),
+    /// `execution.migration` asks for a mover a master cannot run; nothing moved.
+    Mover(String),
 }
 
 /// How a run ended: the `autobalancer_runs_total` outcome, with its reason.
@@ -78,6 +80,7 @@ impl Outcome {
             Outcome::Failed(Failure::Plan(_)) => Some("plan_failed"),
             Outcome::Failed(Failure::Moves { .. }) => Some("move_failed"),
             Outcome::Failed(Failure::Repair(_)) => Some("repair_failed"),
+            Outcome::Failed(Failure::Mover(_)) => Some("mover_unsupported"),
             Outcome::Stopped(s) => Some(s.as_str()),
         }
     }
@@ -110,6 +113,7 @@ impl Finished {
             Outcome::Skipped(reason) => Err(RunError::Skipped(Skip::new(reason, self.answer.decision.message))),
             Outcome::Failed(Failure::Plan(e)) => Err(RunError::Plan(e)),
             Outcome::Failed(Failure::Repair(e)) => Err(RunError::Repair(e)),
+            Outcome::Failed(Failure::Mover(e)) => Err(RunError::Mover(e)),
             _ => Ok(self.answer),
         }
     }
@@ -134,6 +138,9 @@ pub enum RunError {
     /// What an earlier move left could not be settled (the run moved nothing).
     #[error("repair failed: {0}")]
     Repair(String),
+    /// `execution.migration` asks for a mover a master cannot run (the run moved nothing).
+    #[error("{0}")]
+    Mover(String),
     /// etcd (or the in-process stand-in) failed.
     #[error(transparent)]
     Coordinator(#[from] LockError),
@@ -162,6 +169,7 @@ mod tests {
             moves_done: 1,
             moves_failed: failed,
             moves_not_started: 1,
+            moves_no_room: 0,
             moved_bytes: 10,
             moves_by_fallback: 0,
             duration_seconds: 0.1,

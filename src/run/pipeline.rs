@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use super::{Context, Failure, Finished, Outcome, Skip, Trigger};
 use crate::cluster::recorded::Recorded;
-use crate::cluster::{Cluster, RepairOptions};
+use crate::cluster::{Cluster, RepairOptions, RepairReport};
 use crate::coord::{Acquire, Evacuation, GuardFence, LockGuard, RunRecord};
 use crate::decide::{Decision, SkipReason, Thresholds, decide};
 use crate::execute::{Job, Limits, RunReport, StopReason, execute};
@@ -104,44 +104,39 @@ impl Context {
     async fn pipeline(&self, trigger: &Trigger, guard: &LockGuard, cancel: &CancellationToken) -> Step<Finished> {
         self.slot_not_yet_run(trigger, guard).await.map_break(|s| self.skipped(s))?;
         self.set_state("planning", Some(trigger.operation()));
-        self.repair().await?;
+        self.repair(guard).await?;
         let (mut snap, evacuations) = match self.snapshot_and_evacuations().await {
             Ok(x) => x,
             Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, e.to_string()))),
         };
+        let mover = self.choose_mover().await?;
         if matches!(trigger, Trigger::Manual { allow_big_keys: true, .. }) && !snap.observed.pinned.is_empty() {
             warn!(buckets = snap.observed.pinned.len(), "--allow-big-keys: buckets holding big keys may move");
             snap.observed.pinned.clear();
         }
-        let plan = self.plan_run(trigger, &snap, &evacuations)?;
-        let answer = self.decide_run(trigger, &snap, &plan)?;
+        let mut plan = self.plan_run(trigger, &snap, &evacuations)?;
+        plan.explanation.extend(mover.clone());
+        let mut answer = self.decide_run(trigger, &snap, &plan)?;
+        answer.mover = mover;
         Continue(self.execute_run(trigger, guard, cancel, (&snap, &plan, &evacuations), answer).await)
     }
 
     /// Settles what earlier moves left (ours, recorded as intents) before planning. A
     /// migration nobody recorded, or stray keys that could not be returned, skip the run
     /// with the reason named; a failed repair fails it (the next run tries again).
-    async fn repair(&self) -> Step<()> {
-        let intents = match self.coordinator.moves().await {
-            Ok(i) => i,
-            Err(e) => {
-                return Break(self.skipped(Skip::new(SkipReason::LockUnavailable, format!("cannot read moves/: {e}"))));
-            }
-        };
+    async fn repair(&self, guard: &LockGuard) -> Step<()> {
         let started = std::time::Instant::now();
-        let r = match self.cluster.repair(&RepairOptions { intents, ..Default::default() }).await {
+        let r = match self.settle(guard, false).await {
             Ok(r) => r,
-            // The cluster cannot be read at all (down, refused, bad credentials).
-            Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, format!("repair: {e}")))),
+            Err(skip) => return Break(self.skipped(skip)),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
         tracing::debug!(settled = r.settled.len(), ms = started.elapsed().as_millis() as u64, "repair done");
-        if !r.intents_done.is_empty()
-            && let Err(e) = self.coordinator.clear_moves(&r.intents_done).await
-        {
-            warn!(buckets = r.intents_done.len(), cause = %e, "could not clear settled move intents; the next run clears them");
-        }
         let and_more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
+        self.metrics.cluster_down.set(!r.down.is_empty() as i64);
+        if let Some(d) = r.down.first() {
+            return Break(self.skipped(Skip::new(SkipReason::ClusterDown, format!("{d}{}", and_more(r.down.len())))));
+        }
         if let Some(f) = r.foreign.first() {
             let msg = format!("{f}{}", and_more(r.foreign.len()));
             return Break(self.skipped(Skip::new(SkipReason::MigrationInProgress, msg)));
@@ -155,6 +150,48 @@ impl Context {
             );
         }
         Continue(())
+    }
+
+    /// Repair of what this fleet recorded, past the lock's fence; the intents it settled
+    /// are cleared. `hand_back`: a live run settling its own failed moves.
+    async fn settle(&self, guard: &LockGuard, hand_back: bool) -> Result<RepairReport, Skip> {
+        let intents = self
+            .coordinator
+            .moves()
+            .await
+            .map_err(|e| Skip::new(SkipReason::LockUnavailable, format!("cannot read moves/: {e}")))?;
+        let fence = GuardFence { coordinator: &self.coordinator, guard };
+        let opts = RepairOptions { intents, hand_back, ..Default::default() };
+        // The cluster cannot be read at all (down, refused, bad credentials).
+        let r = self
+            .cluster
+            .repair(&opts, &fence)
+            .await
+            .map_err(|e| Skip::new(SkipReason::SnapshotFailed, format!("repair: {e}")))?;
+        if !r.intents_done.is_empty()
+            && let Err(e) = self.coordinator.clear_moves(&r.intents_done).await
+        {
+            warn!(buckets = r.intents_done.len(), cause = %e, "could not clear settled move intents; the next run clears them");
+        }
+        Ok(r)
+    }
+
+    /// The mover of this run, chosen once before anything moves, and why, in a line.
+    async fn choose_mover(&self) -> Step<Option<String>> {
+        match self.cluster.choose_mover().await {
+            Ok(line) => {
+                self.status.lock().unwrap().mover = line.clone();
+                Continue(line)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                error!(cause = %message, "no mover for this run; nothing moves");
+                let d = Decision::skip(SkipReason::PlanFailed, message.clone());
+                let mut answer = Answer::skipped(d, &self.thresholds(false));
+                answer.stopped = Some(message.clone());
+                Break(Finished { outcome: Outcome::Failed(Failure::Mover(message)), answer, moved: false })
+            }
+        }
     }
 
     fn failed_repair(&self, message: String) -> Finished {
@@ -218,6 +255,7 @@ impl Context {
         let evacuating = *trigger == Trigger::Evacuation;
         self.set_state(if evacuating { "evacuating" } else { "moving" }, Some(trigger.operation()));
         let mut limits = Limits::from_config(&self.config.execution);
+        limits.critical_memory_percent = self.config.balance.critical_memory_percent;
         if evacuating && let Some(rate) = evacuations.iter().map(|e| e.rate).filter(|&r| r > 0).min() {
             limits.max_bytes_per_second = rate;
         }
@@ -249,6 +287,7 @@ impl Context {
         if guard.lost.is_cancelled() && report.stopped == Some(StopReason::Cancelled) {
             report.stopped = Some(StopReason::LockLost);
         }
+        answer.settled = self.settle_failed(guard, &report).await;
         let outcome = Outcome::of_report(&report);
         info!(
             outcome = outcome.label(),
@@ -267,6 +306,26 @@ impl Context {
         }
         fill_answer(&mut answer, report);
         Finished { outcome, answer, moved }
+    }
+
+    /// A live run never leaves its own open slot behind: what its failed moves left open
+    /// is settled now, past the fence, by repair's logic (keys handed back to the owner).
+    /// A run that lost the lock leaves them recorded for the next holder.
+    async fn settle_failed(&self, guard: &LockGuard, report: &RunReport) -> Vec<String> {
+        if report.open_buckets.is_empty() || report.stopped == Some(StopReason::LockLost) {
+            return Vec::new();
+        }
+        match self.settle(guard, true).await {
+            Ok(r) => {
+                r.settled.iter().for_each(|l| info!("settled a failed move: {l}"));
+                let failed = r.failed.iter().map(|(b, e)| format!("slot {b} is still open: {e}"));
+                failed.inspect(|l| warn!("{l}")).chain(r.settled).collect()
+            }
+            Err(skip) => {
+                warn!(cause = %skip.message, "could not settle the failed moves; the next run repairs them");
+                vec![format!("not settled: {}", skip.message)]
+            }
+        }
     }
 
     /// After a run that moved buckets (`Finished::moved`), outside its lock and after its
@@ -332,6 +391,7 @@ impl Context {
         s.last_moved_bytes = f.answer.moved_bytes.unwrap_or(0);
         s.last_error = match &f.outcome {
             Outcome::Failed(Failure::Plan(e)) => Some(e.to_string()),
+            Outcome::Failed(Failure::Repair(e) | Failure::Mover(e)) => Some(e.clone()),
             Outcome::Failed(Failure::Moves { .. }) => f.answer.failures.first().cloned(),
             _ => None,
         };

@@ -8,13 +8,29 @@ use std::time::{Duration, Instant};
 
 use autobalancer_testkit::{LocalCluster, Login};
 
+/// The binary, with a default state directory of its own (a standalone command keeps
+/// its state there unless its config names a `cluster.state-file`).
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autobalancer"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_autobalancer"));
+    let dir = tempfile::Builder::new().prefix("ab-state-").tempdir().unwrap().keep();
+    c.env("STATE_DIRECTORY", dir);
+    c
+}
+
+/// The binary for `args`: standalone, its default state file sits beside the config
+/// `--config` names, so the commands of one test share it as one host's would.
+pub fn bin_for(args: &[&str]) -> Command {
+    let mut c = bin();
+    if let Some(cfg) = args.iter().position(|a| *a == "--config").and_then(|i| args.get(i + 1)) {
+        c.env("STATE_DIRECTORY", Path::new(cfg).parent().unwrap_or(Path::new(".")));
+    }
+    c.args(args);
+    c
 }
 
 /// Runs the command line to its end: (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = bin().args(args).output().unwrap();
+    let out = bin_for(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -25,7 +41,7 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
 /// As `cli`, killed after `within`: a command that never returns fails its test instead
 /// of stalling the suite (exit code -1 and "killed after" in stderr).
 pub fn cli_within(args: &[&str], within: Duration) -> (i32, String, String) {
-    let mut child = bin().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = bin_for(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + within;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -92,8 +108,7 @@ impl SidecarProc {
 
     fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = bin()
-            .args(["run", "--config", self.config.to_str().unwrap()])
+        let child = bin_for(&["run", "--config", self.config.to_str().unwrap()])
             .env("AUTOBALANCER_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log)
@@ -227,4 +242,59 @@ pub async fn cluster_calls(c: &LocalCluster, addr: &str, sub: &str) -> Option<u6
         .lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_cluster|{sub}:calls=")))
         .map(|v| v.split(',').next().unwrap().parse::<u64>().unwrap())
+}
+
+/// A standalone coordinator's lock, held: the fence a test's direct moves and repairs
+/// pass, as a run's do.
+pub struct Held {
+    coordinator: autobalancer::coord::Coordinator,
+    guard: autobalancer::coord::LockGuard,
+}
+
+impl Held {
+    pub async fn new() -> Held {
+        let coordinator = autobalancer::coord::Coordinator::new(None, "t", "test").unwrap();
+        let autobalancer::coord::Acquire::Acquired(guard) = coordinator.try_lock("manual").await.unwrap() else {
+            panic!("a fresh in-process lock is free")
+        };
+        Held { coordinator, guard }
+    }
+}
+
+impl autobalancer::coord::Fence for Held {
+    async fn check(&self) -> Result<(), autobalancer::coord::FenceError> {
+        self.coordinator.check(&self.guard).await
+    }
+}
+
+/// A node's view of the cluster (CLUSTER NODES), parsed.
+pub async fn nodes(c: &LocalCluster, addr: &str) -> Vec<autobalancer::cluster::redis::NodeLine> {
+    let mut con = c.conn(addr).await.unwrap();
+    let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut con).await.unwrap();
+    autobalancer::cluster::redis::parse_nodes(&text).unwrap()
+}
+
+/// Keys of `slot` on `addr`.
+pub async fn count(c: &LocalCluster, addr: &str, slot: u16) -> u64 {
+    let mut con = c.conn(addr).await.unwrap();
+    redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot).query_async(&mut con).await.unwrap()
+}
+
+/// Waits for a slot half-moved: (slot, source addr, target addr), with keys on both.
+pub async fn half_moved(c: &LocalCluster) -> (u16, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no slot was ever half-moved");
+        for a in c.current_masters().await.unwrap() {
+            let all = nodes(c, &a).await;
+            let me = all.iter().find(|n| n.is_myself()).unwrap();
+            for (slot, to) in &me.migrating {
+                let Some(target) = all.iter().find(|n| &n.id == to) else { continue };
+                if count(c, &target.addr, *slot).await >= 2 && count(c, &a, *slot).await >= 2 {
+                    return (*slot, a.clone(), target.addr.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

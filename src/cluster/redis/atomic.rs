@@ -22,8 +22,8 @@ use super::capabilities::Mover;
 use super::legacy::SlotMove;
 use super::migrations::{SlotMigration, merge};
 use super::topology::{NodeLine, Topology};
-use super::{NoPace, RedisCluster, SLOTS};
-use crate::cluster::{ClusterError, MoveStats, Pace};
+use super::{RedisCluster, SLOTS};
+use crate::cluster::{ClusterError, Fence, MoveStats, Pace, Unpaced};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 
@@ -77,11 +77,12 @@ impl RedisCluster {
 
     /// `move_group` for this backend: one atomic job per (source, target) where the mover
     /// is atomic, `move_bucket` for each move otherwise.
-    pub(super) async fn group<P: Pace>(
+    pub(super) async fn group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
         moves: &[Move],
         pace: &P,
+        fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
         use crate::cluster::Cluster;
         match self.mover().await {
@@ -96,7 +97,7 @@ impl RedisCluster {
             Ok(Mover::Legacy) => {
                 let mut out = Vec::with_capacity(moves.len());
                 for mv in moves {
-                    out.push(self.move_bucket(s, mv, pace).await);
+                    out.push(self.move_bucket(s, mv, pace, fence).await);
                 }
                 return out;
             }
@@ -112,7 +113,7 @@ impl RedisCluster {
         }
         for (_, idx) in pairs {
             let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
-            for (i, r) in idx.into_iter().zip(self.atomic_group(s, &group, pace).await) {
+            for (i, r) in idx.into_iter().zip(self.atomic_group(s, &group, pace, fence).await) {
                 out[i] = Some(r);
             }
         }
@@ -120,11 +121,12 @@ impl RedisCluster {
     }
 
     /// Moves `group` (one source, one target) as one job; one result per move.
-    async fn atomic_group<P: Pace>(
+    async fn atomic_group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
         group: &[&Move],
         pace: &P,
+        fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
         let fail = |mv: &Move, message: String| ClusterError::Move { bucket: mv.bucket, message, open: false };
         let src = s.members[group[0].from as usize].address.clone();
@@ -160,7 +162,8 @@ impl RedisCluster {
                 None => self.key_counts(&src, &slots, slot_stats).await,
             }
         };
-        let (keys, mut ends) = tokio::join!(counting, self.transfer(&topo, &src, &dst, &dst_id, &slots, &estimates));
+        let (keys, mut ends) =
+            tokio::join!(counting, self.transfer(&topo, (&src, &dst, &dst_id), &slots, &estimates, fence));
         let keys = keys.unwrap_or_else(|_| vec![0; slots.len()]);
         let mut out = Vec::with_capacity(group.len());
         for ((mv, slot), keys) in group.iter().zip(&slots).zip(keys) {
@@ -183,14 +186,14 @@ impl RedisCluster {
 
     /// Moves `slots` from `src` to `dst`: a job, then halves of what it left, then the
     /// legacy mover for what still did not move.
-    async fn transfer(
+    /// The legacy mover commits only past `fence`.
+    async fn transfer<F: Fence>(
         &self,
         topo: &Topology,
-        src: &str,
-        dst: &str,
-        dst_id: &str,
+        (src, dst, dst_id): (&str, &str, &str),
         slots: &[u16],
         estimates: &HashMap<u16, u64>,
+        fence: &F,
     ) -> HashMap<u16, SlotEnd> {
         let bytes_of = |s: &[u16]| s.iter().map(|x| estimates.get(x).copied().unwrap_or(0)).sum::<u64>();
         let mut ends = HashMap::new();
@@ -217,25 +220,26 @@ impl RedisCluster {
         }
         record_settled(&mut ends, &first, src);
         for slot in legacy {
-            ends.insert(slot, self.legacy_fallback(topo, src, dst, slot, estimates[&slot], &why).await);
+            ends.insert(
+                slot,
+                self.legacy_fallback(
+                    topo,
+                    SlotMove { slot, src, dst, resume: false, estimate: estimates[&slot] },
+                    &why,
+                    fence,
+                )
+                .await,
+            );
         }
         ends
     }
 
     /// Moves one slot with the legacy mover after the atomic one could not.
-    async fn legacy_fallback(
-        &self,
-        topo: &Topology,
-        src: &str,
-        dst: &str,
-        slot: u16,
-        estimate: u64,
-        why: &str,
-    ) -> SlotEnd {
+    async fn legacy_fallback<F: Fence>(&self, topo: &Topology, m: SlotMove<'_>, why: &str, fence: &F) -> SlotEnd {
+        let SlotMove { slot, src, dst, .. } = m;
         warn!(slot, from = %src, to = %dst, cause = %why, "atomic migration did not move the slot; moving it with the legacy mover");
         // The group's bytes were paced before its first job.
-        let m = SlotMove { slot, src, dst, resume: false, estimate };
-        match self.finish(topo, m, &NoPace).await {
+        match self.finish(topo, m, &Unpaced, fence).await {
             Ok(stats) => {
                 self.legacy_fallbacks.fetch_add(1, Ordering::Relaxed);
                 SlotEnd::MovedByLegacy(stats)

@@ -82,25 +82,79 @@ pub enum Mover {
     Legacy,
 }
 
-/// The capabilities the last snapshot saw.
+/// The capabilities the last snapshot saw, and the mover the run chose from them.
 #[derive(Default)]
-pub(super) struct Seen(std::sync::Mutex<Option<Capabilities>>);
+pub(super) struct Seen {
+    caps: std::sync::Mutex<Option<Capabilities>>,
+    chosen: std::sync::Mutex<Option<Mover>>,
+}
 
 impl RedisCluster {
     /// What the masters supported at the last snapshot; `None` before the first.
     pub fn capabilities(&self) -> Option<Capabilities> {
-        self.caps.0.lock().unwrap().clone()
+        self.caps.caps.lock().unwrap().clone()
     }
 
     pub(super) fn note_capabilities(&self, caps: Capabilities) {
-        *self.caps.0.lock().unwrap() = Some(caps);
+        *self.caps.caps.lock().unwrap() = Some(caps);
     }
 
-    /// The mover `execution.migration` picks here; capabilities are read now when no
-    /// snapshot has been taken.
+    /// The mover of this run: the one [`RedisCluster::choose_mover`] chose, else what
+    /// `execution.migration` picks now (capabilities read when no snapshot was taken).
     pub async fn mover(&self) -> Result<Mover, ClusterError> {
+        if let Some(m) = *self.caps.chosen.lock().unwrap() {
+            return Ok(m);
+        }
         let caps = self.current_capabilities().await?;
         self.migration.mover(&caps).map_err(ClusterError::Config)
+    }
+
+    /// The chosen mover, without I/O: what `groups_moves` answers by.
+    pub(super) fn chosen_mover(&self) -> Option<Mover> {
+        (*self.caps.chosen.lock().unwrap()).or_else(|| self.capabilities().and_then(|c| self.migration.mover(&c).ok()))
+    }
+
+    /// Chooses the mover of a run, once, before anything moves: every move of the run
+    /// uses it. `atomic` where a master cannot do it is an error naming that master and
+    /// its version. Returns the choice and why, for the plan's explanation and `/status`.
+    pub async fn choose_mover(&self) -> Result<String, ClusterError> {
+        *self.caps.chosen.lock().unwrap() = None;
+        let caps = self.current_capabilities().await?;
+        let mode = self.migration.name();
+        let chosen = match self.migration.mover(&caps) {
+            Ok(m) => m,
+            Err(e) => return Err(ClusterError::Config(self.lacking_atomic().await.unwrap_or(e))),
+        };
+        *self.caps.chosen.lock().unwrap() = Some(chosen);
+        Ok(match (chosen, self.migration) {
+            (Mover::Atomic, _) => format!(
+                "mover: atomic (CLUSTER MIGRATESLOTS; every master runs {} or later; execution.migration = {mode})",
+                caps.engine
+            ),
+            (Mover::Legacy, MigrationMode::Legacy) => {
+                "mover: legacy (SETSLOT and MIGRATE; execution.migration = legacy)".to_string()
+            }
+            (Mover::Legacy, _) => format!(
+                "mover: legacy (SETSLOT and MIGRATE; {} has no atomic slot migration; execution.migration = {mode})",
+                caps.engine
+            ),
+        })
+    }
+
+    /// The first master that cannot migrate atomically, with its version, in a sentence.
+    async fn lacking_atomic(&self) -> Option<String> {
+        let topo = self.cached_topology().await.ok()?;
+        for m in topo.masters.iter().filter(|m| !m.is_failed()) {
+            let info = self.node_info(&m.addr).await.ok()?;
+            if !Capabilities::of([&info]).atomic_migration {
+                return Some(format!(
+                    "execution.migration = \"atomic\" needs Valkey 9 or later on every master; {} runs {}",
+                    m.addr,
+                    info.engine_version()
+                ));
+            }
+        }
+        None
     }
 
     /// What the masters support: as the last snapshot saw it, else read now.

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::RedisCluster;
 use super::topology::Topology;
-use crate::cluster::{ClusterError, MoveStats, Pace};
+use crate::cluster::{ClusterError, Fence, MoveStats, Pace};
 
 /// A key on the source side against the key of that name on the target side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,11 +279,12 @@ impl RedisCluster {
     /// Moves `slot` from `src` to `dst`. `resume` continues a move a crash interrupted,
     /// where either side may be past its first step; a fresh move requires both steps,
     /// so a stale plan (the source no longer owns the slot) fails before any key moves.
-    pub(super) async fn finish<P: Pace>(
+    pub(super) async fn finish<P: Pace, F: Fence>(
         &self,
         topo: &Topology,
         m: SlotMove<'_>,
         pace: &P,
+        fence: &F,
     ) -> Result<MoveStats, ClusterError> {
         let SlotMove { slot, src, dst, resume, .. } = m;
         let src_id = self.node_id_of(topo, src)?;
@@ -309,7 +310,7 @@ impl RedisCluster {
         let stats = self.drain_slot(m, dst_replicas, pace).await?;
         // The commit fence: a holder that lost the lock leaves the slot open (and its
         // move recorded) for the next holder's repair, which finishes it.
-        if let Err(cause) = pace.fence().await {
+        if let Err(cause) = fence.check().await {
             return Err(ClusterError::Fenced { bucket: slot as u64, cause });
         }
         self.assign(topo, slot, src, dst, &dst_id).await?;

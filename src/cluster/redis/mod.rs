@@ -35,7 +35,7 @@ pub use migrations::SlotMigration;
 pub use sizing::{Mode as SizingMode, SizingOptions};
 pub use topology::{NodeInfo, NodeLine, parse_nodes};
 
-use super::{Cluster, ClusterError, MoveStats, Pace, RepairOptions, RepairReport};
+use super::{Cluster, ClusterError, Fence, MoveStats, Pace, RepairOptions, RepairReport, Room};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 use conn::{Auth, Conns, Tls};
@@ -180,11 +180,29 @@ impl Cluster for RedisCluster {
         }
     }
 
-    async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
-        self.repair_from_truth(opts).await
+    async fn repair<F: Fence>(&self, opts: &RepairOptions, fence: &F) -> Result<RepairReport, ClusterError> {
+        self.repair_from_truth(opts, fence).await
     }
 
-    async fn move_bucket<P: Pace>(&self, s: &ClusterSnapshot, mv: &Move, pace: &P) -> Result<MoveStats, ClusterError> {
+    /// INFO memory of a member with `maxmemory` set (read from the snapshot's figure:
+    /// a member without one is not asked).
+    async fn room(&self, member: &crate::model::Member) -> Result<Option<Room>, ClusterError> {
+        if member.capacity_bytes.is_none() {
+            return Ok(None);
+        }
+        let info: String =
+            self.conns.query(&member.address, redis::cmd("INFO").arg("memory")).await.map_err(ClusterError::Connect)?;
+        let n = topology::NodeInfo::parse(&info, "");
+        Ok((n.maxmemory > 0).then_some(Room { used_bytes: n.used_memory, max_bytes: n.maxmemory }))
+    }
+
+    async fn move_bucket<P: Pace, F: Fence>(
+        &self,
+        s: &ClusterSnapshot,
+        mv: &Move,
+        pace: &P,
+        fence: &F,
+    ) -> Result<MoveStats, ClusterError> {
         self.drop_reading();
         let slot = u16::try_from(mv.bucket)
             .ok()
@@ -203,7 +221,7 @@ impl Cluster for RedisCluster {
             SizingMode::Sampled => 0,
         };
         let m = SlotMove { slot, src: &src, dst: &dst, resume: false, estimate: measured };
-        let result = self.finish(&topo, m, pace).await;
+        let result = self.finish(&topo, m, pace, fence).await;
         // The check after the run measures the slot again where it now lives.
         self.sizes.forget(slot);
         let mut stats = result?;
@@ -216,26 +234,20 @@ impl Cluster for RedisCluster {
     }
 
     fn groups_moves(&self) -> bool {
-        self.capabilities().is_some_and(|c| self.migration.mover(&c) == Ok(Mover::Atomic))
+        self.chosen_mover() == Some(Mover::Atomic)
     }
 
     /// With the atomic mover, one MIGRATESLOTS job per (source, target); otherwise
     /// `move_bucket` for each. (`move_bucket` alone always uses the legacy mover: a job
     /// costs the servers about 0.2 s whatever its size, worth it for many slots at once.)
-    async fn move_group<P: Pace>(
+    async fn move_group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
         moves: &[Move],
         pace: &P,
+        fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
         self.drop_reading();
-        self.group(s, moves, pace).await
+        self.group(s, moves, pace, fence).await
     }
-}
-
-/// No pacing (repairs finish as fast as they can: an open slot is the worse state).
-pub struct NoPace;
-
-impl Pace for NoPace {
-    async fn take(&self, _bytes: u64) {}
 }

@@ -75,6 +75,8 @@ impl RedisCluster {
         snap.observed.pinned = self.pinned(&seen);
         snap.observed.sizing = Some(self.summary(&seen, started));
         snap.observed.engine = engine(&seen);
+        snap.observed.largest_key_bytes =
+            seen.iter().flat_map(|v| v.sizes.slots.iter().map(|(_, s)| s.largest_key)).max().unwrap_or(0);
         self.note_capabilities(Capabilities::of(seen.iter().map(|v| &v.info)));
         Ok(snap)
     }

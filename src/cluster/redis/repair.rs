@@ -3,7 +3,10 @@
 //!
 //! An open slot (MIGRATING or IMPORTING on some master) that has a recorded intent is
 //! ours: it is finished when keys of the slot sit on a master other than its owner
-//! (so none is stranded), otherwise rolled back. The source and target are taken from
+//! (so none is stranded), otherwise rolled back. A finish that fails (the target out of
+//! memory, say), or a live run settling its own failed move (`hand_back`), hands the keys
+//! that reached the target back to the owner instead: the owner's value wins where both
+//! hold a key, since a client writes to the owner only once it is stable again, later. The source and target are taken from
 //! what the masters claim now, not from the flags alone: after a failover mid-move the
 //! flags name a node that is no longer a master, and the promoted replica holds the
 //! slot (source side) or the keys already moved (target side). An open slot nobody
@@ -18,10 +21,10 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Utc;
 use tracing::{info, warn};
 
-use super::legacy::SlotMove;
+use super::legacy::{KeyPair, SlotMove};
 use super::topology::Topology;
-use super::{NoPace, Reading, RedisCluster};
-use crate::cluster::{ClusterError, ForeignMove, RepairOptions, RepairReport};
+use super::{Reading, RedisCluster};
+use crate::cluster::{ClusterError, Fence, ForeignMove, RepairOptions, RepairReport, Unpaced};
 use crate::model::MoveIntent;
 
 /// The flags set on one slot, by master address.
@@ -55,7 +58,11 @@ fn open_slots(topo: &Topology) -> BTreeMap<u16, OpenSlot> {
 
 impl RedisCluster {
     /// Settles open slots and stray keys as `opts` allows.
-    pub(super) async fn repair_from_truth(&self, opts: &RepairOptions) -> Result<RepairReport, ClusterError> {
+    pub(super) async fn repair_from_truth<F: Fence>(
+        &self,
+        opts: &RepairOptions,
+        fence: &F,
+    ) -> Result<RepairReport, ClusterError> {
         let mut report = RepairReport::default();
         let topo = self.topology().await?;
         let busy = self.settle_jobs(&topo, opts, &mut report).await;
@@ -69,7 +76,7 @@ impl RedisCluster {
                 report.foreign.push(self.foreign(&topo, slot, flags).await);
                 continue;
             }
-            match self.settle_open(&topo, slot, flags, opts.dry_run).await {
+            match self.settle_open(&topo, slot, flags, opts, fence).await {
                 Ok(line) => {
                     info!(slot, dry_run = opts.dry_run, "{line}");
                     report.settled.push(line);
@@ -86,6 +93,7 @@ impl RedisCluster {
         // Settling open slots changed owners: strays go to the owner as it is now.
         let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.topology().await? };
         let readings = self.return_strays(&topo, opts, &skip, &mut report).await;
+        report.down = self.unserved(&topo, &open, &report.foreign, &readings).await;
         // Intents whose slot is closed and clean were settled by whoever got there first.
         for i in &opts.intents {
             let slot = i.bucket as u16;
@@ -103,10 +111,59 @@ impl RedisCluster {
             *self.topo.lock().expect("topology cache") = None;
         }
         // A repair that changed nothing read what the snapshot after it would read again.
-        let unchanged = report.settled.is_empty() && report.conflicts.is_empty() && report.failed.is_empty();
+        let unchanged = report.settled.is_empty()
+            && report.conflicts.is_empty()
+            && report.failed.is_empty()
+            && report.down.is_empty();
         *self.reading.lock().expect("reading") =
             unchanged.then(|| Reading { topo, masters: readings, at: std::time::Instant::now() });
         Ok(report)
+    }
+
+    /// What leaves slots unserved that this repair did not settle: open slots nobody
+    /// recorded whose flags name a node that is no longer a live master, and nodes that
+    /// report `cluster_state:fail` because their view has no live owner for a slot the
+    /// cluster serves (Redis keeps a slot it imports out of gossip: when its source fails
+    /// over, the importing node goes on naming the demoted node).
+    async fn unserved(
+        &self,
+        topo: &Topology,
+        open: &BTreeMap<u16, OpenSlot>,
+        foreign: &[ForeignMove],
+        readings: &HashMap<String, super::MasterReading>,
+    ) -> Vec<String> {
+        let fix = |slot: u16| format!("settle it with `autobalancer repair --slot {slot}`");
+        let live = |id: &str| topo.master_by_id(id).is_some_and(|m| !m.is_failed());
+        let mut down = Vec::new();
+        for f in foreign {
+            let slot = f.bucket as u16;
+            let Some(flags) = open.get(&slot) else { continue };
+            let named = flags.importing.iter().chain(&flags.migrating);
+            if let Some((node, other)) = named.clone().find(|(_, id)| !live(id)) {
+                let verb = if flags.importing.iter().any(|(a, _)| a == node) { "imports" } else { "migrates" };
+                down.push(format!(
+                    "slot {slot}: {node} {verb} it {} {other}, which is no longer a master: {}",
+                    if verb == "imports" { "from" } else { "to" },
+                    fix(slot)
+                ));
+            }
+        }
+        for addr in readings.iter().filter(|(_, r)| !r.info.cluster_ok).map(|(a, _)| a) {
+            let Ok(view) = self.cluster_nodes(addr).await else { continue };
+            let served = |s: u16| view.iter().any(|n| n.is_master() && !n.is_failed() && n.owns(s));
+            let owned_live = |s: u16| topo.owner[s as usize].is_some_and(|i| !topo.masters[i].is_failed());
+            if let Some(slot) = (0..super::SLOTS as u16).find(|&s| owned_live(s) && !served(s)) {
+                let owner = &topo.masters[topo.owner[slot as usize].expect("owned")];
+                down.push(format!(
+                    "{addr} reports cluster_state:fail: its view leaves slot {slot} unserved, which {} serves: {} (or, with nothing open, CLUSTER SETSLOT {slot} NODE {} on {addr})",
+                    owner.addr,
+                    fix(slot),
+                    owner.id
+                ));
+            }
+        }
+        down.sort();
+        down
     }
 
     /// Names a migration nobody recorded, with when this process first saw it.
@@ -126,8 +183,16 @@ impl RedisCluster {
         ForeignMove { bucket: slot as u64, from, to, since }
     }
 
-    /// Finishes or rolls back one open slot of ours. Returns what was (or would be) done.
-    async fn settle_open(&self, topo: &Topology, slot: u16, flags: &OpenSlot, dry_run: bool) -> Result<String, String> {
+    /// Finishes, rolls back or hands back one open slot of ours. Returns what was (or
+    /// would be) done.
+    async fn settle_open<F: Fence>(
+        &self,
+        topo: &Topology,
+        slot: u16,
+        flags: &OpenSlot,
+        opts: &RepairOptions,
+        fence: &F,
+    ) -> Result<String, String> {
         let src = topo.owner[slot as usize]
             .map(|i| topo.masters[i].addr.clone())
             .filter(|a| topo.master_by_addr(a).is_some_and(|m| !m.is_failed()))
@@ -140,7 +205,7 @@ impl RedisCluster {
         };
         if dst_keys == 0 {
             let line = format!("slot {slot}: rolled back to {src} (no key had reached the target)");
-            if !dry_run {
+            if !opts.dry_run {
                 for a in flags.flagged() {
                     self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
                 }
@@ -148,21 +213,77 @@ impl RedisCluster {
             return Ok(line);
         }
         let src_keys = self.count_keys(&src, slot).await?;
-        if dry_run {
+        if opts.dry_run {
+            let what = if opts.hand_back { "hand back the keys of" } else { "finish" };
             return Ok(format!(
-                "slot {slot}: would finish the move {src} -> {dst} ({src_keys} keys left on {src}, {dst_keys} on {dst})"
+                "slot {slot}: would {what} the move {src} -> {dst} ({src_keys} keys left on {src}, {dst_keys} on {dst})"
             ));
         }
-        self.reanchor_target(topo, slot, &src, &dst).await?;
-        let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
-        let stats = self.finish(topo, m, &NoPace).await.map_err(|e| e.to_string())?;
-        for a in flags.flagged().filter(|a| **a != src && **a != dst) {
-            let _ = self.setslot(a, slot, &["STABLE"]).await;
+        let why = if opts.hand_back {
+            "the move failed".to_string()
+        } else {
+            self.reanchor_target(topo, slot, &src, &dst).await?;
+            let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
+            match self.finish(topo, m, &Unpaced, fence).await {
+                Ok(stats) => {
+                    for a in flags.flagged().filter(|a| **a != src && **a != dst) {
+                        let _ = self.setslot(a, slot, &["STABLE"]).await;
+                    }
+                    return Ok(format!(
+                        "slot {slot}: finished the move {src} -> {dst} ({src_keys} keys were left on the source, {} moved now)",
+                        stats.keys
+                    ));
+                }
+                Err(e @ ClusterError::Fenced { .. }) => return Err(e.to_string()),
+                Err(e) => {
+                    warn!(slot, cause = %e, "could not finish the move; handing its keys back to the owner");
+                    format!("finishing it failed: {e}")
+                }
+            }
+        };
+        fence.check().await.map_err(|e| format!("slot {slot} left open for the next holder: {e}"))?;
+        let back = self.hand_back(slot, &src, &dst).await?;
+        for a in flags.flagged().chain([&src, &dst]) {
+            self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
         }
-        Ok(format!(
-            "slot {slot}: finished the move {src} -> {dst} ({src_keys} keys were left on the source, {} moved now)",
-            stats.keys
-        ))
+        Ok(format!("slot {slot}: handed {back} key(s) back from {dst} to its owner {src} ({why})"))
+    }
+
+    /// Moves every key of `slot` on `dst` (which imports it) back to its owner `owner`,
+    /// made stable first so that it takes them. A key the owner holds too stays as the
+    /// owner has it. Returns the keys moved.
+    async fn hand_back(&self, slot: u16, owner: &str, dst: &str) -> Result<u64, String> {
+        self.setslot(owner, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {owner}: {e}"))?;
+        let mut moved = 0u64;
+        loop {
+            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys).clone();
+            let keys: Vec<Vec<u8>> = self.conns.query(dst, &list).await?;
+            if keys.is_empty() {
+                return Ok(moved);
+            }
+            let mut p = redis::pipe();
+            p.cmd("ASKING").ignore().add_command(self.migrate_cmd(owner, &keys, false)).ignore();
+            match self.conns.pipeline_as::<()>(dst, &p).await {
+                Ok(()) => moved += keys.len() as u64,
+                Err(e) if e.contains("BUSYKEY") => {
+                    for k in &keys {
+                        match self.compare_key(dst, owner, k, true).await? {
+                            KeyPair::Gone => {}
+                            KeyPair::OnlyHere => {
+                                self.migrate_one(dst, owner, k, false, true).await?;
+                                moved += 1;
+                            }
+                            KeyPair::Same | KeyPair::Different => {
+                                let mut d = redis::pipe();
+                                d.cmd("ASKING").ignore().cmd("DEL").arg(k.as_slice()).ignore();
+                                self.conns.pipeline_as::<()>(dst, &d).await?;
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(format!("MIGRATE from {dst} back to {owner}: {e}")),
+            }
+        }
     }
 
     /// Where an open slot of ours was going: the master importing it, else the master

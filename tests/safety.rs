@@ -1,0 +1,309 @@
+//! Safety in every mode, produced for real: a move whose source fails over (TAKEOVER)
+//! and one whose target runs out of memory are settled by the run that made them, before
+//! it ends, with the defaults (no `[etcd]`, the default state file) and with etcd; a
+//! drain that does not fit moves what fits and says `no_room`; a second standalone
+//! process on one state file is refused; every commit passes the fence; the mover is
+//! chosen once, and `atomic` where a master cannot do it moves nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use autobalancer::cluster::redis::RedisCluster;
+use autobalancer::cluster::{Cluster, ClusterError, RepairOptions, Unpaced};
+use autobalancer::coord::{Fence, FenceError};
+use autobalancer::model::MoveIntent;
+use autobalancer::plan::{Move, MoveKind};
+use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd, digest_diff, on_each_engine};
+use common::{SidecarProc, bin_for, cli, cluster_section, half_moved, json, nodes};
+
+/// `[cluster]` for `c`, then `rest`; written to `dir/config.toml`.
+fn write_config(dir: &Path, c: &LocalCluster, rest: &str) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(&p, format!("{}\n{rest}", cluster_section(c, dir, None))).unwrap();
+    p
+}
+
+/// Slow legacy moves, so that a fault lands mid-slot; `[etcd]` when given.
+fn slow(etcd: Option<&LocalEtcd>) -> String {
+    let mut s = "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmax-bytes-per-second = \"300KiB\"\nmigrate-batch-keys = 5\nmigration = \"legacy\"\n".to_string();
+    if let Some(e) = etcd {
+        s += &format!("[etcd]\nendpoints = [\"{}\"]\nlease-ttl = \"2s\"\n", e.endpoint());
+    }
+    s
+}
+
+/// `rebalance --once --format json` on `cfg`, started now.
+fn spawn_run(cfg: &Path) -> std::process::Child {
+    bin_for(&["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a run to end: (exit code, its answer, its log).
+fn answer_of(child: std::process::Child) -> (i32, serde_json::Value, String) {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (out.status.code().unwrap_or(-1), v, stderr)
+}
+
+/// No slot open, every node serving every slot, every key as before.
+async fn settled_and_whole(c: &LocalCluster, before: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>, log: &str) {
+    c.wait_ok(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: a node still reports the cluster down\n{log}"));
+    assert!(c.open_slots().await.unwrap().is_empty(), "{:?}\n{log}", c.open_slots().await);
+    if let Some(diff) = digest_diff(before, &c.digest().await.unwrap()) {
+        panic!("{diff}\n{log}");
+    }
+}
+
+/// The state file a standalone run beside `cfg` keeps by default, as JSON.
+fn default_state(cfg: &Path) -> serde_json::Value {
+    let path = cfg.parent().unwrap().join("t.json");
+    json(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// A master fails over (TAKEOVER on its replica) while one of its slots is half-moved,
+/// with no etcd and the default state file: the run that was moving settles the slot
+/// before it ends (keys handed back to the new owner), no node is left answering
+/// CLUSTERDOWN, and the next run is free to plan.
+async fn a_source_failed_over_mid_move_is_settled_by_the_run_standalone(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 1).replicas(1).start().await.unwrap();
+    c.load_skewed(20_000, 8).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &c, &slow(None));
+    let run = spawn_run(&cfg);
+    let (slot, src, _dst) = half_moved(&c).await;
+    let src_id = c.id_of(&src).unwrap().to_string();
+    let replica = nodes(&c, &src).await.into_iter().find(|n| n.master_id.as_deref() == Some(&src_id)).unwrap();
+    let mut con = c.conn(&replica.addr).await.unwrap();
+    redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
+    let (code, v, log) = answer_of(run);
+    assert_eq!(code, 1, "the run ends failed, naming the move\n{v:#}\n{log}");
+    let settled: Vec<&str> = v["settled"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
+    assert!(
+        settled.iter().any(|l| l.starts_with(&format!("slot {slot}: handed"))),
+        "slot {slot} was not settled by the run: {settled:?}\n{log}"
+    );
+    settled_and_whole(&c, &before, &log).await;
+    assert_eq!(default_state(&cfg)["moves"], serde_json::json!({}), "the settled move's intent is cleared");
+    // The next run finds nothing of ours or anyone's open.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"300KiB\"", "0").replace("migrate-batch-keys = 5", "");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, v, log) = answer_of(spawn_run(&cfg));
+    assert_eq!(code, 0, "{v:#}\n{log}");
+    let reason = v["decision"]["reason"].as_str().unwrap_or("");
+    assert!(!["migration_in_progress", "cluster_down"].contains(&reason), "{v:#}");
+}
+
+/// The target of a move stops taking writes (its maxmemory drops below what it uses):
+/// MIGRATE answers OOM; the run hands the keys that arrived back to the source, closes
+/// the slot on both sides and says so.
+async fn oom_on_the_target(engine: Engine, etcd: Option<&LocalEtcd>) {
+    let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
+    c.load_skewed(20_000, 8).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &c, &slow(etcd));
+    let run = spawn_run(&cfg);
+    let (slot, _src, dst) = half_moved(&c).await;
+    let mut con = c.conn(&dst).await.unwrap();
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut con).await.unwrap();
+    let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
+    for (k, v) in [("maxmemory-policy", "noeviction".to_string()), ("maxmemory", (used / 2).to_string())] {
+        redis::cmd("CONFIG").arg("SET").arg(k).arg(v).query_async::<()>(&mut con).await.unwrap();
+    }
+    let (code, v, log) = answer_of(run);
+    redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async::<()>(&mut con).await.unwrap();
+    assert_eq!(code, 1, "{v:#}\n{log}");
+    let failures = v["failures"].to_string();
+    assert!(failures.contains("OOM"), "the failure names the target's refusal: {failures}\n{log}");
+    let settled = v["settled"].to_string();
+    assert!(settled.contains(&format!("slot {slot}: handed")), "slot {slot}: {settled}\n{log}");
+    settled_and_whole(&c, &before, &log).await;
+    if etcd.is_none() {
+        assert_eq!(default_state(&cfg)["moves"], serde_json::json!({}), "the settled move's intent is cleared");
+    }
+}
+
+async fn a_target_out_of_memory_mid_move_is_settled_standalone(engine: Engine) {
+    oom_on_the_target(engine, None).await
+}
+
+async fn a_target_out_of_memory_mid_move_is_settled_with_etcd(engine: Engine) {
+    let etcd = LocalEtcd::start().unwrap();
+    oom_on_the_target(engine, Some(&etcd)).await
+}
+
+async fn used_and_max(c: &LocalCluster, addr: &str) -> (u64, u64) {
+    let mut con = c.conn(addr).await.unwrap();
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut con).await.unwrap();
+    let num = |k: &str| -> u64 {
+        info.lines().find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':'))).unwrap().trim().parse().unwrap()
+    };
+    (num("used_memory"), num("maxmemory"))
+}
+
+/// A member drained (weight 0) whose data the others have no room for: the run moves
+/// what fits below critical memory, names what could not be placed (`no_room`) with each
+/// receiver's figures, and no receiver answers OOM.
+async fn a_drain_that_does_not_fit_moves_what_fits_and_says_no_room(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 0).start().await.unwrap();
+    c.load_skewed(30_000, 11).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let m = c.master_addrs();
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!(
+        "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\ncritical-memory-percent = 90\n[balance.weights]\n\"{}\" = 0\n",
+        m[0]
+    );
+    let cfg = write_config(dir.path(), &c, &rest);
+    let (code, out, err) = cli(&["simulate", "--config", cfg.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let drained = json(&out)["members"][0]["before"]["bytes"].as_u64().unwrap();
+    // Each receiver has room for about a third of what must leave: together, two thirds.
+    for addr in &m[1..] {
+        let (used, _) = used_and_max(&c, addr).await;
+        let max = (used + drained / 3) * 100 / 90;
+        let mut con = c.conn(addr).await.unwrap();
+        for (k, v) in [("maxmemory-policy", "noeviction".to_string()), ("maxmemory", max.to_string())] {
+            redis::cmd("CONFIG").arg("SET").arg(k).arg(v).query_async::<()>(&mut con).await.unwrap();
+        }
+    }
+    let (code, v, log) = answer_of(spawn_run(&cfg));
+    assert_eq!(code, 0, "{v:#}\n{log}");
+    assert!(v["failures"].as_array().is_none_or(|f| f.is_empty()), "no move failed: {v:#}");
+    assert!(v["moved_bytes"].as_u64().unwrap() > 0, "what fits moves: {v:#}");
+    let explanation = v["explanation"].to_string();
+    assert!(explanation.contains("could not be placed") && explanation.contains("used "), "{explanation}");
+    assert!(v["decision"]["message"].as_str().unwrap().contains("no_room"), "{v:#}");
+    for addr in &m[1..] {
+        let (used, max) = used_and_max(&c, addr).await;
+        assert!(used < max, "{addr} filled past its maxmemory: {used} of {max}");
+    }
+    for addr in &m[1..] {
+        let mut con = c.conn(addr).await.unwrap();
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async::<()>(&mut con).await.unwrap();
+    }
+    settled_and_whole(&c, &before, &log).await;
+}
+
+/// Two standalone processes on one state file: the second refuses, naming the first's
+/// pid; a dry run beside it only reads; once the first is gone the file is free.
+async fn a_second_standalone_process_on_one_state_file_is_refused(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecar = SidecarProc::start(dir.path(), "a", &cluster_section(&c, dir.path(), None));
+    let cfg = sidecar.config.clone();
+    let cfg = cfg.to_str().unwrap();
+    let (code, _, err) = cli(&["rebalance", "--config", cfg, "--once"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("in use by another autobalancer process"), "{err}");
+    assert!(err.contains(&format!("pid {}", sidecar.pid())), "{err}");
+    let (code, _, err) = cli(&["simulate", "--config", cfg]);
+    assert_eq!(code, 0, "a dry run only reads the state: {err}");
+    sidecar.kill9();
+    let (code, out, err) = cli(&["rebalance", "--config", cfg, "--once", "--format", "json"]);
+    assert_eq!(code, 0, "a killed holder's file lock goes with it: {err}");
+    assert!(json(&out)["decision"]["reason"] != "lock_held_elsewhere", "{out}");
+}
+
+/// A fence that always says no: the lock was lost.
+struct Lost;
+
+impl Fence for Lost {
+    async fn check(&self) -> Result<(), FenceError> {
+        Err(FenceError::Expired)
+    }
+}
+
+/// The legacy mover's commit and repair's finish both pass the fence: refused, the slot
+/// stays open with its keys safe; the next holder, reading the intent, finishes it.
+async fn every_commit_passes_the_fence(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
+    c.load_skewed(4_000, 3).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
+    let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
+    let snap = rc.snapshot().await.unwrap();
+    let b = snap.buckets.iter().find(|b| b.bytes > 0 && b.copies == [0]).unwrap();
+    let mv = Move { kind: MoveKind::Copy, bucket: b.id, bucket_index: 0, from: 0, to: 1, bytes: b.bytes };
+    let slot = b.id;
+    match rc.move_bucket(&snap, &mv, &Unpaced, &Lost).await {
+        Err(ClusterError::Fenced { bucket, .. }) => assert_eq!(bucket, slot),
+        other => panic!("the commit went past a lost lock: {other:?}"),
+    }
+    assert!(!c.open_slots().await.unwrap().is_empty(), "refused before its commit, the slot stays open");
+    let intent = MoveIntent {
+        bucket: slot,
+        from: snap.members[0].id.clone(),
+        to: snap.members[1].id.clone(),
+        holder: "a holder that lost the lock".into(),
+        started_at: chrono::Utc::now(),
+    };
+    let opts = RepairOptions { intents: vec![intent], ..Default::default() };
+    let r = rc.repair(&opts, &Lost).await.unwrap();
+    assert!(r.settled.is_empty() && r.failed.iter().any(|(b, _)| *b == slot), "{r:?}");
+    assert!(!c.open_slots().await.unwrap().is_empty(), "repair refused by the fence leaves the slot open");
+    let r = rc.repair(&opts, &common::Held::new().await).await.unwrap();
+    assert!(r.settled.iter().any(|l| l.contains("finished the move")), "{r:?}");
+    assert_eq!(r.intents_done, vec![slot]);
+    settled_and_whole(&c, &before, "").await;
+}
+
+/// The mover is chosen once per run and said: `auto` names its choice and why;
+/// `atomic` on a master that cannot do it fails the run before anything moves, naming
+/// the master and its version.
+async fn the_mover_is_chosen_once_and_said(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
+    c.load_skewed(4_000, 5).await.unwrap();
+    let owners = c.slot_owners().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &c,
+        "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n[execution]\nmigration = \"atomic\"\n",
+    );
+    let (code, v, log) = answer_of(spawn_run(&cfg));
+    match engine {
+        Engine::Redis => {
+            assert_eq!(code, 1, "{v:#}\n{log}");
+            let said = v["stopped"].as_str().unwrap();
+            assert!(said.contains("execution.migration") && said.contains("runs redis 7."), "{said}");
+            assert!(said.contains(&c.master_addrs()[0]) || c.master_addrs().iter().any(|a| said.contains(a)), "{said}");
+            assert_eq!(c.slot_owners().await.unwrap(), owners, "nothing moved");
+        }
+        Engine::Valkey => {
+            assert_eq!(code, 0, "{v:#}\n{log}");
+            assert!(v["mover"].as_str().unwrap().starts_with("mover: atomic"), "{v:#}");
+        }
+    }
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("migration = \"atomic\"", "migration = \"auto\"");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = cli(&["simulate", "--config", cfg.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let explanation = json(&out)["explanation"].to_string();
+    let want = match engine {
+        Engine::Redis => "mover: legacy (SETSLOT and MIGRATE; redis 7.",
+        Engine::Valkey => "mover: atomic (CLUSTER MIGRATESLOTS",
+    };
+    assert!(explanation.contains(want), "{explanation}");
+}
+
+on_each_engine!(
+    a_source_failed_over_mid_move_is_settled_by_the_run_standalone,
+    a_target_out_of_memory_mid_move_is_settled_standalone,
+    a_target_out_of_memory_mid_move_is_settled_with_etcd,
+    a_drain_that_does_not_fit_moves_what_fits_and_says_no_room,
+    a_second_standalone_process_on_one_state_file_is_refused,
+    every_commit_passes_the_fence,
+    the_mover_is_chosen_once_and_said
+);
