@@ -24,8 +24,7 @@ fn write_config_as(dir: &std::path::Path, c: &LocalCluster, login: &Login, extra
 }
 
 fn rebalance_json(cfg: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = bin()
-        .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
+    let out = common::bin_for(&["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
         .args(extra)
         .output()
         .unwrap();
@@ -239,6 +238,11 @@ async fn a_killed_standalone_mover_is_repaired_from_its_state_file(engine: Engin
     killed_mover(engine, |dir| format!("state-file = \"{}\"\n", dir.join("state.json").display())).await
 }
 
+async fn a_killed_standalone_mover_is_repaired_from_its_default_state_file(engine: Engine) {
+    // No etcd and no cluster.state-file, as a new user starts: the default state file.
+    killed_mover(engine, |_| String::new()).await
+}
+
 /// A slow legacy run killed once a slot is open; the next run settles the slot as its own
 /// (a slot open without an intent would be left alone as someone else's).
 async fn killed_mover(engine: Engine, coordination: impl Fn(&std::path::Path) -> String) {
@@ -259,8 +263,7 @@ async fn killed_mover(engine: Engine, coordination: impl Fn(&std::path::Path) ->
         false => text + &extra,
     };
     std::fs::write(&cfg, text).unwrap();
-    let mut child = bin()
-        .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once"])
+    let mut child = common::bin_for(&["rebalance", "--config", cfg.to_str().unwrap(), "--once"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -434,6 +437,7 @@ on_each_engine!(
     an_operators_migration_is_left_alone_until_repair_settles_it,
     a_killed_mover_is_repaired_by_the_next_run,
     a_killed_standalone_mover_is_repaired_from_its_state_file,
+    a_killed_standalone_mover_is_repaired_from_its_default_state_file,
     a_down_master_skips_with_member_down,
     acl_user_and_password_from_a_file,
     busykey_is_replaced_only_when_the_values_are_identical,

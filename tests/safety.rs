@@ -215,6 +215,57 @@ async fn a_second_standalone_process_on_one_state_file_is_refused(engine: Engine
     assert!(json(&out)["decision"]["reason"] != "lock_held_elsewhere", "{out}");
 }
 
+/// An operator's migration left half-done, then its source fails over (TAKEOVER): the
+/// target imports the slot from a node that is no longer a master. Nobody recorded it, so
+/// runs leave it alone, but they name it as `cluster_down` with the node, the slot and the
+/// command; that command settles it and every node serves every slot again.
+async fn residue_that_blocks_the_cluster_is_named_and_settled_by_the_command_it_names(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
+    c.load_skewed(4_000, 7).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let m = c.master_addrs();
+    let slot = c.half_move_by_hand(&m[0], &m[1]).await.unwrap();
+    let src_id = c.id_of(&m[0]).unwrap().to_string();
+    let replica = nodes(&c, &m[0]).await.into_iter().find(|n| n.master_id.as_deref() == Some(&src_id)).unwrap();
+    let mut con = c.conn(&replica.addr).await.unwrap();
+    redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
+    common::wait_for_async(20, "the replica to be promoted", || async {
+        c.current_masters().await.unwrap().contains(&replica.addr)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &c, "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n");
+    let (code, v, log) = answer_of(spawn_run(&cfg));
+    assert_eq!(code, 0, "a reasoned skip: {v:#}\n{log}");
+    let message = v["decision"]["message"].as_str().unwrap();
+    match engine {
+        // Redis: the promoted replica has no flag; the target imports from a replica.
+        Engine::Redis => {
+            assert_eq!(v["decision"]["reason"], "cluster_down", "{v:#}\n{log}");
+            let command = format!("autobalancer repair --slot {slot}");
+            assert!(
+                message.contains(&format!("slot {slot}")) && message.contains(&m[1]) && message.contains(&command),
+                "{message}"
+            );
+        }
+        // Valkey replicates a slot's migration state: the promoted replica goes on
+        // migrating it, a migration in progress that blocks nobody.
+        Engine::Valkey => {
+            assert_eq!(v["decision"]["reason"], "migration_in_progress", "{v:#}\n{log}");
+            assert!(message.contains(&format!("bucket {slot} is moving from {}", replica.addr)), "{message}");
+        }
+    }
+    let (code, out, err) = cli(&["repair", "--config", cfg.to_str().unwrap(), "--slot", &slot.to_string()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    settled_and_whole(&c, &before, &format!("{out}\n{err}")).await;
+    let (code, v, log) = answer_of(spawn_run(&cfg));
+    assert_eq!(code, 0, "{v:#}\n{log}");
+    assert!(
+        !["cluster_down", "migration_in_progress"].contains(&v["decision"]["reason"].as_str().unwrap_or("")),
+        "{v:#}"
+    );
+}
+
 /// A fence that always says no: the lock was lost.
 struct Lost;
 
@@ -303,6 +354,7 @@ on_each_engine!(
     a_target_out_of_memory_mid_move_is_settled_standalone,
     a_target_out_of_memory_mid_move_is_settled_with_etcd,
     a_drain_that_does_not_fit_moves_what_fits_and_says_no_room,
+    residue_that_blocks_the_cluster_is_named_and_settled_by_the_command_it_names,
     a_second_standalone_process_on_one_state_file_is_refused,
     every_commit_passes_the_fence,
     the_mover_is_chosen_once_and_said

@@ -209,6 +209,15 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Polls the async `f` every 100 ms until it is true or `secs` pass.
+pub async fn wait_for_async<F: std::future::Future<Output = bool>>(secs: u64, what: &str, mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The `[cluster]` section for a local cluster, beside `member` when given, logged in as
 /// the kit says (`username`, and a `password-file` written into `dir`).
 pub fn cluster_section(c: &LocalCluster, dir: &Path, member: Option<&str>) -> String {

@@ -5,8 +5,9 @@
 //! ours: it is finished when keys of the slot sit on a master other than its owner
 //! (so none is stranded), otherwise rolled back. A finish that fails (the target out of
 //! memory, say), or a live run settling its own failed move (`hand_back`), hands the keys
-//! that reached the target back to the owner instead: the owner's value wins where both
-//! hold a key, since a client writes to the owner only once it is stable again, later. The source and target are taken from
+//! that reached the target back to the owner instead. A key both hold with the same value
+//! (a source failed over before its deletes reached the replica now serving) is replaced;
+//! one with different values is never overwritten: the slot is left open and named. The source and target are taken from
 //! what the masters claim now, not from the flags alone: after a failover mid-move the
 //! flags name a node that is no longer a master, and the promoted replica holds the
 //! slot (source side) or the keys already moved (target side). An open slot nobody
@@ -242,17 +243,27 @@ impl RedisCluster {
             }
         };
         fence.check().await.map_err(|e| format!("slot {slot} left open for the next holder: {e}"))?;
-        let back = self.hand_back(slot, &src, &dst).await?;
+        let back = self.hand_back(topo, slot, &src, &dst).await?;
         for a in flags.flagged().chain([&src, &dst]) {
             self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
+        }
+        // The target took no gossip for the slot while it imported: after a failover of
+        // the source it may still name the demoted node. It holds none of the slot's keys
+        // now; told the owner, it serves redirects at once instead of CLUSTERDOWN.
+        let owner_id = self.node_id_of(topo, &src).map_err(|e| e.to_string())?;
+        if let Err(e) = self.setslot(&dst, slot, &["NODE", &owner_id]).await {
+            warn!(slot, node = %dst, cause = %e, "the target did not take the owner; gossip will carry it");
         }
         Ok(format!("slot {slot}: handed {back} key(s) back from {dst} to its owner {src} ({why})"))
     }
 
-    /// Moves every key of `slot` on `dst` (which imports it) back to its owner `owner`,
-    /// made stable first so that it takes them. A key the owner holds too stays as the
-    /// owner has it. Returns the keys moved.
-    async fn hand_back(&self, slot: u16, owner: &str, dst: &str) -> Result<u64, String> {
+    /// Moves every key of `slot` on `dst` back to its owner `owner`, made stable first so
+    /// that it takes them. Returns the keys moved.
+    async fn hand_back(&self, topo: &Topology, slot: u16, owner: &str, dst: &str) -> Result<u64, String> {
+        // A target promoted by failover lost its IMPORTING flag: without it, its MIGRATE
+        // of a slot it does not own is redirected. Set, it reaches the keys (as for strays).
+        let owner_id = self.node_id_of(topo, owner).map_err(|e| e.to_string())?;
+        self.setslot(dst, slot, &["IMPORTING", &owner_id]).await.map_err(|e| format!("IMPORTING on {dst}: {e}"))?;
         self.setslot(owner, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {owner}: {e}"))?;
         let mut moved = 0u64;
         loop {
@@ -273,10 +284,18 @@ impl RedisCluster {
                                 self.migrate_one(dst, owner, k, false, true).await?;
                                 moved += 1;
                             }
-                            KeyPair::Same | KeyPair::Different => {
-                                let mut d = redis::pipe();
-                                d.cmd("ASKING").ignore().cmd("DEL").arg(k.as_slice()).ignore();
-                                self.conns.pipeline_as::<()>(dst, &d).await?;
+                            // A source failed over before its deletes reached the
+                            // replica now serving: the owner still holds the same value.
+                            KeyPair::Same => {
+                                self.migrate_one(dst, owner, k, true, true).await?;
+                                moved += 1;
+                            }
+                            // Which is newer cannot be known: never overwritten.
+                            KeyPair::Different => {
+                                return Err(format!(
+                                    "key {:?} is on both {dst} and {owner} with different values; slot {slot} left open for inspection",
+                                    String::from_utf8_lossy(k)
+                                ));
                             }
                         }
                     }
