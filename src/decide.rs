@@ -188,14 +188,8 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
         );
     }
     let moves = plan.moves.len();
-    if plan.unplaced_bytes > 0 && plan.transfer_bytes == 0 {
-        return Decision::skip(
-            SkipReason::NoRoom,
-            format!(
-                "{} must leave members with target 0, and no receiver has room for it below critical memory",
-                hb(plan.unplaced_bytes)
-            ),
-        );
+    if let Some(d) = no_room(plan) {
+        return d;
     }
     if moves == 0 || plan.total_bytes == 0 {
         let why = if plan.total_bytes == 0 {
@@ -227,6 +221,19 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
         return Decision::skip(SkipReason::BelowMinimumSize, format!("too little to move: {figures}"));
     }
     Decision { action: Action::Rebalance, reason: None, message: format!("off balance: {figures}{}", unplaced(plan)) }
+}
+
+/// A plan that must empty members but can place nothing of theirs for want of room.
+fn no_room(plan: &Plan) -> Option<Decision> {
+    (plan.unplaced_bytes > 0 && plan.transfer_bytes == 0).then(|| {
+        Decision::skip(
+            SkipReason::NoRoom,
+            format!(
+                "{} must leave members with target 0, and no receiver has room for it below critical memory",
+                crate::config::human_bytes(plan.unplaced_bytes)
+            ),
+        )
+    })
 }
 
 /// What a plan that moves leaves unplaced for want of room, as a clause.

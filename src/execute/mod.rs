@@ -7,6 +7,9 @@
 //! answers), or how long a shutdown may wait for the moves in flight (the daemon bounds
 //! that).
 //!
+//! Layout: [`limits`] the limits, pacing and progress; [`room`] the target's memory read
+//! before each move; [`stop`] why a run ends early.
+//!
 //! Moves start in plan order (most valuable first), each when its two members have a free
 //! slot. Before each start the fence is asked whether the lock is still ours. A stop
 //! (cancel, deadline, lost lock) lets moves in flight finish and starts no more.
@@ -28,54 +31,16 @@ pub use crate::coord::{Fence, FenceError};
 pub use limits::{Limits, Progress, RatePacer};
 
 mod limits;
+mod room;
+mod stop;
 use crate::metrics::Metrics;
 use crate::model::ClusterSnapshot;
 use crate::plan::{Move, Plan};
 use crate::report::MemberReport;
+pub use stop::StopReason;
 
 /// How often a running rebalance logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
-/// Why a run ended before its last move.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    Cancelled,
-    Deadline,
-    LockLost,
-    Budget,
-    MoveFailed,
-    /// Moves were held back: their target had no room below critical memory.
-    NoRoom,
-}
-
-impl StopReason {
-    /// A stable label for logs and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::Cancelled => "cancelled",
-            StopReason::Deadline => "deadline",
-            StopReason::LockLost => "lock_lost",
-            StopReason::Budget => "budget",
-            StopReason::MoveFailed => "move_failed",
-            StopReason::NoRoom => "no_room",
-        }
-    }
-}
-
-/// The sentence the API's `stopped` field has always carried.
-impl std::fmt::Display for StopReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            StopReason::Cancelled => "stopped on request",
-            StopReason::Deadline => "execution.max-run-time reached",
-            StopReason::LockLost => "the lock was lost",
-            StopReason::Budget => "execution.max-bytes-per-run reached",
-            StopReason::MoveFailed => "a move failed",
-            StopReason::NoRoom => "a target had no room below balance.critical-memory-percent",
-        })
-    }
-}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
@@ -276,37 +241,6 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 Some(finished) = self.inflight.next() => self.book(finished),
             }
         }
-    }
-
-    /// Bytes member `t` may still receive before `critical-memory-percent` of its
-    /// `maxmemory`, read from its server now (it changes under writes); None where it
-    /// has no limit, the check is off, or its server did not say.
-    async fn room_of(&mut self, t: usize) -> Option<u64> {
-        let critical = self.job.limits.critical_memory_percent;
-        if critical == 0 {
-            return None;
-        }
-        let (cluster, member) = (self.job.cluster, &self.job.snapshot.members[t]);
-        match self.polling(cluster.room(member)).await {
-            Ok(room) => room.map(|r| r.free(critical)),
-            Err(e) => {
-                warn!(member = %member.label(), cause = %e, "could not read the target's memory; its moves fail if it is full");
-                None
-            }
-        }
-    }
-
-    /// Holds back the pending move at `i` and every later one to `t`, which has `free`
-    /// bytes of room left: none starts this run.
-    fn hold_back(&mut self, i: usize, t: usize, free: u64) {
-        if !self.full[t] {
-            let member = &self.job.snapshot.members[t];
-            warn!(member = %member.label(), free_bytes = free, "target has no room below critical memory: no more moves to it this run");
-            self.full[t] = true;
-        }
-        self.pending.remove(i);
-        self.no_room += 1;
-        self.job.metrics.moves_no_room_total.inc();
     }
 
     /// Frees the members of a finished move (or group) and books each result.
