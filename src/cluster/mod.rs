@@ -246,6 +246,15 @@ impl AnyCluster {
         }
     }
 
+    /// The mover a run would choose now, and why, in a line, without choosing it (a dry
+    /// run's explanation).
+    pub async fn describe_mover(&self) -> Result<Option<String>, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.describe_mover().await.map(|(_, line)| Some(line)),
+            AnyCluster::File(_) => Ok(None),
+        }
+    }
+
     /// Hands the master role of `member`'s node to its in-sync replica (rolling restarts);
     /// nothing to do beside a replica. Waits at most `within` for the roles to swap.
     pub async fn handoff(&self, member: &str, within: std::time::Duration) -> Result<Handoff, HandoffError> {

@@ -48,24 +48,13 @@ impl LocalState {
     /// naming it (never silently replaced: it may hold a move in flight).
     pub(crate) fn open(path: &Path) -> Result<LocalState, LockError> {
         let held = hold(path)?;
-        let kept = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| LockError::Config(format!("cluster.state-file {}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Kept::default(),
-            Err(e) => return Err(LockError::Config(format!("cluster.state-file {}: {e}", path.display()))),
-        };
-        Ok(LocalState { kept, file: Some(path.to_path_buf()), _held: Some(held), ..LocalState::default() })
+        Ok(LocalState { kept: kept(path)?, file: Some(path.to_path_buf()), _held: Some(held), ..LocalState::default() })
     }
 
     /// The state as the file holds it now, for a process that only reads (a dry run, a
     /// snapshot): no lock taken, nothing ever written.
     pub(crate) fn read(path: &Path) -> Result<LocalState, LockError> {
-        let kept = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| LockError::Config(format!("cluster.state-file {}: {e}", path.display())))?,
-            Err(_) => Kept::default(),
-        };
-        Ok(LocalState { kept, ..LocalState::default() })
+        Ok(LocalState { kept: kept(path)?, ..LocalState::default() })
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {
@@ -82,6 +71,16 @@ impl LocalState {
         f.write_all(&serde_json::to_vec_pretty(&self.kept).expect("state serializes")).map_err(fail)?;
         f.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, path).map_err(fail)
+    }
+}
+
+/// What the state file at `path` holds; nothing yet when it does not exist.
+fn kept(path: &Path) -> Result<Kept, LockError> {
+    let named = |e: &dyn std::fmt::Display| LockError::Config(format!("cluster.state-file {}: {e}", path.display()));
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| named(&e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Kept::default()),
+        Err(e) => Err(named(&e)),
     }
 }
 

@@ -201,6 +201,11 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 }
                 continue;
             }
+            if self.full[t] {
+                // Found full earlier this run: no round trip to learn it again.
+                self.hold_back(i, t, 0);
+                continue;
+            }
             let fence = self.job.fence;
             if let Err(e) = self.polling(fence.check()).await {
                 warn!(cause = %e, "lock check failed before a move: stopping");
@@ -211,7 +216,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 // A move that finished during the check failed: start nothing more.
                 break;
             }
-            let room = if self.full[t] { Some(0) } else { self.room_of(t).await };
+            let room = self.room_of(t).await;
             if self.stopped.is_some() {
                 break;
             }

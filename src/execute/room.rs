@@ -29,8 +29,8 @@ impl<C: Cluster, F: Fence> Executor<'_, C, F> {
         }
     }
 
-    /// Holds back the pending move at `i` and every later one to `t`, which has `free`
-    /// bytes of room left: none starts this run.
+    /// Holds back the pending move at `i`, whose target `t` has `free` bytes of room
+    /// left, and marks `t` full: no move to it starts this run.
     pub(super) fn hold_back(&mut self, i: usize, t: usize, free: u64) {
         if !self.full[t] {
             let member = &self.job.snapshot.members[t];

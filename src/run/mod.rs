@@ -205,7 +205,7 @@ impl Context {
     pub async fn simulate(&self, force: bool) -> Result<Answer, RunError> {
         let snap = self.snapshot().await?;
         let mut p = self.plan(&snap)?;
-        let mover = match self.cluster.choose_mover().await {
+        let mover = match self.cluster.describe_mover().await {
             Ok(line) => line,
             Err(e) => Some(format!("mover: none: {e}")),
         };

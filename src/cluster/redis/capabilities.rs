@@ -118,15 +118,21 @@ impl RedisCluster {
     /// uses it. `atomic` where a master cannot do it is an error naming that master and
     /// its version. Returns the choice and why, for the plan's explanation and `/status`.
     pub async fn choose_mover(&self) -> Result<String, ClusterError> {
-        *self.caps.chosen.lock().unwrap() = None;
+        let choice = self.describe_mover().await;
+        *self.caps.chosen.lock().unwrap() = choice.as_ref().ok().map(|(m, _)| *m);
+        choice.map(|(_, line)| line)
+    }
+
+    /// The mover `execution.migration` would choose now, and why, without choosing it
+    /// (a dry run says it; the run in progress keeps its own).
+    pub async fn describe_mover(&self) -> Result<(Mover, String), ClusterError> {
         let caps = self.current_capabilities().await?;
         let mode = self.migration.name();
         let chosen = match self.migration.mover(&caps) {
             Ok(m) => m,
             Err(e) => return Err(ClusterError::Config(self.lacking_atomic().await.unwrap_or(e))),
         };
-        *self.caps.chosen.lock().unwrap() = Some(chosen);
-        Ok(match (chosen, self.migration) {
+        let line = match (chosen, self.migration) {
             (Mover::Atomic, _) => format!(
                 "mover: atomic (CLUSTER MIGRATESLOTS; every master runs {} or later; execution.migration = {mode})",
                 caps.engine
@@ -138,7 +144,8 @@ impl RedisCluster {
                 "mover: legacy (SETSLOT and MIGRATE; {} has no atomic slot migration; execution.migration = {mode})",
                 caps.engine
             ),
-        })
+        };
+        Ok((chosen, line))
     }
 
     /// The first master that cannot migrate atomically, with its version, in a sentence.

@@ -7,7 +7,9 @@
 //! memory, say), or a live run settling its own failed move (`hand_back`), hands the keys
 //! that reached the target back to the owner instead. A key both hold with the same value
 //! (a source failed over before its deletes reached the replica now serving) is replaced;
-//! one with different values is never overwritten: the slot is left open and named. The source and target are taken from
+//! one with different values is never overwritten: the slot is left open and named.
+//!
+//! The source and target are taken from
 //! what the masters claim now, not from the flags alone: after a failover mid-move the
 //! flags name a node that is no longer a master, and the promoted replica holds the
 //! slot (source side) or the keys already moved (target side). An open slot nobody
@@ -139,15 +141,12 @@ impl RedisCluster {
         for f in foreign {
             let slot = f.bucket as u16;
             let Some(flags) = open.get(&slot) else { continue };
-            let named = flags.importing.iter().chain(&flags.migrating);
-            if let Some((node, other)) = named.clone().find(|(_, id)| !live(id)) {
-                let verb = if flags.importing.iter().any(|(a, _)| a == node) { "imports" } else { "migrates" };
-                down.push(format!(
-                    "slot {slot}: {node} {verb} it {} {other}, which is no longer a master: {}",
-                    if verb == "imports" { "from" } else { "to" },
-                    fix(slot)
-                ));
-            }
+            let dead = |flagged: &[(String, String)], how: &str| {
+                flagged.iter().find(|(_, id)| !live(id)).map(|(node, other)| {
+                    format!("slot {slot}: {node} {how} {other}, which is no longer a master: {}", fix(slot))
+                })
+            };
+            down.extend(dead(&flags.importing, "imports it from").or_else(|| dead(&flags.migrating, "migrates it to")));
         }
         for addr in readings.iter().filter(|(_, r)| !r.info.cluster_ok).map(|(a, _)| a) {
             let Ok(view) = self.cluster_nodes(addr).await else { continue };
@@ -247,18 +246,11 @@ impl RedisCluster {
         for a in flags.flagged().chain([&src, &dst]) {
             self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
         }
-        // The target took no gossip for the slot while it imported: after a failover of
-        // the source it may still name the demoted node. It holds none of the slot's keys
-        // now; told the owner, it serves redirects at once instead of CLUSTERDOWN.
-        let owner_id = self.node_id_of(topo, &src).map_err(|e| e.to_string())?;
-        if let Err(e) = self.setslot(&dst, slot, &["NODE", &owner_id]).await {
-            warn!(slot, node = %dst, cause = %e, "the target did not take the owner; gossip will carry it");
-        }
         Ok(format!("slot {slot}: handed {back} key(s) back from {dst} to its owner {src} ({why})"))
     }
 
     /// Moves every key of `slot` on `dst` back to its owner `owner`, made stable first so
-    /// that it takes them. Returns the keys moved.
+    /// that it takes them, then tells `dst` the owner. Returns the keys moved.
     async fn hand_back(&self, topo: &Topology, slot: u16, owner: &str, dst: &str) -> Result<u64, String> {
         // A target promoted by failover lost its IMPORTING flag: without it, its MIGRATE
         // of a slot it does not own is redirected. Set, it reaches the keys (as for strays).
@@ -270,6 +262,13 @@ impl RedisCluster {
             let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys).clone();
             let keys: Vec<Vec<u8>> = self.conns.query(dst, &list).await?;
             if keys.is_empty() {
+                // The target took no gossip for the slot while it imported: after a
+                // failover of the source it may still name the demoted node. Holding none
+                // of the slot's keys now, told the owner, it redirects at once instead of
+                // answering CLUSTERDOWN.
+                if let Err(e) = self.setslot(dst, slot, &["NODE", &owner_id]).await {
+                    warn!(slot, node = %dst, cause = %e, "the target did not take the owner; gossip will carry it");
+                }
                 return Ok(moved);
             }
             let mut p = redis::pipe();
