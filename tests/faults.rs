@@ -45,6 +45,20 @@ fn next_holder(cfg: &std::path::Path) -> (serde_json::Value, String) {
     }
 }
 
+/// Waits until `replica` has applied everything `master` wrote (equal replication offsets).
+async fn caught_up(c: &LocalCluster, master: &str, replica: &str) {
+    let offset = |addr: String| async move {
+        let mut con = c.conn(&addr).await.unwrap();
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut con).await.unwrap();
+        let field = if addr == master { "master_repl_offset:" } else { "slave_repl_offset:" };
+        info.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    common::wait_for_async(20, "the target's replica to catch up", || async {
+        offset(master.to_string()).await == offset(replica.to_string()).await
+    })
+    .await;
+}
+
 #[derive(Clone, Copy)]
 enum Side {
     Source,
@@ -72,9 +86,19 @@ async fn failover_mid_move(engine: Engine, side: Side) {
     let failing_id = c.id_of(failing).unwrap().to_string();
     let replica = nodes(&c, failing).await.into_iter().find(|n| n.master_id.as_deref() == Some(&failing_id)).unwrap();
     let mut con = c.conn(&replica.addr).await.unwrap();
+    // A source forced over (TAKEOVER) mid-batch may not have passed its last deletes to
+    // the replica: repair finds those keys on both sides. A target forced over mid-batch
+    // loses what it took and its replica had not yet acked, as it loses any write (one
+    // batch at most: the mover waits for the target's replicas after each); here it is
+    // forced over once the holder has vanished and its replica has caught up.
+    if let Side::Target = side {
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        caught_up(&c, failing, &replica.addr).await;
+    }
     redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
     // The holder vanishes mid-move (its lease expires after the TTL).
-    holder.kill().unwrap();
+    let _ = holder.kill();
     holder.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !c.current_masters().await.unwrap().contains(&replica.addr) {

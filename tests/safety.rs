@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use autobalancer::cluster::redis::RedisCluster;
 use autobalancer::cluster::{Cluster, ClusterError, RepairOptions, Unpaced};
-use autobalancer::coord::{Fence, FenceError};
+use autobalancer::coord::{Acquire, Coordinator, Fence, FenceError, GuardFence};
 use autobalancer::model::MoveIntent;
 use autobalancer::plan::{Move, MoveKind};
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd, digest_diff, on_each_engine};
@@ -310,6 +310,92 @@ async fn every_commit_passes_the_fence(engine: Engine) {
     settled_and_whole(&c, &before, "").await;
 }
 
+/// The real etcd lock's fence, whose lease is revoked (as etcd does when a holder's lease
+/// runs out) at the moment the first commit asks it.
+struct RevokedAtCommit<'a> {
+    fence: GuardFence<'a>,
+    endpoint: String,
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl Fence for RevokedAtCommit<'_> {
+    async fn check(&self) -> Result<(), FenceError> {
+        if !self.revoked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let mut etcd = etcd_client::Client::connect([self.endpoint.as_str()], None).await.unwrap();
+            let leases = etcd.leases().await.unwrap();
+            assert!(!leases.leases().is_empty(), "the holder has a lease");
+            for l in leases.leases() {
+                etcd.lease_revoke(l.id()).await.unwrap();
+            }
+        }
+        self.fence.check().await
+    }
+}
+
+/// With etcd, the lease revoked right before a commit: the commit is refused and the slot
+/// stays open with its keys safe, then the next holder finishes it. On Valkey the atomic
+/// mover is asked and its job fails (every source logs in to the target as a user the
+/// target does not have), so the slot goes by the legacy fallback, whose commit passes
+/// the same fence.
+async fn a_lease_revoked_at_the_commit_stops_it(engine: Engine) {
+    let etcd = LocalEtcd::start().unwrap();
+    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
+    c.load_skewed(4_000, 9).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let mover = match engine {
+        Engine::Redis => "legacy",
+        Engine::Valkey => {
+            for a in c.master_addrs() {
+                let mut con = c.conn(&a).await.unwrap();
+                for (k, v) in [("masteruser", "no-such-user"), ("masterauth", "x")] {
+                    redis::cmd("CONFIG").arg("SET").arg(k).arg(v).query_async::<()>(&mut con).await.unwrap();
+                }
+            }
+            "atomic"
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!("[execution]\nmigration = \"{mover}\"\n[etcd]\nendpoints = [\"{}\"]\n", etcd.endpoint());
+    let cfg = write_config(dir.path(), &c, &rest);
+    let config = autobalancer::config::Config::load(&cfg).unwrap();
+    let rc = RedisCluster::from_config(&config).unwrap();
+    let snap = rc.snapshot().await.unwrap();
+    let b = snap.buckets.iter().find(|b| b.bytes > 0 && b.copies == [0]).unwrap();
+    let slot = b.id;
+    let mv = Move { kind: MoveKind::Copy, bucket: slot, bucket_index: 0, from: 0, to: 1, bytes: b.bytes };
+    let first = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, "first").unwrap();
+    let Acquire::Acquired(guard) = first.try_lock("manual").await.unwrap() else { panic!("not acquired") };
+    let fence = RevokedAtCommit {
+        fence: GuardFence { coordinator: &first, guard: &guard },
+        endpoint: etcd.endpoint(),
+        revoked: Default::default(),
+    };
+    let results = rc.move_group(&snap, std::slice::from_ref(&mv), &Unpaced, &fence).await;
+    match &results[..] {
+        [Err(ClusterError::Fenced { bucket, .. })] => assert_eq!(*bucket, slot),
+        other => panic!("the commit went past a revoked lease: {other:?}"),
+    }
+    assert!(fence.revoked.load(std::sync::atomic::Ordering::SeqCst), "the commit asked the fence");
+    if engine == Engine::Valkey {
+        assert_eq!(rc.legacy_fallbacks(), 0, "the fallback did not commit");
+    }
+    assert!(!c.open_slots().await.unwrap().is_empty(), "refused before its commit, the slot stays open");
+    // The next holder takes the lock the revoked lease freed and finishes the move.
+    let next = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, "next").unwrap();
+    let Acquire::Acquired(g) = next.try_lock("manual").await.unwrap() else { panic!("the revoked lock is still held") };
+    let intent = MoveIntent {
+        bucket: slot,
+        from: snap.members[0].id.clone(),
+        to: snap.members[1].id.clone(),
+        holder: "first".into(),
+        started_at: chrono::Utc::now(),
+    };
+    let opts = RepairOptions { intents: vec![intent], ..Default::default() };
+    let r = rc.repair(&opts, &GuardFence { coordinator: &next, guard: &g }).await.unwrap();
+    assert!(r.settled.iter().any(|l| l.contains("finished the move")), "{r:?}");
+    settled_and_whole(&c, &before, "").await;
+}
+
 /// The mover is chosen once per run and said: `auto` names its choice and why;
 /// `atomic` on a master that cannot do it fails the run before anything moves, naming
 /// the master and its version.
@@ -357,5 +443,6 @@ on_each_engine!(
     residue_that_blocks_the_cluster_is_named_and_settled_by_the_command_it_names,
     a_second_standalone_process_on_one_state_file_is_refused,
     every_commit_passes_the_fence,
+    a_lease_revoked_at_the_commit_stops_it,
     the_mover_is_chosen_once_and_said
 );

@@ -13,6 +13,7 @@
 mod atomic;
 mod capabilities;
 mod conn;
+mod follow;
 mod handoff;
 mod inflight;
 mod legacy;

@@ -95,6 +95,23 @@ impl RedisCluster {
         skip.extend(&busy);
         // Settling open slots changed owners: strays go to the owner as it is now.
         let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.topology().await? };
+        if !opts.dry_run {
+            // Slots of ours: a replica may still show them open (see [`super::follow`]).
+            let mut ours: Vec<u16> = opts
+                .intents
+                .iter()
+                .map(|i| i.bucket as u16)
+                .chain(report.intents_done.iter().map(|&b| b as u16))
+                .collect();
+            ours.retain(|s| wanted(*s) && !skip.contains(s));
+            ours.sort_unstable();
+            ours.dedup();
+            for (slot, why) in self.replicas_follow(&topo, &ours).await {
+                warn!(slot, cause = %why, "a replica did not follow the settled slot");
+                report.intents_done.retain(|&b| b != slot as u64);
+                report.failed.push((slot as u64, why));
+            }
+        }
         let readings = self.return_strays(&topo, opts, &skip, &mut report).await;
         report.down = self.unserved(&topo, &open, &report.foreign, &readings).await;
         // Intents whose slot is closed and clean were settled by whoever got there first.
