@@ -3,7 +3,9 @@
 //! Owns: the gate order and the Geode AutoBalancer formula, kept exact:
 //! `off_balance <=> transfer > minimum_size AND floor(100 * transfer / total) >= threshold`.
 //! Does not own: the skip reasons that arise before a plan exists (lock, pause, schedule,
-//! snapshot failure); those come from the sidecar, but share this enum.
+//! what repair found); those come from the sidecar, but share this enum. A run that
+//! could not read the cluster or plan fails instead, with a [`FailReason`] from the closed
+//! set beside it.
 
 use std::fmt;
 
@@ -29,11 +31,8 @@ pub enum SkipReason {
     BelowMinimumSize,
     BelowThreshold,
     NothingToMove,
-    SnapshotFailed,
     /// Keys sit outside their owner's slots and repair could not settle them.
     StrayKeys,
-    /// The planner failed (its self-check refused its own output).
-    PlanFailed,
     /// A node's view leaves a slot unserved (`cluster_state:fail`), or an open slot names
     /// a node that is no longer a master: clients get CLUSTERDOWN until it is settled.
     ClusterDown,
@@ -42,7 +41,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 18] = [
+    pub const ALL: [SkipReason; 16] = [
         SkipReason::Disabled,
         SkipReason::Paused,
         SkipReason::LockHeldElsewhere,
@@ -56,9 +55,7 @@ impl SkipReason {
         SkipReason::BelowMinimumSize,
         SkipReason::BelowThreshold,
         SkipReason::NothingToMove,
-        SkipReason::SnapshotFailed,
         SkipReason::StrayKeys,
-        SkipReason::PlanFailed,
         SkipReason::ClusterDown,
         SkipReason::NoRoom,
     ];
@@ -78,11 +75,41 @@ impl SkipReason {
             SkipReason::BelowMinimumSize => "below_minimum_size",
             SkipReason::BelowThreshold => "below_threshold",
             SkipReason::NothingToMove => "nothing_to_move",
-            SkipReason::SnapshotFailed => "snapshot_failed",
             SkipReason::StrayKeys => "stray_keys",
-            SkipReason::PlanFailed => "plan_failed",
             SkipReason::ClusterDown => "cluster_down",
             SkipReason::NoRoom => "no_room",
+        }
+    }
+}
+
+/// Why a run failed, from a closed set: the `autobalancer_failures_total` label, the run
+/// record's and the answer's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    SnapshotFailed,
+    PlanFailed,
+    RepairFailed,
+    MoveFailed,
+    MoverUnsupported,
+}
+
+impl FailReason {
+    pub const ALL: [FailReason; 5] = [
+        FailReason::SnapshotFailed,
+        FailReason::PlanFailed,
+        FailReason::RepairFailed,
+        FailReason::MoveFailed,
+        FailReason::MoverUnsupported,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::SnapshotFailed => "snapshot_failed",
+            FailReason::PlanFailed => "plan_failed",
+            FailReason::RepairFailed => "repair_failed",
+            FailReason::MoveFailed => "move_failed",
+            FailReason::MoverUnsupported => "mover_unsupported",
         }
     }
 }
@@ -127,6 +154,11 @@ pub enum Action {
 impl Decision {
     pub fn skip(reason: SkipReason, message: impl Into<String>) -> Decision {
         Decision { action: Action::Skip, reason: Some(reason), message: message.into() }
+    }
+
+    /// A run that failed before it could decide (no reason: a failure is not a skip).
+    pub fn failed(message: impl Into<String>) -> Decision {
+        Decision { action: Action::Skip, reason: None, message: message.into() }
     }
 
     pub fn is_rebalance(&self) -> bool {
@@ -374,7 +406,7 @@ mod tests {
         let names: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             names.join(","),
-            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,snapshot_failed,stray_keys,plan_failed,cluster_down,no_room"
+            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,stray_keys,cluster_down,no_room"
         );
         for r in SkipReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));

@@ -1,14 +1,16 @@
 //! autobalancer: a sidecar that keeps a partitioned data cluster balanced by bytes.
 //!
-//! Layout, one module per step of `schedule -> lock -> snapshot -> plan -> decide ->
-//! execute -> report`:
+//! Layout, one module per step of `schedule -> lock -> repair -> snapshot -> plan ->
+//! decide -> execute -> report`:
 //!
 //! - [`config`]: TOML and environment into a validated `Config`; errors name the key.
 //! - [`schedule`]: cron expressions and fire times in a time zone (clock passed in).
-//! - [`lock`]: etcd (or in-process) lock with lease and fence, run record, registration,
-//!   pause and evacuation state.
+//! - [`coord`]: coordination in etcd (or in-process, with a state file, standalone): the
+//!   lock with its lease and fence, move intents, run records, registrations, published
+//!   sizes, pause and evacuation state.
 //! - [`model`]: `Member`, `Bucket`, `ClusterSnapshot` and the snapshot JSON.
-//! - [`cluster`]: the `Cluster` trait at the I/O edge; the Redis Cluster and file backends.
+//! - [`cluster`]: the `Cluster` trait at the I/O edge (snapshot, repair, moves, room,
+//!   handoff); the Redis Cluster and file backends.
 //! - [`plan`]: the pure, synchronous planner: ordered moves, loads, lower bound.
 //! - [`decide`]: rebalance or skip, with one reason from a closed set.
 //! - [`execute`]: moves within the limits, fenced by the lock; the per-member report.

@@ -14,85 +14,99 @@ use crate::decide::SkipReason;
 use crate::model::ClusterSnapshot;
 use crate::plan::Plan;
 
+use crate::decide::FailReason;
+
+/// `runs_total`'s outcome label: `run::Outcome::label`.
 pub const RUN_OUTCOMES: [&str; 4] = ["rebalanced", "skipped", "failed", "stopped"];
-pub const LOCK_RESULTS: [&str; 3] = ["acquired", "held_elsewhere", "error"];
-pub const MOVE_OUTCOMES: [&str; 3] = ["done", "failed", "cancelled"];
+
+/// `lock_acquisitions_total`'s result label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockResult {
+    Acquired,
+    HeldElsewhere,
+    Error,
+}
+
+impl LockResult {
+    pub const ALL: [LockResult; 3] = [LockResult::Acquired, LockResult::HeldElsewhere, LockResult::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockResult::Acquired => "acquired",
+            LockResult::HeldElsewhere => "held_elsewhere",
+            LockResult::Error => "error",
+        }
+    }
+}
+
+/// `moves_total`'s outcome label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveOutcome {
+    Done,
+    Failed,
+    /// Refused by the fence: the lock was lost (the bucket stays recorded for the next
+    /// holder).
+    LockLost,
+    /// Planned, never started: the run stopped first, or the byte budget or a target's
+    /// room held it back.
+    NotStarted,
+}
+
+impl MoveOutcome {
+    pub const ALL: [MoveOutcome; 4] =
+        [MoveOutcome::Done, MoveOutcome::Failed, MoveOutcome::LockLost, MoveOutcome::NotStarted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveOutcome::Done => "done",
+            MoveOutcome::Failed => "failed",
+            MoveOutcome::LockLost => "lock_lost",
+            MoveOutcome::NotStarted => "not_started",
+        }
+    }
+}
 /// The `engine` label of `build_info` until the backend has said what it runs on.
 pub const ENGINE_UNKNOWN: &str = "unknown";
 
-/// Every metric of the sidecar. Names are `autobalancer_<field>`; the help text of each is
-/// in `Metrics::new`, one line per metric.
+/// Every metric of the sidecar, named `autobalancer_<field>`. Each is described once, by
+/// its help text in `Metrics::new` (the README's table repeats them for readers).
 pub struct Metrics {
     pub registry: Registry,
-    /// Runs by outcome.
     pub runs_total: IntCounterVec,
-    /// Skipped runs by reason.
     pub skips_total: IntCounterVec,
-    /// 1 while this sidecar holds the cluster lock.
     pub lock_held: IntGauge,
-    /// Lock attempts by result.
     pub lock_acquisitions_total: IntCounterVec,
-    /// Seconds since the cluster lock's holder took it, as last seen (0 when free).
     pub lock_age_seconds: Gauge,
-    /// When the last run (of any outcome) ended, Unix seconds.
     pub last_run_timestamp_seconds: Gauge,
-    /// When the schedule fires next, Unix seconds (0 when disabled).
     pub next_run_timestamp_seconds: Gauge,
-    /// Transfer size of the last simulation.
     pub transfer_size_bytes: IntGauge,
-    /// Total size of the last simulation.
     pub cluster_size_bytes: IntGauge,
-    /// Transfer / total of the last simulation, to set beside the threshold.
     pub transfer_ratio: Gauge,
-    /// balance.size-threshold-percent / 100, to draw beside the transfer ratio.
     pub size_threshold_ratio: Gauge,
-    /// Bytes per member at the last snapshot (the sum of its buckets' sizes).
     pub member_load_bytes: GaugeVec,
-    /// Used memory per member as the server reports it, beside `member_load_bytes`.
     pub member_used_memory_bytes: GaugeVec,
-    /// 1 per member, with where it is now: joins the `member` label (a stable id) to an
-    /// address and hostname that may change.
     pub member_info: IntGaugeVec,
-    /// Buckets per member at the last snapshot.
     pub member_buckets: GaugeVec,
-    /// Target bytes per member at the last plan.
     pub member_target_bytes: GaugeVec,
-    /// Keys above execution.max-key-bytes per member, found by sizing.
     pub big_keys: IntGaugeVec,
-    /// Keys per member outside the slots it owns, found at each run.
     pub stray_keys: IntGaugeVec,
-    /// 1 when the last run's repair found a slot left unserved that is not ours to settle.
     pub cluster_down: IntGauge,
-    /// Moves not started because their target had no room below critical memory.
     pub moves_no_room_total: IntCounter,
-    /// Bucket moves by outcome.
     pub moves_total: IntCounterVec,
-    /// Bytes moved.
+    pub failures_total: IntCounterVec,
     pub moved_bytes_total: IntCounter,
-    /// 1 while a rebalance or evacuation moves buckets.
     pub rebalance_in_progress: IntGauge,
-    /// Moves planned for the running (or last) rebalance.
     pub rebalance_moves_planned: IntGauge,
-    /// Moves done in the running (or last) rebalance.
     pub rebalance_moves_done: IntGauge,
-    /// Duration of one bucket move.
     pub move_duration_seconds: Histogram,
-    /// Duration of planning.
     pub plan_duration_seconds: Histogram,
-    /// Duration of a snapshot.
     pub snapshot_duration_seconds: Histogram,
-    /// Duration of sizing the buckets of a snapshot (part of the snapshot's duration).
     pub sizing_duration_seconds: Histogram,
-    /// Age of the oldest bucket size the last snapshot used (cached sizes age).
     pub sizing_age_seconds: Gauge,
     pub size_refresh_timestamp_seconds: Gauge,
-    /// 1 while etcd answers the heartbeat (always 1 when standalone).
     pub etcd_up: IntGauge,
-    /// Buckets still on the local member while it is evacuated (0 otherwise).
     pub evacuation_buckets_left: IntGauge,
-    /// Bytes still on the local member while it is evacuated (0 otherwise).
     pub evacuation_bytes_left: IntGauge,
-    /// Always 1; the version and the cluster's engine as labels.
     pub build_info: IntGaugeVec,
 }
 
@@ -155,7 +169,7 @@ impl Metrics {
             skips_total: r.counters("skips_total", "Skipped runs by reason.", &["reason"]),
             lock_held: r.int_gauge("lock_held", "1 while this sidecar holds the cluster lock."),
             lock_acquisitions_total: r.counters("lock_acquisitions_total", "Lock attempts by result.", &["result"]),
-            lock_age_seconds: r.gauge("lock_age_seconds", "Seconds since the lock holder took the lock (0 when free)."),
+            lock_age_seconds: r.gauge("lock_age_seconds", "Seconds the lock had been held when a run last found another holder."),
             last_run_timestamp_seconds: r.gauge("last_run_timestamp_seconds", "When the last run ended, Unix seconds."),
             next_run_timestamp_seconds: r
                 .gauge("next_run_timestamp_seconds", "When the schedule fires next, Unix seconds (0 when disabled)."),
@@ -190,6 +204,7 @@ impl Metrics {
                 "Moves not started because the target's used memory would pass balance.critical-memory-percent.",
             ),
             moves_total: r.counters("moves_total", "Bucket moves by outcome.", &["outcome"]),
+            failures_total: r.counters("failures_total", "Failed runs by reason.", &["reason"]),
             moved_bytes_total: r.counter("moved_bytes_total", "Bytes moved."),
             rebalance_in_progress: r
                 .int_gauge("rebalance_in_progress", "1 while a rebalance or evacuation moves buckets."),
@@ -233,11 +248,14 @@ impl Metrics {
         for r in SkipReason::ALL {
             self.skips_total.with_label_values(&[r.as_str()]);
         }
-        for r in LOCK_RESULTS {
-            self.lock_acquisitions_total.with_label_values(&[r]);
+        for r in LockResult::ALL {
+            self.lock_acquisitions_total.with_label_values(&[r.as_str()]);
         }
-        for o in MOVE_OUTCOMES {
-            self.moves_total.with_label_values(&[o]);
+        for o in MoveOutcome::ALL {
+            self.moves_total.with_label_values(&[o.as_str()]);
+        }
+        for r in FailReason::ALL {
+            self.failures_total.with_label_values(&[r.as_str()]);
         }
         self.set_engine(ENGINE_UNKNOWN);
     }
@@ -296,9 +314,14 @@ impl Metrics {
         }
     }
 
+    /// A skip outside a run (the schedule is disabled).
     pub fn record_skip(&self, reason: SkipReason) {
         self.runs_total.with_label_values(&["skipped"]).inc();
         self.skips_total.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn count_move(&self, outcome: MoveOutcome, n: u64) {
+        self.moves_total.with_label_values(&[outcome.as_str()]).inc_by(n);
     }
 
     pub fn render(&self) -> String {
@@ -318,15 +341,39 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    /// The README's metrics table names every registered metric, and nothing else.
+    #[test]
+    fn the_readme_table_is_the_registry() {
+        let readme = include_str!("../README.md");
+        let table = &readme[readme.find("## Metrics").unwrap()..readme.find("## Deploying").unwrap()];
+        let mut documented: Vec<String> = table
+            .split('`')
+            .filter(|w| w.starts_with("autobalancer_") && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .map(str::to_string)
+            .collect();
+        documented.sort();
+        documented.dedup();
+        // Labelled by member: gathered once a member is named.
+        let m = Metrics::new();
+        use crate::model::fixtures::*;
+        let s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
+        m.observe_snapshot(&s);
+        m.observe_plan(&crate::plan::plan(&s, &Default::default()).unwrap());
+        m.member_used_memory_bytes.with_label_values(&["m1"]).set(1.0);
+        let mut registered: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        registered.sort();
+        assert_eq!(documented, registered);
+    }
+
     #[test]
     fn every_design_metric_is_exported_with_its_labels() {
         let m = Metrics::new();
         let text = m.render();
         for name in [
             "autobalancer_runs_total{outcome=\"stopped\"} 0",
-            "autobalancer_skips_total{reason=\"snapshot_failed\"} 0",
+            "autobalancer_failures_total{reason=\"snapshot_failed\"} 0",
             "autobalancer_skips_total{reason=\"stray_keys\"} 0",
-            "autobalancer_skips_total{reason=\"plan_failed\"} 0",
+            "autobalancer_failures_total{reason=\"plan_failed\"} 0",
             "autobalancer_lock_held 0",
             "autobalancer_lock_acquisitions_total{result=\"held_elsewhere\"} 0",
             "autobalancer_last_run_timestamp_seconds 0",
@@ -334,7 +381,8 @@ mod tests {
             "autobalancer_transfer_size_bytes 0",
             "autobalancer_cluster_size_bytes 0",
             "autobalancer_transfer_ratio 0",
-            "autobalancer_moves_total{outcome=\"cancelled\"} 0",
+            "autobalancer_moves_total{outcome=\"not_started\"} 0",
+            "autobalancer_moves_total{outcome=\"lock_lost\"} 0",
             "autobalancer_moved_bytes_total 0",
             "autobalancer_rebalance_in_progress 0",
             "autobalancer_rebalance_moves_planned 0",

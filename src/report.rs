@@ -75,6 +75,15 @@ impl MemberReport {
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Answer {
+    /// How the run ended (`rebalanced`, `skipped`, `failed`, `stopped`); absent from a
+    /// dry run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// The outcome's reason: a skip reason, a failure reason (`snapshot_failed`,
+    /// `plan_failed`, `repair_failed`, `move_failed`, `mover_unsupported`) or a stop
+    /// reason (`cancelled`, `deadline`, `lock_lost`, `budget`, `no_room`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub decision: Decision,
     pub transfer_bytes: u64,
     pub total_bytes: u64,
@@ -111,6 +120,8 @@ impl Answer {
     pub fn new(snapshot: &ClusterSnapshot, plan: &Plan, decision: Decision, t: &Thresholds) -> Answer {
         let id = |m: u32| snapshot.members[m as usize].id.clone();
         Answer {
+            outcome: None,
+            reason: None,
             decision,
             transfer_bytes: plan.transfer_bytes,
             total_bytes: plan.total_bytes,
@@ -139,6 +150,8 @@ impl Answer {
     /// An outcome decided before any plan existed (lock, pause, snapshot failure).
     pub fn skipped(decision: Decision, t: &Thresholds) -> Answer {
         Answer {
+            outcome: None,
+            reason: None,
             decision,
             transfer_bytes: 0,
             total_bytes: 0,
@@ -234,9 +247,10 @@ impl Answer {
                 let _ = writeln!(out, "failed: {f}");
             }
         }
-        let what = match self.decision.reason {
-            None => "decision: rebalance".to_string(),
-            Some(r) => format!("decision: skip ({r})"),
+        let what = match (self.decision.reason, self.outcome.as_deref()) {
+            (_, Some("failed")) => format!("failed ({})", self.reason.as_deref().unwrap_or("-")),
+            (None, _) => "decision: rebalance".to_string(),
+            (Some(r), _) => format!("decision: skip ({r})"),
         };
         let _ = writeln!(out, "\n{what}: {}", self.decision.message);
         out

@@ -95,7 +95,48 @@ fn a_real_prometheus_scrapes_the_sidecar_with_the_rules_loaded() {
         rules["data"]["groups"][0]["rules"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names.len(), 9, "{names:?}");
     assert!(rules["data"]["groups"][0]["rules"].as_array().unwrap().iter().all(|r| r["health"] != "err"), "{rules:#}");
+    // Every expression of the dashboard, its Grafana variables filled in, is a query
+    // Prometheus accepts, over metrics the sidecar exports.
+    let dashboard = json(&read("deploy/grafana/autobalancer.json"));
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let exported = get(&s.url("/metrics")).unwrap().1;
+    for e in &exprs {
+        let filled = e
+            .replace("$cluster", ".*")
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
+            .replace("$__interval", "1m");
+        let encoded: String = filled
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let (_, body) =
+            get(&format!("{base}/api/v1/query?query={encoded}")).unwrap_or_else(|e| panic!("{filled}: {e}"));
+        let answer = json(&body);
+        assert_eq!(answer["status"], "success", "{filled}: {answer:#}");
+        for m in metric_names(e) {
+            assert!(exported.contains(&format!("# TYPE {m} ")), "{m} in {e:?} is not exported");
+        }
+    }
     drop(prometheus);
+}
+
+/// The `expr` of every panel target, however deep.
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_exprs(x, out)),
+        _ => {}
+    }
 }
 
 fn read(p: &str) -> String {

@@ -85,8 +85,7 @@ pub struct Registration {
     /// The API's listen address.
     pub api: String,
     pub version: String,
-    /// `idle`, `waiting`, `planning`, `moving`, `evacuating`, `evacuated`.
-    pub state: String,
+    pub state: crate::run::RunState,
     /// The operation running here, if any: `manual`, `scheduled`, `evacuation`.
     pub operation: Option<String>,
     pub progress: Progress,
@@ -166,10 +165,8 @@ pub struct EvacuationStatus {
     pub request: Option<Evacuation>,
 }
 
-/// `GET /status/cluster`: the fleet's shared state, read from etcd. Built by the daemon
-/// as a JSON document; this type describes it and is never built.
-#[allow(dead_code)]
-#[derive(ToSchema)]
+/// `GET /status/cluster`: the fleet's shared state, read from etcd.
+#[derive(Serialize, ToSchema)]
 pub struct ClusterStatus {
     pub cluster: String,
     pub lock_holder: Option<Holder>,

@@ -44,7 +44,7 @@ pub trait Control: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Status> + Send;
 
     /// Every sidecar's registration and the fleet's shared state.
-    fn cluster_status(&self) -> impl Future<Output = Result<serde_json::Value, RunError>> + Send;
+    fn cluster_status(&self) -> impl Future<Output = Result<super::bodies::ClusterStatus, RunError>> + Send;
 
     /// A dry run: snapshot, plan, decide; moves nothing.
     fn plan(&self, force: bool) -> impl Future<Output = Result<Answer, RunError>> + Send;

@@ -104,8 +104,7 @@ fn skip_status(r: SkipReason) -> (StatusCode, &'static str) {
         SkipReason::TooFewHealthy | SkipReason::MemberDown | SkipReason::CriticalMember => {
             (StatusCode::CONFLICT, "too_few_healthy")
         }
-        SkipReason::LockUnavailable | SkipReason::SnapshotFailed => (StatusCode::SERVICE_UNAVAILABLE, r.as_str()),
-        SkipReason::PlanFailed => (StatusCode::INTERNAL_SERVER_ERROR, r.as_str()),
+        SkipReason::LockUnavailable => (StatusCode::SERVICE_UNAVAILABLE, r.as_str()),
         _ => (StatusCode::CONFLICT, r.as_str()),
     }
 }
@@ -214,7 +213,9 @@ mod tests {
         assert_eq!(e(RunError::Busy("manual")), (409, "already_running"));
         assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::Paused, "p"))), (409, "paused"));
         assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::MemberDown, "d"))), (409, "too_few_healthy"));
-        assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::SnapshotFailed, "s"))), (503, "snapshot_failed"));
+        assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::LockUnavailable, "s"))), (503, "lock_unavailable"));
+        let unreadable = crate::cluster::ClusterError::Snapshot("refused".into());
+        assert_eq!(e(RunError::Snapshot(unreadable)), (503, "snapshot_failed"));
         assert_eq!(e(RunError::ShuttingDown), (503, "shutting_down"));
         let h = ApiError::from(HandoffError::NoReplica { master: "m:1".into(), detail: "no replicas".into() });
         assert_eq!((h.status.as_u16(), h.code), (409, "no_replica"));

@@ -33,7 +33,7 @@ impl Control for Unused {
     async fn status(&self) -> crate::api::bodies::Status {
         unreachable!()
     }
-    async fn cluster_status(&self) -> Result<Value, RunError> {
+    async fn cluster_status(&self) -> Result<crate::api::bodies::ClusterStatus, RunError> {
         unreachable!()
     }
     async fn plan(&self, _: bool) -> Result<Answer, RunError> {

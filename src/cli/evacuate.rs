@@ -6,8 +6,9 @@
 
 use std::process::ExitCode;
 
-use crate::local::Local;
-use crate::{EvacuateAction, Fail, load_config, progress, usage};
+use super::local::Local;
+use super::{Fail, load_config, progress, usage};
+use crate::EvacuateAction;
 
 pub fn evacuate(action: EvacuateAction) -> Result<ExitCode, Fail> {
     match action {

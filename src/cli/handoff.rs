@@ -12,16 +12,14 @@ use std::process::ExitCode;
 
 use autobalancer::cluster::{AnyCluster, HANDOFF_WITHIN, HandoffError};
 
-use crate::{Fail, Format, init_logs, load_config, runtime, usage};
+use super::{Fail, Format, init_logs, load_config, usage};
 
-pub fn handoff(config: PathBuf, format: Format) -> Result<ExitCode, Fail> {
+pub async fn handoff(config: PathBuf, format: Format) -> Result<ExitCode, Fail> {
     let config = load_config(&config)?;
     init_logs(Some(&config));
     let cluster = AnyCluster::from_config(&config).map_err(usage)?;
     let member = config.member_id();
-    let rt = runtime();
-    let result = rt.block_on(cluster.handoff(&member, HANDOFF_WITHIN));
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    let result = cluster.handoff(&member, HANDOFF_WITHIN).await;
     match result {
         Ok(h) => {
             match format {

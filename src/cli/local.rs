@@ -5,7 +5,7 @@
 
 use autobalancer::config::Config;
 
-use crate::{Fail, usage};
+use super::{Fail, usage};
 
 /// Talks to the local sidecar's API (address and token from the config).
 pub struct Local {

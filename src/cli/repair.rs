@@ -7,18 +7,18 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::{Fail, context, init_logs, load_config, runtime};
+use super::{Fail, context, init_logs, load_config};
 
 /// The operator's repair: under the lock, every open slot and stray key is settled
 /// (foreign ones included); exit 1 when anything could not be.
-pub fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitCode, Fail> {
+pub async fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitCode, Fail> {
     use autobalancer::cluster::{Cluster, RepairOptions};
     use autobalancer::coord::{Acquire, GuardFence};
     let config = load_config(&config)?;
     init_logs(Some(&config));
-    let ctx = context(config)?;
+    let ctx = context(config).await?;
     let fail = |e: String| Fail(1, anyhow::anyhow!(e));
-    runtime().block_on(async {
+    {
         let guard = match ctx.coordinator.try_lock("repair").await.map_err(|e| fail(e.to_string()))? {
             Acquire::Acquired(g) => g,
             Acquire::HeldElsewhere(h) => {
@@ -66,5 +66,5 @@ pub fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result<ExitC
             println!("nothing to repair");
         }
         Ok(if r.conflicts.is_empty() && r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
-    })
+    }
 }

@@ -10,10 +10,13 @@
 //! - `sizes/<member>`: the bucket sizes a sidecar measured on its member, under the same
 //!   lease (`cluster.sizing-refresh`).
 //! - `paused`, `evacuations/<member>`: persistent, written by operators.
+//! - `moves/<bucket>`: a move's intent, written before it starts, without a lease.
+//! - `runs/scheduled`: the cron slot of the last scheduled run.
 //!
 //! Layout: this file owns the connection (client, timeouts, the in-process stand-in) and
 //! the key names; [`lock`] the lock, its keep-alive and the fence; [`state`] the records
-//! and operator state. Does not own: when to lock (the sidecar) or what runs under the
+//! and operator state; [`intents`] the move intents and the scheduled slot; [`local`]
+//! the standalone state file. Does not own: when to lock (the sidecar) or what runs under the
 //! lock (the run).
 
 mod intents;

@@ -13,6 +13,7 @@ use crate::cluster::Pace;
 
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// 0 = no total: the per-member limit bounds it.
     pub max_concurrent_moves: u32,
     pub max_moves_per_member: u32,
     /// 0 = unlimited.

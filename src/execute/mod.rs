@@ -33,7 +33,7 @@ pub use limits::{Limits, Progress, RatePacer};
 mod limits;
 mod room;
 mod stop;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MoveOutcome};
 use crate::model::ClusterSnapshot;
 use crate::plan::{Move, Plan};
 use crate::report::MemberReport;
@@ -73,6 +73,9 @@ pub struct Job<'a, C, F> {
     pub fence: &'a F,
     pub progress: &'a Progress,
     pub metrics: &'a Metrics,
+    /// Cancelled when the lock's keep-alive is lost: the run stops as on a stop request,
+    /// saying `lock_lost`.
+    pub lost: Option<&'a CancellationToken>,
 }
 
 /// Runs the plan's moves. Returns when every move is done, or at the first safe point
@@ -168,7 +171,9 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         if self.stopped.is_some() {
             return;
         }
-        if cancel.is_cancelled() {
+        if self.job.lost.is_some_and(|l| l.is_cancelled()) {
+            self.stopped = Some(StopReason::LockLost);
+        } else if cancel.is_cancelled() {
             self.stopped = Some(StopReason::Cancelled);
         } else if Instant::now() >= self.deadline {
             self.stopped = Some(StopReason::Deadline);
@@ -182,7 +187,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         let moves = &self.job.plan.moves;
         let mut i = 0;
         while self.stopped.is_none()
-            && self.inflight.len() < limits.max_concurrent_moves as usize
+            && (limits.max_concurrent_moves == 0 || self.inflight.len() < limits.max_concurrent_moves as usize)
             && i < self.pending.len()
         {
             let mv = &moves[self.pending[i]];
@@ -318,8 +323,14 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
     async fn next_event(&mut self, cancel: &CancellationToken) {
         let deadline = tokio::time::sleep_until(self.deadline.into());
         let running = self.stopped.is_none();
+        let never = CancellationToken::new();
+        let lost = self.job.lost.unwrap_or(&never);
         tokio::select! {
             Some(finished) = self.inflight.next() => self.book(finished),
+            _ = lost.cancelled(), if running => {
+                warn!(in_flight = self.inflight.len(), "the lock's keep-alive was lost: finishing moves in flight");
+                self.stopped = Some(StopReason::LockLost);
+            }
             _ = cancel.cancelled(), if running => {
                 info!(in_flight = self.inflight.len(), "stop requested: finishing moves in flight");
                 self.stopped = Some(StopReason::Cancelled);
@@ -344,7 +355,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 self.by_fallback += stats.fallback as u64;
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_done.fetch_add(stats.bytes, Ordering::Relaxed);
-                metrics.moves_total.with_label_values(&["done"]).inc();
+                metrics.count_move(MoveOutcome::Done, 1);
                 metrics.moved_bytes_total.inc_by(stats.bytes);
                 metrics.rebalance_moves_done.inc();
                 let members = &self.job.snapshot.members;
@@ -354,7 +365,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             }
             Err(e @ ClusterError::Fenced { .. }) => {
                 warn!(bucket = mv.bucket, cause = %e, "the lock was lost: starting no more moves");
-                metrics.moves_total.with_label_values(&["cancelled"]).inc();
+                metrics.count_move(MoveOutcome::LockLost, 1);
                 // Refused before the commit, the bucket is left open; refused before the
                 // start (its intent could not be recorded), it never opened.
                 if !matches!(e, ClusterError::Fenced { cause: FenceError::NotHolder, .. }) {
@@ -365,7 +376,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             Err(e) => {
                 self.failed += 1;
                 progress.failed.fetch_add(1, Ordering::Relaxed);
-                metrics.moves_total.with_label_values(&["failed"]).inc();
+                metrics.count_move(MoveOutcome::Failed, 1);
                 warn!(bucket = mv.bucket, cause = %e, "move failed: starting no more moves");
                 if let ClusterError::Move { open: true, .. } = e {
                     self.open_buckets.push(mv.bucket);
@@ -399,7 +410,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         let mut stopped = self.stopped;
         let metrics = self.job.metrics;
         if not_started > 0 {
-            metrics.moves_total.with_label_values(&["cancelled"]).inc_by(not_started);
+            metrics.count_move(MoveOutcome::NotStarted, not_started);
             stopped.get_or_insert(if self.no_room > 0 { StopReason::NoRoom } else { StopReason::Budget });
         }
         metrics.rebalance_in_progress.set(0);
@@ -534,7 +545,8 @@ mod tests {
         m: &Metrics,
     ) -> RunReport {
         let progress = Progress::default();
-        let job = Job { cluster: rec, snapshot: s, plan: p, limits: l, fence, progress: &progress, metrics: m };
+        let job =
+            Job { cluster: rec, snapshot: s, plan: p, limits: l, fence, progress: &progress, metrics: m, lost: None };
         execute(job, cancel).await
     }
 
@@ -688,6 +700,7 @@ mod tests {
             fence: &fence,
             progress: &progress,
             metrics: &m,
+            lost: None,
         };
         let cancel = CancellationToken::new();
         let r = tokio::time::timeout(Duration::from_secs(20), execute(job, &cancel))

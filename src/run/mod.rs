@@ -28,6 +28,7 @@ use crate::model::ClusterSnapshot;
 use crate::plan::{Plan, PlanError, PlanOptions, plan};
 use crate::report::Answer;
 
+pub use crate::decide::FailReason;
 pub use outcome::{Failure, Finished, Outcome, RunError, SetupError, Skip};
 
 /// What started a run.
@@ -73,11 +74,25 @@ pub struct Context {
     pub status: Arc<std::sync::Mutex<RunStatus>>,
 }
 
+/// Where a sidecar stands: `/status`'s and the registration's `state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    #[default]
+    Idle,
+    /// Under the lock: repair, snapshot, plan, decide.
+    Planning,
+    Moving,
+    /// Moving buckets off the local member, or (between runs) evacuated with some left.
+    Evacuating,
+    /// The local member is evacuated and holds nothing.
+    Evacuated,
+}
+
 /// What `/status` shows of runs.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunStatus {
-    /// idle, waiting, planning, moving, evacuating.
-    pub state: String,
+    pub state: RunState,
     pub operation: Option<String>,
     pub last_decision: Option<Decision>,
     pub last_run_at: Option<DateTime<Utc>>,
@@ -119,7 +134,7 @@ impl Context {
             coordinator,
             metrics,
             progress: Arc::new(Progress::default()),
-            status: Arc::new(std::sync::Mutex::new(RunStatus { state: "idle".into(), ..Default::default() })),
+            status: Arc::new(std::sync::Mutex::new(RunStatus::default())),
         })
     }
 
@@ -135,9 +150,9 @@ impl Context {
         }
     }
 
-    fn set_state(&self, state: &str, operation: Option<&str>) {
+    fn set_state(&self, state: RunState, operation: Option<&str>) {
         let mut s = self.status.lock().unwrap();
-        s.state = state.to_string();
+        s.state = state;
         s.operation = operation.map(str::to_string);
     }
 
@@ -217,3 +232,6 @@ impl Context {
         Ok(answer)
     }
 }
+
+#[cfg(test)]
+mod tests;

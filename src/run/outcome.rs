@@ -1,14 +1,15 @@
 //! How a run ends, typed: the outcome (`runs_total`'s label, with its reason), the answer
 //! for its caller, and the errors of runs and of the calls around them.
 //!
-//! Owns: `Outcome`, `Failure`, `Skip`, `Finished`, `RunError`, `SetupError`, and which
+//! Owns: `Outcome` (its labels and exit code), `Failure`, `FailReason`, `Skip`,
+//! `Finished`, `RunError`, `SetupError`, and which
 //! skips an on-demand caller reads as an answer rather than an error. Does not own: how
 //! errors become HTTP statuses (`api`, in one `From` impl) or the answer's JSON shape
 //! (`report`).
 
 use crate::cluster::ClusterError;
 use crate::coord::LockError;
-use crate::decide::SkipReason;
+use crate::decide::{FailReason, SkipReason};
 use crate::execute::{RunReport, StopReason};
 use crate::plan::PlanError;
 use crate::report::Answer;
@@ -29,6 +30,8 @@ impl Skip {
 /// What made a run fail.
 #[derive(Debug)]
 pub enum Failure {
+    /// The cluster could not be read (down, refused, bad credentials); nothing moved.
+    Snapshot(ClusterError),
     /// The planner refused its own output (a bug); nothing moved.
     Plan(PlanError),
     /// Moves failed; the run started no more after the first.
@@ -38,6 +41,18 @@ pub enum Failure {
     Repair(String),
     /// `execution.migration` asks for a mover a master cannot run; nothing moved.
     Mover(String),
+}
+
+impl Failure {
+    pub fn reason(&self) -> FailReason {
+        match self {
+            Failure::Snapshot(_) => FailReason::SnapshotFailed,
+            Failure::Plan(_) => FailReason::PlanFailed,
+            Failure::Moves { .. } => FailReason::MoveFailed,
+            Failure::Repair(_) => FailReason::RepairFailed,
+            Failure::Mover(_) => FailReason::MoverUnsupported,
+        }
+    }
 }
 
 /// How a run ended: the `autobalancer_runs_total` outcome, with its reason.
@@ -77,11 +92,32 @@ impl Outcome {
         match self {
             Outcome::Rebalanced => None,
             Outcome::Skipped(r) => Some(r.as_str()),
-            Outcome::Failed(Failure::Plan(_)) => Some("plan_failed"),
-            Outcome::Failed(Failure::Moves { .. }) => Some("move_failed"),
-            Outcome::Failed(Failure::Repair(_)) => Some("repair_failed"),
-            Outcome::Failed(Failure::Mover(_)) => Some("mover_unsupported"),
+            Outcome::Failed(f) => Some(f.reason().as_str()),
             Outcome::Stopped(s) => Some(s.as_str()),
+        }
+    }
+
+    /// The exit code of `rebalance --once`: 0 rebalanced or skipped for a reason (a run
+    /// that moved what fit and held the rest back for room too), 1 failed, 3 the lock was
+    /// lost, 4 stopped before its last move at `execution.max-run-time` or on request (a
+    /// signal, `POST /rebalance/stop`). 2 is bad usage or config, before any run.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Rebalanced | Outcome::Skipped(_) | Outcome::Stopped(StopReason::NoRoom | StopReason::Budget) => 0,
+            Outcome::Failed(_) | Outcome::Stopped(StopReason::MoveFailed) => 1,
+            Outcome::Stopped(StopReason::LockLost) => 3,
+            Outcome::Stopped(StopReason::Deadline | StopReason::Cancelled) => 4,
+        }
+    }
+
+    /// The failure's cause in a sentence, for `/status`'s `last_error`.
+    pub fn error(&self, answer: &Answer) -> Option<String> {
+        match self {
+            Outcome::Failed(Failure::Snapshot(e)) => Some(e.to_string()),
+            Outcome::Failed(Failure::Plan(e)) => Some(e.to_string()),
+            Outcome::Failed(Failure::Repair(e) | Failure::Mover(e)) => Some(e.clone()),
+            Outcome::Failed(Failure::Moves { .. }) => answer.failures.first().cloned(),
+            _ => None,
         }
     }
 
@@ -111,6 +147,7 @@ impl Finished {
                 Ok(self.answer)
             }
             Outcome::Skipped(reason) => Err(RunError::Skipped(Skip::new(reason, self.answer.decision.message))),
+            Outcome::Failed(Failure::Snapshot(e)) => Err(RunError::Snapshot(e)),
             Outcome::Failed(Failure::Plan(e)) => Err(RunError::Plan(e)),
             Outcome::Failed(Failure::Repair(e)) => Err(RunError::Repair(e)),
             Outcome::Failed(Failure::Mover(e)) => Err(RunError::Mover(e)),

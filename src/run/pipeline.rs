@@ -14,12 +14,13 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{Context, Failure, Finished, Outcome, Skip, Trigger};
+use super::{Context, Failure, Finished, Outcome, RunError, RunState, Skip, Trigger};
 use crate::cluster::recorded::Recorded;
-use crate::cluster::{Cluster, RepairOptions, RepairReport};
+use crate::cluster::{Cluster, ClusterError, RepairOptions, RepairReport};
 use crate::coord::{Acquire, Evacuation, GuardFence, LockGuard, RunRecord};
 use crate::decide::{Decision, SkipReason, Thresholds, decide};
 use crate::execute::{Job, Limits, RunReport, StopReason, execute};
+use crate::metrics::LockResult;
 use crate::model::ClusterSnapshot;
 use crate::plan::Plan;
 use crate::report::Answer;
@@ -41,11 +42,13 @@ impl Context {
                 self.record(&trigger, &guard, &f).await;
                 self.coordinator.release(guard).await;
                 self.metrics.lock_held.set(0);
-                self.set_state("idle", None);
+                self.metrics.lock_age_seconds.set(0.0);
+                self.set_state(RunState::Idle, None);
                 f
             }
         };
-        self.conclude(&finished);
+        let mut finished = finished;
+        self.conclude(&mut finished);
         finished
     }
 
@@ -67,21 +70,23 @@ impl Context {
     async fn lock(&self, trigger: &Trigger) -> Gate<LockGuard> {
         let m = &self.metrics;
         m.lock_held.set(0);
-        let result = |r: &str| m.lock_acquisitions_total.with_label_values(&[r]).inc();
+        let result = |r: LockResult| m.lock_acquisitions_total.with_label_values(&[r.as_str()]).inc();
         match self.coordinator.try_lock(trigger.operation()).await {
             Ok(Acquire::Acquired(g)) => {
-                result("acquired");
+                result(LockResult::Acquired);
                 m.lock_held.set(1);
+                m.lock_age_seconds.set(0.0);
                 Continue(g)
             }
             Ok(Acquire::HeldElsewhere(h)) => {
-                result("held_elsewhere");
+                result(LockResult::HeldElsewhere);
+                m.lock_age_seconds.set((Utc::now() - h.started_at).num_milliseconds().max(0) as f64 / 1000.0);
                 let since = h.started_at.to_rfc3339();
                 let msg = format!("the lock is held by {} ({} since {since})", h.member, h.operation);
                 Break(Skip::new(SkipReason::LockHeldElsewhere, msg))
             }
             Err(e) => {
-                result("error");
+                result(LockResult::Error);
                 Break(Skip::new(SkipReason::LockUnavailable, e.to_string()))
             }
         }
@@ -103,11 +108,12 @@ impl Context {
     /// Under the lock: repair -> snapshot -> plan -> decide -> execute.
     async fn pipeline(&self, trigger: &Trigger, guard: &LockGuard, cancel: &CancellationToken) -> Step<Finished> {
         self.slot_not_yet_run(trigger, guard).await.map_break(|s| self.skipped(s))?;
-        self.set_state("planning", Some(trigger.operation()));
+        self.set_state(RunState::Planning, Some(trigger.operation()));
         self.repair(guard).await?;
         let (mut snap, evacuations) = match self.snapshot_and_evacuations().await {
             Ok(x) => x,
-            Err(e) => return Break(self.skipped(Skip::new(SkipReason::SnapshotFailed, e.to_string()))),
+            Err(RunError::Snapshot(e)) => return Break(self.failed(Failure::Snapshot(e))),
+            Err(e) => return Break(self.failed(Failure::Repair(e.to_string()))),
         };
         let mover = self.choose_mover().await?;
         if matches!(trigger, Trigger::Manual { allow_big_keys: true, .. }) && !snap.observed.pinned.is_empty() {
@@ -128,7 +134,8 @@ impl Context {
         let started = std::time::Instant::now();
         let r = match self.settle(guard, false).await {
             Ok(r) => r,
-            Err(skip) => return Break(self.skipped(skip)),
+            Err(Unsettled::Skip(skip)) => return Break(self.skipped(skip)),
+            Err(Unsettled::Unreadable(e)) => return Break(self.failed(Failure::Snapshot(e))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
         tracing::debug!(settled = r.settled.len(), ms = started.elapsed().as_millis() as u64, "repair done");
@@ -142,7 +149,8 @@ impl Context {
             return Break(self.skipped(Skip::new(SkipReason::MigrationInProgress, msg)));
         }
         if let Some((bucket, e)) = r.failed.first() {
-            return Break(self.failed_repair(format!("bucket {bucket}: {e}{}", and_more(r.failed.len()))));
+            let message = format!("repair failed: bucket {bucket}: {e}{}", and_more(r.failed.len()));
+            return Break(self.failed(Failure::Repair(message)));
         }
         if let Some(c) = r.conflicts.first() {
             return Break(
@@ -154,20 +162,15 @@ impl Context {
 
     /// Repair of what this fleet recorded, past the lock's fence; the intents it settled
     /// are cleared. `hand_back`: a live run settling its own failed moves.
-    async fn settle(&self, guard: &LockGuard, hand_back: bool) -> Result<RepairReport, Skip> {
-        let intents = self
-            .coordinator
-            .moves()
-            .await
-            .map_err(|e| Skip::new(SkipReason::LockUnavailable, format!("cannot read moves/: {e}")))?;
+    async fn settle(&self, guard: &LockGuard, hand_back: bool) -> Result<RepairReport, Unsettled> {
+        let intents =
+            self.coordinator.moves().await.map_err(|e| {
+                Unsettled::Skip(Skip::new(SkipReason::LockUnavailable, format!("cannot read moves/: {e}")))
+            })?;
         let fence = GuardFence { coordinator: &self.coordinator, guard };
         let opts = RepairOptions { intents, hand_back, ..Default::default() };
         // The cluster cannot be read at all (down, refused, bad credentials).
-        let r = self
-            .cluster
-            .repair(&opts, &fence)
-            .await
-            .map_err(|e| Skip::new(SkipReason::SnapshotFailed, format!("repair: {e}")))?;
+        let r = self.cluster.repair(&opts, &fence).await.map_err(Unsettled::Unreadable)?;
         if !r.intents_done.is_empty()
             && let Err(e) = self.coordinator.clear_moves(&r.intents_done).await
         {
@@ -183,22 +186,23 @@ impl Context {
                 self.status.lock().unwrap().mover = line.clone();
                 Continue(line)
             }
-            Err(e) => {
-                let message = e.to_string();
-                error!(cause = %message, "no mover for this run; nothing moves");
-                let d = Decision::skip(SkipReason::PlanFailed, message.clone());
-                let mut answer = Answer::skipped(d, &self.thresholds(false));
-                answer.stopped = Some(message.clone());
-                Break(Finished { outcome: Outcome::Failed(Failure::Mover(message)), answer, moved: false })
-            }
+            Err(e) => Break(self.failed(Failure::Mover(e.to_string()))),
         }
     }
 
-    fn failed_repair(&self, message: String) -> Finished {
-        error!(cause = %message, "repair failed; nothing moves this run");
-        let d = Decision::skip(SkipReason::MigrationInProgress, format!("repair failed: {message}"));
-        let answer = Answer::skipped(d, &self.thresholds(false));
-        Finished { outcome: Outcome::Failed(Failure::Repair(message)), answer, moved: false }
+    /// A run that failed before it moved anything: the answer says why, in `stopped` and
+    /// the decision's sentence.
+    fn failed(&self, failure: Failure) -> Finished {
+        let message = match &failure {
+            Failure::Snapshot(e) => e.to_string(),
+            Failure::Plan(e) => format!("planning failed: {e}"),
+            Failure::Repair(m) | Failure::Mover(m) => m.clone(),
+            Failure::Moves { failed } => format!("{failed} move(s) failed"),
+        };
+        error!(reason = failure.reason().as_str(), cause = %message, "the run failed; nothing moves");
+        let mut answer = Answer::skipped(Decision::failed(message.clone()), &self.thresholds(false));
+        answer.stopped = Some(message);
+        Finished { outcome: Outcome::Failed(failure), answer, moved: false }
     }
 
     /// Plans; an evacuation naming targets moves only onto them.
@@ -206,16 +210,7 @@ impl Context {
         let receivers = (*trigger == Trigger::Evacuation)
             .then(|| evacuations.iter().flat_map(|e| e.migrate_to.clone()).collect::<Vec<_>>())
             .filter(|to| !to.is_empty());
-        match self.plan_with(snap, receivers) {
-            Ok(p) => Continue(p),
-            Err(e) => {
-                error!(cause = %e, "planning failed");
-                let d = Decision::skip(SkipReason::PlanFailed, format!("planning failed: {e}"));
-                let mut answer = Answer::skipped(d, &self.thresholds(false));
-                answer.stopped = Some(e.to_string());
-                Break(Finished { outcome: Outcome::Failed(Failure::Plan(e)), answer, moved: false })
-            }
-        }
+        self.plan_with(snap, receivers).map_or_else(|e| Break(self.failed(Failure::Plan(e))), Continue)
     }
 
     /// Decides; a skip ends the run with the plan's figures in the answer.
@@ -243,7 +238,7 @@ impl Context {
         }
     }
 
-    /// Moves, stopping when the lock's keep-alive is lost as when cancelled.
+    /// Moves, stopping when the lock's keep-alive is lost (`lock_lost`) as when cancelled.
     async fn execute_run(
         &self,
         trigger: &Trigger,
@@ -253,7 +248,7 @@ impl Context {
         mut answer: Answer,
     ) -> Finished {
         let evacuating = *trigger == Trigger::Evacuation;
-        self.set_state(if evacuating { "evacuating" } else { "moving" }, Some(trigger.operation()));
+        self.set_state(if evacuating { RunState::Evacuating } else { RunState::Moving }, Some(trigger.operation()));
         let mut limits = Limits::from_config(&self.config.execution);
         limits.critical_memory_percent = self.config.balance.critical_memory_percent;
         if evacuating && let Some(rate) = evacuations.iter().map(|e| e.rate).filter(|&r| r > 0).min() {
@@ -271,22 +266,9 @@ impl Context {
             fence: &fence,
             progress: &self.progress,
             metrics: &self.metrics,
+            lost: Some(&guard.lost),
         };
-        let run_cancel = cancel.child_token();
-        let stop_on_lost = async {
-            guard.lost.cancelled().await;
-            run_cancel.cancel();
-            std::future::pending::<()>().await
-        };
-        let mut report = tokio::select! {
-            r = execute(job, &run_cancel) => r,
-            () = stop_on_lost => unreachable!("pending never completes"),
-        };
-        // A lost lease cancels the run through the same token as a stop request: say
-        // which it was.
-        if guard.lost.is_cancelled() && report.stopped == Some(StopReason::Cancelled) {
-            report.stopped = Some(StopReason::LockLost);
-        }
+        let report = execute(job, cancel).await;
         answer.settled = self.settle_failed(guard, &report).await;
         let outcome = Outcome::of_report(&report);
         info!(
@@ -321,9 +303,13 @@ impl Context {
                 let failed = r.failed.iter().map(|(b, e)| format!("slot {b} is still open: {e}"));
                 failed.inspect(|l| warn!("{l}")).chain(r.settled).collect()
             }
-            Err(skip) => {
-                warn!(cause = %skip.message, "could not settle the failed moves; the next run repairs them");
-                vec![format!("not settled: {}", skip.message)]
+            Err(e) => {
+                let cause = match e {
+                    Unsettled::Skip(skip) => skip.message,
+                    Unsettled::Unreadable(e) => e.to_string(),
+                };
+                warn!(cause = %cause, "could not settle the failed moves; the next run repairs them");
+                vec![format!("not settled: {cause}")]
             }
         }
     }
@@ -376,25 +362,27 @@ impl Context {
         Finished { outcome: Outcome::Skipped(skip.reason), answer, moved: false }
     }
 
-    /// A run's metrics and status, for every outcome.
-    fn conclude(&self, f: &Finished) {
+    /// How the run ended, said once for every outcome: the answer's `outcome` and
+    /// `reason`, the metrics, `/status`, and the log line. (The run record, written under
+    /// the lock before this, takes the same labels from the outcome.)
+    fn conclude(&self, f: &mut Finished) {
         let m = &self.metrics;
+        f.answer.outcome = Some(f.outcome.label().to_string());
+        f.answer.reason = f.outcome.reason().map(str::to_string);
+        m.runs_total.with_label_values(&[f.outcome.label()]).inc();
         match &f.outcome {
-            Outcome::Skipped(reason) => m.record_skip(*reason),
-            o => m.runs_total.with_label_values(&[o.label()]).inc(),
+            Outcome::Skipped(reason) => m.skips_total.with_label_values(&[reason.as_str()]).inc(),
+            Outcome::Failed(failure) => m.failures_total.with_label_values(&[failure.reason().as_str()]).inc(),
+            _ => {}
         }
         m.last_run_timestamp_seconds.set(Utc::now().timestamp() as f64);
+        info!(outcome = f.outcome.label(), reason = f.outcome.reason().unwrap_or("-"), "run ended");
         let mut s = self.status.lock().unwrap();
         s.last_decision = Some(f.answer.decision.clone());
         s.last_run_at = Some(Utc::now());
         s.last_outcome = Some(f.outcome.label());
         s.last_moved_bytes = f.answer.moved_bytes.unwrap_or(0);
-        s.last_error = match &f.outcome {
-            Outcome::Failed(Failure::Plan(e)) => Some(e.to_string()),
-            Outcome::Failed(Failure::Repair(e) | Failure::Mover(e)) => Some(e.clone()),
-            Outcome::Failed(Failure::Moves { .. }) => f.answer.failures.first().cloned(),
-            _ => None,
-        };
+        s.last_error = f.outcome.error(&f.answer);
     }
 
     fn thresholds(&self, force: bool) -> Thresholds {
@@ -411,4 +399,11 @@ fn fill_answer(answer: &mut Answer, report: RunReport) {
     answer.moved_by_legacy_fallback = (report.moves_by_fallback > 0).then_some(report.moves_by_fallback);
     answer.failures = report.failures;
     answer.report = Some(report.members);
+}
+
+/// Why repair could not run: a skip (etcd could not be read), or the cluster could not be
+/// read at all (a failure).
+enum Unsettled {
+    Skip(Skip),
+    Unreadable(ClusterError),
 }

@@ -3,10 +3,8 @@
 //! Owns: what each API call reads or starts here (status documents, detached runs).
 //! Does not own: HTTP (`api`), the runs themselves (`run`).
 
-use serde_json::json;
-
 use super::Sidecar;
-use crate::api::bodies::{LockStatus, ScheduleStatus, Status};
+use crate::api::bodies::{ClusterStatus, LockStatus, ScheduleStatus, Status};
 use crate::api::{Availability, Control};
 use crate::cluster::{HANDOFF_WITHIN, Handoff, HandoffError};
 use crate::coord::Evacuation;
@@ -76,16 +74,16 @@ impl Control for Sidecar {
         }
     }
 
-    async fn cluster_status(&self) -> Result<serde_json::Value, RunError> {
+    async fn cluster_status(&self) -> Result<ClusterStatus, RunError> {
         let c = &self.ctx.coordinator;
-        Ok(json!({
-            "cluster": self.ctx.config.cluster.id,
-            "lock_holder": c.holder().await?,
-            "paused": c.paused().await?,
-            "evacuations": c.evacuations().await?,
-            "last_run": c.last_run().await?,
-            "sidecars": c.sidecars().await?,
-        }))
+        Ok(ClusterStatus {
+            cluster: self.ctx.config.cluster.id.clone(),
+            lock_holder: c.holder().await?,
+            paused: c.paused().await?,
+            evacuations: c.evacuations().await?,
+            last_run: c.last_run().await?,
+            sidecars: c.sidecars().await?,
+        })
     }
 
     async fn plan(&self, force: bool) -> Result<Answer, RunError> {

@@ -283,11 +283,18 @@ async fn join_by(name: &str, mut task: JoinHandle<()>, deadline: Instant) {
 
 /// SIGTERM or SIGINT cancel `shutdown`.
 async fn signals(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-        _ = term.recv() => info!("SIGTERM: shutting down"),
+        which = signalled() => info!("{which}: shutting down"),
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
+}
+
+/// Resolves at the first SIGINT or SIGTERM, naming it.
+pub async fn signalled() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }

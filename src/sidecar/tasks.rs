@@ -16,7 +16,7 @@ use super::Sidecar;
 use super::supervise::failpoint::{self, Fault};
 use crate::api::bodies::{Progress, Registration};
 use crate::decide::SkipReason;
-use crate::run::Trigger;
+use crate::run::{RunState, Trigger};
 
 /// How soon the sizer looks again while an operation runs; also the least time between
 /// two refreshes timed to a scheduled run.
@@ -207,10 +207,10 @@ impl Sidecar {
         let p = &self.ctx.progress;
         let running = self.current_operation();
         let state = match running {
-            Some(_) => status.state.clone(),
-            None if evacuation.active && evacuation.buckets_left == Some(0) => "evacuated".into(),
-            None if evacuation.active => "evacuating".into(),
-            None => "idle".into(),
+            Some(_) => status.state,
+            None if evacuation.active && evacuation.buckets_left == Some(0) => RunState::Evacuated,
+            None if evacuation.active => RunState::Evacuating,
+            None => RunState::Idle,
         };
         Registration {
             member: self.member().to_string(),

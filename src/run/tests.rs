@@ -1,0 +1,98 @@
+//! The gates and the one place a run's end is said, in process: the file backend as the
+//! cluster, the standalone coordinator as the lock.
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, Outcome, Trigger};
+use crate::config::Config;
+use crate::coord::Acquire;
+use crate::decide::SkipReason;
+use crate::model::fixtures::{make_members, make_snapshot};
+
+/// A context over a snapshot file in `dir` holding `layout` (None: no file at all).
+fn context(dir: &std::path::Path, layout: Option<&[(u64, Vec<u32>)]>) -> Context {
+    let path = dir.join("snap.json");
+    if let Some(l) = layout {
+        std::fs::write(&path, make_snapshot(make_members(2), l).to_json()).unwrap();
+    }
+    let text = format!(
+        "[cluster]\nid = \"t\"\nbackend = \"file\"\nsnapshot-file = \"{}\"\nmember-id = \"m1\"\n[balance]\nminimum-size = 0\nsize-threshold-percent = 10\n",
+        path.display()
+    );
+    Context::new(Config::from_toml_with_env(&text, std::iter::empty()).unwrap()).unwrap()
+}
+
+fn counted(ctx: &Context, metric: &str) -> f64 {
+    let text = ctx.metrics.render();
+    text.lines().find(|l| l.starts_with(metric)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(-1.0)
+}
+
+const MANUAL: Trigger = Trigger::Manual { force: false, allow_big_keys: false };
+
+#[tokio::test]
+async fn each_end_is_said_once_by_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let skewed: &[(u64, Vec<u32>)] = &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])];
+    let ctx = context(dir.path(), Some(skewed));
+    let never = CancellationToken::new();
+
+    // The lock held elsewhere: the first gate that says no ends the run, as a skip.
+    let Acquire::Acquired(held) = ctx.coordinator.try_lock("other").await.unwrap() else { panic!("not acquired") };
+    let f = ctx.run_once(MANUAL, &never).await;
+    assert_eq!(f.outcome.skip_reason(), Some(SkipReason::LockHeldElsewhere));
+    assert_eq!(
+        (f.answer.outcome.as_deref(), f.answer.reason.as_deref()),
+        (Some("skipped"), Some("lock_held_elsewhere"))
+    );
+    assert_eq!(f.outcome.exit_code(), 0);
+    assert_eq!(counted(&ctx, "autobalancer_skips_total{reason=\"lock_held_elsewhere\"}"), 1.0);
+    ctx.coordinator.release(held).await;
+
+    // A stop asked before the first move: stopped, exit 4, nothing moved.
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let f = ctx.run_once(MANUAL, &stop).await;
+    assert!(matches!(f.outcome, Outcome::Stopped(crate::execute::StopReason::Cancelled)), "{:?}", f.outcome);
+    assert_eq!((f.answer.reason.as_deref(), f.outcome.exit_code()), (Some("cancelled"), 4));
+    assert_eq!(counted(&ctx, "autobalancer_runs_total{outcome=\"stopped\"}"), 1.0);
+    assert_eq!(counted(&ctx, "autobalancer_moves_total{outcome=\"not_started\"}"), 1.0);
+
+    // Off balance: rebalanced, then the next run finds nothing worth moving.
+    let f = ctx.run_once(MANUAL, &never).await;
+    assert_eq!((f.answer.outcome.as_deref(), f.outcome.exit_code()), (Some("rebalanced"), 0), "{:?}", f.answer);
+    assert_eq!(counted(&ctx, "autobalancer_moves_total{outcome=\"done\"}"), 1.0);
+    let f = ctx.run_once(MANUAL, &never).await;
+    assert!(matches!(f.outcome.skip_reason(), Some(SkipReason::BelowThreshold | SkipReason::NothingToMove)));
+    let status = ctx.status.lock().unwrap().clone();
+    assert_eq!((status.last_outcome, status.last_error), (Some("skipped"), None));
+    assert_eq!(counted(&ctx, "autobalancer_runs_total{outcome=\"rebalanced\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn a_cluster_that_cannot_be_read_fails_the_run_and_is_no_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), None);
+    let f = ctx.run_once(MANUAL, &CancellationToken::new()).await;
+    assert!(matches!(f.outcome, Outcome::Failed(crate::run::Failure::Snapshot(_))), "{:?}", f.outcome);
+    assert_eq!((f.answer.outcome.as_deref(), f.answer.reason.as_deref()), (Some("failed"), Some("snapshot_failed")));
+    assert_eq!(f.outcome.exit_code(), 1);
+    assert_eq!(f.answer.decision.reason, None, "a failure carries no skip reason");
+    assert_eq!(counted(&ctx, "autobalancer_failures_total{reason=\"snapshot_failed\"}"), 1.0);
+    assert_eq!(counted(&ctx, "autobalancer_runs_total{outcome=\"failed\"}"), 1.0);
+    assert_eq!(counted(&ctx, "autobalancer_runs_total{outcome=\"skipped\"}"), 0.0);
+    let status = ctx.status.lock().unwrap().clone();
+    assert!(status.last_error.as_deref().is_some_and(|e| e.contains("snap.json")), "{:?}", status.last_error);
+}
+
+#[test]
+fn exit_codes() {
+    use crate::execute::StopReason as S;
+    let code = |o: Outcome| o.exit_code();
+    assert_eq!(code(Outcome::Rebalanced), 0);
+    assert_eq!(code(Outcome::Skipped(SkipReason::Paused)), 0);
+    assert_eq!(code(Outcome::Stopped(S::NoRoom)), 0);
+    assert_eq!(code(Outcome::Failed(crate::run::Failure::Mover("m".into()))), 1);
+    assert_eq!(code(Outcome::Stopped(S::LockLost)), 3);
+    assert_eq!(code(Outcome::Stopped(S::Deadline)), 4);
+    assert_eq!(code(Outcome::Stopped(S::Cancelled)), 4);
+}
