@@ -360,9 +360,22 @@ async fn a_lease_revoked_at_the_commit_stops_it(engine: Engine) {
     let config = autobalancer::config::Config::load(&cfg).unwrap();
     let rc = RedisCluster::from_config(&config).unwrap();
     let snap = rc.snapshot().await.unwrap();
-    let b = snap.buckets.iter().find(|b| b.bytes > 0 && b.copies == [0]).unwrap();
-    let slot = b.id;
-    let mv = Move { kind: MoveKind::Copy, bucket: slot, bucket_index: 0, from: 0, to: 1, bytes: b.bytes };
+    // A group of five slots, moved as one: the fence is asked once, before their commit.
+    let group: Vec<Move> = snap
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.bytes > 0 && b.copies == [0])
+        .take(5)
+        .map(|(i, b)| Move {
+            kind: MoveKind::Copy,
+            bucket: b.id,
+            bucket_index: i as u32,
+            from: 0,
+            to: 1,
+            bytes: b.bytes,
+        })
+        .collect();
     let first = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, "first").unwrap();
     let Acquire::Acquired(guard) = first.try_lock("manual").await.unwrap() else { panic!("not acquired") };
     let fence = RevokedAtCommit {
@@ -370,10 +383,12 @@ async fn a_lease_revoked_at_the_commit_stops_it(engine: Engine) {
         endpoint: etcd.endpoint(),
         revoked: Default::default(),
     };
-    let results = rc.move_group(&snap, std::slice::from_ref(&mv), &Unpaced, &fence).await;
-    match &results[..] {
-        [Err(ClusterError::Fenced { bucket, .. })] => assert_eq!(*bucket, slot),
-        other => panic!("the commit went past a revoked lease: {other:?}"),
+    let results = rc.move_group(&snap, &group, &Unpaced, &fence).await;
+    for (mv, r) in group.iter().zip(&results) {
+        match r {
+            Err(ClusterError::Fenced { bucket, .. }) => assert_eq!(*bucket, mv.bucket),
+            other => panic!("slot {}: the commit went past a revoked lease: {other:?}", mv.bucket),
+        }
     }
     assert!(fence.revoked.load(std::sync::atomic::Ordering::SeqCst), "the commit asked the fence");
     if engine == Engine::Valkey {
@@ -383,16 +398,19 @@ async fn a_lease_revoked_at_the_commit_stops_it(engine: Engine) {
     // The next holder takes the lock the revoked lease freed and finishes the move.
     let next = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, "next").unwrap();
     let Acquire::Acquired(g) = next.try_lock("manual").await.unwrap() else { panic!("the revoked lock is still held") };
-    let intent = MoveIntent {
-        bucket: slot,
-        from: snap.members[0].id.clone(),
-        to: snap.members[1].id.clone(),
-        holder: "first".into(),
-        started_at: chrono::Utc::now(),
-    };
-    let opts = RepairOptions { intents: vec![intent], ..Default::default() };
+    let intents: Vec<MoveIntent> = group
+        .iter()
+        .map(|mv| MoveIntent {
+            bucket: mv.bucket,
+            from: snap.members[0].id.clone(),
+            to: snap.members[1].id.clone(),
+            holder: "first".into(),
+            started_at: chrono::Utc::now(),
+        })
+        .collect();
+    let opts = RepairOptions { intents, ..Default::default() };
     let r = rc.repair(&opts, &GuardFence { coordinator: &next, guard: &g }).await.unwrap();
-    assert!(r.settled.iter().any(|l| l.contains("finished the move")), "{r:?}");
+    assert_eq!(r.settled.iter().filter(|l| l.contains("finished the move")).count(), group.len(), "{r:?}");
     settled_and_whole(&c, &before, "").await;
 }
 

@@ -185,6 +185,8 @@ impl Default for BalanceConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ExecutionConfig {
+    /// Moves (or groups of moves between two members) at once; 0 = as many as
+    /// `max-moves-per-member` lets the members run, which grows with the cluster.
     pub max_concurrent_moves: u32,
     pub max_moves_per_member: u32,
     /// 0 = unlimited.
@@ -206,7 +208,7 @@ pub struct ExecutionConfig {
 impl Default for ExecutionConfig {
     fn default() -> Self {
         ExecutionConfig {
-            max_concurrent_moves: 4,
+            max_concurrent_moves: 0,
             max_moves_per_member: 1,
             max_bytes_per_second: Size(64 * 1024 * 1024),
             max_bytes_per_run: Size(0),

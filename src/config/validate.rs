@@ -109,7 +109,7 @@ fn balance(b: &BalanceConfig, errs: &mut Vec<String>) {
 }
 
 fn execution(x: &ExecutionConfig, errs: &mut Vec<String>) {
-    in_range(errs, "execution.max-concurrent-moves", x.max_concurrent_moves, 1..=1024);
+    in_range(errs, "execution.max-concurrent-moves", x.max_concurrent_moves, 0..=1024);
     in_range(errs, "execution.max-moves-per-member", x.max_moves_per_member, 1..=1024);
     if x.max_run_time.0.is_zero() {
         errs.push("execution.max-run-time must be greater than 0 (a duration such as \"2h\")".into());

@@ -75,8 +75,8 @@ impl RedisCluster {
         self.legacy_fallbacks.load(Ordering::Relaxed)
     }
 
-    /// `move_group` for this backend: one atomic job per (source, target) where the mover
-    /// is atomic, `move_bucket` for each move otherwise.
+    /// `move_group` for this backend: per (source, target), one atomic job where the mover
+    /// is atomic, one legacy group ([`super::grouped`]) otherwise.
     pub(super) async fn group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
@@ -84,8 +84,7 @@ impl RedisCluster {
         pace: &P,
         fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
-        use crate::cluster::Cluster;
-        match self.mover().await {
+        let mover = match self.mover().await {
             Err(ClusterError::Config(e)) => {
                 return moves.iter().map(|_| Err(ClusterError::Config(e.clone()))).collect();
             }
@@ -94,15 +93,8 @@ impl RedisCluster {
                 let fail = |mv: &Move| ClusterError::Move { bucket: mv.bucket, message: message.clone(), open: false };
                 return moves.iter().map(|mv| Err(fail(mv))).collect();
             }
-            Ok(Mover::Legacy) => {
-                let mut out = Vec::with_capacity(moves.len());
-                for mv in moves {
-                    out.push(self.move_bucket(s, mv, pace, fence).await);
-                }
-                return out;
-            }
-            Ok(Mover::Atomic) => {}
-        }
+            Ok(mover) => mover,
+        };
         let mut out: Vec<Option<Result<MoveStats, ClusterError>>> = moves.iter().map(|_| None).collect();
         let mut pairs: Vec<((u32, u32), Vec<usize>)> = Vec::new();
         for (i, mv) in moves.iter().enumerate() {
@@ -113,7 +105,11 @@ impl RedisCluster {
         }
         for (_, idx) in pairs {
             let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
-            for (i, r) in idx.into_iter().zip(self.atomic_group(s, &group, pace, fence).await) {
+            let results = match mover {
+                Mover::Atomic => self.atomic_group(s, &group, pace, fence).await,
+                Mover::Legacy => self.legacy_group(s, &group, pace, fence).await,
+            };
+            for (i, r) in idx.into_iter().zip(results) {
                 out[i] = Some(r);
             }
         }

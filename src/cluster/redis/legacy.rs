@@ -204,7 +204,7 @@ impl RedisCluster {
     /// `estimate` is the slot's size from the snapshot (0 = unknown): a slot well under
     /// `migrate-batch-bytes` skips sizing its keys. The last MIGRATE of each listing is
     /// pipelined with the next listing, so an emptied slot costs no extra round trip.
-    async fn drain_slot<P: Pace>(
+    pub(super) async fn drain_slot<P: Pace>(
         &self,
         m: SlotMove<'_>,
         dst_replicas: usize,

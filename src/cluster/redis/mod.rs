@@ -2,18 +2,23 @@
 //! buckets.
 //!
 //! Layout: [`conn`] connections, AUTH and TLS; [`topology`] CLUSTER NODES, ownership,
-//! health; [`sizing`] slot sizes in bytes ([`slot_stats`]: Valkey's key counts in one call);
-//! [`capabilities`] what the engines support and which mover runs; [`legacy`] the
-//! SETSLOT and MIGRATE mover; [`atomic`] Valkey 9's MIGRATESLOTS mover, [`migrations`]
-//! reading its jobs; [`repair`] closing slots a crash left open; [`handoff`] a master's
-//! role to its in-sync replica before a restart. This file wires them into
-//! the backend-neutral [`Cluster`] trait and builds the snapshot. Does not own: which
-//! slots move.
+//! health; [`observe`] what a snapshot sees beside the layout (memory, health, stray
+//! and big keys); [`sizing`] slot sizes in bytes ([`slot_stats`]: Valkey's key counts in
+//! one call); [`capabilities`] what the engines support and which mover runs; [`legacy`]
+//! the SETSLOT and MIGRATE mover of one slot, [`grouped`] of a group of slots between
+//! two masters, committed together; [`atomic`] Valkey 9's MIGRATESLOTS mover,
+//! [`migrations`] reading its jobs, [`inflight`] settling the jobs a crash left running;
+//! [`repair`] closing slots a crash or a failed move left open, [`stray`] returning keys
+//! to their slot's owner, [`follow`] replicas that still show a settled slot open;
+//! [`handoff`] a master's role to its in-sync replica before a restart. This file wires
+//! them into the backend-neutral [`Cluster`] trait and builds the snapshot. Does not own:
+//! which slots move.
 
 mod atomic;
 mod capabilities;
 mod conn;
 mod follow;
+mod grouped;
 mod handoff;
 mod inflight;
 mod legacy;
@@ -234,13 +239,15 @@ impl Cluster for RedisCluster {
         Ok(stats)
     }
 
+    /// Either mover moves groups, once chosen: the atomic one as one job, the legacy one
+    /// committing the group's slots together ([`grouped`]).
     fn groups_moves(&self) -> bool {
-        self.chosen_mover() == Some(Mover::Atomic)
+        self.chosen_mover().is_some()
     }
 
-    /// With the atomic mover, one MIGRATESLOTS job per (source, target); otherwise
-    /// `move_bucket` for each. (`move_bucket` alone always uses the legacy mover: a job
-    /// costs the servers about 0.2 s whatever its size, worth it for many slots at once.)
+    /// Per (source, target): with the atomic mover one MIGRATESLOTS job; otherwise one
+    /// legacy group, opened, drained and committed together. (`move_bucket` alone always
+    /// uses the legacy mover on one slot.)
     async fn move_group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,

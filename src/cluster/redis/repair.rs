@@ -74,6 +74,11 @@ impl RedisCluster {
         let intents: HashMap<u64, &MoveIntent> = opts.intents.iter().map(|i| (i.bucket, i)).collect();
         let open = open_slots(&topo);
         let wanted = |s: u16| opts.only.is_none_or(|o| o == s as u64) && !busy.contains(&s);
+        if !opts.dry_run {
+            let ours =
+                open.iter().filter(|(s, _)| wanted(**s) && (intents.contains_key(&(**s as u64)) || opts.take_foreign));
+            self.reanchor_importers(&topo, ours).await;
+        }
         for (&slot, flags) in open.iter().filter(|(s, _)| wanted(**s)) {
             if !intents.contains_key(&(slot as u64)) && !opts.take_foreign {
                 report.foreign.push(self.foreign(&topo, slot, flags).await);
@@ -96,21 +101,9 @@ impl RedisCluster {
         // Settling open slots changed owners: strays go to the owner as it is now.
         let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.topology().await? };
         if !opts.dry_run {
-            // Slots of ours: a replica may still show them open (see [`super::follow`]).
-            let mut ours: Vec<u16> = opts
-                .intents
-                .iter()
-                .map(|i| i.bucket as u16)
-                .chain(report.intents_done.iter().map(|&b| b as u16))
-                .collect();
-            ours.retain(|s| wanted(*s) && !skip.contains(s));
-            ours.sort_unstable();
-            ours.dedup();
-            for (slot, why) in self.replicas_follow(&topo, &ours).await {
-                warn!(slot, cause = %why, "a replica did not follow the settled slot");
-                report.intents_done.retain(|&b| b != slot as u64);
-                report.failed.push((slot as u64, why));
-            }
+            let ours =
+                opts.intents.iter().map(|i| i.bucket as u16).chain(report.intents_done.iter().map(|&b| b as u16));
+            self.follow_ours(&topo, ours.filter(|s| wanted(*s) && !skip.contains(s)).collect(), &mut report).await;
         }
         let readings = self.return_strays(&topo, opts, &skip, &mut report).await;
         report.down = self.unserved(&topo, &open, &report.foreign, &readings).await;
@@ -354,6 +347,59 @@ impl RedisCluster {
             .migrating
             .iter()
             .find_map(|(_, id)| topo.master_by_id(id).filter(|m| live(&m.addr)).map(|m| m.addr.clone())))
+    }
+
+    /// Slots of ours (recorded, or settled now) that a replica may still show open (see
+    /// [`super::follow`]): one that stays so is a failed repair, its intent kept.
+    async fn follow_ours(&self, topo: &Topology, mut ours: Vec<u16>, report: &mut RepairReport) {
+        ours.sort_unstable();
+        ours.dedup();
+        for (slot, why) in self.replicas_follow(topo, &ours).await {
+            warn!(slot, cause = %why, "a replica did not follow the settled slot");
+            report.intents_done.retain(|&b| b != slot as u64);
+            report.failed.push((slot as u64, why));
+        }
+    }
+
+    /// [`Self::reanchor_target`] for every importing node of `open` at once, before any slot
+    /// is settled: a group of slots opened together leaves the target importing all of
+    /// them, and while its view leaves one unserved it answers CLUSTERDOWN for every slot
+    /// (MIGRATE to it fails). One view and one pipeline per importing node; Redis only.
+    async fn reanchor_importers<'a>(&self, topo: &Topology, open: impl Iterator<Item = (&'a u16, &'a OpenSlot)>) {
+        let mut by_node: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+        for (&slot, flags) in open {
+            for (a, _) in &flags.importing {
+                by_node.entry(a.as_str()).or_default().push(slot);
+            }
+        }
+        for (node, slots) in by_node {
+            let mut p = redis::pipe();
+            p.cmd("INFO").arg("server").cmd("CLUSTER").arg("INFO");
+            let Ok((info, cluster)) = self.conns.pipeline_as::<(String, String)>(node, &p).await else { continue };
+            if super::topology::NodeInfo::parse(&info, &cluster).engine != "redis" {
+                continue;
+            }
+            let Ok(view) = self.cluster_nodes(node).await else { continue };
+            let seen =
+                |slot: u16| view.iter().find(|n| n.is_master() && !n.is_failed() && n.owns(slot)).map(|n| n.id.clone());
+            let mut by_owner: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+            for slot in slots {
+                let Some(owner) = topo.owner[slot as usize].map(|i| &topo.masters[i]).filter(|m| !m.is_failed()) else {
+                    continue;
+                };
+                if owner.addr != node && seen(slot).as_deref() != Some(owner.id.as_str()) {
+                    by_owner.entry(owner.id.clone()).or_default().push(slot);
+                }
+            }
+            for (owner, slots) in by_owner {
+                info!(node = %node, slots = slots.len(), "the importing node does not see these slots' owner; pointing it at {owner}");
+                for (slot, r) in slots.iter().zip(self.setslots(node, &slots, &["NODE", &owner]).await) {
+                    if let Err(e) = r {
+                        warn!(slot, node = %node, cause = %e, "SETSLOT NODE on the importing node failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Redis 7 takes no gossip about a slot a node imports, so after a failover of the

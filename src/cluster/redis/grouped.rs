@@ -1,0 +1,246 @@
+//! The legacy mover for a group of slots between one source and one target.
+//!
+//! A slot moved on its own costs a SETSLOT NODE on every master, and each makes that node
+//! save and fsync its cluster config: the cost of a slot grows with the cluster. A group
+//! is opened, drained and committed as one:
+//! - IMPORTING on the target, then MIGRATING on the source, for every slot of the group,
+//!   each side in one pipeline;
+//! - the keys, slot by slot (in batches, paced, waiting for the target's replicas after
+//!   each, as [`super::legacy`] moves one slot);
+//! - past the fence, SETSLOT NODE for the whole group in one pipeline to the target, then
+//!   the source, then every other master in parallel. A node saves its config once per
+//!   pass of its event loop, so a pipeline of N assignments costs about one save.
+//!
+//! A slot that fails stops the group: the slots drained before it are committed, the slot
+//! itself is left open (the run settles it as it settles any failed move), and the slots
+//! after it, which no key has left, are made stable again (or left open for the run to
+//! settle, if clients wrote keys of them to the target meanwhile).
+//!
+//! Owns: the group's order of steps. Does not own: one slot's steps ([`super::legacy`]).
+
+use tracing::{debug, warn};
+
+use super::legacy::SlotMove;
+use super::sizing::Mode as SizingMode;
+use super::topology::Topology;
+use super::{RedisCluster, SLOTS};
+use crate::cluster::{ClusterError, Fence, MoveStats, Pace};
+use crate::model::ClusterSnapshot;
+use crate::plan::Move;
+
+type Outcome = Result<MoveStats, ClusterError>;
+
+impl RedisCluster {
+    /// Moves `group` (one source, one target) with the legacy mover; one result per move.
+    pub(super) async fn legacy_group<P: Pace, F: Fence>(
+        &self,
+        s: &ClusterSnapshot,
+        group: &[&Move],
+        pace: &P,
+        fence: &F,
+    ) -> Vec<Outcome> {
+        let fail = |mv: &Move, message: String, open: bool| ClusterError::Move { bucket: mv.bucket, message, open };
+        let Some(first) = group.first() else { return Vec::new() };
+        if let Some(bad) = group.iter().find(|mv| mv.bucket >= SLOTS as u64) {
+            let bad = bad.bucket;
+            return group.iter().map(|mv| Err(fail(mv, format!("bucket {bad} is not a hash slot"), false))).collect();
+        }
+        let src = s.members[first.from as usize].address.clone();
+        let dst = s.members[first.to as usize].address.clone();
+        let topo = match self.cached_topology().await {
+            Ok(t) => t,
+            Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string(), false))).collect(),
+        };
+        let ids = self.node_id_of(&topo, &src).and_then(|a| self.node_id_of(&topo, &dst).map(|b| (a, b)));
+        let (src_id, dst_id) = match ids {
+            Ok(x) => x,
+            Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string(), false))).collect(),
+        };
+        let slots: Vec<u16> = group.iter().map(|mv| mv.bucket as u16).collect();
+        let mut out: Vec<Option<Outcome>> = group.iter().map(|_| None).collect();
+        // Open: IMPORTING on the target first, then MIGRATING on the source.
+        let imported = self.setslots(&dst, &slots, &["IMPORTING", &src_id]).await;
+        let mut opened = Vec::new();
+        for (i, r) in imported.into_iter().enumerate() {
+            match r {
+                Ok(()) => opened.push(i),
+                Err(e) => out[i] = Some(Err(fail(group[i], format!("IMPORTING on {dst}: {e}"), false))),
+            }
+        }
+        let migrating = self.setslots(&src, &pick(&slots, &opened), &["MIGRATING", &dst_id]).await;
+        let mut refused = Vec::new();
+        let mut open = Vec::new();
+        for (&i, r) in opened.iter().zip(migrating) {
+            match r {
+                Ok(()) => open.push(i),
+                Err(e) => {
+                    refused.push(i);
+                    out[i] = Some(Err(fail(group[i], format!("MIGRATING on {src}: {e}"), false)));
+                }
+            }
+        }
+        // Nothing has moved for a slot the source refused: the target's step is undone.
+        for (r, &i) in self.setslots(&dst, &pick(&slots, &refused), &["STABLE"]).await.into_iter().zip(&refused) {
+            if let Err(e) = r {
+                warn!(slot = slots[i], cause = %e, "IMPORTING not undone on the target; repair settles it");
+            }
+        }
+        let dst_replicas =
+            topo.replicas.iter().filter(|r| r.master_id.as_deref() == Some(&dst_id) && !r.is_failed()).count();
+        let mut drained: Vec<(usize, MoveStats)> = Vec::new();
+        let mut stopped = None;
+        for (k, &i) in open.iter().enumerate() {
+            let mv = group[i];
+            let m = self.slot_move(mv, &src, &dst);
+            match self.drain_slot(m, dst_replicas, pace).await {
+                Ok(stats) => drained.push((i, stats)),
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    stopped = Some((slots[i], open[k + 1..].to_vec()));
+                    break;
+                }
+            }
+        }
+        if let Some((failed, rest)) = stopped {
+            self.close_untouched(group, &slots, &rest, (&src, &dst), failed, &mut out).await;
+        }
+        self.commit_group(&topo, group, (&src, &dst, &dst_id), drained, fence, &mut out).await;
+        for &slot in &slots {
+            self.sizes.forget(slot);
+        }
+        out.into_iter().map(|r| r.expect("every move answered")).collect()
+    }
+
+    fn slot_move<'a>(&self, mv: &Move, src: &'a str, dst: &'a str) -> SlotMove<'a> {
+        // An exact size is a measurement the mover may use; a sampled one is not.
+        let estimate = match self.sizing.mode {
+            SizingMode::Exact => mv.bytes,
+            SizingMode::Sampled => 0,
+        };
+        SlotMove { slot: mv.bucket as u16, src, dst, resume: false, estimate }
+    }
+
+    /// Slots of a group after one that failed. Their keys are still on the source, but a
+    /// client may have created keys on the target (a migrating source sends a key it does
+    /// not hold there). The source is made stable first (it sends no more); a slot whose
+    /// target holds no key is then made stable there too, one that holds some is left open
+    /// for the run to settle (its keys handed back).
+    async fn close_untouched(
+        &self,
+        group: &[&Move],
+        slots: &[u16],
+        rest: &[usize],
+        (src, dst): (&str, &str),
+        failed: u16,
+        out: &mut [Option<Outcome>],
+    ) {
+        let sources = self.setslots(src, &pick(slots, rest), &["STABLE"]).await;
+        let mut empty = Vec::new();
+        for (&i, s) in rest.iter().zip(sources) {
+            let keys = self.count_keys(dst, slots[i]).await;
+            let message = match (s, keys) {
+                (Ok(()), Ok(0)) => {
+                    empty.push(i);
+                    continue;
+                }
+                (Err(e), _) => format!("not moved (slot {failed} of its group failed first); STABLE on {src}: {e}"),
+                (_, Ok(n)) => format!(
+                    "not moved (slot {failed} of its group failed first); {n} key(s) written to {dst} meanwhile"
+                ),
+                (_, Err(e)) => {
+                    format!("not moved (slot {failed} of its group failed first); counting keys on {dst}: {e}")
+                }
+            };
+            out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: true }));
+        }
+        for (&i, t) in empty.iter().zip(self.setslots(dst, &pick(slots, &empty), &["STABLE"]).await) {
+            let message = format!("not moved: slot {failed} of its group failed first");
+            out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: t.is_err() }));
+        }
+    }
+
+    /// Past the fence, assigns every drained slot to the target: the target first, then
+    /// the source, then the other masters, each in one pipeline.
+    async fn commit_group<F: Fence>(
+        &self,
+        topo: &Topology,
+        group: &[&Move],
+        (src, dst, dst_id): (&str, &str, &str),
+        drained: Vec<(usize, MoveStats)>,
+        fence: &F,
+        out: &mut [Option<Outcome>],
+    ) {
+        if drained.is_empty() {
+            return;
+        }
+        // The commit fence: a holder that lost the lock leaves the slots open (and their
+        // moves recorded) for the next holder's repair, which finishes them.
+        if let Err(cause) = fence.check().await {
+            for (i, _) in drained {
+                out[i] = Some(Err(ClusterError::Fenced { bucket: group[i].bucket, cause: cause.clone() }));
+            }
+            return;
+        }
+        let slots: Vec<u16> = drained.iter().map(|(i, _)| group[*i].bucket as u16).collect();
+        let assigned = self.setslots(dst, &slots, &["NODE", dst_id]).await;
+        let mut committed = Vec::new();
+        for ((i, mut stats), r) in drained.into_iter().zip(assigned) {
+            match r {
+                Ok(()) => {
+                    if matches!(self.sizing.mode, SizingMode::Exact) && group[i].bytes > 0 {
+                        // Reported in the units the snapshot measured, as one slot's move.
+                        stats.bytes = group[i].bytes;
+                    }
+                    committed.push(group[i].bucket as u16);
+                    out[i] = Some(Ok(stats));
+                }
+                Err(e) => {
+                    let message = format!("SETSLOT NODE on {dst}: {e}");
+                    out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: true }));
+                }
+            }
+        }
+        for (r, slot) in self.setslots(src, &committed, &["NODE", dst_id]).await.into_iter().zip(&committed) {
+            if let Err(e) = r {
+                warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
+            }
+        }
+        let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
+        let committed = &committed;
+        futures::future::join_all(others.map(|m| async move {
+            for (slot, r) in committed.iter().zip(self.setslots(&m.addr, committed, &["NODE", dst_id]).await) {
+                if let Err(e) = r {
+                    debug!(slot, node = %m.addr, cause = %e, "SETSLOT NODE on another master failed; gossip will carry it");
+                }
+            }
+        }))
+        .await;
+    }
+
+    /// `CLUSTER SETSLOT <slot> <args>` for each of `slots` on `addr`, in one pipeline; one
+    /// result per slot (a transport failure fails them all).
+    pub(super) async fn setslots(&self, addr: &str, slots: &[u16], args: &[&str]) -> Vec<Result<(), String>> {
+        if slots.is_empty() {
+            return Vec::new();
+        }
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        for &slot in slots {
+            p.cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(args);
+        }
+        match self.conns.pipeline_as::<Vec<redis::RedisResult<redis::Value>>>(addr, &p).await {
+            Ok(rs) if rs.len() == slots.len() => {
+                rs.into_iter().map(|r| r.map(|_| ()).map_err(|e| e.to_string())).collect()
+            }
+            Ok(rs) => {
+                slots.iter().map(|_| Err(format!("{addr}: {} answers to {} commands", rs.len(), slots.len()))).collect()
+            }
+            Err(e) => slots.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+}
+
+/// The slots at `idx`.
+fn pick(slots: &[u16], idx: &[usize]) -> Vec<u16> {
+    idx.iter().map(|&i| slots[i]).collect()
+}
