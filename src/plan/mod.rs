@@ -9,6 +9,7 @@
 mod primaries;
 mod search;
 mod solver;
+mod swap;
 
 use std::collections::BTreeMap;
 

@@ -36,6 +36,16 @@ impl Solver<'_> {
         after >= before
     }
 
+    /// Whether the copy of bucket `b` on `from` may go to `to` (for the other phases).
+    pub(super) fn may_move(&self, b: usize, from: MemberIdx, to: MemberIdx) -> bool {
+        self.eligible(b, from, to)
+    }
+
+    /// Moves the copy of bucket `b` from `from` to `to` (not urgent), for the other phases.
+    pub(super) fn apply_move(&mut self, b: usize, from: MemberIdx, to: MemberIdx) {
+        self.apply(b, from, to, false);
+    }
+
     /// Moves the copy of bucket `b` from `from` to `to`, recording (or folding) the move.
     fn apply(&mut self, b: usize, from: MemberIdx, to: MemberIdx, urgent: bool) {
         let bytes = self.snap.buckets[b].bytes;

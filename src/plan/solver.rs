@@ -12,13 +12,16 @@
 //!    most room), never pushing the receiver above `hi` nor the giver below `lo`;
 //! 3. while some receiver is below `lo`, fills the neediest from the member with most
 //!    bytes above its `lo`, in the same way;
-//! 4. balances primaries by count among members that hold copies (no data moves);
-//! 5. orders the moves, most valuable first, and explains the result.
+//! 4. swaps, for a member still outside its band because no single copy fits: one large
+//!    copy out and smaller ones back (or in and out, below its band), both members ending
+//!    within their bands, within 1.10 x the lower bound in all;
+//! 5. balances primaries by count among members that hold copies (no data moves);
+//! 6. orders the moves, most valuable first, and explains the result.
 //!
 //! Each move in 2 and 3 strictly lowers the total band violation, so the search ends;
 //! copies that fit nowhere leave their member marked stuck instead of looping. Ties break
 //! on the lower member index and then the lower bucket index, so the plan is deterministic.
-//! Phases 1 to 3 live in `search.rs`, phase 4 in `primaries.rs`.
+//! Phases 1 to 3 live in `search.rs`, phase 4 in `swap.rs`, phase 5 in `primaries.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -28,13 +31,14 @@ use crate::model::{ClusterSnapshot, Health, MemberIdx};
 
 /// The layout under search: targets and bands fixed at the start, copies and loads as the
 /// moves found so far leave them.
+#[derive(Clone)]
 pub(super) struct Solver<'a> {
     pub(super) snap: &'a ClusterSnapshot,
-    opts: &'a PlanOptions,
+    pub(super) opts: &'a PlanOptions,
     /// Loads of the snapshot, before any move.
     before: Vec<MemberLoad>,
     pub(super) total: u64,
-    lower_bound: u64,
+    pub(super) lower_bound: u64,
     /// What the targets follow: configured weights, capacity or equal shares.
     weight_basis: &'static str,
     pub(super) copies: Vec<Vec<MemberIdx>>,
@@ -59,7 +63,9 @@ pub(super) struct Solver<'a> {
     pub(super) free: Vec<Option<i64>>,
     /// Bytes phase 1 could not place for want of room.
     pub(super) unplaced: u64,
-    explanation: Vec<String>,
+    /// Large copies phase 4 moves before the copy moves run again: (bucket, from, to).
+    pub(super) forced: Vec<(usize, MemberIdx, MemberIdx)>,
+    pub(super) explanation: Vec<String>,
 }
 
 /// Plans `snap`: the phases in order. The caller checks the result.
@@ -69,13 +75,14 @@ pub(super) fn solve(snap: &ClusterSnapshot, opts: &PlanOptions) -> Plan {
     s.explain_room();
     s.empty_members();
     s.balance_bytes();
+    s.swap_outliers();
     let primary_moves = s.balance_primaries();
     s.into_plan(primary_moves)
 }
 
 impl<'a> Solver<'a> {
     /// Targets, bands, receivers and the index of held copies, before any move.
-    fn new(snap: &'a ClusterSnapshot, opts: &'a PlanOptions) -> Solver<'a> {
+    pub(super) fn new(snap: &'a ClusterSnapshot, opts: &'a PlanOptions) -> Solver<'a> {
         let n = snap.members.len();
         let before = member_loads(snap);
         let total: u64 = before.iter().map(|l| l.bytes).sum();
@@ -115,8 +122,14 @@ impl<'a> Solver<'a> {
             stuck: vec![false; n],
             free: room(snap, opts.critical_memory_percent),
             unplaced: 0,
+            forced: Vec::new(),
             explanation: Vec::new(),
         }
+    }
+
+    /// Adds a line to the plan's explanation.
+    pub(super) fn note(&mut self, line: String) {
+        self.explanation.push(line);
     }
 
     /// Says what room each member with a limit has, and which members have none.
