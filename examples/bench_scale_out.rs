@@ -4,7 +4,8 @@
 //! loaded with the same keys. Prints one Markdown row per tool: wall time, slots moved,
 //! milliseconds per slot moved, bytes moved, the largest deviation from the mean by exact
 //! bytes, and whether every key and value is intact.
-//! Usage: bench_scale_out [--valkey] LOADED EMPTY KEYS [AUTOBALANCER_BIN]
+//! Usage: bench_scale_out [--valkey] LOADED EMPTY KEYS [AUTOBALANCER_BIN]; BENCH_TOOLS picks the
+//! tools (`redis-cli,autobalancer`), BENCH_EXTRA appends TOML to autobalancer's config.
 
 mod bench_common;
 
@@ -14,7 +15,14 @@ use std::time::Instant;
 use autobalancer_testkit::{ClusterSpec, Engine};
 use bench_common::{Row, exact_bytes, row};
 
-async fn run(engine: Engine, (loaded, empty): (usize, usize), tool: &str, keys: usize, bin: &str) -> Row {
+/// The row, and the seconds the moves took (autobalancer's own figure; redis-cli: none).
+async fn run(
+    engine: Engine,
+    (loaded, empty): (usize, usize),
+    tool: &str,
+    keys: usize,
+    bin: &str,
+) -> (Row, Option<f64>) {
     let c = ClusterSpec::new(engine, loaded, empty).start().await.unwrap();
     c.load_skewed(keys, 42).await.unwrap();
     let digest = c.digest().await.unwrap();
@@ -32,26 +40,33 @@ async fn run(engine: Engine, (loaded, empty): (usize, usize), tool: &str, keys: 
             let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
             // The defaults, but for the cluster's seeds and no minimum size (the data is
             // smaller than the default 100 MiB).
-            let text =
-                format!("[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\n", seeds.join(","));
+            // BENCH_EXTRA: TOML appended, to try one setting against the defaults.
+            let extra = std::env::var("BENCH_EXTRA").unwrap_or_default().replace("\\n", "\n");
+            let text = format!(
+                "[cluster]\nid = \"bench\"\nseeds = [{}]\n[balance]\nminimum-size = 0\n{extra}\n",
+                seeds.join(",")
+            );
             std::fs::write(&cfg, text).unwrap();
             let mut cmd = Command::new(bin);
-            cmd.args(["rebalance", "--config", cfg.to_str().unwrap(), "--once"]).env("STATE_DIRECTORY", dir.path());
+            cmd.args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"]);
+            cmd.env("STATE_DIRECTORY", dir.path());
             cmd
         }
     };
     let quiet = std::env::var("BENCH_LOG").is_err();
     let t0 = Instant::now();
-    let status = cmd
-        .stdout(std::process::Stdio::null())
+    let out = cmd
+        .stdout(std::process::Stdio::piped())
         .stderr(if quiet { std::process::Stdio::null() } else { std::process::Stdio::inherit() })
-        .status()
+        .output()
         .unwrap();
     let wall = t0.elapsed().as_secs_f64();
-    assert!(status.success(), "{tool} failed");
+    assert!(out.status.success(), "{tool} failed");
+    let moving =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["duration_seconds"].as_f64());
     c.wait_ok(std::time::Duration::from_secs(60)).await.unwrap();
     let intact = c.digest().await.unwrap() == digest && c.open_slots().await.unwrap().is_empty();
-    row(&c, &before, wall, intact).await
+    (row(&c, &before, wall, intact).await, moving)
 }
 
 #[tokio::main]
@@ -63,16 +78,19 @@ async fn main() {
     let shape = (num(1), num(2));
     let keys = num(3);
     let bin = args.get(4).cloned().unwrap_or_else(|| "target/release/autobalancer".into());
-    for tool in ["redis-cli", "autobalancer"] {
-        let r = run(engine, shape, tool, keys, &bin).await;
-        let per_slot = if r.slots_moved > 0 { 1000.0 * r.wall / r.slots_moved as f64 } else { 0.0 };
+    // BENCH_TOOLS: which of the two to run (both by default).
+    let tools = std::env::var("BENCH_TOOLS").unwrap_or_else(|_| "redis-cli,autobalancer".into());
+    for tool in tools.split(',') {
+        let (r, moving) = run(engine, shape, tool, keys, &bin).await;
+        let per_slot = |s: f64| if r.slots_moved > 0 { 1000.0 * s / r.slots_moved as f64 } else { 0.0 };
+        let moving = moving.map_or("-".to_string(), |m| format!("{m:.2} ({:.2})", per_slot(m)));
         println!(
-            "| {} -> {} | {tool} | {:.2} | {} | {:.2} | {:.1} | {:.1}% | {} |",
+            "| {} -> {} | {tool} | {:.2} | {moving} | {} | {:.2} | {:.1} | {:.1}% | {} |",
             shape.0,
             shape.0 + shape.1,
             r.wall,
             r.slots_moved,
-            per_slot,
+            per_slot(r.wall),
             r.bytes_moved as f64 / 1e6,
             100.0 * r.max_dev,
             if r.intact { "yes" } else { "NO" }
