@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use autobalancer::cluster::Unpaced;
@@ -143,12 +142,6 @@ async fn jobs(c: &LocalCluster, addr: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn signal(c: &LocalCluster, addr: &str, sig: &str) {
-    let n = c.nodes.iter().find(|n| n.addr() == addr).unwrap();
-    let pid = n.proc.as_ref().unwrap().id().to_string();
-    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -260,10 +253,10 @@ async fn a_stuck_job_is_cancelled_and_its_slots_stay_with_the_source() {
     let m = c.master_addrs();
     let group = moves(&snap, &m[0], &m[2], 200);
     // The target stops answering: the job cannot end on its own within its time.
-    signal(&c, &m[2], "-STOP");
+    common::signal_node(&c, &m[2], "-STOP");
     let t0 = Instant::now();
     let results = rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await;
-    signal(&c, &m[2], "-CONT");
+    common::signal_node(&c, &m[2], "-CONT");
     assert!(t0.elapsed() < Duration::from_secs(10), "bounded by the job's timeout: {:?}", t0.elapsed());
     for r in &results {
         match r {
@@ -462,7 +455,7 @@ async fn jobs_left_running_are_found_waited_for_or_left_alone() {
     let theirs: Vec<u64> = moves(&snap, &m[1], &m[2], 40).iter().map(|mv| mv.bucket).collect();
     let target = c.id_of(&m[2]).unwrap().to_string();
     // The target is frozen, so neither job can end before repair has looked.
-    signal(&c, &m[2], "-STOP");
+    common::signal_node(&c, &m[2], "-STOP");
     migrate_slots(&c, &m[0], &ours, &target).await;
     migrate_slots(&c, &m[1], &theirs, &target).await;
     assert!(jobs(&c, &m[0]).await.iter().all(|j| !["success", "failed", "cancelled"].contains(&j.0.as_str())));
@@ -480,7 +473,7 @@ async fn jobs_left_running_are_found_waited_for_or_left_alone() {
     let repair = tokio::spawn(async move { rc.repair(&opts, &common::Held::new().await).await });
     // Thawed well within the cluster's node timeout (3 s): the jobs then end on their own.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    signal(&c, &m[2], "-CONT");
+    common::signal_node(&c, &m[2], "-CONT");
     let report = repair.await.unwrap().unwrap();
     assert!(
         report.settled.iter().any(|l| l.contains("a previous holder's job") && l.contains("ended in success")),

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use autobalancer::cluster::redis::RedisCluster;
@@ -11,12 +10,6 @@ use autobalancer::cluster::{Cluster, RepairOptions};
 use autobalancer::model::MoveIntent;
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, on_each_engine};
 use common::{cluster_section, nodes, wait_for_async};
-
-fn signal(c: &LocalCluster, addr: &str, sig: &str) {
-    let n = c.nodes.iter().find(|n| n.addr() == addr).unwrap();
-    let pid = n.proc.as_ref().unwrap().id().to_string();
-    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-}
 
 async fn setslot(c: &LocalCluster, addr: &str, slot: u16, args: &[&str]) {
     let mut con = c.conn(addr).await.unwrap();
@@ -55,13 +48,13 @@ async fn a_demoted_master_left_with_a_flag_follows_after_repair(engine: Engine) 
         })
         .await;
     }
-    signal(&c, &src, "-STOP");
+    common::signal_node(&c, &src, "-STOP");
     let mut con = c.conn(&replica).await.unwrap();
     redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
     wait_for_async(20, "the replica to be master", || async { own_view(&c, &replica).await.0 }).await;
     setslot(&c, &replica, slot, &["STABLE"]).await;
     setslot(&c, &dst, slot, &["STABLE"]).await;
-    signal(&c, &src, "-CONT");
+    common::signal_node(&c, &src, "-CONT");
     wait_for_async(30, "the old master to rejoin as a replica", || async { !own_view(&c, &src).await.0 }).await;
     let stale = own_view(&c, &src).await.1.contains(&slot);
     assert_eq!(stale, engine == Engine::Valkey, "Valkey keeps the demoted master's flag, Redis drops it");

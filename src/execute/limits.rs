@@ -59,6 +59,10 @@ impl Progress {
     }
 }
 
+/// The unused time a pacer carries: a take within the rate over the last BURST does not
+/// wait.
+const BURST: Duration = Duration::from_millis(10);
+
 /// Paces bytes across all moves of a run: each take reserves the next free interval.
 pub struct RatePacer {
     bytes_per_second: u64,
@@ -76,16 +80,18 @@ impl Pace for RatePacer {
         if self.bytes_per_second == 0 || bytes == 0 {
             return;
         }
-        let start = {
+        let (start, now) = {
             let mut next = self.next.lock().await;
             let now = Instant::now();
-            let start = (*next).max(now);
+            // Up to BURST of unused time counts: moves in parallel reserving small
+            // intervals in turn do not each wait for the one before them.
+            let start = (*next).max(now.checked_sub(BURST).unwrap_or(now));
             *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-            start
+            (start, now)
         };
         // Within the rate, no sleep at all: a timer, even one already due, costs a tick of
         // the runtime's clock (1 ms), and a move takes one per batch of keys.
-        if start > Instant::now() {
+        if start > now {
             tokio::time::sleep_until(start.into()).await;
         }
     }

@@ -307,3 +307,10 @@ pub async fn half_moved(c: &LocalCluster) -> (u16, String, String) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Sends `sig` (`-STOP`, `-CONT`, ...) to the node at `addr`.
+pub fn signal_node(c: &LocalCluster, addr: &str, sig: &str) {
+    let n = c.nodes.iter().find(|n| n.addr() == addr).unwrap();
+    let pid = n.proc.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+}
