@@ -304,6 +304,11 @@ async fn every_commit_passes_the_fence(engine: Engine) {
     let r = rc.repair(&opts, &Lost).await.unwrap();
     assert!(r.settled.is_empty() && r.failed.iter().any(|(b, _)| *b == slot), "{r:?}");
     assert!(!c.open_slots().await.unwrap().is_empty(), "repair refused by the fence leaves the slot open");
+    // A live run handing its failed move back passes the same fence.
+    let back = RepairOptions { hand_back: true, ..opts.clone() };
+    let r = rc.repair(&back, &Lost).await.unwrap();
+    assert!(r.settled.is_empty() && r.failed.iter().any(|(b, _)| *b == slot), "{r:?}");
+    assert!(!c.open_slots().await.unwrap().is_empty(), "a hand-back refused by the fence leaves the slot open");
     let r = rc.repair(&opts, &common::Held::new().await).await.unwrap();
     assert!(r.settled.iter().any(|l| l.contains("finished the move")), "{r:?}");
     assert_eq!(r.intents_done, vec![slot]);
