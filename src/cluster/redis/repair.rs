@@ -232,7 +232,7 @@ impl RedisCluster {
         let why = if opts.hand_back {
             "the move failed".to_string()
         } else {
-            self.reanchor_target(topo, slot, &src, &dst).await?;
+            self.point_at_owners(topo, &dst, &[slot]).await?;
             let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
             match self.finish(topo, m, &Unpaced, fence).await {
                 Ok(stats) => {
@@ -361,10 +361,11 @@ impl RedisCluster {
         }
     }
 
-    /// [`Self::reanchor_target`] for every importing node of `open` at once, before any slot
-    /// is settled: a group of slots opened together leaves the target importing all of
-    /// them, and while its view leaves one unserved it answers CLUSTERDOWN for every slot
-    /// (MIGRATE to it fails). One view and one pipeline per importing node; Redis only.
+    /// [`Self::point_at_owners`] for every importing node of `open` at once, before any
+    /// slot is settled: a group of slots opened together leaves the target importing all
+    /// of them, and while its view leaves one unserved it answers CLUSTERDOWN for every
+    /// slot (MIGRATE to it fails). A node that cannot be set right is logged; settling
+    /// its slots says what failed.
     async fn reanchor_importers<'a>(&self, topo: &Topology, open: impl Iterator<Item = (&'a u16, &'a OpenSlot)>) {
         let mut by_node: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
         for (&slot, flags) in open {
@@ -373,54 +374,46 @@ impl RedisCluster {
             }
         }
         for (node, slots) in by_node {
-            let mut p = redis::pipe();
-            p.cmd("INFO").arg("server").cmd("CLUSTER").arg("INFO");
-            let Ok((info, cluster)) = self.conns.pipeline_as::<(String, String)>(node, &p).await else { continue };
-            if super::topology::NodeInfo::parse(&info, &cluster).engine != "redis" {
-                continue;
-            }
-            let Ok(view) = self.cluster_nodes(node).await else { continue };
-            let seen =
-                |slot: u16| view.iter().find(|n| n.is_master() && !n.is_failed() && n.owns(slot)).map(|n| n.id.clone());
-            let mut by_owner: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-            for slot in slots {
-                let Some(owner) = topo.owner[slot as usize].map(|i| &topo.masters[i]).filter(|m| !m.is_failed()) else {
-                    continue;
-                };
-                if owner.addr != node && seen(slot).as_deref() != Some(owner.id.as_str()) {
-                    by_owner.entry(owner.id.clone()).or_default().push(slot);
-                }
-            }
-            for (owner, slots) in by_owner {
-                info!(node = %node, slots = slots.len(), "the importing node does not see these slots' owner; pointing it at {owner}");
-                for (slot, r) in slots.iter().zip(self.setslots(node, &slots, &["NODE", &owner]).await) {
-                    if let Err(e) = r {
-                        warn!(slot, node = %node, cause = %e, "SETSLOT NODE on the importing node failed");
-                    }
-                }
+            if let Err(e) = self.point_at_owners(topo, node, &slots).await {
+                warn!(node = %node, cause = %e, "could not point the importing node at its slots' owner");
             }
         }
     }
 
     /// Redis 7 takes no gossip about a slot a node imports, so after a failover of the
     /// source the target may think the slot served by nobody ("CLUSTERDOWN Hash slot not
-    /// served") and refuse the keys. Such a target is pointed at the owner (finish sets
-    /// IMPORTING again). Only then, and never on Valkey: Valkey drops the keys a node
+    /// served") and refuse the keys. Each of `slots` whose live owner `node` does not see
+    /// is assigned to that owner there (a finish sets IMPORTING again): one view, and one
+    /// pipeline per owner. Only then, and never on Valkey: Valkey drops the keys a node
     /// holds in a slot assigned elsewhere, and it needs no help here.
-    async fn reanchor_target(&self, topo: &Topology, slot: u16, src: &str, dst: &str) -> Result<(), String> {
-        let src_id = self.node_id_of(topo, src).map_err(|e| e.to_string())?;
-        let view = self.cluster_nodes(dst).await?;
-        let owner_seen = view.iter().find(|n| n.is_master() && !n.is_failed() && n.owns(slot)).map(|n| n.id.clone());
-        if owner_seen.as_deref() == Some(src_id.as_str()) {
+    async fn point_at_owners(&self, topo: &Topology, node: &str, slots: &[u16]) -> Result<(), String> {
+        let view = self.cluster_nodes(node).await?;
+        let seen =
+            |slot: u16| view.iter().find(|n| n.is_master() && !n.is_failed() && n.owns(slot)).map(|n| n.id.clone());
+        let mut by_owner: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for &slot in slots {
+            let Some(owner) = topo.owner[slot as usize].map(|i| &topo.masters[i]).filter(|m| !m.is_failed()) else {
+                continue;
+            };
+            if owner.addr != node && seen(slot).as_deref() != Some(owner.id.as_str()) {
+                by_owner.entry(owner.id.clone()).or_default().push(slot);
+            }
+        }
+        if by_owner.is_empty() {
             return Ok(());
         }
         let mut p = redis::pipe();
         p.cmd("INFO").arg("server").cmd("CLUSTER").arg("INFO");
-        let (info, cluster): (String, String) = self.conns.pipeline_as(dst, &p).await?;
+        let (info, cluster): (String, String) = self.conns.pipeline_as(node, &p).await?;
         if super::topology::NodeInfo::parse(&info, &cluster).engine != "redis" {
             return Ok(());
         }
-        info!(slot, node = %dst, "the target does not see the slot's owner; pointing it at {src}");
-        self.setslot(dst, slot, &["NODE", &src_id]).await.map_err(|e| format!("SETSLOT NODE on {dst}: {e}"))
+        for (owner, slots) in by_owner {
+            info!(node = %node, slots = slots.len(), "the importing node does not see these slots' owner; pointing it at {owner}");
+            for (slot, r) in slots.iter().zip(self.setslots(node, &slots, &["NODE", &owner]).await) {
+                r.map_err(|e| format!("SETSLOT {slot} NODE on {node}: {e}"))?;
+            }
+        }
+        Ok(())
     }
 }
