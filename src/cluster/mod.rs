@@ -96,6 +96,37 @@ pub struct RepairReport {
     /// live owner for a slot the cluster serves, or an open slot naming a node that is no
     /// longer a master. Each line names the node, the slot and the command that settles it.
     pub down: Vec<String>,
+    /// What a repair that changed nothing read, for the snapshot that follows it.
+    pub reading: Option<Reading>,
+}
+
+/// What a repair read of the cluster, handed as a value to the snapshot that follows it
+/// under the same lock ([`Cluster::snapshot_after`]), so that snapshot does not read the
+/// same again. Opaque outside the backend that read it; equal only to itself.
+#[derive(Clone)]
+pub struct Reading(std::sync::Arc<redis::Reading>);
+
+impl Reading {
+    pub(crate) fn redis(r: redis::Reading) -> Reading {
+        Reading(std::sync::Arc::new(r))
+    }
+
+    /// The Redis backend's reading, if no one else holds it (a clone of a report).
+    pub(crate) fn into_redis(self) -> Option<redis::Reading> {
+        std::sync::Arc::into_inner(self.0)
+    }
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reading")
+    }
+}
+
+impl PartialEq for Reading {
+    fn eq(&self, other: &Reading) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// A move in flight this fleet did not record.
@@ -146,6 +177,15 @@ impl std::fmt::Display for StrayConflict {
 pub trait Cluster: Send + Sync {
     /// A consistent-enough view of members, buckets and half-done moves.
     fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, ClusterError>> + Send;
+    /// As `snapshot`, right after a repair: starting from what that repair read
+    /// ([`RepairReport::reading`]) where the backend can.
+    fn snapshot_after(
+        &self,
+        reading: Option<Reading>,
+    ) -> impl Future<Output = Result<ClusterSnapshot, ClusterError>> + Send {
+        let _ = reading;
+        self.snapshot()
+    }
     /// The stable id of the member `name` names (its id, its address, or
     /// `hostname:port`): what evacuations, weights and metric labels are keyed by, so they
     /// stay with the member when its address changes. By default the name itself.
@@ -309,6 +349,13 @@ impl Cluster for AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.snapshot().await,
             AnyCluster::File(c) => c.snapshot().await,
+        }
+    }
+
+    async fn snapshot_after(&self, reading: Option<Reading>) -> Result<ClusterSnapshot, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.snapshot_after(reading).await,
+            AnyCluster::File(c) => c.snapshot_after(reading).await,
         }
     }
 

@@ -27,6 +27,10 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
         self.inner.snapshot().await
     }
 
+    async fn snapshot_after(&self, reading: Option<super::Reading>) -> Result<ClusterSnapshot, ClusterError> {
+        self.inner.snapshot_after(reading).await
+    }
+
     async fn repair<F: Fence>(&self, opts: &RepairOptions, fence: &F) -> Result<RepairReport, ClusterError> {
         self.inner.repair(opts, fence).await
     }

@@ -158,14 +158,18 @@ impl Context {
 
     /// Snapshot with the operator's persistent state applied (evacuated members drain).
     pub async fn snapshot(&self) -> Result<ClusterSnapshot, RunError> {
-        self.snapshot_and_evacuations().await.map(|(s, _)| s)
+        self.snapshot_and_evacuations(None).await.map(|(s, _)| s)
     }
 
-    /// As `snapshot`, also returning the evacuations it applied (one read of etcd).
-    async fn snapshot_and_evacuations(&self) -> Result<(ClusterSnapshot, Vec<Evacuation>), RunError> {
+    /// As `snapshot`, also returning the evacuations it applied (one read of etcd);
+    /// starting from what the repair just before read, where it read something.
+    async fn snapshot_and_evacuations(
+        &self,
+        reading: Option<crate::cluster::Reading>,
+    ) -> Result<(ClusterSnapshot, Vec<Evacuation>), RunError> {
         let t0 = Instant::now();
         self.adopt_published_sizes().await;
-        let mut snap = self.cluster.snapshot().await.map_err(RunError::Snapshot)?;
+        let mut snap = self.cluster.snapshot_after(reading).await.map_err(RunError::Snapshot)?;
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_snapshot(&snap);
         {

@@ -109,8 +109,8 @@ impl Context {
     async fn pipeline(&self, trigger: &Trigger, guard: &LockGuard, cancel: &CancellationToken) -> Step<Finished> {
         self.slot_not_yet_run(trigger, guard).await.map_break(|s| self.skipped(s))?;
         self.set_state(RunState::Planning, Some(trigger.operation()));
-        self.repair(guard).await?;
-        let (mut snap, evacuations) = match self.snapshot_and_evacuations().await {
+        let reading = self.repair(guard).await?;
+        let (mut snap, evacuations) = match self.snapshot_and_evacuations(reading).await {
             Ok(x) => x,
             Err(RunError::Snapshot(e)) => return Break(self.failed(Failure::Snapshot(e))),
             Err(e) => return Break(self.failed(Failure::Repair(e.to_string()))),
@@ -129,10 +129,11 @@ impl Context {
 
     /// Settles what earlier moves left (ours, recorded as intents) before planning. A
     /// migration nobody recorded, or stray keys that could not be returned, skip the run
-    /// with the reason named; a failed repair fails it (the next run tries again).
-    async fn repair(&self, guard: &LockGuard) -> Step<()> {
+    /// with the reason named; a failed repair fails it (the next run tries again). What it
+    /// read is handed on to the snapshot.
+    async fn repair(&self, guard: &LockGuard) -> Step<Option<crate::cluster::Reading>> {
         let started = std::time::Instant::now();
-        let r = match self.settle(guard, false).await {
+        let mut r = match self.settle(guard, false).await {
             Ok(r) => r,
             Err(Unsettled::Skip(skip)) => return Break(self.skipped(skip)),
             Err(Unsettled::Unreadable(e)) => return Break(self.failed(Failure::Snapshot(e))),
@@ -157,7 +158,7 @@ impl Context {
                 self.skipped(Skip::new(SkipReason::StrayKeys, format!("{c}{}", and_more(r.conflicts.len())))),
             );
         }
-        Continue(())
+        Continue(r.reading.take())
     }
 
     /// Repair of what this fleet recorded, past the lock's fence; the intents it settled

@@ -22,7 +22,7 @@ use super::capabilities::Mover;
 use super::legacy::SlotMove;
 use super::migrations::{SlotMigration, merge};
 use super::topology::{NodeLine, Topology};
-use super::{RedisCluster, SLOTS};
+use super::{RedisCluster, SLOTS, SizingMode};
 use crate::cluster::{ClusterError, Fence, MoveStats, Pace, Unpaced};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
@@ -161,11 +161,14 @@ impl RedisCluster {
         let (keys, mut ends) =
             tokio::join!(counting, self.transfer(&topo, (&src, &dst, &dst_id), &slots, &estimates, fence));
         let keys = keys.unwrap_or_else(|_| vec![0; slots.len()]);
+        let measured = self.measured_moved(&dst, &slots, &keys, &ends).await;
         let mut out = Vec::with_capacity(group.len());
         for ((mv, slot), keys) in group.iter().zip(&slots).zip(keys) {
             self.sizes.forget(*slot);
             out.push(match ends.remove(slot) {
-                Some(SlotEnd::Moved) => Ok(MoveStats { keys, bytes: mv.bytes, fallback: false }),
+                Some(SlotEnd::Moved) => {
+                    Ok(MoveStats { keys, bytes: measured.get(slot).copied().unwrap_or(mv.bytes), fallback: false })
+                }
                 // Reported in the snapshot's units, as move_bucket does.
                 Some(SlotEnd::MovedByLegacy(stats)) if mv.bytes > 0 => {
                     Ok(MoveStats { keys: stats.keys, bytes: mv.bytes, fallback: true })
@@ -178,6 +181,34 @@ impl RedisCluster {
         let moved = out.iter().filter(|r| r.is_ok()).count();
         info!(from = %src, to = %dst, slots = slots.len(), moved, bytes, ms = started.elapsed().as_millis() as u64, "atomic group done");
         out
+    }
+
+    /// The bytes of the slots a job moved, measured on the target where the snapshot's
+    /// sizes were sampled (an exact size is the measurement, taken at the snapshot). A
+    /// slot that cannot be measured keeps the snapshot's figure, with a warning.
+    async fn measured_moved(
+        &self,
+        dst: &str,
+        slots: &[u16],
+        keys: &[u64],
+        ends: &HashMap<u16, SlotEnd>,
+    ) -> HashMap<u16, u64> {
+        if matches!(self.sizing.mode, SizingMode::Exact) {
+            return HashMap::new();
+        }
+        let moved: Vec<(u16, u64)> = slots
+            .iter()
+            .zip(keys)
+            .filter(|(s, _)| matches!(ends.get(s), Some(SlotEnd::Moved)))
+            .map(|(s, k)| (*s, *k))
+            .collect();
+        match self.measure_whole(dst, &moved).await {
+            Ok(bytes) => moved.iter().map(|(s, _)| *s).zip(bytes).collect(),
+            Err(e) => {
+                warn!(target = %dst, slots = moved.len(), cause = %e, "could not measure the bytes moved; reporting the snapshot's");
+                HashMap::new()
+            }
+        }
     }
 
     /// Moves `slots` from `src` to `dst`: a job, then halves of what it left, then the

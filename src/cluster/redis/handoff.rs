@@ -129,7 +129,6 @@ impl RedisCluster {
     /// most `within`, until the replica is master and the node its replica. Beside a
     /// replica there is nothing to do.
     pub async fn handoff(&self, member: &str, within: Duration) -> Result<Handoff, HandoffError> {
-        self.drop_reading();
         let started = Instant::now();
         let (me, view) = self.own_view(member).await?;
         if !me.is_master() {

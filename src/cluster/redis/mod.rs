@@ -53,17 +53,13 @@ pub const SLOTS: usize = 16384;
 /// Commands per pipeline round trip.
 const PIPELINE: usize = 2048;
 
-/// How long what a repair read may serve the snapshot after it.
-const READING_MAX_AGE: Duration = Duration::from_secs(1);
-
-/// What a repair that changed nothing read of the cluster. The run's snapshot, which
-/// follows at once, starts from it instead of reading the same again (on Redis 7 that is
-/// 16384 COUNTKEYSINSLOT per snapshot). Taken by the first snapshot within
-/// [`READING_MAX_AGE`], dropped by any move or handoff.
-struct Reading {
+/// What a repair that changed nothing read of the cluster, handed back in its report
+/// ([`super::Reading`]). The run's snapshot, which follows at once under the same lock,
+/// starts from it instead of reading the same again (on Redis 7 that is 16384
+/// COUNTKEYSINSLOT per snapshot).
+pub struct Reading {
     topo: Topology,
     masters: std::collections::HashMap<String, MasterReading>,
-    at: Instant,
 }
 
 /// One master, as a repair read it: INFO, and the key counts of the slots it owns or
@@ -98,8 +94,6 @@ pub struct RedisCluster {
     migrate_timeout: Duration,
     /// The topology read by the last snapshot or repair; moves use its node ids.
     topo: Mutex<Option<Arc<Topology>>>,
-    /// What the last repair read, when it changed nothing: the next snapshot's start.
-    reading: Mutex<Option<Reading>>,
     /// When this process first saw each open slot nobody recorded.
     first_seen: Mutex<std::collections::HashMap<u16, chrono::DateTime<chrono::Utc>>>,
     /// Whether migrate-timeout was compared with the cluster's node timeout.
@@ -146,7 +140,6 @@ impl RedisCluster {
             batch_bytes: config.execution.migrate_batch_bytes.0,
             migrate_timeout,
             topo: Mutex::new(None),
-            reading: Mutex::new(None),
             first_seen: Mutex::default(),
             node_timeout_checked: Default::default(),
             migration: match config.execution.migration {
@@ -158,21 +151,15 @@ impl RedisCluster {
             legacy_fallbacks: Default::default(),
         })
     }
-
-    /// What the last repair read no longer stands (a move or a handoff begins).
-    fn drop_reading(&self) {
-        *self.reading.lock().expect("reading") = None;
-    }
-
-    /// What the last repair read, when it is recent enough to start a snapshot from.
-    fn take_reading(&self) -> Option<Reading> {
-        self.reading.lock().expect("reading").take().filter(|r| r.at.elapsed() <= READING_MAX_AGE)
-    }
 }
 
 impl Cluster for RedisCluster {
     async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
-        self.observe().await
+        self.observe(None).await
+    }
+
+    async fn snapshot_after(&self, reading: Option<super::Reading>) -> Result<ClusterSnapshot, ClusterError> {
+        self.observe(reading.and_then(super::Reading::into_redis)).await
     }
 
     /// The node id of the node `name` names.
@@ -209,7 +196,6 @@ impl Cluster for RedisCluster {
         pace: &P,
         fence: &F,
     ) -> Result<MoveStats, ClusterError> {
-        self.drop_reading();
         let slot = u16::try_from(mv.bucket)
             .ok()
             .filter(|&x| (x as usize) < SLOTS)
@@ -255,7 +241,6 @@ impl Cluster for RedisCluster {
         pace: &P,
         fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
-        self.drop_reading();
         self.group(s, moves, pace, fence).await
     }
 }

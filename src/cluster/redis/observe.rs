@@ -14,7 +14,7 @@ use tracing::warn;
 use super::capabilities::Capabilities;
 use super::sizing::MasterSizes;
 use super::topology::{NodeInfo, NodeLine, Topology};
-use super::{MasterReading, RedisCluster, SLOTS};
+use super::{MasterReading, Reading, RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, MeasuredBucket, SizeTable};
 use crate::model::{
     Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, Replica, SizingSummary,
@@ -29,10 +29,11 @@ struct MasterView {
 }
 
 impl RedisCluster {
-    /// Reads the topology, observes every master in parallel and assembles the snapshot.
-    pub(super) async fn observe(&self) -> Result<ClusterSnapshot, ClusterError> {
+    /// Reads the topology (or takes what the repair just before read), observes every
+    /// master in parallel and assembles the snapshot.
+    pub(super) async fn observe(&self, reading: Option<Reading>) -> Result<ClusterSnapshot, ClusterError> {
         let started = Instant::now();
-        let (topo, read) = match self.take_reading() {
+        let (topo, read) = match reading {
             Some(r) => {
                 self.keep_topology(&r.topo);
                 (r.topo, r.masters)

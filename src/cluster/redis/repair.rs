@@ -128,8 +128,7 @@ impl RedisCluster {
             && report.conflicts.is_empty()
             && report.failed.is_empty()
             && report.down.is_empty();
-        *self.reading.lock().expect("reading") =
-            unchanged.then(|| Reading { topo, masters: readings, at: std::time::Instant::now() });
+        report.reading = unchanged.then(|| crate::cluster::Reading::redis(Reading { topo, masters: readings }));
         Ok(report)
     }
 

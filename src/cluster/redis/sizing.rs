@@ -281,7 +281,7 @@ impl RedisCluster {
         }
         // The futures are made before the stream, which then holds no closure: a stream
         // over a borrowing closure is not `Send` in a trait's async method.
-        let groups: Vec<_> = groups.into_iter().map(|g| self.measure_group(addr, g)).collect();
+        let groups: Vec<_> = groups.into_iter().map(|g| self.measure_group(addr, g, false)).collect();
         let mut measured = stream::iter(groups).buffered(GROUPS_IN_FLIGHT);
         while let Some(sizes) = measured.next().await {
             for (slot, size) in sizes? {
@@ -304,8 +304,27 @@ impl RedisCluster {
         }
     }
 
-    /// Lists the keys of a group of slots and measures them (all, or a random sample).
-    async fn measure_group(&self, addr: &str, group: &[(u16, u64)]) -> Result<Vec<(u16, SlotSize)>, String> {
+    /// The bytes of every key now in `slots` on `addr`, slot by slot, whatever the sizing
+    /// mode: what a mover that does not see the keys it moves reports as moved. Each slot
+    /// comes with the keys it held when counted; up to twice that (at least 1024) are
+    /// listed, for keys written since.
+    pub(super) async fn measure_whole(&self, addr: &str, slots: &[(u16, u64)]) -> Result<Vec<u64>, String> {
+        let mut out = Vec::with_capacity(slots.len());
+        for chunk in slots.chunks(64) {
+            let bounds: Vec<(u16, u64)> = chunk.iter().map(|&(s, k)| (s, k.saturating_mul(2).max(1024))).collect();
+            out.extend(self.measure_group(addr, &bounds, true).await?.into_iter().map(|(_, s)| s.bytes));
+        }
+        Ok(out)
+    }
+
+    /// Lists the keys of a group of slots and measures them (all when `whole` or the
+    /// sizing is exact, else a random sample).
+    async fn measure_group(
+        &self,
+        addr: &str,
+        group: &[(u16, u64)],
+        whole: bool,
+    ) -> Result<Vec<(u16, SlotSize)>, String> {
         let mut p = redis::pipe();
         for &(slot, keys) in group {
             p.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(keys);
@@ -313,7 +332,7 @@ impl RedisCluster {
         let listed: Vec<Vec<Vec<u8>>> = self.conns.pipeline(addr, &p).await?;
         let mut chosen: Vec<Vec<Vec<u8>>> = Vec::with_capacity(listed.len());
         for keys in listed {
-            let n = self.measured_per_slot(keys.len() as u64) as usize;
+            let n = if whole { keys.len() } else { self.measured_per_slot(keys.len() as u64) as usize };
             if n >= keys.len() {
                 chosen.push(keys);
             } else {
@@ -328,6 +347,8 @@ impl RedisCluster {
         for (&(slot, counted), keys) in group.iter().zip(&chosen) {
             let measured = &usage[at..at + keys.len()];
             at += keys.len();
+            // Measured whole, a slot's keys are those listed (its count was a bound).
+            let counted = if whole { keys.len() as u64 } else { counted };
             sizes.push((slot, self.estimate(counted, measured)));
         }
         Ok(sizes)
