@@ -64,6 +64,11 @@ impl Member {
         member_label(&self.id, &self.address)
     }
 
+    /// The host it stands on: its announced hostname, else the IP of its address.
+    pub fn host(&self) -> &str {
+        host_of(&self.address, self.hostname.as_deref())
+    }
+
     /// Whether `name` names this member: its id, its address, or `hostname:port`.
     pub fn is_named(&self, name: &str) -> bool {
         names(&self.id, &self.address, self.hostname.as_deref(), name)
@@ -118,17 +123,43 @@ pub struct MoveIntent {
     pub started_at: DateTime<Utc>,
 }
 
-/// A node that follows a member (Redis: a replica); recorded, not balanced.
+/// A node that follows a member (Redis: a replica): it holds no buckets of its own, and
+/// placement ([`crate::plan::placement`]) counts it, re-points it and promotes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Replica {
     pub id: String,
     /// Where it is now (Redis: ip:port).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
+    /// The announced hostname (Redis: `cluster-announce-hostname`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     #[serde(default)]
     pub master: Option<String>,
     #[serde(default = "yes")]
     pub healthy: bool,
+    /// Its link to its master is up and it is at most `topology.max-lag-bytes` behind: it
+    /// may take the master role without losing an acknowledged write.
+    #[serde(default = "yes")]
+    pub in_sync: bool,
+}
+
+impl Replica {
+    /// The host it stands on: its announced hostname, else the IP of its address.
+    pub fn host(&self) -> &str {
+        host_of(&self.address, self.hostname.as_deref())
+    }
+}
+
+/// A node's host: its announced hostname when it has one, else the IP (or name) of its
+/// `ip:port` address, else the address itself.
+pub fn host_of<'a>(address: &'a str, hostname: Option<&'a str>) -> &'a str {
+    match hostname.filter(|h| !h.is_empty()) {
+        Some(h) => h,
+        None => address.rsplit_once(':').map_or(address, |(ip, _)| ip),
+    }
 }
 
 fn yes() -> bool {

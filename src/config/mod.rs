@@ -10,6 +10,7 @@
 mod files;
 mod pem;
 mod secret;
+mod topology;
 mod units;
 mod validate;
 
@@ -20,10 +21,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use secret::{SecretError, read_secret};
+pub use topology::TopologyConfig;
 pub use units::{Dur, Size, human_bytes};
 
 /// Sections an environment override may name.
-const SECTIONS: &[&str] = &["cluster", "schedule", "balance", "execution", "etcd", "api", "log"];
+const SECTIONS: &[&str] = &["cluster", "schedule", "balance", "execution", "topology", "etcd", "api", "log"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -318,6 +320,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub balance: BalanceConfig,
     pub execution: ExecutionConfig,
+    pub topology: TopologyConfig,
     /// Absent: standalone, with an in-process lock.
     pub etcd: Option<EtcdConfig>,
     pub api: ApiConfig,

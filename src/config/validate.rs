@@ -20,6 +20,7 @@ impl Config {
         schedule(&self.schedule, &mut errs);
         balance(&self.balance, &mut errs);
         execution(&self.execution, &mut errs);
+        self.topology.validate(&mut errs);
         if let Some(e) = &self.etcd {
             etcd(e, &mut errs);
             if self.cluster.state_file.is_some() {

@@ -6,6 +6,7 @@
 //! no clock, no I/O, no async; the same input gives the same plan.
 //! Does not own: whether to act on the plan (`decide`) or how a move is done (`execute`).
 
+pub mod placement;
 mod primaries;
 mod search;
 mod solver;

@@ -27,6 +27,7 @@ mod observe;
 mod repair;
 mod sizing;
 mod slot_stats;
+mod stands;
 mod stray;
 mod topology;
 
@@ -104,6 +105,8 @@ pub struct RedisCluster {
     caps: capabilities::Seen,
     /// Slots the legacy mover moved after an atomic job failed.
     legacy_fallbacks: std::sync::atomic::AtomicU64,
+    /// `topology.max-lag-bytes`: how far behind a replica in sync may be.
+    max_lag_bytes: u64,
 }
 
 impl RedisCluster {
@@ -149,6 +152,7 @@ impl RedisCluster {
             },
             caps: capabilities::Seen::default(),
             legacy_fallbacks: Default::default(),
+            max_lag_bytes: config.topology.max_lag_bytes.0,
         })
     }
 }

@@ -17,7 +17,7 @@ use super::topology::{NodeInfo, NodeLine, Topology};
 use super::{MasterReading, Reading, RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, MeasuredBucket, SizeTable};
 use crate::model::{
-    Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, Replica, SizingSummary,
+    Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, SizingSummary,
 };
 
 /// What one master showed.
@@ -50,7 +50,7 @@ impl RedisCluster {
             members: Vec::with_capacity(topo.masters.len()),
             buckets: Vec::new(),
             open_migrations: open_migrations(&topo),
-            replicas: replicas(&topo),
+            replicas: Vec::new(),
             observed: Observed::default(),
         };
         let mut sizes = vec![0u64; SLOTS];
@@ -72,6 +72,8 @@ impl RedisCluster {
         if let Some(m) = topo.masters.iter().find(|m| !m.is_failed()) {
             self.warn_on_migrate_timeout(&m.addr).await;
         }
+        let infos = topo.masters.iter().zip(&views).filter_map(|(m, v)| Some((m.id.as_str(), &v.as_ref().ok()?.info)));
+        snap.replicas = self.replicas(&topo, &infos.collect()).await;
         let seen: Vec<&MasterView> = views.iter().filter_map(|v| v.as_ref().ok()).collect();
         snap.observed.pinned = self.pinned(&seen);
         snap.observed.sizing = Some(self.summary(&seen, started));
@@ -174,6 +176,7 @@ impl RedisCluster {
                 return (member, MemberFacts::default());
             }
         };
+        member.zone = v.info.zone.clone();
         let (used, max) = (v.info.used_memory, v.info.maxmemory);
         member.capacity_bytes = (max > 0).then_some(max);
         let critical = max > 0 && used.saturating_mul(100) > max.saturating_mul(self.critical_percent as u64);
@@ -250,14 +253,3 @@ fn open_migrations(topo: &Topology) -> Vec<OpenMigration> {
     open
 }
 
-fn replicas(topo: &Topology) -> Vec<Replica> {
-    topo.replicas
-        .iter()
-        .map(|r| Replica {
-            id: r.id.clone(),
-            address: r.addr.clone(),
-            master: r.master_id.clone(),
-            healthy: !r.is_failed(),
-        })
-        .collect()
-}

@@ -127,6 +127,10 @@ pub struct NodeInfo {
     /// Keys in db0 (a cluster node has no other database).
     pub keys: u64,
     pub cluster_ok: bool,
+    /// Valkey's `availability-zone` (INFO server `availability_zone`), if set.
+    pub zone: Option<String>,
+    /// The node's replication offset (a master's `master_repl_offset`).
+    pub repl_offset: u64,
 }
 
 impl NodeInfo {
@@ -153,6 +157,8 @@ impl NodeInfo {
             maxmemory: num("maxmemory"),
             keys,
             cluster_ok: field(cluster_info, "cluster_state").as_deref() == Some("ok"),
+            zone: field(info, "availability_zone").filter(|z| !z.is_empty()),
+            repl_offset: num("master_repl_offset"),
         }
     }
 
@@ -268,7 +274,7 @@ impl RedisCluster {
     /// What a master says of itself: INFO server, memory and keyspace, and CLUSTER INFO.
     pub(super) async fn node_info(&self, addr: &str) -> Result<NodeInfo, String> {
         let mut p = redis::pipe();
-        p.cmd("INFO").arg("server").arg("memory").arg("keyspace").cmd("CLUSTER").arg("INFO");
+        p.cmd("INFO").arg("server").arg("memory").arg("keyspace").arg("replication").cmd("CLUSTER").arg("INFO");
         let (info, cluster): (String, String) = self.conns.pipeline_as(addr, &p).await?;
         Ok(NodeInfo::parse(&info, &cluster))
     }
