@@ -114,6 +114,10 @@ pub struct Answer {
     /// The mover this run chose, and why ("atomic: every master runs valkey 9.1.2").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mover: Option<String>,
+    /// Where masters and replicas stand, what placement rule is broken, and the role
+    /// changes wanted (with how each went, once a run tried it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::plan::placement::Placement>,
 }
 
 impl Answer {
@@ -144,6 +148,7 @@ impl Answer {
             failures: Vec::new(),
             settled: Vec::new(),
             mover: None,
+            placement: None,
         }
     }
 
@@ -170,6 +175,7 @@ impl Answer {
             failures: Vec::new(),
             settled: Vec::new(),
             mover: None,
+            placement: None,
         }
     }
 

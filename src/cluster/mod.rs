@@ -35,6 +35,19 @@ pub enum ClusterError {
     Fenced { bucket: u64, cause: FenceError },
     #[error("{0}")]
     Config(String),
+    /// A role change refused or not finished in time, in the server's words.
+    #[error("{0}")]
+    Role(String),
+    /// The fence said no right before a role change: it was not sent.
+    #[error("role change not made: {0}")]
+    RoleFenced(FenceError),
+}
+
+/// A role change made: how long it took, and what it did in a sentence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoleDone {
+    pub seconds: f64,
+    pub message: String,
 }
 
 /// What a finished move did.
@@ -216,6 +229,16 @@ pub trait Cluster: Send + Sync {
         let _ = member;
         async { Ok(None) }
     }
+    /// Carries out one placement role change, checked against the cluster as it is now,
+    /// past `fence` right before it is sent. A backend without roles refuses it.
+    fn change_role<F: Fence>(
+        &self,
+        change: &crate::plan::placement::RoleChange,
+        fence: &F,
+    ) -> impl Future<Output = Result<RoleDone, ClusterError>> + Send {
+        let _ = (change, fence);
+        async { Err(ClusterError::Config("role changes need cluster.backend = \"redis\"".into())) }
+    }
     /// Whether a move can be left half-done (a crash mid-move leaves state for repair):
     /// only then is its intent recorded before it starts. A snapshot file's moves apply
     /// whole.
@@ -390,6 +413,17 @@ impl Cluster for AnyCluster {
         match self {
             AnyCluster::Redis(c) => c.room(member).await,
             AnyCluster::File(c) => c.room(member).await,
+        }
+    }
+
+    async fn change_role<F: Fence>(
+        &self,
+        change: &crate::plan::placement::RoleChange,
+        fence: &F,
+    ) -> Result<RoleDone, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.change_role(change, fence).await,
+            AnyCluster::File(c) => c.change_role(change, fence).await,
         }
     }
 

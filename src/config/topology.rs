@@ -45,7 +45,10 @@ impl TopologyConfig {
             errs.push(format!("topology.replicas-per-master must be 0..=16, got {n}"));
         }
         if self.max_role_changes_per_run > 64 {
-            errs.push(format!("topology.max-role-changes-per-run must be 0..=64, got {}", self.max_role_changes_per_run));
+            errs.push(format!(
+                "topology.max-role-changes-per-run must be 0..=64, got {}",
+                self.max_role_changes_per_run
+            ));
         }
         for (k, v) in &self.zones {
             if v.trim().is_empty() {

@@ -10,6 +10,7 @@
 
 mod outcome;
 mod pipeline;
+mod place;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -170,6 +171,7 @@ impl Context {
         let t0 = Instant::now();
         self.adopt_published_sizes().await;
         let mut snap = self.cluster.snapshot_after(reading).await.map_err(RunError::Snapshot)?;
+        place::apply_zones(&mut snap, &self.config.topology.zones);
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_snapshot(&snap);
         {
@@ -233,6 +235,7 @@ impl Context {
         let d = decide(&snap, &p, &t);
         let mut answer = Answer::new(&snap, &p, d, &t);
         answer.mover = mover;
+        answer.placement = Some(self.placement(None, &snap));
         Ok(answer)
     }
 }

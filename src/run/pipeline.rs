@@ -115,16 +115,31 @@ impl Context {
             Err(RunError::Snapshot(e)) => return Break(self.failed(Failure::Snapshot(e))),
             Err(e) => return Break(self.failed(Failure::Repair(e.to_string()))),
         };
+        let placement = self.placement(Some(trigger), &snap);
+        let (Continue(mut f) | Break(mut f)) = self.slots(trigger, guard, cancel, &mut snap, &evacuations).await;
+        self.place_after(guard, cancel, placement, &mut f).await;
+        Continue(f)
+    }
+
+    /// The slot part of a run: plan -> decide -> execute.
+    async fn slots(
+        &self,
+        trigger: &Trigger,
+        guard: &LockGuard,
+        cancel: &CancellationToken,
+        snap: &mut ClusterSnapshot,
+        evacuations: &[Evacuation],
+    ) -> Step<Finished> {
         let mover = self.choose_mover().await?;
         if matches!(trigger, Trigger::Manual { allow_big_keys: true, .. }) && !snap.observed.pinned.is_empty() {
             warn!(buckets = snap.observed.pinned.len(), "--allow-big-keys: buckets holding big keys may move");
             snap.observed.pinned.clear();
         }
-        let mut plan = self.plan_run(trigger, &snap, &evacuations)?;
+        let mut plan = self.plan_run(trigger, snap, evacuations)?;
         plan.explanation.extend(mover.clone());
-        let mut answer = self.decide_run(trigger, &snap, &plan)?;
+        let mut answer = self.decide_run(trigger, snap, &plan)?;
         answer.mover = mover;
-        Continue(self.execute_run(trigger, guard, cancel, (&snap, &plan, &evacuations), answer).await)
+        Continue(self.execute_run(trigger, guard, cancel, (snap, &plan, evacuations), answer).await)
     }
 
     /// Settles what earlier moves left (ours, recorded as intents) before planning. A

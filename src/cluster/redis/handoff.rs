@@ -180,7 +180,7 @@ impl RedisCluster {
     /// Refuses while a slot of the master is open: MIGRATING or IMPORTING (the legacy
     /// mover), or in an atomic migration job (Valkey 9). A failover mid-move leaves the
     /// move for repair to settle; waiting for it to end is the better way.
-    async fn refuse_open_slots(&self, me: &NodeLine) -> Result<(), HandoffError> {
+    pub(super) async fn refuse_open_slots(&self, me: &NodeLine) -> Result<(), HandoffError> {
         let mut open: Vec<u16> = me.migrating.iter().chain(&me.importing).map(|(s, _)| *s).collect();
         let info = self.node_info(&me.addr).await.map_err(HandoffError::Backend)?;
         if Capabilities::of([&info]).atomic_migration {
@@ -237,7 +237,7 @@ impl RedisCluster {
     /// master says slave, until `deadline` (`within` after the replicas were first read).
     /// A server gives up a manual failover after 5 s (say, while the other masters' views
     /// still lag behind a failover just before): once past that, it is asked once more.
-    async fn fail_over(
+    pub(super) async fn fail_over(
         &self,
         master: &str,
         replica: &str,

@@ -25,6 +25,7 @@ mod legacy;
 mod migrations;
 mod observe;
 mod repair;
+mod roles;
 mod sizing;
 mod slot_stats;
 mod stands;
@@ -227,6 +228,14 @@ impl Cluster for RedisCluster {
         }
         debug!(slot, from = %src, to = %dst, keys = stats.keys, bytes = stats.bytes, ms = started.elapsed().as_millis() as u64, "slot moved");
         Ok(stats)
+    }
+
+    async fn change_role<F: Fence>(
+        &self,
+        change: &crate::plan::placement::RoleChange,
+        fence: &F,
+    ) -> Result<super::RoleDone, ClusterError> {
+        self.role_change(change, fence).await
     }
 
     /// Either mover moves groups, once chosen: the atomic one as one job, the legacy one

@@ -252,4 +252,3 @@ fn open_migrations(topo: &Topology) -> Vec<OpenMigration> {
     open.dedup_by(|a, b| a.bucket == b.bucket);
     open
 }
-

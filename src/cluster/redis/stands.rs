@@ -14,6 +14,10 @@ use crate::model::Replica;
 /// What a replica says of itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct ReplicaInfo {
+    /// `master` or `slave`: its own word, which a seed's view may lag behind.
+    pub role: String,
+    /// The master it follows, `host:port`, by its own word.
+    pub master: Option<String>,
     pub link_up: bool,
     pub offset: u64,
     pub zone: Option<String>,
@@ -23,7 +27,13 @@ impl ReplicaInfo {
     pub fn parse(info: &str) -> ReplicaInfo {
         let field =
             |key: &str| info.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(str::trim));
+        let master = match (field("master_host"), field("master_port")) {
+            (Some(h), Some(p)) => Some(format!("{h}:{p}")),
+            _ => None,
+        };
         ReplicaInfo {
+            role: field("role").unwrap_or_default().to_string(),
+            master,
             link_up: field("master_link_status") == Some("up"),
             offset: field("slave_repl_offset").and_then(|v| v.parse().ok()).unwrap_or(0),
             zone: field("availability_zone").filter(|z| !z.is_empty()).map(str::to_string),
@@ -38,7 +48,9 @@ pub(super) fn in_sync(r: &ReplicaInfo, master_offset: Option<u64>, max_lag: u64)
 
 impl RedisCluster {
     /// The replicas of the topology, each asked for its link and zone; `masters` holds
-    /// the INFO of the masters that answered, by node id.
+    /// the INFO of the masters that answered, by node id. A replica's own word on whom it
+    /// follows wins over the seed's view (which lags behind a failover); a node the seed
+    /// lists as a replica that says it is a master is left out.
     pub(super) async fn replicas(&self, topo: &Topology, masters: &HashMap<&str, &NodeInfo>) -> Vec<Replica> {
         let read = topo.replicas.iter().map(|r| async move {
             if r.is_failed() {
@@ -49,17 +61,31 @@ impl RedisCluster {
             text.ok().map(|t| ReplicaInfo::parse(&t))
         });
         let seen = futures::future::join_all(read).await;
-        topo.replicas.iter().zip(seen).map(|(r, seen)| self.replica(r, seen, masters)).collect()
+        topo.replicas
+            .iter()
+            .zip(seen)
+            .filter(|(_, s)| s.as_ref().is_none_or(|s| s.role != "master"))
+            .map(|(r, seen)| self.replica(topo, r, seen, masters))
+            .collect()
     }
 
-    fn replica(&self, r: &NodeLine, seen: Option<ReplicaInfo>, masters: &HashMap<&str, &NodeInfo>) -> Replica {
-        let master_offset = r.master_id.as_deref().and_then(|m| masters.get(m)).map(|i| i.repl_offset);
+    fn replica(
+        &self,
+        topo: &Topology,
+        r: &NodeLine,
+        seen: Option<ReplicaInfo>,
+        masters: &HashMap<&str, &NodeInfo>,
+    ) -> Replica {
+        let own =
+            seen.as_ref().and_then(|s| s.master.as_deref()).and_then(|a| topo.master_by_addr(a)).map(|m| m.id.clone());
+        let master = own.or_else(|| r.master_id.clone());
+        let master_offset = master.as_deref().and_then(|m| masters.get(m)).map(|i| i.repl_offset);
         Replica {
             id: r.id.clone(),
             address: r.addr.clone(),
             hostname: r.hostname.clone(),
             zone: seen.as_ref().and_then(|s| s.zone.clone()),
-            master: r.master_id.clone(),
+            master,
             healthy: !r.is_failed() && seen.is_some(),
             in_sync: seen.as_ref().is_some_and(|s| in_sync(s, master_offset, self.max_lag_bytes)),
         }
@@ -75,7 +101,11 @@ mod tests {
         let r = ReplicaInfo::parse(
             "# Server\r\navailability_zone:eu-1a\r\n# Replication\r\nrole:slave\r\nmaster_link_status:up\r\nslave_repl_offset:1000\r\n",
         );
-        assert_eq!(r, ReplicaInfo { link_up: true, offset: 1000, zone: Some("eu-1a".into()) });
+        let want =
+            ReplicaInfo { role: "slave".into(), master: None, link_up: true, offset: 1000, zone: Some("eu-1a".into()) };
+        assert_eq!(r, want);
+        let r2 = ReplicaInfo::parse("role:slave\nmaster_host:10.0.0.1\nmaster_port:7000\n");
+        assert_eq!(r2.master.as_deref(), Some("10.0.0.1:7000"));
         assert!(in_sync(&r, Some(1500), 500));
         assert!(!in_sync(&r, Some(1501), 500), "further behind than the limit");
         assert!(!in_sync(&r, None, 500), "its master did not answer: not known to be in sync");

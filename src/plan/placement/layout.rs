@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::RoleChange;
 use crate::model::{ClusterSnapshot, Health};
@@ -45,7 +45,7 @@ impl Shard {
 }
 
 /// One host or zone: what stands on it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stand {
     pub name: String,
     /// Master addresses.
@@ -57,6 +57,9 @@ pub struct Stand {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
     pub shards: Vec<Shard>,
+    /// Healthy replicas that follow no master of the snapshot: roles are settling (a
+    /// failover the views have not all caught up with).
+    pub unsettled: Vec<String>,
 }
 
 impl Layout {
@@ -94,13 +97,17 @@ impl Layout {
                     })
                     .collect(),
                 bytes,
-                open: snap.open_migrations.iter().any(|o| {
-                    [&o.from, &o.to].into_iter().flatten().any(|x| *x == m.id || *x == m.address)
-                }),
+                open: snap
+                    .open_migrations
+                    .iter()
+                    .any(|o| [&o.from, &o.to].into_iter().flatten().any(|x| *x == m.id || *x == m.address)),
                 down: m.health == Health::Down,
             })
             .collect();
-        Layout { shards }
+        let known = |id: &Option<String>| id.as_ref().is_some_and(|id| snap.members.iter().any(|m| m.id == *id));
+        let unsettled =
+            snap.replicas.iter().filter(|r| r.healthy && !known(&r.master)).map(|r| r.address.clone()).collect();
+        Layout { shards, unsettled }
     }
 
     /// The replica count most masters have (ties: the larger, so a cluster built with

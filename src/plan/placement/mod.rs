@@ -27,14 +27,16 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 pub use layout::{Layout, Stand};
 
 use crate::model::ClusterSnapshot;
 
 /// A placement rule: `autobalancer_placement_violations{rule}` and an action's reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     Redundancy,
@@ -55,7 +57,7 @@ impl Rule {
 }
 
 /// One role change. Nodes are named by node id, with their address for messages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RoleChange {
     /// `CLUSTER REPLICATE <to_master>` on the replica `node`: it follows `to_master` and
@@ -83,13 +85,25 @@ impl RoleChange {
     }
 }
 
-/// A role change and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// A role change and why; once a run has tried it, how that went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoleAction {
     pub rule: Rule,
     #[serde(flatten)]
     pub change: RoleChange,
     pub why: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RoleResult>,
+}
+
+/// How a role change went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RoleResult {
+    /// `done`, `failed`, `lock_lost` or `not_started` (`role_changes_total`'s outcome).
+    pub outcome: String,
+    /// What the server did, or its words for why not.
+    pub message: String,
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -100,7 +114,7 @@ pub struct PlacementOptions {
 }
 
 /// What placement found and would do.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Placement {
     /// Replicas every master should have.
     pub replicas_per_master: u32,
@@ -109,7 +123,7 @@ pub struct Placement {
     pub hosts: Vec<Stand>,
     pub zones: Vec<Stand>,
     /// Broken rules before the actions, with how many times each is broken.
-    pub violations: Vec<(Rule, u32)>,
+    pub violations: BTreeMap<Rule, u32>,
     pub actions: Vec<RoleAction>,
     /// What is broken and stays so, and why; what is unknown (no zones).
     pub explanation: Vec<String>,
@@ -117,7 +131,7 @@ pub struct Placement {
 
 impl Placement {
     pub fn violations_of(&self, rule: Rule) -> u32 {
-        self.violations.iter().find(|(r, _)| *r == rule).map_or(0, |(_, n)| *n)
+        self.violations.get(&rule).copied().unwrap_or(0)
     }
 }
 
@@ -138,6 +152,12 @@ pub fn place(snap: &ClusterSnapshot, opts: &PlacementOptions) -> Placement {
         .collect();
     if !layout.zones_known() {
         p.explanation.push("placement: zones unknown (no availability-zone, no topology.zones): zone rules off".into());
+    }
+    if let Some(r) = layout.unsettled.first() {
+        p.explanation.push(format!(
+            "placement: roles are settling ({r} follows no master of this snapshot): no role changes this run"
+        ));
+        return p;
     }
     let mut plan = rules::Planner::new(&mut layout, r, opts);
     plan.run();

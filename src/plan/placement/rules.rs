@@ -9,7 +9,9 @@ use super::{PlacementOptions, RoleAction, RoleChange, Rule};
 /// How many times `rule` is broken on `layout` with `r` replicas wanted per master.
 pub fn violations(layout: &Layout, rule: Rule, r: u32, _opts: &PlacementOptions) -> u32 {
     match rule {
-        Rule::Redundancy => layout.shards.iter().filter(|s| !s.down && (s.healthy_replicas() as u32) < r).count() as u32,
+        Rule::Redundancy => {
+            layout.shards.iter().filter(|s| !s.down && (s.healthy_replicas() as u32) < r).count() as u32
+        }
         Rule::Apart => apart(layout),
         Rule::Spread => spread(layout),
     }
@@ -78,7 +80,14 @@ pub struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     pub fn new(layout: &'a mut Layout, r: u32, opts: &PlacementOptions) -> Planner<'a> {
-        Planner { layout, r, budget: opts.max_role_changes, touched: BTreeSet::new(), actions: Vec::new(), left: Vec::new() }
+        Planner {
+            layout,
+            r,
+            budget: opts.max_role_changes,
+            touched: BTreeSet::new(),
+            actions: Vec::new(),
+            left: Vec::new(),
+        }
     }
 
     pub fn run(&mut self) {
@@ -94,14 +103,15 @@ impl<'a> Planner<'a> {
 
     fn take(&mut self, rule: Rule, changes: Vec<RoleChange>, why: String) -> bool {
         if (changes.len() as u32) > self.budget {
-            self.left.push(format!("{}: {why}: left for the next run (topology.max-role-changes-per-run)", rule.as_str()));
+            self.left
+                .push(format!("{}: {why}: left for the next run (topology.max-role-changes-per-run)", rule.as_str()));
             return false;
         }
         for c in changes {
             self.budget -= 1;
             self.touched.extend(c.shards().into_iter().map(str::to_string));
             self.layout.apply(&c);
-            self.actions.push(RoleAction { rule, change: c, why: why.clone() });
+            self.actions.push(RoleAction { rule, change: c, why: why.clone(), result: None });
         }
         true
     }
@@ -224,8 +234,11 @@ impl<'a> Planner<'a> {
             let mut best: Option<((u32, u64, String), RoleChange)> = None;
             for s in self.layout.shards.iter().filter(|s| self.free(s)) {
                 for r in s.replicas.iter().filter(|r| r.healthy && r.in_sync) {
-                    let c =
-                        RoleChange::Failover { node: r.id.clone(), address: r.address.clone(), master: s.master.id.clone() };
+                    let c = RoleChange::Failover {
+                        node: r.id.clone(),
+                        address: r.address.clone(),
+                        master: s.master.id.clone(),
+                    };
                     let mut after = self.layout.clone();
                     after.apply(&c);
                     // A lower rule never undoes a higher one.

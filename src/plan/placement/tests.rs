@@ -8,7 +8,11 @@ fn snap(masters: &[(&str, &str, u64)], replicas: &[(&str, &str, &str)]) -> Clust
         taken_at: chrono::Utc::now(),
         members: masters
             .iter()
-            .map(|(id, host, _)| Member { address: format!("{id}:6379"), hostname: Some(host.to_string()), ..Member::new(id) })
+            .map(|(id, host, _)| Member {
+                address: format!("{id}:6379"),
+                hostname: Some(host.to_string()),
+                ..Member::new(id)
+            })
             .collect(),
         buckets: masters
             .iter()
@@ -52,7 +56,10 @@ fn kinds(p: &Placement) -> Vec<(Rule, String)> {
 #[test]
 fn two_masters_on_one_host_are_spread_by_a_failover() {
     // After failovers: m1 and m2 on host a, host c holds only a replica.
-    let s = snap(&[("m1", "a", 10), ("m2", "a", 10), ("m3", "b", 10)], &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "c", "m3")]);
+    let s = snap(
+        &[("m1", "a", 10), ("m2", "a", 10), ("m3", "b", 10)],
+        &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "c", "m3")],
+    );
     let p = place(&s, &opts());
     assert_eq!(p.violations_of(Rule::Spread), 2, "{p:?}");
     assert_eq!(p.violations_of(Rule::Apart), 0);
@@ -67,7 +74,14 @@ fn a_replica_beside_its_master_is_swapped_or_exchanged() {
     // r1 beside m1 on a; m1's other replica on c: a role swap separates them.
     let s = snap(
         &[("m1", "a", 10), ("m2", "b", 10), ("m3", "c", 10)],
-        &[("r1", "a", "m1"), ("q1", "c", "m1"), ("r2", "c", "m2"), ("q2", "a", "m2"), ("r3", "a", "m3"), ("q3", "b", "m3")],
+        &[
+            ("r1", "a", "m1"),
+            ("q1", "c", "m1"),
+            ("r2", "c", "m2"),
+            ("q2", "a", "m2"),
+            ("r3", "a", "m3"),
+            ("q3", "b", "m3"),
+        ],
     );
     let p = place(&s, &opts());
     assert_eq!(p.violations_of(Rule::Apart), 1);
@@ -110,7 +124,10 @@ fn a_master_without_its_replica_gets_one_from_a_master_with_two() {
 
 #[test]
 fn nothing_moves_on_an_open_shard_or_out_of_sync_replica_and_the_budget_holds() {
-    let base = snap(&[("m1", "a", 10), ("m2", "a", 10), ("m3", "b", 10)], &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "c", "m3")]);
+    let base = snap(
+        &[("m1", "a", 10), ("m2", "a", 10), ("m3", "b", 10)],
+        &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "c", "m3")],
+    );
     let mut s = base.clone();
     s.replicas[1].in_sync = false;
     let p = place(&s, &opts());
@@ -144,7 +161,10 @@ fn zones_split_a_shard_standing_in_one_zone() {
     assert_eq!(p.zones.len(), 2);
 
     // Three shards, and one zone with two nodes: no layout splits every shard; said so.
-    let mut s = snap(&[("m1", "a", 10), ("m2", "b", 10), ("m3", "c", 10)], &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "a", "m3")]);
+    let mut s = snap(
+        &[("m1", "a", 10), ("m2", "b", 10), ("m3", "c", 10)],
+        &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "a", "m3")],
+    );
     let zone = |h: &str| Some(if h == "c" { "y" } else { "x" }.to_string());
     s.members.iter_mut().for_each(|m| m.zone = zone(m.hostname.as_deref().unwrap()));
     s.replicas.iter_mut().for_each(|r| r.zone = zone(r.hostname.as_deref().unwrap()));
@@ -155,8 +175,23 @@ fn zones_split_a_shard_standing_in_one_zone() {
 
 #[test]
 fn a_balanced_layout_is_left_alone() {
-    let s = snap(&[("m1", "a", 10), ("m2", "b", 10), ("m3", "c", 10)], &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "a", "m3")]);
+    let s = snap(
+        &[("m1", "a", 10), ("m2", "b", 10), ("m3", "c", 10)],
+        &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "a", "m3")],
+    );
     let p = place(&s, &opts());
     assert!(p.violations.is_empty() && p.actions.is_empty(), "{p:?}");
     assert_eq!(p.replicas_per_master, 1);
+}
+
+#[test]
+fn no_role_changes_while_a_replica_follows_no_known_master() {
+    let mut s = snap(
+        &[("m1", "a", 10), ("m2", "a", 10), ("m3", "b", 10)],
+        &[("r1", "b", "m1"), ("r2", "c", "m2"), ("r3", "c", "m3")],
+    );
+    s.replicas[0].master = Some("gone".into());
+    let p = place(&s, &opts());
+    assert!(p.actions.is_empty(), "{p:?}");
+    assert!(p.explanation.iter().any(|l| l.contains("roles are settling")), "{:?}", p.explanation);
 }

@@ -1,0 +1,99 @@
+use super::*;
+
+/// The README's metrics table names every registered metric, and nothing else.
+#[test]
+fn the_readme_table_is_the_registry() {
+    let readme = include_str!("../../README.md");
+    let table = &readme[readme.find("## Metrics").unwrap()..readme.find("## Deploying").unwrap()];
+    let mut documented: Vec<String> = table
+        .split('`')
+        .filter(|w| w.starts_with("autobalancer_") && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .map(str::to_string)
+        .collect();
+    documented.sort();
+    documented.dedup();
+    // Labelled by member: gathered once a member is named.
+    let m = Metrics::new();
+    use crate::model::fixtures::*;
+    let s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
+    m.observe_snapshot(&s);
+    m.observe_plan(&crate::plan::plan(&s, &Default::default()).unwrap());
+    m.member_used_memory_bytes.with_label_values(&["m1"]).set(1.0);
+    let mut registered: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
+    registered.sort();
+    assert_eq!(documented, registered);
+}
+
+#[test]
+fn every_design_metric_is_exported_with_its_labels() {
+    let m = Metrics::new();
+    let text = m.render();
+    for name in [
+        "autobalancer_runs_total{outcome=\"stopped\"} 0",
+        "autobalancer_failures_total{reason=\"snapshot_failed\"} 0",
+        "autobalancer_skips_total{reason=\"stray_keys\"} 0",
+        "autobalancer_failures_total{reason=\"plan_failed\"} 0",
+        "autobalancer_lock_held 0",
+        "autobalancer_lock_acquisitions_total{result=\"held_elsewhere\"} 0",
+        "autobalancer_last_run_timestamp_seconds 0",
+        "autobalancer_next_run_timestamp_seconds 0",
+        "autobalancer_transfer_size_bytes 0",
+        "autobalancer_cluster_size_bytes 0",
+        "autobalancer_transfer_ratio 0",
+        "autobalancer_moves_total{outcome=\"not_started\"} 0",
+        "autobalancer_moves_total{outcome=\"lock_lost\"} 0",
+        "autobalancer_moved_bytes_total 0",
+        "autobalancer_rebalance_in_progress 0",
+        "autobalancer_rebalance_moves_planned 0",
+        "autobalancer_rebalance_moves_done 0",
+        "autobalancer_move_duration_seconds_count 0",
+        "autobalancer_plan_duration_seconds_count 0",
+        "autobalancer_snapshot_duration_seconds_count 0",
+        "autobalancer_build_info{engine=\"unknown\",version=",
+        "autobalancer_lock_age_seconds 0",
+        "autobalancer_sizing_duration_seconds_count 0",
+        "autobalancer_sizing_age_seconds 0",
+        "autobalancer_size_refresh_timestamp_seconds 0",
+        "autobalancer_size_threshold_ratio 0",
+        "autobalancer_etcd_up 0",
+        "autobalancer_evacuation_buckets_left 0",
+        "autobalancer_evacuation_bytes_left 0",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+    assert_eq!(text.matches("autobalancer_skips_total{").count(), SkipReason::ALL.len());
+    // Labelled by member: present once a member is named.
+    m.member_used_memory_bytes.with_label_values(&["m1"]).set(7.0);
+    assert!(m.render().contains("autobalancer_member_used_memory_bytes{member=\"m1\"} 7"));
+    for (vec, name) in [(&m.big_keys, "big_keys"), (&m.stray_keys, "stray_keys")] {
+        vec.with_label_values(&["m1"]).set(3);
+        assert!(m.render().contains(&format!("autobalancer_{name}{{member=\"m1\"}} 3")), "missing {name}");
+    }
+    m.set_engine("valkey-9.0.0");
+    let text = m.render();
+    assert_eq!(text.matches("autobalancer_build_info{").count(), 1, "{text}");
+    assert!(text.contains("autobalancer_build_info{engine=\"valkey-9.0.0\",version="), "{text}");
+    use crate::model::fixtures::*;
+    let s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])]);
+    let p = crate::plan::plan(&s, &Default::default()).unwrap();
+    m.observe_plan(&p);
+    let text = m.render();
+    assert!(text.contains("autobalancer_member_load_bytes{member=\"m1\"} 300"), "{text}");
+    assert!(text.contains("autobalancer_member_buckets{member=\"m1\"} 3"));
+    assert!(text.contains("autobalancer_member_target_bytes{member=\"m2\"} 200"));
+    assert!(text.contains("autobalancer_transfer_ratio 0.25"));
+    // member_info joins the stable id to where the member is now; a member that moved
+    // shows its new address only.
+    let mut s = s;
+    s.members[0].address = "10.0.0.1:6379".into();
+    s.members[0].hostname = Some("redis-0".into());
+    m.observe_snapshot(&s);
+    s.members[0].address = "10.0.0.7:6379".into();
+    m.observe_snapshot(&s);
+    let text = m.render();
+    assert!(
+        text.contains("autobalancer_member_info{address=\"10.0.0.7:6379\",hostname=\"redis-0\",member=\"m1\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("10.0.0.1:6379"), "{text}");
+}

@@ -1,0 +1,126 @@
+//! Placement in a run: the role changes [`crate::plan::placement`] chose, carried out
+//! after the slot moves, under the same lock, in the same answer. Placement has its own
+//! reasons: `size-threshold-percent` and `minimum-size` gate slot moves only; a broken
+//! rule acts whenever it is broken. Nothing is changed when the run failed or stopped,
+//! or while a member is down or a move is open; a change refused is reported in the
+//! server's words and not tried again in the same run.
+//!
+//! No intent is recorded for a role change: each one is a single command the server
+//! carries out whole (a manual failover completes or is abandoned by the server within
+//! its own 5 s; a CLUSTER REPLICATE is applied at once and the sync goes on by itself),
+//! so a holder killed mid-change leaves nothing half-done for the next one to settle. The
+//! next holder reads roles afresh and plans from what it sees.
+//!
+//! Owns: whether placement acts in a run, the order, the byte budget for full syncs, the
+//! outcomes and their metric. Does not own: the rules or the commands.
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Context, Finished, Outcome, Trigger};
+use crate::cluster::{Cluster, ClusterError};
+use crate::coord::{GuardFence, LockGuard};
+use crate::decide::SkipReason;
+use crate::metrics::MoveOutcome;
+use crate::model::ClusterSnapshot;
+use crate::plan::placement::{Placement, PlacementOptions, RoleResult, place};
+
+impl Context {
+    /// What placement makes of `snap`: always computed and shown, acted on only when
+    /// `topology.enabled` (default: the nodes stand on more than one host).
+    pub(super) fn placement(&self, trigger: Option<&Trigger>, snap: &ClusterSnapshot) -> Placement {
+        let t = &self.config.topology;
+        let opts = PlacementOptions {
+            replicas_per_master: t.replicas_per_master,
+            max_role_changes: t.max_role_changes_per_run,
+            tolerance_percent: self.config.balance.tolerance_percent,
+        };
+        let mut p = place(snap, &opts);
+        self.metrics.observe_placement(snap, &p);
+        let why_not = match t.enabled {
+            Some(false) => Some("topology.enabled = false"),
+            None if p.hosts.len() < 2 => Some("every node stands on one host"),
+            _ if trigger == Some(&Trigger::Evacuation) => Some("an evacuation changes no roles"),
+            _ => None,
+        };
+        if let Some(why) = why_not
+            && !p.actions.is_empty()
+        {
+            p.explanation.push(format!("placement: {} role change(s) wanted, none made: {why}", p.actions.len()));
+            p.actions.clear();
+        }
+        p
+    }
+
+    /// Carries out `p`'s role changes once the slot part of the run has ended as
+    /// `finished` says, and puts the placement in its answer.
+    pub(super) async fn place_after(
+        &self,
+        guard: &LockGuard,
+        cancel: &CancellationToken,
+        mut p: Placement,
+        finished: &mut Finished,
+    ) {
+        let held = match &finished.outcome {
+            Outcome::Rebalanced => None,
+            Outcome::Skipped(
+                SkipReason::BelowThreshold
+                | SkipReason::BelowMinimumSize
+                | SkipReason::NothingToMove
+                | SkipReason::CriticalMember
+                | SkipReason::NoRoom,
+            ) => None,
+            other => Some(format!("the run ended {}: role changes wait for the next run", other.label())),
+        };
+        let fence = GuardFence { coordinator: &self.coordinator, guard };
+        let budget = self.config.execution.max_bytes_per_run.0;
+        let mut spent = finished.answer.moved_bytes.unwrap_or(0);
+        for a in &mut p.actions {
+            let bytes = a.change.bytes();
+            let not_started = if let Some(why) = &held {
+                Some(why.clone())
+            } else if cancel.is_cancelled() || guard.lost.is_cancelled() {
+                Some("the run was stopped".to_string())
+            } else if budget > 0 && spent + bytes > budget {
+                Some(format!("a full sync of {bytes} bytes would pass execution.max-bytes-per-run"))
+            } else {
+                None
+            };
+            let started = std::time::Instant::now();
+            let (outcome, message) = match not_started {
+                Some(why) => (MoveOutcome::NotStarted, why),
+                None => match self.cluster.change_role(&a.change, &fence).await {
+                    Ok(done) => {
+                        spent += bytes;
+                        info!(rule = a.rule.as_str(), why = %a.why, seconds = done.seconds, "placement: {}", done.message);
+                        (MoveOutcome::Done, done.message)
+                    }
+                    Err(ClusterError::RoleFenced(e)) => (MoveOutcome::LockLost, e.to_string()),
+                    Err(e) => {
+                        warn!(rule = a.rule.as_str(), why = %a.why, cause = %e, "placement: role change failed");
+                        (MoveOutcome::Failed, e.to_string())
+                    }
+                },
+            };
+            self.metrics.role_changes_total.with_label_values(&[outcome.as_str()]).inc();
+            let seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+            a.result = Some(RoleResult { outcome: outcome.as_str().to_string(), message, seconds });
+        }
+        finished.answer.placement = Some(p);
+    }
+}
+
+/// Zones from `topology.zones` for the nodes the server gave none, looked up by host,
+/// address, then node id.
+pub(super) fn apply_zones(snap: &mut ClusterSnapshot, zones: &std::collections::BTreeMap<String, String>) {
+    if zones.is_empty() {
+        return;
+    }
+    let find = |host: &str, address: &str, id: &str| [host, address, id].iter().find_map(|k| zones.get(*k)).cloned();
+    for m in snap.members.iter_mut().filter(|m| m.zone.is_none()) {
+        m.zone = find(m.host(), &m.address, &m.id);
+    }
+    for r in snap.replicas.iter_mut().filter(|r| r.zone.is_none()) {
+        r.zone = find(r.host(), &r.address, &r.id);
+    }
+}
