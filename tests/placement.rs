@@ -289,7 +289,121 @@ async fn a_holder_killed_mid_failover_leaves_the_next_one_a_clean_start(engine: 
     assert!(c.open_slots().await.unwrap().is_empty());
 }
 
+/// Failback: after a failover stacks two masters on one host, the former master gets
+/// its role back only once it has been quiet for `failback-after`; a node that flaps is
+/// left alone.
+async fn failback_waits_for_a_quiet_period_and_a_flapping_node_is_left_alone(engine: Engine) {
+    let c = ClusterSpec::new(engine, 3, 0).replicas(1).start().await.unwrap();
+    c.load_skewed(2_000, 5).await.unwrap();
+    let s = shards(&c);
+    let hosts = [(s[0].0, "a"), (s[1].0, "b"), (s[2].0, "c"), (s[0].1[0], "b"), (s[1].1[0], "c"), (s[2].1[0], "a")];
+    set_hosts(&c, &hosts.map(|(i, h)| (i, h.to_string()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&c, dir.path(), "[topology]\nfailback-after = \"10s\"");
+    let run = |cfg: &std::path::Path| {
+        let cfg = cfg.to_path_buf();
+        async move { tokio::task::spawn_blocking(move || rebalance(&cfg)).await.unwrap() }
+    };
+    let (code, v, e) = run(&cfg).await;
+    assert_eq!(code, 0, "{e}");
+    assert_eq!(v["placement"]["actions"], serde_json::json!([]), "{:#}", v["placement"]);
+
+    // m1's node fails over to its replica on host c: c holds two masters, b none.
+    let addr_id = |i: usize| (c.nodes[i].addr(), c.nodes[i].id.clone());
+    let (m1, r1) = (addr_id(s[1].0), addr_id(s[1].1[0]));
+    failover(&c, &r1.0, &m1.1).await;
+    let (_, v, _) = run(&cfg).await;
+    let p = &v["placement"];
+    assert_eq!(p["violations"]["spread"], 2, "{p:#}");
+    assert_eq!(p["actions"], serde_json::json!([]), "{p:#}");
+    assert!(p["explanation"].to_string().contains("waits until it is quiet"), "{p:#}");
+
+    // Once quiet for 10 s, the former master gets its role back; until then every run
+    // says it waits.
+    let started = std::time::Instant::now();
+    let v = loop {
+        let (code, v, e) = run(&cfg).await;
+        assert_eq!(code, 0, "{e}");
+        if !v["placement"]["actions"].as_array().unwrap().is_empty() {
+            break v;
+        }
+        assert!(v["placement"]["explanation"].to_string().contains("waits until it is quiet"), "{:#}", v["placement"]);
+        assert!(started.elapsed() < Duration::from_secs(40), "no failback within 40 s: {:#}", v["placement"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(started.elapsed() >= Duration::from_secs(5), "failback came before the quiet period");
+    let a = action(&v, 0);
+    assert_eq!(
+        (a["kind"].as_str(), a["node"].as_str()),
+        (Some("failover"), Some(m1.1.as_str())),
+        "{:#}",
+        v["placement"]
+    );
+    assert_eq!(a["result"]["outcome"], "done", "{a:#}");
+    assert!(a["why"].as_str().unwrap().contains("failback"), "{a:#}");
+    assert_eq!(masters_per_host(&c).await.values().copied().collect::<Vec<_>>(), vec![1, 1, 1]);
+
+    // Straight back again: two role changes within 10 s. Left alone, even once quiet.
+    failover(&c, &r1.0, &m1.1).await;
+    for wait in [0, 11] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let (_, v, _) = run(&cfg).await;
+        let p = &v["placement"];
+        assert_eq!(p["actions"], serde_json::json!([]), "{p:#}");
+        assert!(p["explanation"].to_string().contains("flaps"), "{p:#}");
+    }
+}
+
+/// CLUSTER FAILOVER on the replica at `replica`, once its link is up, and a wait until
+/// every view has its master `demoted` (by id) as its replica. A server abandons a
+/// manual failover after 5 s (its views may still lag behind the last one): asked again
+/// every 6 s.
+async fn failover(c: &LocalCluster, replica: &str, demoted: &str) {
+    let mut con = c.conn(replica).await.unwrap();
+    wait_for_async(30, "the replica's link is up", || {
+        let mut con = con.clone();
+        async move {
+            let info: String = redis::cmd("INFO").arg("replication").query_async(&mut con).await.unwrap();
+            info.contains("master_link_status:up")
+        }
+    })
+    .await;
+    let promoted = c.id_of(replica).unwrap().to_string();
+    // Every view lists it as its master's replica first: a master ignores a failover
+    // request from a node its view does not list as its own replica.
+    wait_for_async(30, "every view lists the replica under its master", || async {
+        for a in c.live_addrs() {
+            if !nodes(c, &a).await.iter().any(|n| n.id == promoted && n.master_id.as_deref() == Some(demoted)) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let agree = || async {
+        for a in c.live_addrs() {
+            let view = nodes(c, &a).await;
+            if !view.iter().any(|n| n.id == demoted && n.master_id.as_deref() == Some(promoted.as_str())) {
+                return false;
+            }
+        }
+        true
+    };
+    for _ in 0..5 {
+        redis::cmd("CLUSTER").arg("FAILOVER").query_async::<()>(&mut con).await.unwrap();
+        let asked = std::time::Instant::now();
+        while asked.elapsed() < Duration::from_secs(6) {
+            if agree().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("{replica} did not take over from {demoted} within 30 s");
+}
+
 on_each_engine!(
+    failback_waits_for_a_quiet_period_and_a_flapping_node_is_left_alone,
     failovers_that_stack_masters_on_one_host_are_spread,
     a_master_that_lost_its_replicas_gets_one_from_a_master_with_two,
     a_replica_beside_its_master_is_exchanged_away,

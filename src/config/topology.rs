@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::Size;
+use super::{Dur, Size};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -20,6 +20,9 @@ pub struct TopologyConfig {
     pub max_role_changes_per_run: u32,
     /// A replica further behind its master than this is not in sync: never promoted.
     pub max_lag_bytes: Size,
+    /// A node gets the master role back (or gives it up) only after this long in its
+    /// present role; two role changes within it and it is left alone.
+    pub failback_after: Dur,
     /// Zone of a host or node (hostname, IP, `ip:port` or node id), where the server
     /// reports none (Valkey's `availability-zone`).
     pub zones: BTreeMap<String, String>,
@@ -32,6 +35,7 @@ impl Default for TopologyConfig {
             replicas_per_master: None,
             max_role_changes_per_run: 2,
             max_lag_bytes: Size(1 << 20),
+            failback_after: Dur(std::time::Duration::from_secs(600)),
             zones: BTreeMap::new(),
         }
     }

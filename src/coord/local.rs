@@ -41,6 +41,7 @@ pub(crate) struct Kept {
     pub(crate) paused: Option<String>,
     pub(crate) evacuations: BTreeMap<String, Evacuation>,
     pub(crate) last_run: Option<RunRecord>,
+    pub(crate) roles: super::roles::RoleHistory,
 }
 
 impl LocalState {

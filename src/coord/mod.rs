@@ -12,6 +12,7 @@
 //! - `paused`, `evacuations/<member>`: persistent, written by operators.
 //! - `moves/<bucket>`: a move's intent, written before it starts, without a lease.
 //! - `runs/scheduled`: the cron slot of the last scheduled run.
+//! - `roles`: each node's role over time ([`roles`]), written by the lock holder.
 //!
 //! Layout: this file owns the connection (client, timeouts, the in-process stand-in) and
 //! the key names; [`lock`] the lock, its keep-alive and the fence; [`state`] the records
@@ -22,6 +23,7 @@
 mod intents;
 mod local;
 pub mod lock;
+pub mod roles;
 pub mod state;
 
 use std::sync::Arc;
@@ -62,6 +64,9 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn lock(&self) -> String {
         format!("{}/lock", self.base)
+    }
+    pub(crate) fn roles(&self) -> String {
+        format!("{}/roles", self.base)
     }
     pub(crate) fn last_run(&self) -> String {
         format!("{}/runs/last", self.base)

@@ -235,7 +235,7 @@ impl Context {
         let d = decide(&snap, &p, &t);
         let mut answer = Answer::new(&snap, &p, d, &t);
         answer.mover = mover;
-        answer.placement = Some(self.placement(None, &snap));
+        answer.placement = Some(self.placement(None, &snap).await);
         Ok(answer)
     }
 }

@@ -115,7 +115,7 @@ impl Context {
             Err(RunError::Snapshot(e)) => return Break(self.failed(Failure::Snapshot(e))),
             Err(e) => return Break(self.failed(Failure::Repair(e.to_string()))),
         };
-        let placement = self.placement(Some(trigger), &snap);
+        let placement = self.placement(Some(trigger), &snap).await;
         let (Continue(mut f) | Break(mut f)) = self.slots(trigger, guard, cancel, &mut snap, &evacuations).await;
         self.place_after(guard, cancel, placement, &mut f).await;
         Continue(f)

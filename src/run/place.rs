@@ -23,17 +23,36 @@ use crate::coord::{GuardFence, LockGuard};
 use crate::decide::SkipReason;
 use crate::metrics::MoveOutcome;
 use crate::model::ClusterSnapshot;
-use crate::plan::placement::{Placement, PlacementOptions, RoleResult, place};
+use crate::plan::placement::{Placement, PlacementOptions, RoleChange, RoleResult, place};
 
 impl Context {
     /// What placement makes of `snap`: always computed and shown, acted on only when
-    /// `topology.enabled` (default: the nodes stand on more than one host).
-    pub(super) fn placement(&self, trigger: Option<&Trigger>, snap: &ClusterSnapshot) -> Placement {
+    /// `topology.enabled` (default: the nodes stand on more than one host). A run
+    /// (`trigger` given) notes the roles it sees in the fleet's role history, for
+    /// failback; a dry run only reads it.
+    pub(super) async fn placement(&self, trigger: Option<&Trigger>, snap: &ClusterSnapshot) -> Placement {
         let t = &self.config.topology;
+        let now = chrono::Utc::now();
+        let mut history = match self.coordinator.roles().await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(cause = %e, "cannot read the role history: every node taken as quiet");
+                Default::default()
+            }
+        };
+        history.observe(snap, now, t.failback_after.0);
+        if trigger.is_some()
+            && let Err(e) = self.coordinator.set_roles(&history).await
+        {
+            warn!(cause = %e, "cannot write the role history; the next run sees these roles as new");
+        }
         let opts = PlacementOptions {
             replicas_per_master: t.replicas_per_master,
             max_role_changes: t.max_role_changes_per_run,
             tolerance_percent: self.config.balance.tolerance_percent,
+            settling: history.settling(now, t.failback_after.0).into_iter().collect(),
+            flapping: history.flapping(t.failback_after.0).into_iter().collect(),
+            former_masters: history.former_masters().into_iter().collect(),
         };
         let mut p = place(snap, &opts);
         self.metrics.observe_placement(snap, &p);
@@ -106,7 +125,32 @@ impl Context {
             let seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
             a.result = Some(RoleResult { outcome: outcome.as_str().to_string(), message, seconds });
         }
+        self.note_failovers(&p).await;
         finished.answer.placement = Some(p);
+    }
+
+    /// The failovers this run made, in the fleet's role history.
+    async fn note_failovers(&self, p: &Placement) {
+        let done =
+            p.actions.iter().filter(|a| a.result.as_ref().is_some_and(|r| r.outcome == MoveOutcome::Done.as_str()));
+        let swaps: Vec<(&str, &str)> = done
+            .filter_map(|a| match &a.change {
+                RoleChange::Failover { node, master, .. } => Some((node.as_str(), master.as_str())),
+                RoleChange::Replicate { .. } => None,
+            })
+            .collect();
+        if swaps.is_empty() {
+            return;
+        }
+        let now = chrono::Utc::now();
+        let Ok(mut history) = self.coordinator.roles().await else { return };
+        for (promoted, demoted) in swaps {
+            history.note(promoted, true, now);
+            history.note(demoted, false, now);
+        }
+        if let Err(e) = self.coordinator.set_roles(&history).await {
+            warn!(cause = %e, "cannot write the role history; the next run sees these roles as new");
+        }
     }
 }
 

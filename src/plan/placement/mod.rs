@@ -12,8 +12,10 @@
 //! 3. *spread*: masters per host, and per zone, within one of each other, fixed by
 //!    `CLUSTER FAILOVER` on an in-sync replica where the role is wanted (never TAKEOVER).
 //!    Among the failovers that fix the count, the one leaving the busiest host with the
-//!    fewest master bytes; a host above its share of master bytes by more than
-//!    `tolerance-percent` is reported.
+//!    fewest master bytes.
+//! 4. *failback* (within spread): a failover that gives the role back to a replica that
+//!    was a master comes first; no failover touches a node that changed role within
+//!    `topology.failback-after`, or one that flaps (two changes within it).
 //!
 //! Each rule is applied to a simulated layout, so later actions see earlier ones; one
 //! action per shard, at most `max_role_changes` in all. The plan is deterministic: ties
@@ -27,7 +29,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,11 +108,18 @@ pub struct RoleResult {
     pub seconds: f64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PlacementOptions {
     pub replicas_per_master: Option<u32>,
     pub max_role_changes: u32,
     pub tolerance_percent: u32,
+    /// Nodes that changed role within `topology.failback-after`: spread neither
+    /// promotes nor demotes them yet.
+    pub settling: BTreeSet<String>,
+    /// Nodes with two role changes within `failback-after` of each other: left alone.
+    pub flapping: BTreeSet<String>,
+    /// Replicas that were masters: spread gives the role back to one of them first.
+    pub former_masters: BTreeSet<String>,
 }
 
 /// What placement found and would do.

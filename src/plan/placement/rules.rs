@@ -70,6 +70,7 @@ fn heaviest_host_bytes(layout: &Layout) -> u64 {
 
 pub struct Planner<'a> {
     layout: &'a mut Layout,
+    opts: &'a PlacementOptions,
     r: u32,
     budget: u32,
     touched: BTreeSet<String>,
@@ -79,9 +80,10 @@ pub struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(layout: &'a mut Layout, r: u32, opts: &PlacementOptions) -> Planner<'a> {
+    pub fn new(layout: &'a mut Layout, r: u32, opts: &'a PlacementOptions) -> Planner<'a> {
         Planner {
             layout,
+            opts,
             r,
             budget: opts.max_role_changes,
             touched: BTreeSet::new(),
@@ -231,9 +233,14 @@ impl<'a> Planner<'a> {
             if before == 0 {
                 return;
             }
-            let mut best: Option<((u32, u64, String), RoleChange)> = None;
+            let mut best: Option<((u32, bool, u64, String), RoleChange)> = None;
+            let mut held: Option<String> = None;
             for s in self.layout.shards.iter().filter(|s| self.free(s)) {
                 for r in s.replicas.iter().filter(|r| r.healthy && r.in_sync) {
+                    if let Some(why) = self.unquiet(&s.master.id, &r.id) {
+                        held.get_or_insert(why);
+                        continue;
+                    }
                     let c = RoleChange::Failover {
                         node: r.id.clone(),
                         address: r.address.clone(),
@@ -245,25 +252,44 @@ impl<'a> Planner<'a> {
                     if apart(&after) > apart_before {
                         continue;
                     }
-                    let rank = (spread(&after), heaviest_host_bytes(&after), r.id.clone());
+                    let failback = self.opts.former_masters.contains(&r.id);
+                    let rank = (spread(&after), !failback, heaviest_host_bytes(&after), r.id.clone());
                     if rank.0 < before && best.as_ref().is_none_or(|(b, _)| rank < *b) {
                         best = Some((rank, c));
                     }
                 }
             }
-            let Some((_, c)) = best else {
-                self.left.push(format!(
-                    "spread: masters per host (or zone) off their share by {before}: no in-sync replica where a master is wanted"
-                ));
+            let Some((rank, c)) = best else {
+                let why = held.unwrap_or_else(|| "no in-sync replica where a master is wanted".into());
+                self.left.push(format!("spread: masters per host (or zone) off their share by {before}: {why}"));
                 return;
             };
-            let RoleChange::Failover { master, .. } = &c else { return };
+            let RoleChange::Failover { master, node, .. } = &c else { return };
             let s = self.layout.shards.iter().find(|s| s.master.id == *master).expect("chosen from the layout");
-            let why = format!("host {} holds more masters than its share", s.master.host);
+            let mut why = format!("host {} holds more masters than its share", s.master.host);
+            if !rank.1 {
+                why += &format!("; failback: {node} was a master, and has been quiet for topology.failback-after");
+            }
             if !self.take(Rule::Spread, vec![c], why) {
                 return;
             }
         }
+    }
+}
+
+impl Planner<'_> {
+    /// Why a failover of `master` to `replica` must wait, if it must.
+    fn unquiet(&self, master: &str, replica: &str) -> Option<String> {
+        let o = self.opts;
+        [master, replica].into_iter().find_map(|n| {
+            if o.flapping.contains(n) {
+                Some(format!("{n} flaps (two role changes within topology.failback-after): left alone"))
+            } else if o.settling.contains(n) {
+                Some(format!("{n} changed role within topology.failback-after: waits until it is quiet"))
+            } else {
+                None
+            }
+        })
     }
 }
 

@@ -37,7 +37,7 @@ fn snap(masters: &[(&str, &str, u64)], replicas: &[(&str, &str, &str)]) -> Clust
 }
 
 fn opts() -> PlacementOptions {
-    PlacementOptions { replicas_per_master: None, max_role_changes: 2, tolerance_percent: 5 }
+    PlacementOptions { replicas_per_master: None, max_role_changes: 2, tolerance_percent: 5, ..Default::default() }
 }
 
 fn kinds(p: &Placement) -> Vec<(Rule, String)> {
@@ -194,4 +194,27 @@ fn no_role_changes_while_a_replica_follows_no_known_master() {
     let p = place(&s, &opts());
     assert!(p.actions.is_empty(), "{p:?}");
     assert!(p.explanation.iter().any(|l| l.contains("roles are settling")), "{:?}", p.explanation);
+}
+
+#[test]
+fn failback_waits_for_quiet_prefers_the_former_master_and_leaves_a_flapper_alone() {
+    // m2 failed over to r2 (host c, now two masters there: r2 and m3), m2 came back on b
+    // as r2's replica; r3 (host b too) could also take a master role back to b.
+    let s = snap(
+        &[("m1", "a", 10), ("r2", "c", 10), ("m3", "c", 10)],
+        &[("r1", "b", "m1"), ("m2", "b", "r2"), ("r3", "b", "m3")],
+    );
+    let settling = |ids: &[&str]| PlacementOptions { settling: ids.iter().map(|s| s.to_string()).collect(), ..opts() };
+    let p = place(&s, &settling(&["m2", "r2"]));
+    // Only r3 is quiet: it takes the role, not the former master.
+    assert_eq!(kinds(&p), vec![(Rule::Spread, "failover r3 over m3".into())]);
+    let p = place(&s, &PlacementOptions { former_masters: ["m2".to_string()].into(), ..opts() });
+    assert_eq!(kinds(&p), vec![(Rule::Spread, "failover m2 over r2".into())], "failback first");
+    assert!(p.actions[0].why.contains("failback"), "{}", p.actions[0].why);
+    let p = place(&s, &settling(&["m2", "r2", "r3", "m3"]));
+    assert!(p.actions.is_empty());
+    assert!(p.explanation.iter().any(|l| l.contains("waits until it is quiet")), "{:?}", p.explanation);
+    let p = place(&s, &PlacementOptions { flapping: ["m2".into(), "r3".into()].into(), ..opts() });
+    assert!(p.actions.is_empty(), "{p:?}");
+    assert!(p.explanation.iter().any(|l| l.contains("flaps")), "{:?}", p.explanation);
 }
