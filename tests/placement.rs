@@ -354,6 +354,69 @@ async fn failback_waits_for_a_quiet_period_and_a_flapping_node_is_left_alone(eng
     }
 }
 
+/// Zones: Valkey's own `availability-zone` on Valkey, `[topology.zones]` by host on
+/// Redis. Each shard stands within one zone; the run exchanges replicas so that each
+/// spans both, and `simulate` shows the zones with their masters.
+async fn a_shard_within_one_zone_is_split_across_zones(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
+    c.load_skewed(2_000, 6).await.unwrap();
+    let s = shards(&c);
+    // Zone x: hosts a and b; zone y: c and d. Shard 0 on a+b, shard 1 on c+d.
+    let hosts = [(s[0].0, "a"), (s[0].1[0], "b"), (s[1].0, "c"), (s[1].1[0], "d")];
+    set_hosts(&c, &hosts.map(|(i, h)| (i, h.to_string()))).await;
+    let zone = |h: &str| if h < "c" { "x" } else { "y" };
+    let dir = tempfile::tempdir().unwrap();
+    let extra = match engine {
+        Engine::Valkey => {
+            for (i, h) in hosts {
+                let mut con = c.conn(&c.nodes[i].addr()).await.unwrap();
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("availability-zone")
+                    .arg(zone(h))
+                    .query_async::<()>(&mut con)
+                    .await
+                    .unwrap();
+            }
+            String::new()
+        }
+        Engine::Redis => {
+            let lines: Vec<String> = hosts.iter().map(|(_, h)| format!("{h} = \"{}\"", zone(h))).collect();
+            format!("[topology.zones]\n{}", lines.join("\n"))
+        }
+    };
+    let cfg = config(&c, dir.path(), &extra);
+    let out = bin().args(["simulate", "--config", cfg.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let zones: Vec<(&str, usize)> = v["placement"]["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| (z["name"].as_str().unwrap(), z["masters"].as_array().unwrap().len()))
+        .collect();
+    assert_eq!(zones, vec![("x", 1), ("y", 1)], "{:#}", v["placement"]);
+    assert_eq!(v["placement"]["violations"]["apart"], 2, "{:#}", v["placement"]);
+
+    let w = Writer::start(&c).await;
+    let (code, v, stderr) = tokio::task::spawn_blocking(move || rebalance(&cfg)).await.unwrap();
+    w.check().await;
+    assert_eq!(code, 0, "{stderr}");
+    let actions = v["placement"]["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 2, "{:#}", v["placement"]);
+    assert!(actions.iter().all(|a| a["kind"] == "replicate" && a["result"]["outcome"] == "done"), "{actions:#?}");
+    // Each shard now has a node in each zone.
+    wait_for_async(30, "each shard spans both zones", || async {
+        let view = nodes(&c, &c.live_addrs()[0]).await;
+        let zone_of = |id: &str| view.iter().find(|n| n.id == id).and_then(|n| n.hostname.as_deref()).map(zone);
+        view.iter().filter(|r| !r.is_master()).all(|r| {
+            let master = r.master_id.as_deref().and_then(zone_of);
+            master.is_some() && master != zone_of(&r.id)
+        })
+    })
+    .await;
+}
+
 /// CLUSTER FAILOVER on the replica at `replica`, once its link is up, and a wait until
 /// every view has its master `demoted` (by id) as its replica. A server abandons a
 /// manual failover after 5 s (its views may still lag behind the last one): asked again
@@ -403,6 +466,7 @@ async fn failover(c: &LocalCluster, replica: &str, demoted: &str) {
 }
 
 on_each_engine!(
+    a_shard_within_one_zone_is_split_across_zones,
     failback_waits_for_a_quiet_period_and_a_flapping_node_is_left_alone,
     failovers_that_stack_masters_on_one_host_are_spread,
     a_master_that_lost_its_replicas_gets_one_from_a_master_with_two,

@@ -84,6 +84,9 @@ pub struct Registration {
     pub address: Option<String>,
     /// The API's listen address.
     pub api: String,
+    /// `cluster.host` and `cluster.zone`: where the node beside it stands, for placement.
+    pub host: Option<String>,
+    pub zone: Option<String>,
     pub version: String,
     pub state: crate::run::RunState,
     /// The operation running here, if any: `manual`, `scheduled`, `evacuation`.
@@ -176,4 +179,7 @@ pub struct ClusterStatus {
     /// Every sidecar's registration, as it last published it.
     #[schema(value_type = Vec<Registration>)]
     pub sidecars: Vec<serde_json::Value>,
+    /// Where masters and replicas stand, as this sidecar last placed them (a run or a
+    /// plan); None before the first.
+    pub placement: Option<crate::plan::placement::Placement>,
 }

@@ -118,6 +118,11 @@ pub struct ClusterConfig {
     /// `$STATE_DIRECTORY`, `$XDG_STATE_HOME/autobalancer`, `~/.local/state/autobalancer`
     /// or `/var/lib/autobalancer`, the first that is set ([`Config::state_file`]).
     pub state_file: Option<PathBuf>,
+    /// The host and zone of the node beside this sidecar, published in its registration
+    /// for placement (e.g. from the Kubernetes downward API), where the server announces
+    /// no hostname or zone of its own.
+    pub host: Option<String>,
+    pub zone: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -142,6 +147,8 @@ impl Default for ClusterConfig {
             cert_file: None,
             key_file: None,
             state_file: None,
+            host: None,
+            zone: None,
         }
     }
 }

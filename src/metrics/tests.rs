@@ -19,6 +19,10 @@ fn the_readme_table_is_the_registry() {
     m.observe_snapshot(&s);
     m.observe_plan(&crate::plan::plan(&s, &Default::default()).unwrap());
     m.member_used_memory_bytes.with_label_values(&["m1"]).set(1.0);
+    let mut s = s;
+    s.members[0].zone = Some("z1".into());
+    s.members[1].zone = Some("z2".into());
+    m.observe_placement(&s, &crate::plan::placement::place(&s, &Default::default()));
     let mut registered: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
     registered.sort();
     assert_eq!(documented, registered);
@@ -96,4 +100,38 @@ fn every_design_metric_is_exported_with_its_labels() {
         "{text}"
     );
     assert!(!text.contains("10.0.0.1:6379"), "{text}");
+}
+
+#[test]
+fn placement_gauges_show_hosts_zones_replicas_and_broken_rules() {
+    use crate::model::{Replica, fixtures::*};
+    let m = Metrics::new();
+    let mut s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
+    for (i, mm) in s.members.iter_mut().enumerate() {
+        mm.hostname = Some("h1".into());
+        mm.zone = Some(format!("z{i}"));
+    }
+    // m1's replica stands beside it on h1; m2 has none.
+    s.replicas = vec![Replica {
+        id: "r1".into(),
+        address: "10.0.0.9:6379".into(),
+        hostname: Some("h1".into()),
+        zone: Some("z0".into()),
+        master: Some("m1".into()),
+        healthy: true,
+        in_sync: true,
+    }];
+    let p = crate::plan::placement::place(&s, &Default::default());
+    m.observe_placement(&s, &p);
+    let text = m.render();
+    for line in [
+        "autobalancer_masters{host=\"h1\"} 2",
+        "autobalancer_masters_by_zone{zone=\"z0\"} 1",
+        "autobalancer_shard_replicas{member=\"m1\"} 1",
+        "autobalancer_shard_replicas{member=\"m2\"} 0",
+        "autobalancer_placement_violations{rule=\"apart\"} 2",
+        "autobalancer_placement_violations{rule=\"redundancy\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
 }

@@ -107,6 +107,8 @@ pub struct RunStatus {
     pub observed: Option<crate::model::Observed>,
     /// Where the local member was at the last snapshot (its id stays; this may change).
     pub address: Option<String>,
+    /// The last placement this sidecar computed (a run's or a plan's).
+    pub placement: Option<crate::plan::placement::Placement>,
     /// The mover the last run chose, and why.
     pub mover: Option<String>,
 }
@@ -171,7 +173,8 @@ impl Context {
         let t0 = Instant::now();
         self.adopt_published_sizes().await;
         let mut snap = self.cluster.snapshot_after(reading).await.map_err(RunError::Snapshot)?;
-        place::apply_zones(&mut snap, &self.config.topology.zones);
+        let registered = self.registered_stands().await;
+        place::apply_stands(&mut snap, &self.config.topology.zones, &registered);
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_snapshot(&snap);
         {

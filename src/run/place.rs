@@ -56,6 +56,7 @@ impl Context {
         };
         let mut p = place(snap, &opts);
         self.metrics.observe_placement(snap, &p);
+        self.status.lock().unwrap().placement = Some(p.clone());
         let why_not = match t.enabled {
             Some(false) => Some("topology.enabled = false"),
             None if p.hosts.len() < 2 => Some("every node stands on one host"),
@@ -154,17 +155,73 @@ impl Context {
     }
 }
 
-/// Zones from `topology.zones` for the nodes the server gave none, looked up by host,
-/// address, then node id.
-pub(super) fn apply_zones(snap: &mut ClusterSnapshot, zones: &std::collections::BTreeMap<String, String>) {
-    if zones.is_empty() {
-        return;
+/// What a sidecar says of the node beside it: (member id, `cluster.host`, `cluster.zone`).
+pub(super) type Registered = (String, Option<String>, Option<String>);
+
+impl Context {
+    /// The hosts and zones the sidecars registered (this one's own from its config).
+    pub(super) async fn registered_stands(&self) -> Vec<Registered> {
+        let c = &self.config.cluster;
+        let mut out = vec![(self.coordinator.member().to_string(), c.host.clone(), c.zone.clone())];
+        let field = |v: &serde_json::Value, k: &str| v[k].as_str().map(str::to_string);
+        if let Ok(sidecars) = self.coordinator.sidecars().await {
+            out.extend(sidecars.iter().filter_map(|v| Some((field(v, "member")?, field(v, "host"), field(v, "zone")))));
+        }
+        out.retain(|(_, h, z)| h.is_some() || z.is_some());
+        out
     }
-    let find = |host: &str, address: &str, id: &str| [host, address, id].iter().find_map(|k| zones.get(*k)).cloned();
-    for m in snap.members.iter_mut().filter(|m| m.zone.is_none()) {
-        m.zone = find(m.host(), &m.address, &m.id);
+}
+
+/// Hosts and zones for the nodes the server gave none: a node's zone from the sidecar
+/// beside it, else from `topology.zones` by host, address or node id; its host from the
+/// sidecar beside it where it announces no hostname.
+pub(super) fn apply_stands(
+    snap: &mut ClusterSnapshot,
+    zones: &std::collections::BTreeMap<String, String>,
+    registered: &[Registered],
+) {
+    let beside = |id: &str, address: &str| registered.iter().find(|(m, _, _)| m == id || m == address);
+    let zone_of = |host: &str, address: &str, id: &str| {
+        beside(id, address)
+            .and_then(|(_, _, z)| z.clone())
+            .or_else(|| [host, address, id].iter().find_map(|k| zones.get(*k)).cloned())
+    };
+    for m in snap.members.iter_mut() {
+        if m.hostname.is_none() {
+            m.hostname = beside(&m.id, &m.address).and_then(|(_, h, _)| h.clone());
+        }
+        if m.zone.is_none() {
+            m.zone = zone_of(m.host(), &m.address, &m.id);
+        }
     }
-    for r in snap.replicas.iter_mut().filter(|r| r.zone.is_none()) {
-        r.zone = find(r.host(), &r.address, &r.id);
+    for r in snap.replicas.iter_mut() {
+        if r.hostname.is_none() {
+            r.hostname = beside(&r.id, &r.address).and_then(|(_, h, _)| h.clone());
+        }
+        if r.zone.is_none() {
+            r.zone = zone_of(r.host(), &r.address, &r.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::*;
+
+    #[test]
+    fn a_sidecars_registration_wins_over_the_zone_map_and_the_server_over_both() {
+        let mut s = make_snapshot(make_members(3), &[(1, vec![0]), (1, vec![1]), (1, vec![2])]);
+        s.members[0].zone = Some("from-server".into());
+        s.members[1].address = "10.0.0.2:6379".into();
+        s.members[2].address = "10.0.0.3:6379".into();
+        let zones =
+            [("10.0.0.2".to_string(), "map-zone".to_string()), ("10.0.0.3".to_string(), "map-zone".to_string())];
+        let registered = vec![("m3".to_string(), Some("node-c".to_string()), Some("registered".to_string()))];
+        apply_stands(&mut s, &zones.into_iter().collect(), &registered);
+        let got: Vec<(Option<&str>, &str)> = s.members.iter().map(|m| (m.zone.as_deref(), m.host())).collect();
+        assert_eq!(got[0].0, Some("from-server"));
+        assert_eq!(got[1], (Some("map-zone"), "10.0.0.2"), "the map, by the host (the IP)");
+        assert_eq!(got[2], (Some("registered"), "node-c"), "the sidecar beside it");
     }
 }

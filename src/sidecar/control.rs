@@ -83,6 +83,7 @@ impl Control for Sidecar {
             evacuations: c.evacuations().await?,
             last_run: c.last_run().await?,
             sidecars: c.sidecars().await?,
+            placement: self.ctx.status.lock().unwrap().placement.clone(),
         })
     }
 

@@ -216,6 +216,8 @@ impl Sidecar {
             member: self.member().to_string(),
             address: status.address,
             api: self.ctx.config.api.listen.clone(),
+            host: self.ctx.config.cluster.host.clone(),
+            zone: self.ctx.config.cluster.zone.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             state,
             operation: running.map(String::from),
