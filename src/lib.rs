@@ -11,7 +11,10 @@
 //! - [`model`]: `Member`, `Bucket`, `ClusterSnapshot` and the snapshot JSON.
 //! - [`cluster`]: the `Cluster` trait at the I/O edge (snapshot, repair, moves, room,
 //!   handoff); the Redis Cluster and file backends.
-//! - [`plan`]: the pure, synchronous planner: ordered moves, loads, lower bound.
+//! - [`plan`]: the pure, synchronous planner: ordered moves, loads, lower bound;
+//!   [`plan::placement`] the role changes that keep masters and replicas where they
+//!   should stand; [`plan::traffic`] CPU per master as a second dimension.
+//! - [`traffic`]: per-slot rates from SLOT-STATS counters.
 //! - [`decide`]: rebalance or skip, with one reason from a closed set.
 //! - [`execute`]: moves within the limits, fenced by the lock; the per-member report.
 //! - [`run`]: one run, shared by every trigger: named gates, then the pipeline; its typed
@@ -37,3 +40,4 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod sidecar;
+pub mod traffic;

@@ -124,7 +124,7 @@ pub struct MoveIntent {
 }
 
 /// A node that follows a member (Redis: a replica): it holds no buckets of its own, and
-/// placement ([`crate::plan::placement`]) counts it, re-points it and promotes it.
+/// placement counts it, re-points it and promotes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Replica {
     pub id: String,

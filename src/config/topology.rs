@@ -1,5 +1,5 @@
-//! `[topology]`: where masters and replicas should stand (placement). See
-//! [`crate::plan::placement`] for the rules these keys tune.
+//! `[topology]`: where masters and replicas should stand (placement); the rules these
+//! keys tune are the placement planner's.
 //!
 //! Owns: the section's keys, defaults and checks. Does not own: the rules.
 

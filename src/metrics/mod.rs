@@ -110,11 +110,7 @@ pub struct Metrics {
     pub evacuation_buckets_left: IntGauge,
     pub evacuation_bytes_left: IntGauge,
     pub build_info: IntGaugeVec,
-    pub masters: IntGaugeVec,
-    pub masters_by_zone: IntGaugeVec,
-    pub shard_replicas: IntGaugeVec,
-    pub placement_violations: IntGaugeVec,
-    pub role_changes_total: IntCounterVec,
+    pub placement: placement::PlacementMetrics,
 }
 
 /// Histogram buckets, seconds: from a 1 ms plan to a 5 min sizing or move.
@@ -122,7 +118,7 @@ const DURATION_BUCKETS: [f64; 14] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1
 
 /// Creates each metric under `autobalancer_` and registers it, so `Metrics::new` reads
 /// as a table: field, kind, name, help, labels.
-struct Builder<'a>(&'a Registry);
+pub(super) struct Builder<'a>(&'a Registry);
 
 impl Builder<'_> {
     fn add<M: Collector + Clone + 'static>(&self, m: Result<M, prometheus::Error>) -> M {
@@ -139,7 +135,7 @@ impl Builder<'_> {
         self.add(IntCounter::with_opts(Self::opts(name, help)))
     }
 
-    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    pub(super) fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Self::opts(name, help), labels))
     }
 
@@ -147,7 +143,7 @@ impl Builder<'_> {
         self.add(IntGauge::with_opts(Self::opts(name, help)))
     }
 
-    fn int_gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    pub(super) fn int_gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         self.add(IntGaugeVec::new(Self::opts(name, help), labels))
     }
 
@@ -165,7 +161,7 @@ impl Builder<'_> {
     }
 }
 
-const MEMBER: &[&str] = &["member"];
+pub(super) const MEMBER: &[&str] = &["member"];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -241,15 +237,7 @@ impl Metrics {
                 "Always 1; the version and engine as labels.",
                 &["version", "engine"],
             ),
-            masters: r.int_gauges("masters", "Masters standing on each host.", &["host"]),
-            masters_by_zone: r.int_gauges("masters_by_zone", "Masters standing in each zone (zones known).", &["zone"]),
-            shard_replicas: r.int_gauges("shard_replicas", "Replicas in sync with each master.", MEMBER),
-            placement_violations: r.int_gauges(
-                "placement_violations",
-                "Times each placement rule is broken, at the last snapshot a run placed.",
-                &["rule"],
-            ),
-            role_changes_total: r.counters("role_changes_total", "Placement role changes by outcome.", &["outcome"]),
+            placement: placement::PlacementMetrics::new(&r),
             registry,
         };
         m.create_label_values();
@@ -273,12 +261,7 @@ impl Metrics {
         for r in FailReason::ALL {
             self.failures_total.with_label_values(&[r.as_str()]);
         }
-        for r in crate::plan::placement::Rule::ALL {
-            self.placement_violations.with_label_values(&[r.as_str()]);
-        }
-        for o in MoveOutcome::ALL {
-            self.role_changes_total.with_label_values(&[o.as_str()]);
-        }
+        self.placement.create_label_values();
         self.set_engine(ENGINE_UNKNOWN);
     }
 

@@ -11,6 +11,7 @@ mod primaries;
 mod search;
 mod solver;
 mod swap;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,8 @@ pub struct PlanOptions {
     /// No member with a capacity is planned past this percent of it (its used memory plus
     /// what arrives plus the largest key in flight); 0: room is not counted.
     pub critical_memory_percent: u32,
+    /// Per-bucket CPU rates, where the servers measure them: the second dimension.
+    pub traffic: Option<traffic::TrafficInput>,
 }
 
 impl PlanOptions {
@@ -40,6 +43,7 @@ impl PlanOptions {
             weights: b.weights.clone(),
             receivers: None,
             critical_memory_percent: b.critical_memory_percent,
+            traffic: None,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct Plan {
     pub critical_memory_percent: u32,
     /// A few lines for people: what it did and why.
     pub explanation: Vec<String>,
+    /// CPU per master before, target and after, where traffic is measured.
+    pub traffic: Option<traffic::TrafficPlan>,
 }
 
 impl Plan {
@@ -155,6 +161,9 @@ pub fn plan(snapshot: &ClusterSnapshot, opts: &PlanOptions) -> Result<Plan, Plan
         ));
     }
     let mut plan = solver::solve(snapshot, &opts);
+    if let Some(t) = &opts.traffic {
+        traffic::balance(snapshot, &mut plan, t);
+    }
     plan.explanation.splice(0..0, lines);
     check(snapshot, &plan)?;
     Ok(plan)

@@ -257,6 +257,7 @@ impl<'a> Solver<'a> {
             unplaced_bytes: self.unplaced,
             critical_memory_percent: self.opts.critical_memory_percent,
             explanation: self.explanation,
+            traffic: None,
         }
     }
 

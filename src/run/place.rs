@@ -122,7 +122,7 @@ impl Context {
                     }
                 },
             };
-            self.metrics.role_changes_total.with_label_values(&[outcome.as_str()]).inc();
+            self.metrics.placement.role_changes_total.with_label_values(&[outcome.as_str()]).inc();
             let seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
             a.result = Some(RoleResult { outcome: outcome.as_str().to_string(), message, seconds });
         }

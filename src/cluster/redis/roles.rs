@@ -5,7 +5,7 @@
 //! within a bound; a refusal or a timeout is reported in the server's words.
 //!
 //! Owns: those checks, the commands and the waits. Does not own: which changes are
-//! wanted ([`crate::plan::placement`]) or their order and budget ([`crate::run`]).
+//! wanted (the placement planner) or their order and budget (the run).
 
 use std::time::{Duration, Instant};
 
