@@ -253,6 +253,9 @@ impl Answer {
                 let _ = writeln!(out, "failed: {f}");
             }
         }
+        if let Some(p) = &self.placement {
+            placement_table(&mut out, p);
+        }
         let what = match (self.decision.reason, self.outcome.as_deref()) {
             (_, Some("failed")) => format!("failed ({})", self.reason.as_deref().unwrap_or("-")),
             (None, _) => "decision: rebalance".to_string(),
@@ -260,5 +263,31 @@ impl Answer {
         };
         let _ = writeln!(out, "\n{what}: {}", self.decision.message);
         out
+    }
+}
+
+/// Hosts and zones with their masters, replicas and bytes on masters; broken rules; the
+/// role changes with their outcome.
+fn placement_table(out: &mut String, p: &crate::plan::placement::Placement) {
+    let _ = writeln!(out, "\n{:<24} {:>8} {:>9} {:>16}", "host / zone", "masters", "replicas", "bytes on masters");
+    for (kind, stands) in [("host", &p.hosts), ("zone", &p.zones)] {
+        for st in stands.iter() {
+            let name = format!("{kind} {}", st.name);
+            let _ = writeln!(out, "{name:<24} {:>8} {:>9} {:>16}", st.masters.len(), st.replicas, hb(st.master_bytes));
+        }
+    }
+    let broken: Vec<String> = p.violations.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
+    let _ = writeln!(
+        out,
+        "placement: {} replicas per master; broken: {}",
+        p.replicas_per_master,
+        if broken.is_empty() { "none".into() } else { broken.join(", ") }
+    );
+    for a in &p.actions {
+        let outcome = a.result.as_ref().map_or("planned".to_string(), |r| format!("{}: {}", r.outcome, r.message));
+        let _ = writeln!(out, "  {}: {:?} ({}) -> {outcome}", a.rule.as_str(), a.change, a.why);
+    }
+    for l in &p.explanation {
+        let _ = writeln!(out, "  {l}");
     }
 }

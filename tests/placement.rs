@@ -243,6 +243,7 @@ async fn a_holder_killed_mid_failover_leaves_the_next_one_a_clean_start(engine: 
     let dir = tempfile::tempdir().unwrap();
     let etcd_section = format!("[etcd]\nendpoints = [\"{}\"]\nlease-ttl = \"2s\"", etcd.endpoint());
     let cfg = config(&c, dir.path(), &etcd_section);
+    let w = Writer::start(&c).await;
     let mut child = bin_for(&["rebalance", "--config", cfg.to_str().unwrap(), "--once"])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -280,12 +281,15 @@ async fn a_holder_killed_mid_failover_leaves_the_next_one_a_clean_start(engine: 
     .await;
     let last = last.lock().unwrap().clone();
     let p = &last["placement"];
+    // The intent the killed holder recorded is reported by the next one.
+    assert!(p["explanation"].to_string().contains("was cut short"), "{p:#}");
     let done = p["actions"].as_array().unwrap().iter().all(|a| a["result"]["outcome"] == "done");
     assert!(p["violations"].get("spread").is_none() || done, "{p:#}");
     wait_for_async(30, "masters spread one per host", || async {
         masters_per_host(&c).await.values().all(|&n| n == 1)
     })
     .await;
+    w.check().await;
     assert!(c.open_slots().await.unwrap().is_empty());
 }
 
@@ -300,6 +304,7 @@ async fn failback_waits_for_a_quiet_period_and_a_flapping_node_is_left_alone(eng
     set_hosts(&c, &hosts.map(|(i, h)| (i, h.to_string()))).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&c, dir.path(), "[topology]\nfailback-after = \"10s\"");
+    let w = Writer::start(&c).await;
     let run = |cfg: &std::path::Path| {
         let cfg = cfg.to_path_buf();
         async move { tokio::task::spawn_blocking(move || rebalance(&cfg)).await.unwrap() }
@@ -352,6 +357,7 @@ async fn failback_waits_for_a_quiet_period_and_a_flapping_node_is_left_alone(eng
         assert_eq!(p["actions"], serde_json::json!([]), "{p:#}");
         assert!(p["explanation"].to_string().contains("flaps"), "{p:#}");
     }
+    w.check().await;
 }
 
 /// Zones: Valkey's own `availability-zone` on Valkey, `[topology.zones]` by host on
@@ -507,4 +513,8 @@ fn simulate_shows_placement_from_a_snapshot_file() {
     assert_eq!(p["zones"].as_array().unwrap().len(), 3, "{p:#}");
     assert_eq!(p["actions"][0]["kind"], "failover", "{p:#}");
     assert_eq!(p["actions"][0]["node"], "r2", "{p:#}");
+    // The table says the same.
+    let out = bin().args(["simulate", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("host a") && table.contains("zone z") && table.contains("broken: spread"), "{table}");
 }

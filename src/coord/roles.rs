@@ -21,6 +21,19 @@ const KEEP_PERIODS: u32 = 3;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoleHistory {
     pub nodes: BTreeMap<String, NodeRoles>,
+    /// The role change a holder is making: written before it is sent, cleared once it
+    /// has ended. Found set by the next holder, it was cut short (the holder died or
+    /// lost the lock), and that holder reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingChange {
+    pub holder: String,
+    pub started_at: DateTime<Utc>,
+    /// The change, in a sentence.
+    pub change: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,12 @@
 //! or while a member is down or a move is open; a change refused is reported in the
 //! server's words and not tried again in the same run.
 //!
-//! No intent is recorded for a role change: each one is a single command the server
-//! carries out whole (a manual failover completes or is abandoned by the server within
-//! its own 5 s; a CLUSTER REPLICATE is applied at once and the sync goes on by itself),
-//! so a holder killed mid-change leaves nothing half-done for the next one to settle. The
-//! next holder reads roles afresh and plans from what it sees.
+//! Each change's intent is recorded first (`pending` in the role history: `roles` in
+//! etcd, the state file standalone) and cleared once it has ended. A change is a single
+//! command the server carries out whole (a manual failover completes or is abandoned by
+//! the server within its own 5 s; a CLUSTER REPLICATE is applied at once and the sync
+//! goes on by itself), so there is nothing half-done to settle: the next holder reports
+//! the intent it finds, reads the roles as they stand and plans from them.
 //!
 //! Owns: whether placement acts in a run, the order, the byte budget for full syncs, the
 //! outcomes and their metric. Does not own: the rules or the commands.
@@ -41,6 +42,7 @@ impl Context {
             }
         };
         history.observe(snap, now, t.failback_after.0);
+        let cut = if trigger.is_some() { history.pending.take() } else { history.pending.clone() };
         if trigger.is_some()
             && let Err(e) = self.coordinator.set_roles(&history).await
         {
@@ -55,6 +57,17 @@ impl Context {
             former_masters: history.former_masters().into_iter().collect(),
         };
         let mut p = place(snap, &opts);
+        if let Some(c) = cut {
+            p.explanation.insert(
+                0,
+                format!(
+                    "placement: a role change by {} was cut short (started {}): {}; the roles are read as they stand now",
+                    c.holder,
+                    c.started_at.to_rfc3339(),
+                    c.change
+                ),
+            );
+        }
         self.metrics.observe_placement(snap, &p);
         self.status.lock().unwrap().placement = Some(p.clone());
         let why_not = match t.enabled {
@@ -109,7 +122,7 @@ impl Context {
             let started = std::time::Instant::now();
             let (outcome, message) = match not_started {
                 Some(why) => (MoveOutcome::NotStarted, why),
-                None => match self.cluster.change_role(&a.change, &fence).await {
+                None => match self.with_intent(&a.change, self.cluster.change_role(&a.change, &fence)).await {
                     Ok(done) => {
                         spent += bytes;
                         info!(rule = a.rule.as_str(), why = %a.why, seconds = done.seconds, "placement: {}", done.message);
@@ -128,6 +141,27 @@ impl Context {
         }
         self.note_failovers(&p).await;
         finished.answer.placement = Some(p);
+    }
+
+    /// Runs `change`, its intent recorded in the role history first and cleared after:
+    /// a holder killed mid-change leaves it for the next holder to report.
+    async fn with_intent<T>(&self, change: &RoleChange, run: impl std::future::Future<Output = T>) -> T {
+        let pending = crate::coord::roles::PendingChange {
+            holder: self.coordinator.member().to_string(),
+            started_at: chrono::Utc::now(),
+            change: describe(change),
+        };
+        let mut history = self.coordinator.roles().await.unwrap_or_default();
+        history.pending = Some(pending);
+        if let Err(e) = self.coordinator.set_roles(&history).await {
+            warn!(cause = %e, "cannot record the role change's intent");
+        }
+        let out = run.await;
+        if let Ok(mut h) = self.coordinator.roles().await {
+            h.pending = None;
+            let _ = self.coordinator.set_roles(&h).await;
+        }
+        out
     }
 
     /// The failovers this run made, in the fleet's role history.
@@ -152,6 +186,14 @@ impl Context {
         if let Err(e) = self.coordinator.set_roles(&history).await {
             warn!(cause = %e, "cannot write the role history; the next run sees these roles as new");
         }
+    }
+}
+
+/// A role change in a sentence, for the intent a holder records.
+fn describe(c: &RoleChange) -> String {
+    match c {
+        RoleChange::Failover { address, master, .. } => format!("CLUSTER FAILOVER on {address} (replica of {master})"),
+        RoleChange::Replicate { address, to_master, .. } => format!("CLUSTER REPLICATE {to_master} on {address}"),
     }
 }
 
