@@ -163,16 +163,7 @@ async fn failovers_that_stack_masters_on_one_host_are_spread(engine: Engine) {
     // The next run finds nothing to change (once every view has the new roles).
     let demoted = c.nodes[s[1].0].id.clone();
     let promoted = c.nodes[s[1].1[0]].id.clone();
-    wait_for_async(30, "every view has the swapped roles", || async {
-        for a in c.live_addrs() {
-            let view = nodes(&c, &a).await;
-            if !view.iter().any(|n| n.id == demoted && n.master_id.as_deref() == Some(promoted.as_str())) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    wait_for_async(30, "every view has the swapped roles", || follows_everywhere(&c, &demoted, &promoted)).await;
     let cfg = dir.path().join("config.toml");
     let (code, v, stderr) = tokio::task::spawn_blocking(move || rebalance(&cfg)).await.unwrap();
     assert_eq!(code, 0, "{stderr}");
@@ -423,6 +414,16 @@ async fn a_shard_within_one_zone_is_split_across_zones(engine: Engine) {
     .await;
 }
 
+/// Every live node's view has the node `id` as a replica of the node `master` (ids).
+async fn follows_everywhere(c: &LocalCluster, id: &str, master: &str) -> bool {
+    for a in c.live_addrs() {
+        if !nodes(c, &a).await.iter().any(|n| n.id == id && n.master_id.as_deref() == Some(master)) {
+            return false;
+        }
+    }
+    true
+}
+
 /// CLUSTER FAILOVER on the replica at `replica`, once its link is up, and a wait until
 /// every view has its master `demoted` (by id) as its replica. A server abandons a
 /// manual failover after 5 s (its views may still lag behind the last one): asked again
@@ -440,29 +441,13 @@ async fn failover(c: &LocalCluster, replica: &str, demoted: &str) {
     let promoted = c.id_of(replica).unwrap().to_string();
     // Every view lists it as its master's replica first: a master ignores a failover
     // request from a node its view does not list as its own replica.
-    wait_for_async(30, "every view lists the replica under its master", || async {
-        for a in c.live_addrs() {
-            if !nodes(c, &a).await.iter().any(|n| n.id == promoted && n.master_id.as_deref() == Some(demoted)) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    let agree = || async {
-        for a in c.live_addrs() {
-            let view = nodes(c, &a).await;
-            if !view.iter().any(|n| n.id == demoted && n.master_id.as_deref() == Some(promoted.as_str())) {
-                return false;
-            }
-        }
-        true
-    };
+    wait_for_async(30, "every view lists the replica under its master", || follows_everywhere(c, &promoted, demoted))
+        .await;
     for _ in 0..5 {
         redis::cmd("CLUSTER").arg("FAILOVER").query_async::<()>(&mut con).await.unwrap();
         let asked = std::time::Instant::now();
         while asked.elapsed() < Duration::from_secs(6) {
-            if agree().await {
+            if follows_everywhere(c, demoted, &promoted).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -50,10 +50,10 @@ impl RedisCluster {
         }
     }
 
-    async fn replica_info(&self, addr: &str) -> Result<(ReplicaInfo, String), ClusterError> {
+    async fn replica_info(&self, addr: &str) -> Result<ReplicaInfo, ClusterError> {
         let text: String =
             self.conns.query(addr, redis::cmd("INFO").arg("replication")).await.map_err(ClusterError::Connect)?;
-        Ok((ReplicaInfo::parse(&text), text))
+        Ok(ReplicaInfo::parse(&text))
     }
 
     async fn promote<F: Fence>(&self, node: &str, master: &str, fence: &F) -> Result<String, ClusterError> {
@@ -64,7 +64,7 @@ impl RedisCluster {
         }
         self.refuse_open_slots(&me).await.map_err(|e| refused(e.to_string()))?;
         let offset = self.node_info(&me.addr).await.map_err(ClusterError::Connect)?.repl_offset;
-        let (seen, _) = self.replica_info(&r.addr).await?;
+        let seen = self.replica_info(&r.addr).await?;
         if !in_sync(&seen, Some(offset), self.max_lag_bytes) {
             return Err(refused(format!(
                 "{} is not in sync with {} (link up: {}, {} bytes behind; topology.max-lag-bytes {})",
@@ -106,12 +106,9 @@ impl RedisCluster {
             .map_err(|e| refused(format!("CLUSTER REPLICATE {} on {}: {e}", target.addr, r.addr)))?;
         let within = REPLICATE_WITHIN + Duration::from_secs(bytes / SYNC_BYTES_PER_SECOND);
         let deadline = tokio::time::Instant::now() + within;
-        let (host, port) = target.addr.rsplit_once(':').unwrap_or((&target.addr, ""));
         loop {
-            let (seen, text) = self.replica_info(&r.addr).await?;
-            let follows =
-                text.contains(&format!("master_host:{host}")) && text.contains(&format!("master_port:{port}"));
-            if follows && seen.link_up {
+            let seen = self.replica_info(&r.addr).await?;
+            if seen.master.as_deref() == Some(target.addr.as_str()) && seen.link_up {
                 return Ok(format!("{} follows {} now, in sync", r.addr, target.addr));
             }
             if tokio::time::Instant::now() + POLL >= deadline {

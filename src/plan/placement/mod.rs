@@ -154,11 +154,8 @@ pub fn place(snap: &ClusterSnapshot, opts: &PlacementOptions) -> Placement {
         zones: layout.stands(|n| n.zone.clone()),
         ..Placement::default()
     };
-    p.violations = Rule::ALL
-        .iter()
-        .map(|&rule| (rule, rules::violations(&layout, rule, r, opts)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    p.violations =
+        Rule::ALL.iter().map(|&rule| (rule, rules::violations(&layout, rule, r))).filter(|(_, n)| *n > 0).collect();
     if !layout.zones_known() {
         p.explanation.push("placement: zones unknown (no availability-zone, no topology.zones): zone rules off".into());
     }

@@ -7,7 +7,7 @@ use super::layout::{Layout, Node, Shard};
 use super::{PlacementOptions, RoleAction, RoleChange, Rule};
 
 /// How many times `rule` is broken on `layout` with `r` replicas wanted per master.
-pub fn violations(layout: &Layout, rule: Rule, r: u32, _opts: &PlacementOptions) -> u32 {
+pub fn violations(layout: &Layout, rule: Rule, r: u32) -> u32 {
     match rule {
         Rule::Redundancy => {
             layout.shards.iter().filter(|s| !s.down && (s.healthy_replicas() as u32) < r).count() as u32

@@ -93,8 +93,8 @@ fn a_replica_beside_its_master_is_swapped_or_exchanged() {
     );
     let mut after = Layout::of(&s);
     p.actions.iter().for_each(|a| after.apply(&a.change));
-    assert_eq!(rules::violations(&after, Rule::Apart, 2, &opts()), 0);
-    assert_eq!(rules::violations(&after, Rule::Spread, 2, &opts()), 0);
+    assert_eq!(rules::violations(&after, Rule::Apart, 2), 0);
+    assert_eq!(rules::violations(&after, Rule::Spread, 2), 0);
 
     // One replica, beside its master, another shard's on a third host: an exchange.
     let s = snap(&[("m1", "a", 10), ("m2", "b", 10)], &[("r1", "a", "m1"), ("r2", "c", "m2")]);
@@ -157,7 +157,7 @@ fn zones_split_a_shard_standing_in_one_zone() {
     assert_eq!(kinds(&p), vec![(Rule::Apart, "replicate r1 to m2".into()), (Rule::Apart, "replicate r2 to m1".into())]);
     let mut after = Layout::of(&s);
     p.actions.iter().for_each(|a| after.apply(&a.change));
-    assert_eq!(rules::violations(&after, Rule::Apart, 1, &opts()), 0);
+    assert_eq!(rules::violations(&after, Rule::Apart, 1), 0);
     assert_eq!(p.zones.len(), 2);
 
     // Three shards, and one zone with two nodes: no layout splits every shard; said so.
