@@ -38,10 +38,13 @@ pub enum SkipReason {
     ClusterDown,
     /// What must move has no receiver with room below `balance.critical-memory-percent`.
     NoRoom,
+    /// Bytes are balanced enough and traffic is measured, but not every slot's rate is
+    /// trusted yet (`traffic.min-samples` readings on its present owner).
+    TrafficUnsettled,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 16] = [
+    pub const ALL: [SkipReason; 17] = [
         SkipReason::Disabled,
         SkipReason::Paused,
         SkipReason::LockHeldElsewhere,
@@ -58,6 +61,7 @@ impl SkipReason {
         SkipReason::StrayKeys,
         SkipReason::ClusterDown,
         SkipReason::NoRoom,
+        SkipReason::TrafficUnsettled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +82,7 @@ impl SkipReason {
             SkipReason::StrayKeys => "stray_keys",
             SkipReason::ClusterDown => "cluster_down",
             SkipReason::NoRoom => "no_room",
+            SkipReason::TrafficUnsettled => "traffic_unsettled",
         }
     }
 }
@@ -140,6 +145,9 @@ pub struct Decision {
     pub action: Action,
     /// The skip reason; `None` when rebalancing.
     pub reason: Option<SkipReason>,
+    /// Why it rebalances; `None` when skipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<ActionReason>,
     /// One sentence for people.
     pub message: String,
 }
@@ -151,14 +159,31 @@ pub enum Action {
     Skip,
 }
 
+/// Why a run moves, from a closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionReason {
+    /// The byte transfer crosses `size-threshold-percent` and `minimum-size`.
+    OffBalance,
+    /// `--force`: the two figures ignored.
+    Forced,
+    /// Bytes are balanced enough, but the busiest master's CPU rate is above its share by
+    /// more than `traffic.threshold-percent` and the planned moves bring it under.
+    TrafficImbalance,
+}
+
 impl Decision {
     pub fn skip(reason: SkipReason, message: impl Into<String>) -> Decision {
-        Decision { action: Action::Skip, reason: Some(reason), message: message.into() }
+        Decision { action: Action::Skip, reason: Some(reason), cause: None, message: message.into() }
+    }
+
+    pub fn rebalance(cause: ActionReason, message: impl Into<String>) -> Decision {
+        Decision { action: Action::Rebalance, reason: None, cause: Some(cause), message: message.into() }
     }
 
     /// A run that failed before it could decide (no reason: a failure is not a skip).
     pub fn failed(message: impl Into<String>) -> Decision {
-        Decision { action: Action::Skip, reason: None, message: message.into() }
+        Decision { action: Action::Skip, reason: None, cause: None, message: message.into() }
     }
 
     pub fn is_rebalance(&self) -> bool {
@@ -176,54 +201,20 @@ pub fn transfer_percent_floor(transfer: u64, total: u64) -> u64 {
 /// below_threshold, below_minimum_size.
 pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decision {
     use crate::config::human_bytes as hb;
-    let members = &snapshot.members;
-    if members.len() < 2 {
-        return Decision::skip(
-            SkipReason::Standalone,
-            format!("the cluster has {} member: nothing to balance between", members.len()),
-        );
-    }
-    if let Some(m) = members.iter().find(|m| m.health == Health::Down) {
-        return Decision::skip(
-            SkipReason::MemberDown,
-            format!("member {} is down: no moves until it returns or is removed", m.label()),
-        );
-    }
-    let healthy = members.iter().filter(|m| m.health == Health::Healthy && !m.draining).count();
-    let usable = members.iter().filter(|m| m.health != Health::Down && !m.draining).count();
-    if usable < 2 && !members.iter().any(|m| m.draining) {
-        return Decision::skip(SkipReason::TooFewHealthy, format!("only {usable} member(s) can hold data"));
-    }
-    if healthy == 0 {
-        return Decision::skip(SkipReason::TooFewHealthy, "no healthy member can receive data".to_string());
-    }
-    if let Some(o) = snapshot.open_migrations.first() {
-        return Decision::skip(
-            SkipReason::MigrationInProgress,
-            format!(
-                "{} bucket(s) are mid-migration (first: {}): close them before planning",
-                snapshot.open_migrations.len(),
-                o.bucket
-            ),
-        );
-    }
-    if plan.transfer_bytes == 0
-        && plan.lower_bound_bytes > 0
-        && let Some(m) = members.iter().find(|m| m.health == Health::Critical)
-    {
-        return Decision::skip(
-            SkipReason::CriticalMember,
-            format!(
-                "the cluster is off-balance but the members that could take data are above critical memory (first: {})",
-                m.label()
-            ),
-        );
+    if let Some(d) = precondition(snapshot, plan) {
+        return d;
     }
     let moves = plan.moves.len();
     if let Some(d) = no_room(plan) {
         return d;
     }
+    // The threshold is on the bytes the byte plan moves; traffic moves are judged apart.
+    let traffic_bytes = plan.traffic.as_ref().map_or(0, |t| t.transfer_bytes);
+    let byte_transfer = plan.transfer_bytes - traffic_bytes;
     if moves == 0 || plan.total_bytes == 0 {
+        if let Some(d) = traffic_gate(plan, "nothing to move by bytes") {
+            return d;
+        }
         let why = if plan.total_bytes == 0 {
             "the cluster holds no data"
         } else {
@@ -231,28 +222,101 @@ pub fn decide(snapshot: &ClusterSnapshot, plan: &Plan, t: &Thresholds) -> Decisi
         };
         return Decision::skip(SkipReason::NothingToMove, format!("nothing to move: {why}"));
     }
-    let pct = transfer_percent_floor(plan.transfer_bytes, plan.total_bytes);
+    let pct = transfer_percent_floor(byte_transfer, plan.total_bytes);
     let figures = format!(
         "transfer {} of {} ({pct}%; threshold {}%, minimum {})",
-        hb(plan.transfer_bytes),
+        hb(byte_transfer),
         hb(plan.total_bytes),
         t.size_threshold_percent,
         hb(t.minimum_size)
     );
     if t.force {
-        return Decision {
-            action: Action::Rebalance,
-            reason: None,
-            message: format!("forced: {figures}{}", unplaced(plan)),
-        };
+        return Decision::rebalance(ActionReason::Forced, format!("forced: {figures}{}", unplaced(plan)));
     }
     if pct < t.size_threshold_percent as u64 {
-        return Decision::skip(SkipReason::BelowThreshold, format!("balanced enough: {figures}"));
+        let bytes = format!("balanced enough by bytes: {figures}");
+        return traffic_gate(plan, &bytes)
+            .unwrap_or_else(|| Decision::skip(SkipReason::BelowThreshold, format!("balanced enough: {figures}")));
     }
-    if plan.transfer_bytes <= t.minimum_size {
-        return Decision::skip(SkipReason::BelowMinimumSize, format!("too little to move: {figures}"));
+    if byte_transfer <= t.minimum_size {
+        let bytes = format!("too little to move by bytes: {figures}");
+        return traffic_gate(plan, &bytes)
+            .unwrap_or_else(|| Decision::skip(SkipReason::BelowMinimumSize, format!("too little to move: {figures}")));
     }
-    Decision { action: Action::Rebalance, reason: None, message: format!("off balance: {figures}{}", unplaced(plan)) }
+    Decision::rebalance(ActionReason::OffBalance, format!("off balance: {figures}{}", unplaced(plan)))
+}
+
+/// Where bytes would not move: a move for traffic, a skip while its rates are untrusted,
+/// or nothing to say (bytes decide).
+fn traffic_gate(plan: &Plan, bytes: &str) -> Option<Decision> {
+    let tp = plan.traffic.as_ref()?;
+    if !tp.settled {
+        return Some(Decision::skip(
+            SkipReason::TrafficUnsettled,
+            format!("{bytes}; traffic: the rates of {} slot(s) are not trusted yet", tp.untrusted),
+        ));
+    }
+    let (busiest, share) =
+        tp.members.iter().map(|m| (m.before, m.target)).max_by(|a, b| (a.0 - a.1).total_cmp(&(b.0 - b.1)))?;
+    (tp.off_balance && tp.brings_under && tp.moves > 0).then(|| {
+        Decision::rebalance(
+            ActionReason::TrafficImbalance,
+            format!(
+                "{bytes}; off balance for traffic: the busiest master runs {busiest:.0} µs/s of CPU against a share of {share:.0}; {} move(s) ({}) bring it under",
+                tp.moves,
+                crate::config::human_bytes(tp.transfer_bytes)
+            ),
+        )
+    })
+}
+
+/// What stops a run before its figures count: too few members, one down, an open
+/// migration, receivers above critical memory.
+fn precondition(snapshot: &ClusterSnapshot, plan: &Plan) -> Option<Decision> {
+    let members = &snapshot.members;
+    if members.len() < 2 {
+        return Some(Decision::skip(
+            SkipReason::Standalone,
+            format!("the cluster has {} member: nothing to balance between", members.len()),
+        ));
+    }
+    if let Some(m) = members.iter().find(|m| m.health == Health::Down) {
+        return Some(Decision::skip(
+            SkipReason::MemberDown,
+            format!("member {} is down: no moves until it returns or is removed", m.label()),
+        ));
+    }
+    let healthy = members.iter().filter(|m| m.health == Health::Healthy && !m.draining).count();
+    let usable = members.iter().filter(|m| m.health != Health::Down && !m.draining).count();
+    if usable < 2 && !members.iter().any(|m| m.draining) {
+        return Some(Decision::skip(SkipReason::TooFewHealthy, format!("only {usable} member(s) can hold data")));
+    }
+    if healthy == 0 {
+        return Some(Decision::skip(SkipReason::TooFewHealthy, "no healthy member can receive data".to_string()));
+    }
+    if let Some(o) = snapshot.open_migrations.first() {
+        return Some(Decision::skip(
+            SkipReason::MigrationInProgress,
+            format!(
+                "{} bucket(s) are mid-migration (first: {}): close them before planning",
+                snapshot.open_migrations.len(),
+                o.bucket
+            ),
+        ));
+    }
+    if plan.transfer_bytes == 0
+        && plan.lower_bound_bytes > 0
+        && let Some(m) = members.iter().find(|m| m.health == Health::Critical)
+    {
+        return Some(Decision::skip(
+            SkipReason::CriticalMember,
+            format!(
+                "the cluster is off-balance but the members that could take data are above critical memory (first: {})",
+                m.label()
+            ),
+        ));
+    }
+    None
 }
 
 /// A plan that must empty members but can place nothing of theirs for want of room.
@@ -406,7 +470,7 @@ mod tests {
         let names: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             names.join(","),
-            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,stray_keys,cluster_down,no_room"
+            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,stray_keys,cluster_down,no_room,traffic_unsettled"
         );
         for r in SkipReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));

@@ -29,6 +29,9 @@ enum Command {
         snapshot: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Plan by bytes only: take no traffic readings (with --config).
+        #[arg(long)]
+        no_traffic: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -58,6 +61,9 @@ enum Command {
         /// Move buckets that hold a key above execution.max-key-bytes too (with --once).
         #[arg(long)]
         allow_big_keys: bool,
+        /// Plan by bytes only: take no traffic readings before the run (with --once).
+        #[arg(long)]
+        no_traffic: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -163,9 +169,11 @@ async fn dispatch(command: Command) -> Result<ExitCode, Fail> {
         Command::Evacuate { action } => cli::evacuate::evacuate(action),
         Command::Repair { config, slot, dry_run } => cli::repair::repair(config, slot, dry_run).await,
         Command::Handoff { config, format } => cli::handoff::handoff(config, format).await,
-        Command::Rebalance { config, once, force, allow_big_keys, format } => {
-            commands::rebalance(config, commands::Rebalance { once, force, allow_big_keys, format }).await
+        Command::Rebalance { config, once, force, allow_big_keys, no_traffic, format } => {
+            commands::rebalance(config, commands::Rebalance { once, force, allow_big_keys, no_traffic, format }).await
         }
-        Command::Simulate { snapshot, config, format } => commands::simulate(snapshot, config, format).await,
+        Command::Simulate { snapshot, config, no_traffic, format } => {
+            commands::simulate(snapshot, config, no_traffic, format).await
+        }
     }
 }

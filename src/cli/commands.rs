@@ -57,14 +57,28 @@ pub fn status(config: PathBuf, cluster: bool) -> Result<ExitCode, Fail> {
 }
 
 /// Plans and decides on a snapshot file, or on the live cluster, moving nothing.
-pub async fn simulate(snapshot: Option<PathBuf>, config: Option<PathBuf>, format: Format) -> Result<ExitCode, Fail> {
-    let config = config.as_deref().map(load_config).transpose()?;
+pub async fn simulate(
+    snapshot: Option<PathBuf>,
+    config: Option<PathBuf>,
+    no_traffic: bool,
+    format: Format,
+) -> Result<ExitCode, Fail> {
+    let mut config = config.as_deref().map(load_config).transpose()?;
+    if let Some(c) = config.as_mut().filter(|_| no_traffic) {
+        c.traffic.enabled = false;
+    }
     init_logs(config.as_ref());
     let balance = config.as_ref().map(|c| c.balance.clone()).unwrap_or_default();
     let snap = match (&snapshot, config) {
         (Some(path), _) => ClusterSnapshot::read_file(path).map_err(usage)?,
         (None, Some(config)) => {
-            let out = reader(config).await?.simulate(false).await?;
+            let ctx = reader(config).await?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            tokio::select! {
+                _ = ctx.settle_traffic(&cancel) => {}
+                _ = signalled() => return Ok(ExitCode::from(130)),
+            }
+            let out = ctx.simulate(false).await?;
             print_outcome(&out, format);
             return Ok(ExitCode::SUCCESS);
         }
@@ -94,19 +108,27 @@ pub struct Rebalance {
     pub once: bool,
     pub force: bool,
     pub allow_big_keys: bool,
+    /// Bytes only: no traffic readings before the run.
+    pub no_traffic: bool,
     pub format: Format,
 }
 
 /// One run: with `once` in this process, exiting with the outcome's code; otherwise
 /// through the local sidecar.
 pub async fn rebalance(config: PathBuf, r: Rebalance) -> Result<ExitCode, Fail> {
-    let Rebalance { once, force, allow_big_keys, format } = r;
+    let Rebalance { once, force, allow_big_keys, no_traffic, format } = r;
     if allow_big_keys && !once {
         return Err(usage(anyhow::anyhow!(
             "--allow-big-keys needs --once: a big key's move is an operator's own decision"
         )));
     }
-    let config = load_config(&config)?;
+    if no_traffic && !once {
+        return Err(usage(anyhow::anyhow!(
+            "--no-traffic needs --once: the sidecar plans with the rates it keeps (traffic.enabled = false turns them off)"
+        )));
+    }
+    let mut config = load_config(&config)?;
+    config.traffic.enabled &= !no_traffic;
     init_logs(Some(&config));
     if !once {
         return through_the_sidecar(&config, force, format);
@@ -115,7 +137,10 @@ pub async fn rebalance(config: PathBuf, r: Rebalance) -> Result<ExitCode, Fail> 
     let ctx = context(config).await?;
     ctx.warn_if_standalone();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let run = with_progress(ctx.run_once(Trigger::Manual { force, allow_big_keys }, &cancel), &ctx.progress);
+    let run = async {
+        ctx.settle_traffic(&cancel).await;
+        with_progress(ctx.run_once(Trigger::Manual { force, allow_big_keys }, &cancel), &ctx.progress).await
+    };
     tokio::pin!(run);
     let signalled_first = tokio::select! {
         f = &mut run => Err(f),

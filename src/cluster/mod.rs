@@ -311,6 +311,15 @@ impl AnyCluster {
         }
     }
 
+    /// One reading of traffic counters: every master's, or only `member`'s. A snapshot
+    /// file measures none.
+    pub async fn read_traffic(&self, member: Option<&str>) -> Result<Vec<crate::traffic::Sample>, ClusterError> {
+        match self {
+            AnyCluster::Redis(c) => c.read_traffic(member).await,
+            AnyCluster::File(_) => Ok(Vec::new()),
+        }
+    }
+
     /// Keeps the size cache warm for every member (a standalone sidecar, the only one of
     /// its cluster, measures them all). The keys measured now.
     pub async fn warm_sizes(&self) -> Result<u64, ClusterError> {

@@ -3,14 +3,17 @@
 //! name the dotted key and the accepted range.
 //!
 //! Owns: the file format and its defaults (here), sizes and durations as people write them
-//! (`units`), validation per section (`validate`), the check that every file named can be
-//! read (`files`), and the one reader of secret files (`secret`).
+//! (`units`), `AUTOBALANCER_*` overrides (`env`), validation per section (`validate`),
+//! the check that every file named can be read (`files`), and the one reader of secret
+//! files (`secret`).
 //! Does not own: what the values mean at run time (each module reads its own section).
 
+mod env;
 mod files;
 mod pem;
 mod secret;
 mod topology;
+mod traffic;
 mod units;
 mod validate;
 
@@ -22,10 +25,8 @@ use serde::Deserialize;
 
 pub use secret::{SecretError, read_secret};
 pub use topology::TopologyConfig;
+pub use traffic::TrafficConfig;
 pub use units::{Dur, Size, human_bytes};
-
-/// Sections an environment override may name.
-const SECTIONS: &[&str] = &["cluster", "schedule", "balance", "execution", "topology", "etcd", "api", "log"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -328,6 +329,7 @@ pub struct Config {
     pub balance: BalanceConfig,
     pub execution: ExecutionConfig,
     pub topology: TopologyConfig,
+    pub traffic: TrafficConfig,
     /// Absent: standalone, with an in-process lock.
     pub etcd: Option<EtcdConfig>,
     pub api: ApiConfig,
@@ -362,7 +364,7 @@ impl Config {
     fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut table: toml::Table =
             text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(format!("invalid TOML: {e}")))?;
-        apply_env(&mut table, env)?;
+        env::apply(&mut table, env)?;
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
@@ -410,40 +412,6 @@ fn default_state_dir() -> PathBuf {
         .map(|d| d.join("autobalancer"))
         .or_else(|| var("HOME").map(|h| h.join(".local/state/autobalancer")))
         .unwrap_or_else(|| PathBuf::from("/var/lib/autobalancer"))
-}
-
-/// Applies `AUTOBALANCER_<SECTION>_<KEY>=value`: the key's underscores become dashes; the
-/// value is read as a TOML value (number, bool, array) or else as a string.
-fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
-    let mut errs = Vec::new();
-    for (name, value) in env {
-        let Some(rest) = name.strip_prefix("AUTOBALANCER_") else {
-            continue;
-        };
-        let lower = rest.to_ascii_lowercase();
-        let Some((section, key)) = lower.split_once('_') else {
-            errs.push(format!("environment {name}: expected AUTOBALANCER_<SECTION>_<KEY>"));
-            continue;
-        };
-        if !SECTIONS.contains(&section) {
-            errs.push(format!("environment {name}: unknown section {section:?} (one of {})", SECTIONS.join(", ")));
-            continue;
-        }
-        let key = key.replace('_', "-");
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.clone()));
-        let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match entry {
-            toml::Value::Table(t) => {
-                t.insert(key, parsed);
-            }
-            _ => errs.push(format!("environment {name}: {section} is not a table in the file")),
-        }
-    }
-    if errs.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errs)) }
 }
 
 #[cfg(test)]

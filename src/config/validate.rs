@@ -21,6 +21,7 @@ impl Config {
         balance(&self.balance, &mut errs);
         execution(&self.execution, &mut errs);
         self.topology.validate(&mut errs);
+        self.traffic.validate(&mut errs);
         if let Some(e) = &self.etcd {
             etcd(e, &mut errs);
             if self.cluster.state_file.is_some() {

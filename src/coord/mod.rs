@@ -9,6 +9,8 @@
 //! - `sidecars/<member>`: registration under a lease of its own.
 //! - `sizes/<member>`: the bucket sizes a sidecar measured on its member, under the same
 //!   lease (`cluster.sizing-refresh`).
+//! - `traffic/<member>`: the per-slot traffic rates a sidecar keeps for its master
+//!   ([`crate::traffic`]), under the same lease (`traffic.sample-every`).
 //! - `paused`, `evacuations/<member>`: persistent, written by operators.
 //! - `moves/<bucket>`: a move's intent, written before it starts, without a lease.
 //! - `runs/scheduled`: the cron slot of the last scheduled run.
@@ -88,6 +90,9 @@ impl Keys {
     }
     pub(crate) fn sizes(&self) -> String {
         format!("{}/sizes/", self.base)
+    }
+    pub(crate) fn traffic(&self) -> String {
+        format!("{}/traffic/", self.base)
     }
     pub(crate) fn scheduled(&self) -> String {
         format!("{}/runs/scheduled", self.base)

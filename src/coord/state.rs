@@ -213,6 +213,26 @@ impl Coordinator {
         }
     }
 
+    /// Publishes the traffic rates this sidecar keeps for its master, under the
+    /// registration's lease (they go with their sidecar). Standalone: nothing to publish
+    /// to.
+    pub async fn publish_traffic<T: Serialize>(&self, table: &T) -> Result<(), LockError> {
+        if self.is_standalone() {
+            return Ok(());
+        }
+        let lease = self.registration_lease().await?;
+        self.put_json(format!("{}{}", self.keys.traffic(), self.member), table, Some(lease)).await
+    }
+
+    /// The traffic tables the sidecars published (none standalone); one that cannot be
+    /// read is left out.
+    pub async fn traffic_tables<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, LockError> {
+        match &self.backend {
+            Backend::Local(_) => Ok(Vec::new()),
+            Backend::Etcd(_) => self.list_json(self.keys.traffic()).await,
+        }
+    }
+
     /// Removes the registration (clean shutdown).
     pub async fn deregister(&self) {
         match &self.backend {

@@ -22,6 +22,9 @@ use crate::model::ClusterSnapshot;
 pub struct TrafficInput {
     /// CPU microseconds per second of each bucket, by index in the snapshot.
     pub cpu: Vec<f64>,
+    /// Network bytes per second in and out of each bucket (shown, not balanced).
+    pub net_in: Vec<f64>,
+    pub net_out: Vec<f64>,
     /// Keys of each bucket, for naming hot ones.
     pub keys: Vec<u64>,
     /// `traffic.tolerance-percent`: the CPU band around each master's share.
@@ -31,6 +34,9 @@ pub struct TrafficInput {
     pub threshold_percent: u32,
     /// Buckets moved for traffic within the window: not moved for it again.
     pub recent: BTreeSet<u64>,
+    /// Buckets whose rate is not trusted yet (too few readings on their present owner):
+    /// while any is, the plan shows the figures and moves nothing for traffic.
+    pub untrusted: usize,
 }
 
 /// A slot too hot to fix by moving it.
@@ -58,6 +64,13 @@ pub struct TrafficPlan {
     pub lower_bound_cpu_usec: f64,
     /// Moves added for traffic (after the byte plan's).
     pub moves: usize,
+    /// Bytes those moves carry (in the plan's transfer; the decision's threshold is on
+    /// the rest).
+    pub transfer_bytes: u64,
+    /// Every rate trusted: traffic moves were considered.
+    pub settled: bool,
+    /// Buckets whose rate is not trusted yet.
+    pub untrusted: usize,
     pub hot: Vec<HotSlot>,
     /// The busiest master is above its share by more than `threshold-percent`.
     pub off_balance: bool,
@@ -71,10 +84,10 @@ pub fn balance(snap: &ClusterSnapshot, plan: &mut Plan, t: &TrafficInput) {
     if apply_moves(&mut after, &plan.moves).is_err() || t.cpu.len() != snap.buckets.len() {
         return;
     }
-    let before = cpu_of(snap, t);
+    let before = per_member(snap, &t.cpu);
     let mut st = State::new(snap, after, plan, t);
     let n = st.cpu.len();
-    let mut out = TrafficPlan::default();
+    let mut out = TrafficPlan { settled: t.untrusted == 0, untrusted: t.untrusted, ..TrafficPlan::default() };
     let widest = st.hi.iter().copied().fold(0.0, f64::max);
     for (i, b) in st.after.buckets.iter().enumerate() {
         if t.cpu[i] > widest && widest > 0.0 {
@@ -85,7 +98,7 @@ pub fn balance(snap: &ClusterSnapshot, plan: &mut Plan, t: &TrafficInput) {
     st.frozen.extend(out.hot.iter().map(|h| h.bucket));
     out.lower_bound_cpu_usec = st.cpu.iter().zip(&st.hi).map(|(c, h)| (c - h).max(0.0)).sum();
     out.off_balance = st.over() * 100.0 > t.threshold_percent as f64;
-    for _ in 0..4 * n {
+    for _ in 0..if out.settled { 4 * n } else { 0 } {
         let Some(src) = (0..n)
             .filter(|&i| st.cpu[i] > st.hi[i])
             .max_by(|&a, &b| (st.cpu[a] - st.hi[a]).total_cmp(&(st.cpu[b] - st.hi[b])))
@@ -94,7 +107,7 @@ pub fn balance(snap: &ClusterSnapshot, plan: &mut Plan, t: &TrafficInput) {
         };
         let Some((i, dst, back)) = st.best_step(src) else { break };
         for (j, from, to) in std::iter::once((i, src, dst)).chain(back.map(|j| (j, dst, src))) {
-            st.shift(plan, j, from, to);
+            out.transfer_bytes += st.shift(plan, j, from, to);
             out.moves += 1;
         }
     }
@@ -109,11 +122,12 @@ pub fn balance(snap: &ClusterSnapshot, plan: &mut Plan, t: &TrafficInput) {
     plan.traffic = Some(out);
 }
 
-fn cpu_of(s: &ClusterSnapshot, t: &TrafficInput) -> Vec<f64> {
+/// Per member, the sum of a per-bucket figure over the buckets it owns in `s`.
+pub fn per_member(s: &ClusterSnapshot, per_bucket: &[f64]) -> Vec<f64> {
     let mut c = vec![0.0; s.members.len()];
-    for (i, b) in s.buckets.iter().enumerate() {
+    for (b, v) in s.buckets.iter().zip(per_bucket) {
         if let Some(&p) = b.copies.first() {
-            c[p as usize] += t.cpu[i];
+            c[p as usize] += v;
         }
     }
     c
@@ -139,7 +153,7 @@ struct State<'a> {
 
 impl<'a> State<'a> {
     fn new(snap: &ClusterSnapshot, after: ClusterSnapshot, plan: &Plan, t: &'a TrafficInput) -> State<'a> {
-        let cpu = cpu_of(&after, t);
+        let cpu = per_member(&after, &t.cpu);
         let total: f64 = cpu.iter().sum();
         let target_total: u64 = plan.members.iter().map(|m| m.target_bytes).sum();
         let share: Vec<f64> = plan
@@ -219,8 +233,8 @@ impl<'a> State<'a> {
         best.map(|(_, _, i, dst, r)| (i, dst, r))
     }
 
-    /// Moves bucket `j` from `from` to `to`, in the layout and the plan.
-    fn shift(&mut self, plan: &mut Plan, j: usize, from: usize, to: usize) {
+    /// Moves bucket `j` from `from` to `to`, in the layout and the plan; its bytes.
+    fn shift(&mut self, plan: &mut Plan, j: usize, from: usize, to: usize) -> u64 {
         let b = &mut self.after.buckets[j];
         let mv = Move {
             kind: MoveKind::Copy,
@@ -240,6 +254,7 @@ impl<'a> State<'a> {
         self.bytes[to] += b.bytes as f64;
         self.arrived[to] += b.bytes as i64;
         self.frozen.insert(b.id);
+        b.bytes
     }
 }
 
@@ -262,6 +277,13 @@ fn explain(plan: &mut Plan, t: &TrafficPlan, share: &[f64], tol: f64) {
             "traffic: slot {} on {} is hot ({:.0} µs/s, {} keys): above any master's CPU band, so moving it moves the problem; left where it is",
             h.bucket, h.member, h.cpu_usec_per_second, h.keys
         ));
+    }
+    if !t.settled {
+        plan.explanation.push(format!(
+            "traffic: unsettled: the rates of {} slot(s) are not trusted yet (too few readings on their present owner): nothing moves for traffic",
+            t.untrusted
+        ));
+        return;
     }
     for (m, s) in t.members.iter().zip(share) {
         if m.after > s * (1.0 + tol) {
@@ -290,7 +312,7 @@ mod tests {
             keys: vec![10; buckets.len()],
             tolerance_percent: 20,
             threshold_percent: 50,
-            recent: BTreeSet::new(),
+            ..TrafficInput::default()
         };
         (snap, t)
     }

@@ -11,6 +11,7 @@
 mod outcome;
 mod pipeline;
 mod place;
+mod traffic;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,6 +74,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub progress: Arc<Progress>,
     pub status: Arc<std::sync::Mutex<RunStatus>>,
+    /// The traffic rates this sidecar keeps (its master's, or standalone every master's).
+    pub traffic: std::sync::Mutex<crate::traffic::TrafficTable>,
+    /// What plans use: the above with every sidecar's published rates.
+    traffic_view: std::sync::Mutex<crate::traffic::TrafficTable>,
 }
 
 /// Where a sidecar stands: `/status`'s and the registration's `state`.
@@ -138,6 +143,8 @@ impl Context {
             metrics,
             progress: Arc::new(Progress::default()),
             status: Arc::new(std::sync::Mutex::new(RunStatus::default())),
+            traffic: Default::default(),
+            traffic_view: Default::default(),
         })
     }
 
@@ -172,6 +179,7 @@ impl Context {
     ) -> Result<(ClusterSnapshot, Vec<Evacuation>), RunError> {
         let t0 = Instant::now();
         self.adopt_published_sizes().await;
+        self.gather_traffic().await;
         let mut snap = self.cluster.snapshot_after(reading).await.map_err(RunError::Snapshot)?;
         let registered = self.registered_stands().await;
         place::apply_stands(&mut snap, &self.config.topology.zones, &registered);
@@ -219,7 +227,12 @@ impl Context {
         let t0 = Instant::now();
         let mut opts = PlanOptions::from_config(&self.config.balance);
         opts.receivers = receivers;
-        let p = plan(snap, &opts)?;
+        let traffic = self.traffic_input(snap);
+        opts.traffic = traffic.clone().and_then(Result::ok);
+        let mut p = plan(snap, &opts)?;
+        if let Some(Err(why)) = traffic {
+            p.explanation.push(format!("traffic: off: {why}"));
+        }
         self.metrics.plan_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_plan(&p);
         Ok(p)

@@ -240,6 +240,7 @@ impl Sidecar {
             ("evacuator", sup.spawn("evacuator", self.clone().evacuator())),
             ("heartbeat", sup.spawn("heartbeat", self.clone().heartbeat())),
             ("sizer", sup.spawn("sizer", self.clone().sizer())),
+            ("sampler", sup.spawn("sampler", self.clone().sampler())),
         ];
         Tasks { http, http_stop, loops, signals }
     }

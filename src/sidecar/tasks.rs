@@ -1,6 +1,7 @@
 //! The daemon's loops: the schedule, the heartbeat (registration and readiness), the
-//! sizes measured ahead of runs, and the evacuation of the local member. Each returns
-//! only once shutdown is asked for; anything else is a failure its supervisor reports.
+//! sizes measured ahead of runs, the traffic counters sampled, and the evacuation of the
+//! local member. Each returns only once shutdown is asked for; anything else is a failure
+//! its supervisor reports.
 //!
 //! Owns: when runs start on their own, what this sidecar publishes in etcd. Does not
 //! own: the runs (`run`), the operation slot (`super::operation`).
@@ -153,6 +154,35 @@ impl Sidecar {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Reads the slot counters every `traffic.sample-every` (`[traffic]`): its own
+    /// master's, published for the lock holder; standalone, every master's. Reads only,
+    /// so it runs beside operations and ends at shutdown.
+    pub(super) async fn sampler(self: Arc<Self>) {
+        let c = &self.ctx.config.traffic;
+        if !c.enabled || self.ctx.config.cluster.backend == crate::config::Backend::File {
+            return self.shutdown.cancelled().await;
+        }
+        let all = self.ctx.coordinator.is_standalone();
+        let mut tick = tokio::time::interval(c.sample_every.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if injected("sampler") {
+                return;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = self.ctx.sample_traffic(all) => match r {
+                    Ok(n) => debug!(masters = n, "traffic sampled"),
+                    Err(e) => warn!(cause = %e, "traffic sampling failed"),
+                },
             }
         }
     }

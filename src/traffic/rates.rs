@@ -19,6 +19,9 @@ pub struct Counters {
     pub cpu_usec: u64,
     pub net_in: u64,
     pub net_out: u64,
+    /// Keys in the slot now (a gauge, not a counter).
+    #[serde(default)]
+    pub keys: u64,
 }
 
 /// Per second.
@@ -38,12 +41,22 @@ pub struct Series {
     pub rates: Rates,
     /// Intervals averaged so far.
     pub samples: u32,
+    /// Unix seconds of the series' first reading (on this owner).
+    #[serde(default)]
+    pub since: f64,
+    /// The series began because the slot arrived on its owner (a move), not because
+    /// sampling began.
+    #[serde(default)]
+    pub moved: bool,
 }
 
 /// The rates of the slots one node (or the whole cluster) owns.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RateTable {
     pub slots: BTreeMap<u16, Series>,
+    /// Unix seconds of each owner's first reading: a slot that appears later arrived.
+    #[serde(default)]
+    pub first_reading: BTreeMap<String, f64>,
 }
 
 impl RateTable {
@@ -51,15 +64,25 @@ impl RateTable {
     /// `owner` absent from the reading are no longer its own and are dropped.
     pub fn observe(&mut self, owner: &str, reading: &BTreeMap<u16, Counters>, at: f64, window_seconds: f64) {
         self.slots.retain(|slot, s| s.owner != owner || reading.contains_key(slot));
+        let seen_before = *self.first_reading.entry(owner.to_string()).or_insert(at) < at;
         for (&slot, &c) in reading {
-            let fresh = Series { owner: owner.to_string(), last: c, at, rates: Rates::default(), samples: 0 };
-            let s = self.slots.entry(slot).or_insert_with(|| fresh.clone());
+            let fresh = |moved| Series {
+                owner: owner.to_string(),
+                last: c,
+                at,
+                rates: Rates::default(),
+                samples: 0,
+                since: at,
+                moved,
+            };
+            let s = self.slots.entry(slot).or_insert_with(|| fresh(seen_before));
             let dt = at - s.at;
             let went_down = c.cpu_usec < s.last.cpu_usec || c.net_in < s.last.net_in || c.net_out < s.last.net_out;
             if s.owner != owner || went_down {
-                *s = fresh;
+                *s = fresh(s.owner != owner);
                 continue;
             }
+            s.last.keys = c.keys;
             if dt <= 0.0 {
                 continue;
             }
@@ -85,6 +108,13 @@ impl RateTable {
     /// Merges another node's table in (the holder gathers every sidecar's).
     pub fn merge(&mut self, other: RateTable) {
         self.slots.extend(other.slots);
+        self.first_reading.extend(other.first_reading);
+    }
+
+    /// Forgets the slots `owner` owned (it no longer reports: a replica now, or off).
+    pub fn forget(&mut self, owner: &str) {
+        self.slots.retain(|_, s| s.owner != owner);
+        self.first_reading.remove(owner);
     }
 }
 
@@ -93,7 +123,7 @@ mod tests {
     use super::*;
 
     fn reading(cpu: u64) -> BTreeMap<u16, Counters> {
-        BTreeMap::from([(7, Counters { cpu_usec: cpu, net_in: cpu * 2, net_out: cpu * 3 })])
+        BTreeMap::from([(7, Counters { cpu_usec: cpu, net_in: cpu * 2, net_out: cpu * 3, keys: 1 })])
     }
 
     #[test]
@@ -121,9 +151,10 @@ mod tests {
         t.observe("a", &reading(1000), 0.0, 60.0);
         t.observe("a", &reading(2000), 10.0, 60.0);
         assert_eq!(t.slots[&7].samples, 1);
+        assert!(!t.slots[&7].moved, "sampling began with the slot on a");
         // The slot moved to b: b's counters start from its own zero.
         t.observe("b", &reading(50), 20.0, 60.0);
-        assert_eq!((t.slots[&7].owner.as_str(), t.slots[&7].samples), ("b", 0));
+        assert_eq!((t.slots[&7].owner.as_str(), t.slots[&7].samples, t.slots[&7].moved), ("b", 0, true));
         // a no longer reports it: a's reading without slot 7 leaves b's series alone.
         t.observe("a", &BTreeMap::new(), 20.0, 60.0);
         assert_eq!(t.slots[&7].owner, "b");
@@ -131,9 +162,17 @@ mod tests {
         t.observe("b", &reading(60), 30.0, 60.0);
         assert_eq!(t.slots[&7].samples, 1);
         t.observe("b", &reading(5), 40.0, 60.0);
-        assert_eq!((t.slots[&7].samples, t.slots[&7].last.cpu_usec), (0, 5));
+        assert_eq!((t.slots[&7].samples, t.slots[&7].last.cpu_usec, t.slots[&7].moved), (0, 5, false));
         // b gives the slot up: its next reading drops the series.
         t.observe("b", &BTreeMap::new(), 50.0, 60.0);
         assert!(t.slots.is_empty());
+        // A slot that appears on a master already sampled arrived there.
+        t.observe("b", &reading(9), 60.0, 60.0);
+        assert!(t.slots[&7].moved);
+        let mut fresh = RateTable::default();
+        fresh.observe("c", &reading(9), 60.0, 60.0);
+        assert!(!fresh.slots[&7].moved, "a master's first reading is where sampling began");
+        fresh.forget("c");
+        assert!(fresh.slots.is_empty() && fresh.first_reading.is_empty());
     }
 }

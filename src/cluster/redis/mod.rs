@@ -10,7 +10,9 @@
 //! [`migrations`] reading its jobs, [`inflight`] settling the jobs a crash left running;
 //! [`repair`] closing slots a crash or a failed move left open, [`stray`] returning keys
 //! to their slot's owner, [`follow`] replicas that still show a settled slot open;
-//! [`handoff`] a master's role to its in-sync replica before a restart. This file wires
+//! [`handoff`] a master's role to its in-sync replica before a restart; [`roles`] and
+//! [`stands`] where masters and replicas stand (placement); [`traffic`] per-slot traffic
+//! counters where the server measures them. This file wires
 //! them into the backend-neutral [`Cluster`] trait and builds the snapshot. Does not own:
 //! which slots move.
 
@@ -31,6 +33,7 @@ mod slot_stats;
 mod stands;
 mod stray;
 mod topology;
+mod traffic;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

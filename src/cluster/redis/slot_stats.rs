@@ -1,8 +1,11 @@
 //! Reading `CLUSTER SLOT-STATS` (Valkey 8+): the key count of every slot a node owns, in
-//! one call instead of one COUNTKEYSINSLOT per slot.
+//! one call instead of one COUNTKEYSINSLOT per slot, and, where the node has
+//! `cluster-slot-stats-enabled yes`, its cumulative `cpu-usec`, `network-bytes-in` and
+//! `network-bytes-out` (traffic).
 //!
 //! Owns: the request and a reader that accepts the RESP2 and RESP3 shapes of the reply.
-//! Does not own: when it is used ([`super::sizing`] decides from the node's version).
+//! Does not own: when it is used ([`super::sizing`] decides from the node's version,
+//! [`super::traffic`] from its configuration).
 
 use std::collections::HashMap;
 
@@ -19,6 +22,20 @@ pub(super) fn request() -> redis::Cmd {
 /// the inner statistics a flat array of pairs (RESP2) or a map (RESP3). Anything else is
 /// an error, so the caller falls back to counting slot by slot.
 pub(super) fn parse(reply: &Value) -> Result<HashMap<u16, u64>, String> {
+    parse_with(reply, &[])?.into_iter().map(|(slot, v)| Ok((slot, v[0]))).collect()
+}
+
+/// Slot -> (key count, cpu-usec, network-bytes-in, network-bytes-out); an error names the
+/// first slot that lacks one (slot statistics off).
+pub(super) fn parse_traffic(reply: &Value) -> Result<HashMap<u16, [u64; 4]>, String> {
+    parse_with(reply, &["cpu-usec", "network-bytes-in", "network-bytes-out"])?
+        .into_iter()
+        .map(|(slot, v)| Ok((slot, [v[0], v[1], v[2], v[3]])))
+        .collect()
+}
+
+/// Slot -> key-count then each of `fields`, as the reply gives them.
+fn parse_with(reply: &Value, fields: &[&str]) -> Result<HashMap<u16, Vec<u64>>, String> {
     let Value::Array(entries) = reply else {
         return Err(format!("SLOT-STATS reply is not an array: {reply:?}"));
     };
@@ -38,13 +55,18 @@ pub(super) fn parse(reply: &Value) -> Result<HashMap<u16, u64>, String> {
             Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
             other => return Err(format!("SLOT-STATS statistics of slot {slot} unreadable: {other:?}")),
         };
-        let keys = pairs
-            .into_iter()
-            .find(|(k, _)| text(k).as_deref() == Some("key-count"))
-            .and_then(|(_, v)| int(v))
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| format!("SLOT-STATS has no key-count for slot {slot}"))?;
-        out.insert(slot, keys);
+        let values = std::iter::once("key-count")
+            .chain(fields.iter().copied())
+            .map(|f| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| text(k).as_deref() == Some(f))
+                    .and_then(|(_, v)| int(v))
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| format!("SLOT-STATS has no {f} for slot {slot}"))
+            })
+            .collect::<Result<Vec<u64>, String>>()?;
+        out.insert(slot, values);
     }
     Ok(out)
 }
@@ -82,6 +104,18 @@ mod tests {
             ]),
         ]);
         assert_eq!(parse(&resp2).unwrap(), HashMap::from([(0, 3), (16383, 0)]));
+        let full = Value::Array(vec![Value::Array(vec![
+            Value::Int(5),
+            Value::Map(
+                [("key-count", 2), ("cpu-usec", 40), ("network-bytes-in", 53), ("network-bytes-out", 9)]
+                    .into_iter()
+                    .map(|(k, v)| (bulk(k), Value::Int(v)))
+                    .collect(),
+            ),
+        ])]);
+        assert_eq!(parse_traffic(&full).unwrap(), HashMap::from([(5, [2, 40, 53, 9])]));
+        let err = parse_traffic(&resp2).unwrap_err();
+        assert!(err.contains("no cpu-usec for slot 0"), "{err}");
         let resp3 = Value::Array(vec![Value::Array(vec![
             Value::Int(7),
             Value::Map(vec![(Value::SimpleString("key-count".into()), Value::Int(12))]),
