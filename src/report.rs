@@ -118,6 +118,10 @@ pub struct Answer {
     /// changes wanted (with how each went, once a run tried it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<crate::plan::placement::Placement>,
+    /// CPU per master before, target and after, hot slots, whether the rates are trusted;
+    /// absent where traffic is off (the explanation says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<crate::plan::traffic::TrafficPlan>,
 }
 
 impl Answer {
@@ -149,6 +153,7 @@ impl Answer {
             settled: Vec::new(),
             mover: None,
             placement: None,
+            traffic: plan.traffic.clone(),
         }
     }
 
@@ -176,6 +181,7 @@ impl Answer {
             settled: Vec::new(),
             mover: None,
             placement: None,
+            traffic: None,
         }
     }
 
@@ -205,6 +211,17 @@ impl Answer {
                 format!("{} -> {}", m.before.buckets, m.after.buckets),
                 format!("{} -> {}", m.before.primaries, m.after.primaries),
             );
+        }
+        if let Some(t) = &self.traffic {
+            let _ = writeln!(out, "\n{:<w$} {:>12} {:>12} {:>12}", "CPU µs/s", "before", "target", "after");
+            for m in &t.members {
+                let label = self
+                    .members
+                    .iter()
+                    .find(|x| x.id == m.id)
+                    .map_or(m.id.clone(), |x| member_label(&x.id, &x.address));
+                let _ = writeln!(out, "{label:<w$} {:>12.0} {:>12.0} {:>12.0}", m.before, m.target, m.after);
+            }
         }
         let copies = self.moves.iter().filter(|m| m.kind == MoveKind::Copy).count();
         let _ = writeln!(

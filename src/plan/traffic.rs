@@ -98,14 +98,14 @@ pub fn balance(snap: &ClusterSnapshot, plan: &mut Plan, t: &TrafficInput) {
     st.frozen.extend(out.hot.iter().map(|h| h.bucket));
     out.lower_bound_cpu_usec = st.cpu.iter().zip(&st.hi).map(|(c, h)| (c - h).max(0.0)).sum();
     out.off_balance = st.over() * 100.0 > t.threshold_percent as f64;
-    for _ in 0..if out.settled { 4 * n } else { 0 } {
-        let Some(src) = (0..n)
-            .filter(|&i| st.cpu[i] > st.hi[i])
-            .max_by(|&a, &b| (st.cpu[a] - st.hi[a]).total_cmp(&(st.cpu[b] - st.hi[b])))
-        else {
+    // Each step moves a slot that no later step moves again: the loop ends.
+    for _ in 0..if out.settled { st.after.buckets.len() } else { 0 } {
+        // The master furthest above its band that some step can relieve.
+        let mut over: Vec<usize> = (0..n).filter(|&i| st.cpu[i] > st.hi[i]).collect();
+        over.sort_by(|&a, &b| (st.cpu[b] - st.hi[b]).total_cmp(&(st.cpu[a] - st.hi[a])));
+        let Some((src, (i, dst, back))) = over.into_iter().find_map(|src| st.best_step(src).map(|s| (src, s))) else {
             break;
         };
-        let Some((i, dst, back)) = st.best_step(src) else { break };
         for (j, from, to) in std::iter::once((i, src, dst)).chain(back.map(|j| (j, dst, src))) {
             out.transfer_bytes += st.shift(plan, j, from, to);
             out.moves += 1;
@@ -132,6 +132,13 @@ pub fn per_member(s: &ClusterSnapshot, per_bucket: &[f64]) -> Vec<f64> {
     }
     c
 }
+
+/// A step's rank (CPU left above the bands, gap, bucket id), the slot, its receiver and
+/// the slot traded back.
+type Step = ((f64, f64, u64), usize, usize, Option<usize>);
+
+/// Hottest slots of a source tried in trades.
+const TRADE_SLOTS: usize = 32;
 
 /// The layout as traffic moves change it.
 struct State<'a> {
@@ -200,37 +207,62 @@ impl<'a> State<'a> {
     }
 
     /// A slot out of `src` (and, where bytes need it, a cooler one back): the CPU gap
-    /// between the two narrows, both stay within their byte bands; the narrowest gap
-    /// first, then the lowest bucket id.
+    /// between the two narrows, both stay within their byte bands; the least CPU left
+    /// above the two masters' bands first, then the narrowest gap, then the lowest
+    /// bucket id. A trade is looked for only where no one-way move fits, among the
+    /// hottest slots of `src` and the coolest of each receiver (bounded work per step on
+    /// 16384 slots).
     fn best_step(&self, src: usize) -> Option<(usize, usize, Option<usize>)> {
         let (t, n) = (self.t, self.cpu.len());
-        let mut best: Option<(f64, u64, usize, usize, Option<usize>)> = None;
-        let (slo, shi) = self.band[src];
-        for i in (0..self.after.buckets.len()).filter(|&i| t.cpu[i] > 0.0 && self.movable(i, src)) {
-            let (c, bs) = (t.cpu[i], self.after.buckets[i].bytes as f64);
-            for dst in (0..n).filter(|&d| d != src && self.receives[d] && self.cpu[d] + c < self.cpu[src]) {
-                let (dlo, dhi) = self.band[dst];
-                let back = std::iter::once(None)
-                    .chain((0..self.after.buckets.len()).filter(|&j| t.cpu[j] < c && self.movable(j, dst)).map(Some));
-                for r in back {
-                    let (rc, rb) = r.map_or((0.0, 0.0), |j| (t.cpu[j], self.after.buckets[j].bytes as f64));
-                    let (ns, nd) = (self.bytes[src] - bs + rb, self.bytes[dst] + bs - rb);
-                    let gap = ((self.cpu[src] - c + rc) - (self.cpu[dst] + c - rc)).abs();
-                    let narrows = gap < self.cpu[src] - self.cpu[dst];
-                    let in_bands = ns >= slo && ns <= shi && nd >= dlo && nd <= dhi;
-                    let fits = self.room[dst].is_none_or(|x| self.arrived[dst] + (bs - rb).max(0.0) as i64 <= x);
-                    let key = self.after.buckets[i].id;
-                    if narrows
-                        && in_bands
-                        && fits
-                        && best.as_ref().is_none_or(|(g, k, ..)| gap < *g || (gap == *g && key < *k))
-                    {
-                        best = Some((gap, key, i, dst, r));
-                    }
+        let on = |m: usize| (0..self.after.buckets.len()).filter(move |&i| self.movable(i, m));
+        let mut out: Vec<usize> = on(src).filter(|&i| t.cpu[i] > 0.0).collect();
+        let mut best = None;
+        for &i in &out {
+            for dst in 0..n {
+                self.consider(&mut best, src, i, dst, None);
+            }
+        }
+        if best.is_some() {
+            return best.map(|(_, i, dst, r)| (i, dst, r));
+        }
+        out.sort_by(|&a, &b| t.cpu[b].total_cmp(&t.cpu[a]));
+        out.truncate(TRADE_SLOTS);
+        for dst in (0..n).filter(|&d| d != src) {
+            let mut cool: Vec<usize> = on(dst).collect();
+            cool.sort_by(|&a, &b| t.cpu[a].total_cmp(&t.cpu[b]));
+            cool.truncate(4 * TRADE_SLOTS);
+            for &i in &out {
+                for &j in cool.iter().filter(|&&j| t.cpu[j] < t.cpu[i]) {
+                    self.consider(&mut best, src, i, dst, Some(j));
                 }
             }
         }
-        best.map(|(_, _, i, dst, r)| (i, dst, r))
+        best.map(|(_, i, dst, r)| (i, dst, r))
+    }
+
+    /// Keeps in `best` the step of slot `i` from `src` to `dst` (and `r` back) if it is
+    /// allowed and better.
+    fn consider(&self, best: &mut Option<Step>, src: usize, i: usize, dst: usize, r: Option<usize>) {
+        let t = self.t;
+        let (c, bs) = (t.cpu[i], self.after.buckets[i].bytes as f64);
+        if dst == src || !self.receives[dst] || self.cpu[dst] + c >= self.cpu[src] {
+            return;
+        }
+        let ((slo, shi), (dlo, dhi)) = (self.band[src], self.band[dst]);
+        let (rc, rb) = r.map_or((0.0, 0.0), |j| (t.cpu[j], self.after.buckets[j].bytes as f64));
+        let (ns, nd) = (self.bytes[src] - bs + rb, self.bytes[dst] + bs - rb);
+        let (cs, cd) = (self.cpu[src] - c + rc, self.cpu[dst] + c - rc);
+        let gap = (cs - cd).abs();
+        let excess = (cs - self.hi[src]).max(0.0) + (cd - self.hi[dst]).max(0.0);
+        let narrows = gap < self.cpu[src] - self.cpu[dst];
+        let in_bands = ns >= slo && ns <= shi && nd >= dlo && nd <= dhi;
+        let fits = self.room[dst].is_none_or(|x| self.arrived[dst] + (bs - rb).max(0.0) as i64 <= x);
+        let key = (excess, gap, self.after.buckets[i].id);
+        let better =
+            |(e, g, k): &(f64, f64, u64)| excess.total_cmp(e).then(gap.total_cmp(g)).then(key.2.cmp(k)).is_lt();
+        if narrows && in_bands && fits && best.as_ref().is_none_or(|(b, ..)| better(b)) {
+            *best = Some((key, i, dst, r));
+        }
     }
 
     /// Moves bucket `j` from `from` to `to`, in the layout and the plan; its bytes.
