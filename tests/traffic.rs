@@ -260,3 +260,115 @@ async fn redis_7_plans_by_bytes_and_says_traffic_is_off() {
     assert!(out.contains("which has no per-slot statistics"), "{out}");
     assert!(!out.contains("CPU µs/s"), "no CPU figures without traffic: {out}");
 }
+
+/// Every expression of the dashboard's traffic row, its variables filled in.
+fn traffic_row_exprs() -> Vec<String> {
+    let d = common::json(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/autobalancer.json")).unwrap(),
+    );
+    let panels = d["panels"].as_array().unwrap();
+    let row =
+        panels.iter().position(|p| p["type"] == "row" && p["title"].as_str().unwrap().starts_with("Traffic")).unwrap();
+    panels[row + 1..]
+        .iter()
+        .take_while(|p| p["type"] != "row")
+        .flat_map(|p| {
+            p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().replace("$cluster", ".*"))
+        })
+        .collect()
+}
+
+/// With etcd, each sidecar samples its own master and publishes its rates; the one that
+/// takes the lock plans with all of them, moves the hot slots, and exports each master's
+/// rates, which the dashboard's traffic row reads back from a real Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_the_holder_plans_with_every_sidecars_published_rates() {
+    use autobalancer_testkit::{LocalEtcd, LocalPrometheus};
+    let dir = tempfile::tempdir().unwrap();
+    let c = ClusterSpec::new(Engine::Valkey, 3, 0).start_in(dir.path()).await.unwrap();
+    slot_stats_on(&c).await;
+    let mut con = cluster_conn(&c).await;
+    load_even(&mut con, 3000).await;
+    let hot_master = c.master_addrs()[0].clone();
+    let hot = keys_on(&c, &hot_master, 24, "hot").await;
+    let driver = Driver::start(con.clone(), hot.clone());
+    let etcd = LocalEtcd::start().unwrap();
+    let etcd_section = format!("[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-traffic\"\n", etcd.endpoint());
+    let sidecars: Vec<common::SidecarProc> = c
+        .master_addrs()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let cfg = format!(
+                "{}{TRAFFIC}[schedule]\nenabled = false\n[log]\nlevel = \"debug\"\n{etcd_section}",
+                common::cluster_section(&c, dir.path(), Some(m))
+            );
+            common::SidecarProc::start(dir.path(), &format!("s{i}"), &cfg)
+        })
+        .collect();
+    let observer = autobalancer::coord::Coordinator::new(
+        Some(&autobalancer::config::EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "/ab-traffic".into(),
+            ..Default::default()
+        }),
+        "t",
+        "observer",
+    )
+    .unwrap();
+    // Each sidecar's rates in etcd, every slot of its master trusted.
+    common::wait_for_async(60, "three sidecars' settled traffic rates in etcd", || async {
+        let tables: Vec<autobalancer::traffic::TrafficTable> = observer.traffic_tables().await.unwrap_or_default();
+        let owners: std::collections::BTreeSet<&str> =
+            tables.iter().flat_map(|t| t.rates.slots.values().map(|s| s.owner.as_str())).collect();
+        tables.len() == 3 && owners.len() == 3 && tables.iter().all(|t| t.rates.slots.values().all(|s| s.samples >= 3))
+    })
+    .await;
+
+    let holder = &sidecars[2];
+    let (code, body) = common::call("PUT", &holder.url("/rebalance"), None, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let a = common::json(&body);
+    assert_eq!(a["decision"]["cause"], "traffic_imbalance", "{a:#}");
+    let cpu = a["traffic"]["members"].as_array().unwrap();
+    assert_eq!(cpu.len(), 3, "{a:#}");
+    assert!(
+        cpu.iter().all(|m| m["before"].as_f64().unwrap() > 0.0 || m["id"] != c.id_of(&hot_master).unwrap()),
+        "{a:#}"
+    );
+    let owners = c.slot_owners().await.unwrap();
+    let mut admin = c.conn(&hot_master).await.unwrap();
+    let mut moved = 0;
+    for k in &hot {
+        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(k).query_async(&mut admin).await.unwrap();
+        moved += (owners[slot as usize] != hot_master) as usize;
+    }
+    assert!(moved > 0, "{a:#}");
+    let metrics = common::get(&holder.url("/metrics")).unwrap().1;
+    for m in c.master_addrs() {
+        let id = c.id_of(&m).unwrap();
+        assert!(metrics.contains(&format!("autobalancer_member_cpu_usec_rate{{member=\"{id}\"}}")), "{id}: {metrics}");
+        assert!(metrics.contains(&format!("autobalancer_hot_slots{{member=\"{id}\"}} 0")), "{id}: {metrics}");
+    }
+
+    let prometheus = LocalPrometheus::start("autobalancer", std::slice::from_ref(&holder.api), &[]).unwrap();
+    let base = prometheus.url();
+    for e in traffic_row_exprs() {
+        let encoded: String = e
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        common::wait_for(60, &format!("data for {e}"), || {
+            let body = common::get(&format!("{base}/api/v1/query?query={encoded}")).map(|(_, b)| b).unwrap_or_default();
+            serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["data"]["result"].as_array().map(|r| !r.is_empty()))
+                .unwrap_or(false)
+        });
+    }
+    let (acked, errors) = driver.stop().await;
+    for (k, n) in &acked {
+        let v: i64 = con.get(k).await.unwrap();
+        assert!(v >= *n && v <= n + errors as i64, "{k}: {v} after {n} acknowledged INCRs");
+    }
+}

@@ -66,6 +66,7 @@ impl MoveOutcome {
     }
 }
 mod placement;
+mod traffic;
 
 /// The `engine` label of `build_info` until the backend has said what it runs on.
 pub const ENGINE_UNKNOWN: &str = "unknown";
@@ -111,6 +112,7 @@ pub struct Metrics {
     pub evacuation_bytes_left: IntGauge,
     pub build_info: IntGaugeVec,
     pub placement: placement::PlacementMetrics,
+    pub traffic: traffic::TrafficMetrics,
 }
 
 /// Histogram buckets, seconds: from a 1 ms plan to a 5 min sizing or move.
@@ -151,7 +153,7 @@ impl Builder<'_> {
         self.add(Gauge::with_opts(Self::opts(name, help)))
     }
 
-    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    pub(super) fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
         self.add(GaugeVec::new(Self::opts(name, help), labels))
     }
 
@@ -238,6 +240,7 @@ impl Metrics {
                 &["version", "engine"],
             ),
             placement: placement::PlacementMetrics::new(&r),
+            traffic: traffic::TrafficMetrics::new(&r),
             registry,
         };
         m.create_label_values();

@@ -23,6 +23,8 @@ fn the_readme_table_is_the_registry() {
     s.members[0].zone = Some("z1".into());
     s.members[1].zone = Some("z2".into());
     m.observe_placement(&s, &crate::plan::placement::place(&s, &Default::default()));
+    let (input, p) = traffic_plan(&s);
+    m.observe_traffic(&s, Some(&input), &p);
     let mut registered: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
     registered.sort();
     assert_eq!(documented, registered);
@@ -134,4 +136,41 @@ fn placement_gauges_show_hosts_zones_replicas_and_broken_rules() {
     ] {
         assert!(text.contains(line), "missing {line}:\n{text}");
     }
+}
+
+/// Two masters, the first one's slot hot: a traffic input and the plan made with it.
+fn traffic_plan(s: &ClusterSnapshot) -> (crate::plan::traffic::TrafficInput, crate::plan::Plan) {
+    let input = crate::plan::traffic::TrafficInput {
+        cpu: vec![900.0, 100.0],
+        net_in: vec![50.0, 5.0],
+        net_out: vec![70.0, 7.0],
+        keys: vec![3, 4],
+        tolerance_percent: 20,
+        threshold_percent: 50,
+        ..Default::default()
+    };
+    let opts = crate::plan::PlanOptions { traffic: Some(input.clone()), ..Default::default() };
+    (input.clone(), crate::plan::plan(s, &opts).unwrap())
+}
+
+#[test]
+fn traffic_gauges_show_rates_per_master_and_hot_slots_and_go_when_traffic_is_off() {
+    use crate::model::fixtures::*;
+    let m = Metrics::new();
+    let s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
+    let (input, p) = traffic_plan(&s);
+    m.observe_traffic(&s, Some(&input), &p);
+    let text = m.render();
+    for line in [
+        "autobalancer_member_cpu_usec_rate{member=\"m1\"} 900",
+        "autobalancer_member_cpu_usec_rate{member=\"m2\"} 100",
+        "autobalancer_member_network_bytes_rate{direction=\"out\",member=\"m1\"} 70",
+        "autobalancer_member_network_bytes_rate{direction=\"in\",member=\"m2\"} 5",
+        "autobalancer_hot_slots{member=\"m1\"} 1",
+        "autobalancer_hot_slots{member=\"m2\"} 0",
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
+    m.observe_traffic(&s, None, &crate::plan::plan(&s, &Default::default()).unwrap());
+    assert!(!m.render().contains("autobalancer_member_cpu_usec_rate{"), "off: no stale rates");
 }

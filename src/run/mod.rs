@@ -235,6 +235,7 @@ impl Context {
         }
         self.metrics.plan_duration_seconds.observe(t0.elapsed().as_secs_f64());
         self.metrics.observe_plan(&p);
+        self.metrics.observe_traffic(snap, opts.traffic.as_ref(), &p);
         Ok(p)
     }
 
