@@ -118,6 +118,9 @@ pub struct Status {
     pub etcd: Option<String>,
     /// How the last snapshot sized the buckets, in a line.
     pub sizes: Option<String>,
+    /// Where traffic stands, in a line ("traffic: off: 127.0.0.1:7003 has
+    /// cluster-slot-stats-enabled no").
+    pub traffic: String,
     /// What the last snapshot observed: engine, sizing, per-member facts.
     pub observed: Option<Observed>,
 }

@@ -360,3 +360,25 @@ fn example_config_is_valid() {
     let text = include_str!("../../config.toml.example");
     parse(text).unwrap();
 }
+
+#[test]
+fn traffic_defaults_and_every_bad_key_named() {
+    let c = parse(MIN).unwrap();
+    assert!(c.traffic.enabled);
+    assert_eq!((c.traffic.sample_every.0.as_secs(), c.traffic.window.0.as_secs()), (60, 3600));
+    assert_eq!((c.traffic.min_samples, c.traffic.tolerance_percent, c.traffic.threshold_percent), (5, 20, 50));
+    let bad = format!(
+        "{MIN}[traffic]\nsample-every = \"2m\"\nwindow = \"1m\"\nmin-samples = 0\ntolerance-percent = 30\nthreshold-percent = 10\ndimensions = [\"cpu\", \"network-out\"]\n"
+    );
+    let lines = parse(&bad).unwrap_err().lines();
+    for want in [
+        "traffic.window (60s) must be at least traffic.sample-every (120s)",
+        "traffic.min-samples must be 1..=1000, got 0",
+        "traffic.threshold-percent (10) must be at least traffic.tolerance-percent (30)",
+        "traffic.dimensions: \"network-out\" is not balanced",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with(want)), "missing {want:?} in {lines:?}");
+    }
+    let env = Config::from_toml_with_env(MIN, vec![("AUTOBALANCER_TRAFFIC_ENABLED".to_string(), "false".to_string())]);
+    assert!(!env.unwrap().traffic.enabled, "the section takes environment overrides");
+}

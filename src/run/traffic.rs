@@ -73,6 +73,30 @@ impl Context {
         Some(crate::traffic::input(snap, &view, &Settings::from_config(c), now()))
     }
 
+    /// Where traffic stands, in a line for `/status`: off and why, or how many slots this
+    /// sidecar (with etcd: the fleet, at the last snapshot) samples and trusts.
+    pub fn traffic_line(&self) -> String {
+        let c = &self.config.traffic;
+        if !c.enabled {
+            return "traffic: disabled (traffic.enabled = false): plans by bytes only".to_string();
+        }
+        let (own, view) = (self.traffic.lock().unwrap(), self.traffic_view.lock().unwrap());
+        let t = if view.is_empty() { &*own } else { &*view };
+        if let Some((member, why)) = t.off.iter().next() {
+            return format!("traffic: off: {why} (member {member})");
+        }
+        if t.rates.first_reading.is_empty() {
+            return "traffic: no reading yet".to_string();
+        }
+        let untrusted = t.rates.slots.values().filter(|s| s.samples < c.min_samples).count();
+        format!(
+            "traffic: {} slot(s) of {} master(s) sampled, {untrusted} not trusted yet (traffic.min-samples = {})",
+            t.rates.slots.len(),
+            t.rates.first_reading.len(),
+            c.min_samples
+        )
+    }
+
     /// Before a `--once` run or a `simulate`: where the masters measure traffic and the
     /// rates the sidecars publish are not yet trusted, takes readings of every master
     /// `traffic.sample-every` apart until they are (`traffic.min-samples` intervals),

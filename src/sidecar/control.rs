@@ -70,6 +70,7 @@ impl Control for Sidecar {
             paused: paused.ok().flatten(),
             etcd: self.etcd.lock().unwrap().clone().err(),
             sizes: observed.as_ref().and_then(|o| o.sizing.as_ref()).map(|s| s.line()),
+            traffic: self.ctx.traffic_line(),
             observed,
         }
     }
