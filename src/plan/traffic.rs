@@ -403,15 +403,71 @@ mod tests {
         assert!(p.moves.iter().all(|m| m.bucket != 0 && m.bucket != 1), "{:?}", p.moves);
     }
 
+    /// Whether some sequence of steps the rule allows (a slot off a master above its CPU
+    /// band, or one out and a cooler one back; the CPU gap of the two narrows; both stay
+    /// in their byte bands; each slot moves once; `frozen` never) ends with every master
+    /// within its CPU band: the exhaustive search the greedy is held to.
+    fn reachable(
+        own: &mut Vec<usize>,
+        moved: u32,
+        b: &[(u64, u32, f64)],
+        hi: &[f64],
+        band: &[(f64, f64)],
+        seen: &mut BTreeSet<(Vec<usize>, u32)>,
+    ) -> bool {
+        let n = hi.len();
+        let (mut bytes, mut cpu) = (vec![0.0; n], vec![0.0; n]);
+        for (i, &m) in own.iter().enumerate() {
+            bytes[m] += b[i].0 as f64;
+            cpu[m] += b[i].2;
+        }
+        if (0..n).all(|m| cpu[m] <= hi[m] + 1e-9) {
+            return true;
+        }
+        if !seen.insert((own.clone(), moved)) {
+            return false;
+        }
+        let free = |i: usize| moved & (1 << i) == 0;
+        let mut steps = Vec::new();
+        for src in (0..n).filter(|&m| cpu[m] > hi[m] + 1e-9) {
+            for i in (0..b.len()).filter(|&i| own[i] == src && free(i) && b[i].2 > 0.0) {
+                for dst in (0..n).filter(|&d| d != src && cpu[d] + b[i].2 < cpu[src]) {
+                    let backs = (0..b.len()).filter(|&j| own[j] == dst && free(j) && b[j].2 < b[i].2).map(Some);
+                    for r in std::iter::once(None).chain(backs) {
+                        let (rc, rb) = r.map_or((0.0, 0.0), |j| (b[j].2, b[j].0 as f64));
+                        let (cs, cd) = (cpu[src] - b[i].2 + rc, cpu[dst] + b[i].2 - rc);
+                        let (ns, nd) = (bytes[src] - b[i].0 as f64 + rb, bytes[dst] + b[i].0 as f64 - rb);
+                        let in_bands = ns >= band[src].0 && ns <= band[src].1 && nd >= band[dst].0 && nd <= band[dst].1;
+                        if (cs - cd).abs() < cpu[src] - cpu[dst] && in_bands {
+                            steps.push((i, src, dst, r));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, src, dst, r) in steps {
+            own[i] = dst;
+            r.into_iter().for_each(|j| own[j] = src);
+            let found = reachable(own, moved | 1 << i | r.map_or(0, |j| 1 << j), b, hi, band, seen);
+            own[i] = src;
+            r.into_iter().for_each(|j| own[j] = dst);
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Against an exhaustive oracle on small cases: where some assignment of the slots
-    /// keeps every member within its byte band and its CPU band, and can be reached by
-    /// moving slots off masters above their CPU band one at a time, the plan ends within
-    /// the CPU band. Where it does not, the explanation names the member left above.
+    /// keeps every member within its byte band and its CPU band (feasible), and where a
+    /// sequence of steps the rule allows reaches one from the byte plan's layout
+    /// (reachable), the plan ends within the CPU band. Where it does not, the
+    /// explanation names the member left above.
     #[test]
     fn the_plan_ends_within_the_cpu_band_where_an_oracle_finds_a_layout() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let (mut feasible, mut reached) = (0, 0);
+        let (mut feasible, mut reachable_cases, mut reached, mut reached_of_reachable) = (0, 0, 0, 0);
         for _ in 0..300 {
             let n = 3;
             let k = rng.gen_range(4..=7);
@@ -426,10 +482,9 @@ mod tests {
             let mut ok = false;
             for code in 0..(n as u32).pow(k as u32) {
                 let (mut bytes, mut cpu, mut c) = (vec![0.0; n], vec![0.0; n], code);
-                for (i, (bb, _, cc)) in b.iter().enumerate() {
+                for (bb, _, cc) in &b {
                     let m = (c % n as u32) as usize;
                     c /= n as u32;
-                    let _ = i;
                     bytes[m] += *bb as f64;
                     cpu[m] += cc;
                 }
@@ -440,9 +495,27 @@ mod tests {
                 ok |= within;
             }
             let ended = tp.members.iter().all(|m| m.after <= m.target * 1.2 + 1e-9);
+            // From the byte plan's layout, its moved slots and the hot ones frozen.
+            let bytes_only = plan(&snap, &PlanOptions { tolerance_percent: 10, ..Default::default() }).unwrap();
+            let mut own: Vec<usize> = b.iter().map(|x| x.1 as usize).collect();
+            let mut moved = 0u32;
+            for mv in &bytes_only.moves {
+                own[mv.bucket_index as usize] = mv.to as usize;
+                moved |= 1 << mv.bucket_index;
+            }
+            for h in &tp.hot {
+                moved |= 1 << h.bucket;
+            }
+            let hi: Vec<f64> = tp.members.iter().map(|m| m.target * 1.2).collect();
+            let band: Vec<(f64, f64)> = targets.iter().map(|t| (t * 0.9, t * 1.1)).collect();
+            let can = reachable(&mut own, moved, &b, &hi, &band, &mut BTreeSet::new());
             if ok {
                 feasible += 1;
                 reached += ended as u32;
+            }
+            if can {
+                reachable_cases += 1;
+                reached_of_reachable += ended as u32;
             }
             if !ended {
                 assert!(
@@ -452,12 +525,20 @@ mod tests {
                 );
             }
         }
-        assert!(feasible > 20, "too few feasible cases to say anything: {feasible}");
-        // The greedy (one slot out, or one out and a cooler one back, the narrowest gap
-        // first) reaches the band in about half the feasible cases: measured, stated in
-        // BENCHMARKS.md; a regression below that fails here.
-        let share = reached as f64 / feasible as f64;
-        assert!(share >= 0.45, "reached the CPU band in {reached} of {feasible} feasible cases");
-        eprintln!("traffic oracle: {reached} of {feasible} feasible cases end within the CPU band");
+        eprintln!(
+            "traffic oracle: {reached} of {feasible} feasible cases end within the CPU band; {reached_of_reachable} of {reachable_cases} reachable by allowed steps"
+        );
+        assert!(feasible > 20 && reachable_cases > 20, "too few cases to say anything: {feasible}, {reachable_cases}");
+        // Where the rule's steps can reach the band the greedy all but always does
+        // (measured 58 of 59); feasible layouts the rule cannot reach (a step that widens
+        // a gap first) are the rest of the feasible ones. Stated in BENCHMARKS.md.
+        assert!(
+            reached_of_reachable as f64 >= 0.95 * reachable_cases as f64,
+            "reached the CPU band in {reached_of_reachable} of {reachable_cases} reachable cases"
+        );
+        assert!(
+            reached as f64 >= 0.45 * feasible as f64,
+            "reached the CPU band in {reached} of {feasible} feasible cases"
+        );
     }
 }
