@@ -8,15 +8,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster};
+use autobalancer_testkit::{ClusterSpec, Driver, Engine, LocalCluster};
 use redis::AsyncCommands;
-use redis::cluster_async::ClusterConnection;
 
 /// `[traffic]` settled within seconds: a reading a second, three intervals to trust.
 const TRAFFIC: &str = "[traffic]\nsample-every = \"1s\"\nwindow = \"120s\"\nmin-samples = 3\ntolerance-percent = 20\n";
@@ -26,123 +22,6 @@ fn config(c: &LocalCluster, dir: &Path) -> std::path::PathBuf {
     let text = format!("{}{TRAFFIC}[log]\nlevel = \"info\"\n", common::cluster_section(c, dir, None));
     std::fs::write(&cfg, text).unwrap();
     cfg
-}
-
-async fn cluster_conn(c: &LocalCluster) -> ClusterConnection {
-    let urls: Vec<String> = c.master_addrs().iter().map(|a| format!("redis://{a}")).collect();
-    redis::cluster::ClusterClient::new(urls).unwrap().get_async_connection().await.unwrap()
-}
-
-async fn slot_stats_on(c: &LocalCluster) {
-    for a in c.master_addrs() {
-        let mut con = c.conn(&a).await.unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("cluster-slot-stats-enabled")
-            .arg("yes")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
-}
-
-/// `n` keys of 200 bytes spread by hash: bytes even across the masters.
-async fn load_even(con: &mut ClusterConnection, n: usize) -> BTreeMap<String, Vec<u8>> {
-    let mut data = BTreeMap::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
-        let writes = chunk.iter().map(|i| {
-            let (k, v) = (format!("even:{i}"), vec![b'a' + (*i % 26) as u8; 200]);
-            let mut con = con.clone();
-            async move {
-                let _: () = con.set(&k, &v).await.unwrap();
-                (k, v)
-            }
-        });
-        data.extend(futures::future::join_all(writes).await);
-    }
-    data
-}
-
-/// `n` key names whose slots are distinct and owned by `addr`.
-async fn keys_on(c: &LocalCluster, addr: &str, n: usize, prefix: &str) -> Vec<String> {
-    let owners = c.slot_owners().await.unwrap();
-    let mut con = c.conn(addr).await.unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for i in 0.. {
-        let k = format!("{prefix}:{i}");
-        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&k).query_async(&mut con).await.unwrap();
-        if owners[slot as usize] == addr && seen.insert(slot) {
-            out.push(k);
-            if out.len() == n {
-                break;
-            }
-        }
-    }
-    out
-}
-
-/// A client INCRing `keys` round after round until stopped; what the servers
-/// acknowledged, per key, and the errors it saw.
-struct Driver {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(BTreeMap<String, i64>, u64)>,
-}
-
-impl Driver {
-    fn start(con: ClusterConnection, keys: Vec<String>) -> Driver {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut acked: BTreeMap<String, i64> = keys.iter().map(|k| (k.clone(), 0)).collect();
-            let mut errors = 0;
-            while !s.load(Ordering::Relaxed) {
-                let round = keys.iter().map(|k| {
-                    let mut con = con.clone();
-                    async move { (k, con.incr::<_, _, i64>(k, 1).await) }
-                });
-                for (k, r) in futures::future::join_all(round).await {
-                    match r {
-                        Ok(_) => *acked.get_mut(k).unwrap() += 1,
-                        Err(_) => errors += 1,
-                    }
-                }
-            }
-            (acked, errors)
-        });
-        Driver { stop, task }
-    }
-
-    async fn stop(self) -> (BTreeMap<String, i64>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
-    }
-}
-
-/// Each master's CPU µs/s over `secs`, from its own SLOT-STATS (not the sidecar's).
-async fn cpu_per_master(c: &LocalCluster, secs: u64) -> BTreeMap<String, f64> {
-    async fn total(c: &LocalCluster, addr: &str) -> u64 {
-        let mut con = c.conn(addr).await.unwrap();
-        let cmd = redis::cmd("CLUSTER").arg("SLOT-STATS").arg("SLOTSRANGE").arg(0).arg(16383).to_owned();
-        // A busy machine may answer late: a few tries.
-        for _ in 0..5 {
-            if let Ok(v) = cmd.query_async::<Vec<(u16, BTreeMap<String, u64>)>>(&mut con).await {
-                return v.iter().map(|(_, s)| s["cpu-usec"]).sum();
-            }
-        }
-        panic!("{addr} did not answer CLUSTER SLOT-STATS in five tries");
-    }
-    let masters = c.slot_owners().await.unwrap().into_iter().collect::<std::collections::BTreeSet<_>>();
-    let mut first = BTreeMap::new();
-    for m in &masters {
-        first.insert(m.clone(), total(c, m).await);
-    }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    let mut out = BTreeMap::new();
-    for m in &masters {
-        out.insert(m.clone(), total(c, m).await.saturating_sub(first[m]) as f64 / secs as f64);
-    }
-    out
 }
 
 /// One workload at a time: each saturates what it is given, and the CPU figures of one
@@ -167,15 +46,15 @@ async fn hot_slots_move_until_every_master_is_within_its_cpu_band_and_then_stay(
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let c = ClusterSpec::new(Engine::Valkey, 3, 0).start_in(dir.path()).await.unwrap();
-    slot_stats_on(&c).await;
-    let mut con = cluster_conn(&c).await;
-    let data = load_even(&mut con, 6000).await;
+    c.slot_stats_on().await.unwrap();
+    let mut con = c.cluster_conn().await.unwrap();
+    let data = c.load_even(6000).await.unwrap();
     let hot_master = c.master_addrs()[0].clone();
-    let hot = keys_on(&c, &hot_master, 24, "hot").await;
-    let driver = Driver::start(con.clone(), hot.clone());
+    let hot = c.names_on(&hot_master, 24, "hot").await.unwrap();
+    let driver = Driver::start(con.clone(), &hot);
     let cfg = config(&c, dir.path());
 
-    let before = cpu_per_master(&c, 3).await;
+    let before = c.cpu_per_master(3.0).await.unwrap();
     let share = before.values().sum::<f64>() / before.len() as f64;
     assert!(before[&hot_master] > 2.0 * share * 0.9, "the driver makes one master hot: {before:?}");
 
@@ -183,17 +62,16 @@ async fn hot_slots_move_until_every_master_is_within_its_cpu_band_and_then_stay(
     assert_eq!(first["decision"]["cause"], "traffic_imbalance", "{first:#}");
     assert_eq!(first["outcome"], "rebalanced", "{first:#}");
     let owners = c.slot_owners().await.unwrap();
-    let mut admin = c.conn(&hot_master).await.unwrap();
     let mut moved = 0;
     for k in &hot {
-        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(k).query_async(&mut admin).await.unwrap();
+        let slot = c.slot_of(k).await.unwrap();
         moved += (owners[slot as usize] != hot_master) as usize;
     }
     assert!(moved > 0, "hot slots left their master: {first:#}");
 
     // The servers' own figures, after: every master within its band (20%), with a tenth
     // of slack for what three seconds of measurement wobble.
-    let after = cpu_per_master(&c, 3).await;
+    let after = c.cpu_per_master(3.0).await.unwrap();
     let share = after.values().sum::<f64>() / after.len() as f64;
     for (m, cpu) in &after {
         assert!(
@@ -234,14 +112,13 @@ async fn one_hot_key_is_named_and_left_where_it_is() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("traffic: off: 127.0.0.1:") && out.contains("has cluster-slot-stats-enabled no"), "{out}");
 
-    slot_stats_on(&c).await;
-    let mut con = cluster_conn(&c).await;
-    load_even(&mut con, 3000).await;
+    c.slot_stats_on().await.unwrap();
+    let mut con = c.cluster_conn().await.unwrap();
+    c.load_even(3000).await.unwrap();
     let master = c.master_addrs()[1].clone();
-    let key = keys_on(&c, &master, 1, "counter").await.remove(0);
-    let mut admin = c.conn(&master).await.unwrap();
-    let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(&mut admin).await.unwrap();
-    let driver = Driver::start(con.clone(), vec![key.clone(); 16]);
+    let key = c.names_on(&master, 1, "counter").await.unwrap().remove(0);
+    let slot = c.slot_of(&key).await.unwrap();
+    let driver = Driver::start(con.clone(), &vec![key.clone(); 16]);
 
     let a = once(&cfg);
     let why = explanation(&a);
@@ -303,12 +180,12 @@ async fn with_etcd_the_holder_plans_with_every_sidecars_published_rates() {
     use autobalancer_testkit::{LocalEtcd, LocalPrometheus};
     let dir = tempfile::tempdir().unwrap();
     let c = ClusterSpec::new(Engine::Valkey, 3, 0).start_in(dir.path()).await.unwrap();
-    slot_stats_on(&c).await;
-    let mut con = cluster_conn(&c).await;
-    load_even(&mut con, 3000).await;
+    c.slot_stats_on().await.unwrap();
+    let mut con = c.cluster_conn().await.unwrap();
+    c.load_even(3000).await.unwrap();
     let hot_master = c.master_addrs()[0].clone();
-    let hot = keys_on(&c, &hot_master, 24, "hot").await;
-    let driver = Driver::start(con.clone(), hot.clone());
+    let hot = c.names_on(&hot_master, 24, "hot").await.unwrap();
+    let driver = Driver::start(con.clone(), &hot);
     let etcd = LocalEtcd::start().unwrap();
     let etcd_section = format!("[etcd]\nendpoints = [\"{}\"]\nprefix = \"/ab-traffic\"\n", etcd.endpoint());
     let sidecars: Vec<common::SidecarProc> = c
@@ -354,10 +231,9 @@ async fn with_etcd_the_holder_plans_with_every_sidecars_published_rates() {
         "{a:#}"
     );
     let owners = c.slot_owners().await.unwrap();
-    let mut admin = c.conn(&hot_master).await.unwrap();
     let mut moved = 0;
     for k in &hot {
-        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(k).query_async(&mut admin).await.unwrap();
+        let slot = c.slot_of(k).await.unwrap();
         moved += (owners[slot as usize] != hot_master) as usize;
     }
     assert!(moved > 0, "{a:#}");

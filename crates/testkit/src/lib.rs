@@ -6,7 +6,8 @@
 //!
 //! - [`engine`]: Redis 7 or Valkey 9, and where its server binary is.
 //! - [`cluster`]: a local cluster of either engine (masters, empty masters, replicas,
-//!   password, an ACL user), its views, a skewed data set and a digest of every key.
+//!   password, an ACL user), its views, a skewed data set and a digest of every key,
+//!   and traffic on it (slot statistics, a client driving INCRs).
 //! - [`etcd`]: a single-member etcd that can be stopped and restarted.
 //! - [`prometheus`]: a Prometheus scraping given targets with rules loaded.
 //! - [`tls`]: a CA, server and client certificates for TLS clusters and their clients.
@@ -23,7 +24,7 @@ pub mod proc;
 pub mod prometheus;
 pub mod tls;
 
-pub use cluster::{AclUser, ClusterSpec, LocalCluster, Login, Node, digest_diff};
+pub use cluster::{AclUser, ClusterSpec, Driver, LocalCluster, Login, Node, digest_diff};
 pub use engine::Engine;
 pub use etcd::LocalEtcd;
 pub use ports::free_port;

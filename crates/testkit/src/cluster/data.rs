@@ -65,7 +65,7 @@ impl LocalCluster {
     }
 
     /// The hash slot of each name, asked of the server at `addr`.
-    async fn key_slots(&self, addr: &str, names: &[String]) -> Result<Vec<u16>> {
+    pub(super) async fn key_slots(&self, addr: &str, names: &[String]) -> Result<Vec<u16>> {
         let mut con = self.conn(addr).await?;
         let mut slots = Vec::with_capacity(names.len());
         for chunk in names.chunks(2000) {
@@ -80,7 +80,7 @@ impl LocalCluster {
     }
 
     /// SETs pipelined to one master, which must own every key's slot.
-    async fn write(&self, addr: &str, kvs: &[(String, Vec<u8>)]) -> Result<()> {
+    pub(super) async fn write(&self, addr: &str, kvs: &[(String, Vec<u8>)]) -> Result<()> {
         let mut con = self.conn(addr).await?;
         for chunk in kvs.chunks(1000) {
             let mut p = redis::pipe();

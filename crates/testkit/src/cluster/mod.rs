@@ -1,6 +1,7 @@
 //! A local Redis Cluster or Valkey Cluster on loopback: what to start (`ClusterSpec`), the
 //! running cluster (`LocalCluster`) with its nodes, connections and faults (kill a node).
-//! Forming the cluster is in `start`, reading its views in `views`, its data in `data`.
+//! Forming the cluster is in `start`, reading its views in `views`, its data in `data`,
+//! traffic on it (slot statistics, a client driving commands) in `load`.
 //!
 //! The kit's own connections log in as the default user (with the cluster's password, if
 //! any); `login` is what the library under test should log in as, which is the ACL user
@@ -8,8 +9,10 @@
 //! with the client certificate.
 
 mod data;
+mod load;
 mod readdress;
 pub use data::digest_diff;
+pub use load::Driver;
 mod start;
 mod views;
 
