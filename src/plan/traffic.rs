@@ -100,10 +100,15 @@ pub fn balance(snap: &ClusterSnapshot, plan: &mut Plan, t: &TrafficInput) {
     out.off_balance = st.over() * 100.0 > t.threshold_percent as f64;
     // Each step moves a slot that no later step moves again: the loop ends.
     for _ in 0..if out.settled { st.after.buckets.len() } else { 0 } {
-        // The master furthest above its band that some step can relieve.
-        let mut over: Vec<usize> = (0..n).filter(|&i| st.cpu[i] > st.hi[i]).collect();
-        over.sort_by(|&a, &b| (st.cpu[b] - st.hi[b]).total_cmp(&(st.cpu[a] - st.hi[a])));
-        let Some((src, (i, dst, back))) = over.into_iter().find_map(|src| st.best_step(src).map(|s| (src, s))) else {
+        // The master furthest outside its band that some step can bring nearer: slots
+        // off one above it, onto one below it from any busier master.
+        let mut outside: Vec<usize> = (0..n).filter(|&m| st.outside(m, st.cpu[m]) > 0.0).collect();
+        outside.sort_by(|&a, &b| st.outside(b, st.cpu[b]).total_cmp(&st.outside(a, st.cpu[a])));
+        let all: Vec<usize> = (0..n).collect();
+        let step = outside
+            .into_iter()
+            .find_map(|m| if st.cpu[m] > st.hi[m] { st.best_step(&[m], &all) } else { st.best_step(&all, &[m]) });
+        let Some((_, src, i, dst, back)) = step else {
             break;
         };
         for (j, from, to) in std::iter::once((i, src, dst)).chain(back.map(|j| (j, dst, src))) {
@@ -133,9 +138,9 @@ pub fn per_member(s: &ClusterSnapshot, per_bucket: &[f64]) -> Vec<f64> {
     c
 }
 
-/// A step's rank (CPU left above the bands, gap, bucket id), the slot, its receiver and
-/// the slot traded back.
-type Step = ((f64, f64, u64), usize, usize, Option<usize>);
+/// A step's rank (CPU left outside the bands, gap, bucket id), the source, the slot, its
+/// receiver and the slot traded back.
+type Step = ((f64, f64, u64), usize, usize, usize, Option<usize>);
 
 /// Hottest slots of a source tried in trades.
 const TRADE_SLOTS: usize = 32;
@@ -146,8 +151,9 @@ struct State<'a> {
     after: ClusterSnapshot,
     cpu: Vec<f64>,
     share: Vec<f64>,
-    /// Top of each member's CPU band.
+    /// Top and bottom of each member's CPU band.
     hi: Vec<f64>,
+    lo: Vec<f64>,
     bytes: Vec<f64>,
     /// Each member's byte band.
     band: Vec<(f64, f64)>,
@@ -180,6 +186,7 @@ impl<'a> State<'a> {
         State {
             t,
             hi: share.iter().map(|s| s * (1.0 + tol)).collect(),
+            lo: share.iter().map(|s| s * (1.0 - tol)).collect(),
             bytes: member_loads(&after).iter().map(|l| l.bytes as f64).collect(),
             band: plan
                 .members
@@ -206,38 +213,47 @@ impl<'a> State<'a> {
         b.copies.len() == 1 && b.copies[0] as usize == on && !self.frozen.contains(&b.id)
     }
 
-    /// A slot out of `src` (and, where bytes need it, a cooler one back): the CPU gap
-    /// between the two narrows, both stay within their byte bands; the least CPU left
-    /// above the two masters' bands first, then the narrowest gap, then the lowest
-    /// bucket id. A trade is looked for only where no one-way move fits, among the
-    /// hottest slots of `src` and the coolest of each receiver (bounded work per step on
-    /// 16384 slots).
-    fn best_step(&self, src: usize) -> Option<(usize, usize, Option<usize>)> {
-        let (t, n) = (self.t, self.cpu.len());
+    /// A slot out of one of `srcs` into one of `dsts` (and, where bytes need it, a
+    /// cooler one back): the CPU gap between the two narrows, both stay within their byte
+    /// bands; the least CPU left outside the two masters' bands first, then the narrowest
+    /// gap, then the lowest bucket id. A trade is looked for only where no one-way move
+    /// fits, among the hottest slots of each source and the coolest of each receiver
+    /// (bounded work per step on 16384 slots).
+    fn best_step(&self, srcs: &[usize], dsts: &[usize]) -> Option<Step> {
+        let t = self.t;
         let on = |m: usize| (0..self.after.buckets.len()).filter(move |&i| self.movable(i, m));
-        let mut out: Vec<usize> = on(src).filter(|&i| t.cpu[i] > 0.0).collect();
         let mut best = None;
-        for &i in &out {
-            for dst in 0..n {
-                self.consider(&mut best, src, i, dst, None);
-            }
-        }
-        if best.is_some() {
-            return best.map(|(_, i, dst, r)| (i, dst, r));
-        }
-        out.sort_by(|&a, &b| t.cpu[b].total_cmp(&t.cpu[a]));
-        out.truncate(TRADE_SLOTS);
-        for dst in (0..n).filter(|&d| d != src) {
-            let mut cool: Vec<usize> = on(dst).collect();
-            cool.sort_by(|&a, &b| t.cpu[a].total_cmp(&t.cpu[b]));
-            cool.truncate(4 * TRADE_SLOTS);
-            for &i in &out {
-                for &j in cool.iter().filter(|&&j| t.cpu[j] < t.cpu[i]) {
-                    self.consider(&mut best, src, i, dst, Some(j));
+        for &src in srcs {
+            for i in on(src).filter(|&i| t.cpu[i] > 0.0) {
+                for &dst in dsts {
+                    self.consider(&mut best, src, i, dst, None);
                 }
             }
         }
-        best.map(|(_, i, dst, r)| (i, dst, r))
+        if best.is_some() {
+            return best;
+        }
+        for &src in srcs {
+            let mut out: Vec<usize> = on(src).filter(|&i| t.cpu[i] > 0.0).collect();
+            out.sort_by(|&a, &b| t.cpu[b].total_cmp(&t.cpu[a]));
+            out.truncate(TRADE_SLOTS);
+            for &dst in dsts.iter().filter(|&&d| d != src) {
+                let mut cool: Vec<usize> = on(dst).collect();
+                cool.sort_by(|&a, &b| t.cpu[a].total_cmp(&t.cpu[b]));
+                cool.truncate(4 * TRADE_SLOTS);
+                for &i in &out {
+                    for &j in cool.iter().filter(|&&j| t.cpu[j] < t.cpu[i]) {
+                        self.consider(&mut best, src, i, dst, Some(j));
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// How far `cpu` lies outside member `m`'s CPU band.
+    fn outside(&self, m: usize, cpu: f64) -> f64 {
+        (cpu - self.hi[m]).max(0.0) + (self.lo[m] - cpu).max(0.0)
     }
 
     /// Keeps in `best` the step of slot `i` from `src` to `dst` (and `r` back) if it is
@@ -253,7 +269,7 @@ impl<'a> State<'a> {
         let (ns, nd) = (self.bytes[src] - bs + rb, self.bytes[dst] + bs - rb);
         let (cs, cd) = (self.cpu[src] - c + rc, self.cpu[dst] + c - rc);
         let gap = (cs - cd).abs();
-        let excess = (cs - self.hi[src]).max(0.0) + (cd - self.hi[dst]).max(0.0);
+        let excess = self.outside(src, cs) + self.outside(dst, cd);
         let narrows = gap < self.cpu[src] - self.cpu[dst];
         let in_bands = ns >= slo && ns <= shi && nd >= dlo && nd <= dhi;
         let fits = self.room[dst].is_none_or(|x| self.arrived[dst] + (bs - rb).max(0.0) as i64 <= x);
@@ -261,7 +277,7 @@ impl<'a> State<'a> {
         let better =
             |(e, g, k): &(f64, f64, u64)| excess.total_cmp(e).then(gap.total_cmp(g)).then(key.2.cmp(k)).is_lt();
         if narrows && in_bands && fits && best.as_ref().is_none_or(|(b, ..)| better(b)) {
-            *best = Some((key, i, dst, r));
+            *best = Some((key, src, i, dst, r));
         }
     }
 
@@ -318,12 +334,13 @@ fn explain(plan: &mut Plan, t: &TrafficPlan, share: &[f64], tol: f64) {
         return;
     }
     for (m, s) in t.members.iter().zip(share) {
-        if m.after > s * (1.0 + tol) {
+        let (side, edge) = if m.after > s * (1.0 + tol) { ("above", 1.0 + tol) } else { ("below", 1.0 - tol) };
+        if m.after > s * (1.0 + tol) || m.after < s * (1.0 - tol) {
             plan.explanation.push(format!(
-                "traffic: {} stays at {:.0} µs/s, above its band ({:.0}): no slot move narrows the gap within the byte bands",
+                "traffic: {} stays at {:.0} µs/s, {side} its band ({:.0}): no slot move narrows the gap within the byte bands",
                 m.id,
                 m.after,
-                s * (1.0 + tol)
+                s * edge
             ));
         }
     }

@@ -392,7 +392,13 @@ impl Context {
             _ => {}
         }
         m.last_run_timestamp_seconds.set(Utc::now().timestamp() as f64);
-        info!(outcome = f.outcome.label(), reason = f.outcome.reason().unwrap_or("-"), "run ended");
+        info!(
+            outcome = f.outcome.label(),
+            reason = f.outcome.reason().unwrap_or("-"),
+            moves_planned = f.answer.moves.len(),
+            moved_bytes = f.answer.moved_bytes.unwrap_or(0),
+            "run ended"
+        );
         let mut s = self.status.lock().unwrap();
         s.last_decision = Some(f.answer.decision.clone());
         s.last_run_at = Some(Utc::now());

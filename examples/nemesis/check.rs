@@ -1,0 +1,140 @@
+//! The checker: once the nemesis has stopped and the fleet has settled, every
+//! acknowledged write readable, no slot open, no key outside its owner's slots, every
+//! sidecar up and healthy, the masters within tolerance by exact bytes (the fleet would
+//! not move again), and never two sidecars reporting the lock at once.
+
+use std::time::{Duration, Instant};
+
+use autobalancer_testkit::LocalCluster;
+
+use super::World;
+use super::client::{self, Record};
+
+pub struct Report {
+    pub line: String,
+    pub violations: Vec<String>,
+}
+
+/// Live replicas, as a live master's CLUSTER NODES lists them.
+pub async fn replicas(c: &LocalCluster) -> Vec<String> {
+    for a in c.live_addrs() {
+        let Ok(mut con) = c.conn(&a).await else { continue };
+        let Ok(text) = redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut con).await else { continue };
+        return text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let ok = f.len() > 7 && f[2].contains("slave") && !f[2].contains("fail") && f[7] == "connected";
+                ok.then(|| f[1].split('@').next().unwrap().to_string())
+            })
+            .filter(|r| c.live_addrs().contains(r))
+            .collect();
+    }
+    Vec::new()
+}
+
+/// `simulate --format json` through the first sidecar's config: the live plan.
+fn simulate(w: &World) -> Option<serde_json::Value> {
+    let out = std::process::Command::new(&w.bin)
+        .args(["simulate", "--config", w.sidecars[0].config.to_str().unwrap(), "--no-traffic", "--format", "json"])
+        .env("STATE_DIRECTORY", &w.dir)
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Keys on a master in slots it does not own.
+async fn stray_keys(c: &LocalCluster) -> Vec<String> {
+    let owners = c.slot_owners().await.unwrap_or_default();
+    let mut out = Vec::new();
+    let masters: std::collections::BTreeSet<String> = owners.iter().cloned().collect();
+    for m in masters {
+        let Ok(mut con) = c.conn(&m).await else { continue };
+        let mut p = redis::pipe();
+        let foreign: Vec<u16> = (0..16384u16).filter(|&s| owners[s as usize] != m).collect();
+        for s in &foreign {
+            p.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(*s);
+        }
+        let counts: Vec<u64> = p.query_async(&mut con).await.unwrap_or_default();
+        for (s, n) in foreign.iter().zip(counts).filter(|(_, n)| *n > 0) {
+            out.push(format!("{m} holds {n} key(s) of slot {s}, owned by {}", owners[*s as usize]));
+        }
+    }
+    out
+}
+
+pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]) -> Report {
+    let mut v = Vec::new();
+    if let Err(e) = w.c.wait_ok(Duration::from_secs(120)).await {
+        v.push(format!("the cluster did not settle: {e}"));
+    }
+    for s in &w.sidecars {
+        if !s.wait_healthy(Duration::from_secs(60)) {
+            v.push(format!("the sidecar beside {} is not healthy", s.node));
+        }
+    }
+    // The fleet settles: nothing open, and its next run would not move.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut plan = None;
+    while Instant::now() < deadline {
+        let open = w.c.open_slots().await.unwrap_or_default();
+        plan = simulate(w);
+        let moves = plan.as_ref().is_some_and(|p| p["decision"]["action"] == "rebalance");
+        if open.is_empty() && !moves && plan.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let mut con = w.c.cluster_conn().await.unwrap();
+    let (lost, stale) = client::check(&mut con, record).await;
+    v.extend(lost.iter().map(|l| format!("lost: {l}")));
+    v.extend(stale.iter().map(|l| format!("stale at the end: {l}")));
+    v.extend(record.stale.iter().map(|l| format!("stale read: {l}")));
+    let open = w.c.open_slots().await.unwrap_or_default();
+    v.extend(open.iter().map(|o| format!("open slot: {o}")));
+    let stray = stray_keys(&w.c).await;
+    v.extend(stray.iter().map(|s| format!("stray: {s}")));
+    v.extend(two_holders.iter().map(|t| format!("two lock holders reported at {t}")));
+    let max_dev = match &plan {
+        Some(p) => {
+            if p["decision"]["action"] == "rebalance" {
+                v.push(format!("the fleet left the masters off balance: {}", p["decision"]["message"]));
+            }
+            p["members"]
+                .as_array()
+                .map(|ms| {
+                    ms.iter()
+                        .filter_map(|m| {
+                            Some(
+                                (m["before"]["bytes"].as_f64()? - m["target_bytes"].as_f64()?).abs()
+                                    / m["target_bytes"].as_f64()?,
+                            )
+                        })
+                        .fold(0.0, f64::max)
+                })
+                .unwrap_or(0.0)
+        }
+        None => {
+            v.push("simulate gave no plan at the end".to_string());
+            0.0
+        }
+    };
+    let logged = |p: &str| w.sidecars.iter().map(|s| s.logged(p)).sum::<usize>();
+    let line = format!(
+        "acked_writes={} write_errors={} reads={} lost={} stale={} runs={} runs_rebalanced={} repaired={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% violations={}",
+        record.writes_acked,
+        record.write_errors,
+        record.reads,
+        lost.len(),
+        stale.len() + record.stale.len(),
+        logged("run ended"),
+        w.sidecars.iter().map(|s| s.logged_run("rebalanced")).sum::<usize>(),
+        logged("repair: ") + logged("settled a failed move"),
+        two_holders.len(),
+        open.len(),
+        stray.len(),
+        100.0 * max_dev,
+        v.len()
+    );
+    Report { line, violations: v }
+}
