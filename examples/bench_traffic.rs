@@ -57,19 +57,27 @@ async fn main() {
         )
         .unwrap();
         let t0 = Instant::now();
-        let status = match way {
+        let out = match way {
             "redis-cli" => Command::new("redis-cli")
                 .args(["--cluster", "rebalance", &c.master_addrs()[0], "--cluster-use-empty-masters"])
-                .stdout(Stdio::null())
-                .status(),
-            _ => Command::new(&bin)
-                .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once"])
-                .env("STATE_DIRECTORY", dir.path())
-                .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status(),
+                .output(),
+            _ => Command::new(&bin)
+                .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
+                .env("STATE_DIRECTORY", dir.path())
+                .stderr(Stdio::null())
+                .output(),
+        }
+        .unwrap();
+        assert!(out.status.success(), "{way} failed: {}", String::from_utf8_lossy(&out.stdout));
+        // What the way said it did, in a few words.
+        let said = match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            Ok(v) => v["decision"]["cause"].as_str().or(v["decision"]["reason"].as_str()).unwrap_or("-").to_string(),
+            Err(_) => String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("-").trim().to_string(),
         };
-        assert!(status.unwrap().success(), "{way} failed");
+        if std::env::var_os("BENCH_LOG").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        }
         let wall = t0.elapsed().as_secs_f64();
         let cpu_after = c.cpu_per_master(5.0).await.unwrap();
         let r = bench_common::row(&c, &slots_before, wall, true).await;
@@ -80,7 +88,7 @@ async fn main() {
             kept &= v >= *n && v <= n + errors as i64;
         }
         println!(
-            "| {way} | {masters} | {hot_n} | {} | {} | {bytes_before} | {} | {} | {wall:.1} | {} |",
+            "| {way} | {masters} | {hot_n} | {said} | {} | {} | {bytes_before} | {} | {} | {wall:.1} | {} |",
             spread(cpu_before.values().copied()),
             spread(cpu_after.values().copied()),
             spread(r.masters_mb.iter().copied()),

@@ -138,8 +138,8 @@ pub fn per_member(s: &ClusterSnapshot, per_bucket: &[f64]) -> Vec<f64> {
     c
 }
 
-/// A step's rank (CPU left outside the bands, gap, bucket id), the source, the slot, its
-/// receiver and the slot traded back.
+/// A step's rank (change of the CPU outside the two bands, receiver's CPU after, bucket
+/// id), the source, the slot, its receiver and the slot traded back.
 type Step = ((f64, f64, u64), usize, usize, usize, Option<usize>);
 
 /// Hottest slots of a source tried in trades.
@@ -215,8 +215,8 @@ impl<'a> State<'a> {
 
     /// A slot out of one of `srcs` into one of `dsts` (and, where bytes need it, a
     /// cooler one back): the CPU gap between the two narrows, both stay within their byte
-    /// bands; the least CPU left outside the two masters' bands first, then the narrowest
-    /// gap, then the lowest bucket id. A trade is looked for only where no one-way move
+    /// bands; the step that brings the two furthest into their bands first, then the
+    /// coolest receiver after it, then the lowest bucket id. A trade is looked for only where no one-way move
     /// fits, among the hottest slots of each source and the coolest of each receiver
     /// (bounded work per step on 16384 slots).
     fn best_step(&self, srcs: &[usize], dsts: &[usize]) -> Option<Step> {
@@ -269,13 +269,19 @@ impl<'a> State<'a> {
         let (ns, nd) = (self.bytes[src] - bs + rb, self.bytes[dst] + bs - rb);
         let (cs, cd) = (self.cpu[src] - c + rc, self.cpu[dst] + c - rc);
         let gap = (cs - cd).abs();
-        let excess = self.outside(src, cs) + self.outside(dst, cd);
+        // What the step changes in how far the two lie outside their bands.
+        // Rounded to a thousandth of a µs/s: float noise must not break a tie.
+        let excess = ((self.outside(src, cs) + self.outside(dst, cd)
+            - self.outside(src, self.cpu[src])
+            - self.outside(dst, self.cpu[dst]))
+            * 1000.0)
+            .round();
         let narrows = gap < self.cpu[src] - self.cpu[dst];
         let in_bands = ns >= slo && ns <= shi && nd >= dlo && nd <= dhi;
         let fits = self.room[dst].is_none_or(|x| self.arrived[dst] + (bs - rb).max(0.0) as i64 <= x);
-        let key = (excess, gap, self.after.buckets[i].id);
-        let better =
-            |(e, g, k): &(f64, f64, u64)| excess.total_cmp(e).then(gap.total_cmp(g)).then(key.2.cmp(k)).is_lt();
+        // Ties go to the coolest receiver: arrivals spread rather than pile on one.
+        let key = (excess, cd, self.after.buckets[i].id);
+        let better = |(e, c, k): &(f64, f64, u64)| excess.total_cmp(e).then(cd.total_cmp(c)).then(key.2.cmp(k)).is_lt();
         if narrows && in_bands && fits && best.as_ref().is_none_or(|(b, ..)| better(b)) {
             *best = Some((key, src, i, dst, r));
         }
@@ -418,6 +424,26 @@ mod tests {
         t.recent = [0, 1].into();
         let p = planned(&snap, &t);
         assert!(p.moves.iter().all(|m| m.bucket != 0 && m.bucket != 1), "{:?}", p.moves);
+    }
+
+    /// One master carrying every hot slot of six, bytes tight (±5%, equal slots): the
+    /// arrivals spread over the five others (ties go to the coolest receiver) and every
+    /// master ends within its band, above the floor as well as under the ceiling.
+    #[test]
+    fn hot_slots_spread_over_every_receiver_within_the_band_both_ways() {
+        let mut b = Vec::new();
+        for m in 0..6u32 {
+            for k in 0..100 {
+                b.push((1000, m, if m == 0 && k < 48 { 500.0 + k as f64 * 3.0 } else { 0.0 }));
+            }
+        }
+        let (snap, t) = case(6, &b);
+        let p = plan(&snap, &PlanOptions { tolerance_percent: 5, traffic: Some(t), ..Default::default() }).unwrap();
+        let tp = p.traffic.clone().unwrap();
+        for m in &tp.members {
+            assert!(m.after <= m.target * 1.2 + 1e-9 && m.after >= m.target * 0.8 - 1e-9, "{m:?}: {:?}", p.explanation);
+        }
+        crate::plan::check(&snap, &p).unwrap();
     }
 
     /// Whether some sequence of steps the rule allows (a slot off a master above its CPU
