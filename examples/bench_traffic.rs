@@ -73,7 +73,12 @@ async fn main() {
         // What the way said it did, in a few words.
         let said = match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             Ok(v) => v["decision"]["cause"].as_str().or(v["decision"]["reason"].as_str()).unwrap_or("-").to_string(),
-            Err(_) => String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("-").trim().to_string(),
+            // redis-cli's last line, its colour codes dropped.
+            Err(_) => {
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let plain: String = text.split('\x1b').map(|p| p.split_once('m').map_or(p, |(_, r)| r)).collect();
+                plain.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("-").to_string()
+            }
         };
         if std::env::var_os("BENCH_LOG").is_some() {
             eprintln!("{}", String::from_utf8_lossy(&out.stdout));

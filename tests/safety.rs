@@ -469,3 +469,31 @@ on_each_engine!(
     a_lease_revoked_at_the_commit_stops_it,
     the_mover_is_chosen_once_and_said
 );
+
+/// A holder frozen past its lease (here: its one runtime thread blocked, so neither its
+/// keep-alive nor anything else runs) reports the lock as gone the moment it is asked
+/// again, before its keep-alive has found out: two sidecars never both report
+/// `autobalancer_lock_held 1`. Found by the nemesis run (a resumed holder reported it for
+/// 1.6 s beside the new holder).
+#[tokio::test(flavor = "current_thread")]
+async fn a_holder_frozen_past_its_lease_reports_the_lock_gone_at_once() {
+    let etcd = LocalEtcd::start().unwrap();
+    let e = autobalancer::config::EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        lease_ttl: autobalancer::config::Dur(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let coord = Coordinator::new(Some(&e), "t", "frozen").unwrap();
+    let Acquire::Acquired(guard) = coord.try_lock("scheduled").await.unwrap() else { panic!("the lock is free") };
+    let metrics = autobalancer::metrics::Metrics::new();
+    metrics.lock_taken(guard.held_check());
+    // Held, and kept alive across a few keep-alive rounds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(metrics.render().contains("autobalancer_lock_held 1"), "kept alive while the process runs");
+    // Frozen: nothing of this process runs for longer than the lease.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(metrics.render().contains("autobalancer_lock_held 0"), "a frozen holder's lock is gone when it wakes");
+    assert!(!guard.held_check()(), "and the guard says so");
+    metrics.lock_released();
+    assert!(metrics.render().contains("autobalancer_lock_held 0"));
+}

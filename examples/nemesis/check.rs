@@ -77,7 +77,8 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut plan = None;
     while Instant::now() < deadline {
-        let open = w.c.open_slots().await.unwrap_or_default();
+        // A node that does not answer is not settled.
+        let open = w.c.open_slots().await.unwrap_or_else(|e| vec![e]);
         plan = simulate(w);
         let moves = plan.as_ref().is_some_and(|p| p["decision"]["action"] == "rebalance");
         if open.is_empty() && !moves && plan.is_some() {

@@ -24,7 +24,7 @@ pub fn config(c: &LocalCluster, etcd: &LocalEtcd, node: &str, api: &str) -> Stri
     format!(
         "[cluster]\nid = \"nemesis\"\nseeds = [{}]\nmember-id = \"{node}\"\nsizing-refresh = \"10s\"\n\
          [schedule]\ncron = \"*/4 * * * * *\"\n\
-         [balance]\nminimum-size = 0\nsize-threshold-percent = 2\ntolerance-percent = 5\n\
+         [balance]\nminimum-size = 0\nsize-threshold-percent = 1\ntolerance-percent = 5\n\
          [execution]\nmax-run-time = \"30s\"\nmax-bytes-per-second = 0\n\
          [topology]\nfailback-after = \"5s\"\n\
          [etcd]\nendpoints = [\"{}\"]\nprefix = \"/nemesis\"\nlease-ttl = \"3s\"\n\

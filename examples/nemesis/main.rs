@@ -149,6 +149,11 @@ async fn main() {
     }
     if !report.violations.is_empty() {
         println!("sidecar logs kept in {}", w.dir.display());
+        // NEMESIS_HOLD=SECONDS keeps the cluster and the fleet up to look at.
+        if let Some(secs) = std::env::var("NEMESIS_HOLD").ok().and_then(|v| v.parse().ok()) {
+            println!("holding for {secs} s: nodes {:?}", w.c.live_addrs());
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        }
         let _ = tmp.keep();
         std::process::exit(1);
     }
@@ -223,7 +228,13 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
             w.joined += 1;
         }
         Kind::Evacuate => {
-            let Some(i) = (w.evacuating.is_none()).then(|| target(w, rng)).flatten() else { return false };
+            // Any sidecar that is up, not only the holder.
+            let up: Vec<usize> =
+                (0..w.sidecars.len()).filter(|&i| w.sidecars[i].alive() && !w.sidecars[i].frozen).collect();
+            if w.evacuating.is_some() || up.is_empty() {
+                return false;
+            }
+            let i = up[rng.gen_range(0..up.len())];
             if !evacuate(&w.sidecars[i], "start", &w.bin) {
                 return false;
             }
@@ -280,10 +291,19 @@ fn evacuate(s: &Sidecar, action: &str, bin: &std::path::Path) -> bool {
     if !s.alive() || s.frozen {
         return false;
     }
-    std::process::Command::new(bin)
+    let out = std::process::Command::new(bin)
         .args(["evacuate", action, "--config", s.config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|st| st.success())
+        .env("STATE_DIRECTORY", s.config.parent().unwrap())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!("nemesis: evacuate {action} beside {}: {}", s.node, String::from_utf8_lossy(&o.stderr).trim());
+            false
+        }
+        Err(e) => {
+            eprintln!("nemesis: evacuate {action}: {e}");
+            false
+        }
+    }
 }

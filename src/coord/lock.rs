@@ -5,6 +5,7 @@
 //! [`FenceError`]. Does not own: the connection (the parent module) or the records kept
 //! under the lock ([`super::state`]).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -35,6 +36,22 @@ pub struct LockGuard {
     /// Cancelled when the keep-alive is lost: the run must stop.
     pub lost: CancellationToken,
     stop_keepalive: CancellationToken,
+    /// When etcd last confirmed the lease, and how long a confirmation vouches for it:
+    /// None in-process (the lock cannot be lost).
+    confirmed: Option<(Arc<Mutex<Instant>>, Duration)>,
+}
+
+impl LockGuard {
+    /// Whether the lock is ours now, as far as this process can tell without asking:
+    /// not lost, and confirmed recently enough. A process frozen past its lease answers
+    /// false the moment it runs again, before its keep-alive has found out.
+    pub fn held_check(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let (lost, confirmed) = (self.lost.clone(), self.confirmed.clone());
+        move || {
+            !lost.is_cancelled()
+                && confirmed.as_ref().is_none_or(|(at, ttl)| at.lock().unwrap().elapsed() < *ttl * 3 / 4)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +104,7 @@ impl Coordinator {
                     holder,
                     lost: CancellationToken::new(),
                     stop_keepalive: CancellationToken::new(),
+                    confirmed: None,
                 }))
             }
             Backend::Etcd(_) => {
@@ -109,12 +127,14 @@ impl Coordinator {
                     let lost = CancellationToken::new();
                     let stop = CancellationToken::new();
                     let client = self.client().await?;
-                    tokio::spawn(keep_alive(client, lease, self.ttl, lost.clone(), stop.clone()));
+                    let confirmed = Arc::new(Mutex::new(Instant::now()));
+                    tokio::spawn(keep_alive(client, lease, self.ttl, lost.clone(), stop.clone(), confirmed.clone()));
                     return Ok(Acquire::Acquired(LockGuard {
                         id: LockId::Lease(lease),
                         holder,
                         lost,
                         stop_keepalive: stop,
+                        confirmed: Some((confirmed, self.ttl)),
                     }));
                 }
                 let _ = self.etcd(|mut c| async move { c.lease_revoke(lease).await }).await;
@@ -188,7 +208,14 @@ impl Coordinator {
     }
 }
 
-async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: CancellationToken, stop: CancellationToken) {
+async fn keep_alive(
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+    lost: CancellationToken,
+    stop: CancellationToken,
+    confirmed: Arc<Mutex<Instant>>,
+) {
     let mut last_ok = Instant::now();
     let mut stream = None;
     let mut tick = tokio::time::interval(ttl / 3);
@@ -211,7 +238,10 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: Cancell
                 s.message().await
             };
             match tokio::time::timeout(ttl / 3, round).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    last_ok = Instant::now();
+                    *confirmed.lock().unwrap() = last_ok;
+                }
                 Ok(Ok(Some(_))) => {
                     warn!(lease, "lock lease expired");
                     lost.cancel();

@@ -113,6 +113,10 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub placement: placement::PlacementMetrics,
     pub traffic: traffic::TrafficMetrics,
+    /// While a run holds the lock: whether it still does, asked at each scrape, so
+    /// `lock_held` drops the moment the lock is gone (a holder frozen past its lease
+    /// included), not when the run has wound down.
+    lock_check: std::sync::Mutex<Option<Box<dyn Fn() -> bool + Send + Sync>>>,
 }
 
 /// Histogram buckets, seconds: from a 1 ms plan to a 5 min sizing or move.
@@ -241,6 +245,7 @@ impl Metrics {
             ),
             placement: placement::PlacementMetrics::new(&r),
             traffic: traffic::TrafficMetrics::new(&r),
+            lock_check: std::sync::Mutex::new(None),
             registry,
         };
         m.create_label_values();
@@ -332,7 +337,21 @@ impl Metrics {
         self.moves_total.with_label_values(&[outcome.as_str()]).inc_by(n);
     }
 
+    /// `lock_held` from `check` until [`Metrics::lock_released`].
+    pub fn lock_taken(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        self.lock_held.set(1);
+        *self.lock_check.lock().unwrap() = Some(Box::new(check));
+    }
+
+    pub fn lock_released(&self) {
+        *self.lock_check.lock().unwrap() = None;
+        self.lock_held.set(0);
+    }
+
     pub fn render(&self) -> String {
+        if let Some(check) = self.lock_check.lock().unwrap().as_ref() {
+            self.lock_held.set(check() as i64);
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
         String::from_utf8(buf).expect("utf-8")

@@ -41,7 +41,7 @@ impl Context {
                 let (Continue(f) | Break(f)) = self.pipeline(&trigger, &guard, cancel).await;
                 self.record(&trigger, &guard, &f).await;
                 self.coordinator.release(guard).await;
-                self.metrics.lock_held.set(0);
+                self.metrics.lock_released();
                 self.metrics.lock_age_seconds.set(0.0);
                 self.set_state(RunState::Idle, None);
                 f
@@ -74,7 +74,7 @@ impl Context {
         match self.coordinator.try_lock(trigger.operation()).await {
             Ok(Acquire::Acquired(g)) => {
                 result(LockResult::Acquired);
-                m.lock_held.set(1);
+                m.lock_taken(g.held_check());
                 m.lock_age_seconds.set(0.0);
                 Continue(g)
             }
