@@ -77,7 +77,7 @@ async fn main() {
             Err(_) => {
                 let text = String::from_utf8_lossy(&out.stdout).to_string();
                 let plain: String = text.split('\x1b').map(|p| p.split_once('m').map_or(p, |(_, r)| r)).collect();
-                plain.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("-").to_string()
+                plain.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("-").to_string()
             }
         };
         if std::env::var_os("BENCH_LOG").is_some() {

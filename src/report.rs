@@ -189,6 +189,51 @@ impl Answer {
         serde_json::to_string_pretty(self).expect("outcome serializes")
     }
 
+    /// What a run that moved did, per member, and how it ended.
+    fn run_table(&self, out: &mut String, w: usize) {
+        let Some(report) = &self.report else { return };
+        let _ = writeln!(
+            out,
+            "\n{:<w$} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "member", "previous", "requested", "accepted", "current", "current bytes"
+        );
+        for r in report {
+            let _ = writeln!(
+                out,
+                "{:<w$} {:>10} {:>10} {:>10} {:>10} {:>14}",
+                member_label(&r.id, &r.address),
+                r.previous_buckets,
+                r.requested_unload,
+                r.accepted_unload,
+                r.current_buckets,
+                hb(r.current_bytes)
+            );
+        }
+        if let (Some(b), Some(d)) = (self.moved_bytes, self.duration_seconds) {
+            let _ = writeln!(out, "moved {} in {:.1}s", hb(b), d);
+        }
+        if let Some(s) = &self.stopped {
+            let _ = writeln!(out, "stopped early: {s}");
+        }
+        for l in &self.settled {
+            let _ = writeln!(out, "settled: {l}");
+        }
+        for f in &self.failures {
+            let _ = writeln!(out, "failed: {f}");
+        }
+    }
+
+    /// CPU per master before, target and after, where traffic is measured.
+    fn cpu_table(&self, out: &mut String, w: usize) {
+        let Some(t) = &self.traffic else { return };
+        let _ = writeln!(out, "\n{:<w$} {:>12} {:>12} {:>12}", "CPU µs/s", "before", "target", "after");
+        for m in &t.members {
+            let member = self.members.iter().find(|x| x.id == m.id);
+            let label = member.map_or(m.id.clone(), |x| member_label(&x.id, &x.address));
+            let _ = writeln!(out, "{label:<w$} {:>12.0} {:>12.0} {:>12.0}", m.before, m.target, m.after);
+        }
+    }
+
     /// One row per member, the figures against the thresholds, the decision in a sentence.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
@@ -212,17 +257,7 @@ impl Answer {
                 format!("{} -> {}", m.before.primaries, m.after.primaries),
             );
         }
-        if let Some(t) = &self.traffic {
-            let _ = writeln!(out, "\n{:<w$} {:>12} {:>12} {:>12}", "CPU µs/s", "before", "target", "after");
-            for m in &t.members {
-                let label = self
-                    .members
-                    .iter()
-                    .find(|x| x.id == m.id)
-                    .map_or(m.id.clone(), |x| member_label(&x.id, &x.address));
-                let _ = writeln!(out, "{label:<w$} {:>12.0} {:>12.0} {:>12.0}", m.before, m.target, m.after);
-            }
-        }
+        self.cpu_table(&mut out, w);
         let copies = self.moves.iter().filter(|m| m.kind == MoveKind::Copy).count();
         let _ = writeln!(
             out,
@@ -239,37 +274,7 @@ impl Answer {
         for line in &self.explanation {
             let _ = writeln!(out, "  {line}");
         }
-        if let Some(report) = &self.report {
-            let _ = writeln!(
-                out,
-                "\n{:<w$} {:>10} {:>10} {:>10} {:>10} {:>14}",
-                "member", "previous", "requested", "accepted", "current", "current bytes"
-            );
-            for r in report {
-                let _ = writeln!(
-                    out,
-                    "{:<w$} {:>10} {:>10} {:>10} {:>10} {:>14}",
-                    member_label(&r.id, &r.address),
-                    r.previous_buckets,
-                    r.requested_unload,
-                    r.accepted_unload,
-                    r.current_buckets,
-                    hb(r.current_bytes)
-                );
-            }
-            if let (Some(b), Some(d)) = (self.moved_bytes, self.duration_seconds) {
-                let _ = writeln!(out, "moved {} in {:.1}s", hb(b), d);
-            }
-            if let Some(s) = &self.stopped {
-                let _ = writeln!(out, "stopped early: {s}");
-            }
-            for l in &self.settled {
-                let _ = writeln!(out, "settled: {l}");
-            }
-            for f in &self.failures {
-                let _ = writeln!(out, "failed: {f}");
-            }
-        }
+        self.run_table(&mut out, w);
         if let Some(p) = &self.placement {
             placement_table(&mut out, p);
         }

@@ -43,6 +43,15 @@ fn simulate(w: &World) -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
+/// `autobalancer pause` through the first sidecar's config (persisted in etcd).
+fn pause(w: &World) -> bool {
+    std::process::Command::new(&w.bin)
+        .args(["pause", "--config", w.sidecars[0].config.to_str().unwrap()])
+        .env("STATE_DIRECTORY", &w.dir)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Keys on a master in slots it does not own.
 async fn stray_keys(c: &LocalCluster) -> Vec<String> {
     let owners = c.slot_owners().await.unwrap_or_default();
@@ -85,6 +94,17 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
             break;
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // Paused, and no run under way: what is checked is what the fleet left, not a move
+    // a scheduled run has in flight.
+    if !pause(w) {
+        v.push("could not pause the fleet for the checks".to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && w.sidecars.iter().any(|s| s.get("/status").is_some_and(|(_, b)| b.contains("\"held_here\":true")))
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut con = w.c.cluster_conn().await.unwrap();
     let (lost, stale) = client::check(&mut con, record).await;

@@ -131,8 +131,8 @@ async fn main() {
     for h in ledger.take_due(true) {
         heal(&mut w, h, &client).await;
     }
-    let record = client.stop().await;
-    let report = check::settle_and_check(&w, &record.lock().unwrap(), &two_holders).await;
+    let record = std::mem::take(&mut *client.stop().await.lock().unwrap());
+    let report = check::settle_and_check(&w, &record, &two_holders).await;
     let faults: Vec<String> = ledger.done.iter().map(|(k, n)| format!("{k}={n}")).collect();
     let skipped: Vec<String> = ledger.skipped.iter().map(|(k, n)| format!("{k}={n}")).collect();
     println!(

@@ -190,11 +190,7 @@ impl Metrics {
                 "balance.size-threshold-percent / 100, to draw beside the transfer ratio.",
             ),
             member_load_bytes: r.gauges("member_load_bytes", "Bytes per member at the last snapshot.", MEMBER),
-            member_used_memory_bytes: r.gauges(
-                "member_used_memory_bytes",
-                "Used memory per member as the server reports it.",
-                MEMBER,
-            ),
+            member_used_memory_bytes: r.gauges("member_used_memory_bytes", "Used memory per member (server's).", MEMBER),
             member_info: r.int_gauges(
                 "member_info",
                 "1 per member at the last snapshot, with its address and hostname.",
@@ -238,11 +234,7 @@ impl Metrics {
                 "evacuation_bytes_left",
                 "Bytes still on the local member while it is evacuated (0 otherwise).",
             ),
-            build_info: r.int_gauges(
-                "build_info",
-                "Always 1; the version and engine as labels.",
-                &["version", "engine"],
-            ),
+            build_info: r.int_gauges("build_info", "Always 1; the version and engine as labels.", &["version", "engine"]),
             placement: placement::PlacementMetrics::new(&r),
             traffic: traffic::TrafficMetrics::new(&r),
             lock_check: std::sync::Mutex::new(None),
