@@ -116,6 +116,9 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
     let stray = stray_keys(&w.c).await;
     v.extend(stray.iter().map(|s| format!("stray: {s}")));
     v.extend(two_holders.iter().map(|t| format!("two lock holders reported at {t}")));
+    let decided = plan.as_ref().map_or("-".to_string(), |p| {
+        p["decision"]["cause"].as_str().or(p["decision"]["reason"].as_str()).unwrap_or("-").to_string()
+    });
     let max_dev = match &plan {
         Some(p) => {
             if p["decision"]["action"] == "rebalance" {
@@ -140,9 +143,14 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
             0.0
         }
     };
+    // Off by more than twice the tolerance, the fleet must be skipping by Geode's rule,
+    // not for something it left behind.
+    if max_dev > 0.10 && !["below_threshold", "below_minimum_size", "nothing_to_move"].contains(&decided.as_str()) {
+        v.push(format!("a master is {:.1}% off its target and the fleet says {decided}", 100.0 * max_dev));
+    }
     let logged = |p: &str| w.sidecars.iter().map(|s| s.logged(p)).sum::<usize>();
     let line = format!(
-        "acked_writes={} write_errors={} reads={} lost={} stale={} runs={} runs_rebalanced={} repaired={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% violations={}",
+        "acked_writes={} write_errors={} reads={} lost={} stale={} runs={} runs_rebalanced={} repaired={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% next_run={} violations={}",
         record.writes_acked,
         record.write_errors,
         record.reads,
@@ -155,6 +163,7 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
         open.len(),
         stray.len(),
         100.0 * max_dev,
+        decided,
         v.len()
     );
     Report { line, violations: v }
