@@ -31,18 +31,15 @@ async fn run(engine: Engine, tool: &str, keys: usize, bin: &str) -> Row {
             .unwrap(),
         _ => {
             let dir = tempfile::tempdir().unwrap();
-            let cfg = dir.path().join("c.toml");
-            let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
-            std::fs::write(
-                &cfg,
-                format!(
-                    "[cluster]\nid = \"bench\"\nseeds = [{}]\n{}[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\n",
-                    seeds.join(","),
+            let cfg = bench_common::write_config(
+                dir.path(),
+                &c,
+                &format!(
+                    "{}[balance]\nminimum-size = 0\ntolerance-percent = 2\n[execution]\nmax-bytes-per-second = 0\nmax-concurrent-moves = 32\nmax-moves-per-member = 16\n",
                     // BENCH_SIZING=sampled: the sizing of earlier rounds, for comparing like with like.
                     std::env::var("BENCH_SIZING").map(|m| format!("sizing = \"{m}\"\n")).unwrap_or_default()
                 ),
-            )
-            .unwrap();
+            );
             Command::new(bin)
                 .args(["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--force"])
                 .stderr(if std::env::var("BENCH_LOG").is_ok() {

@@ -46,16 +46,11 @@ async fn main() {
         let cpu_before = c.cpu_per_master(5.0).await.unwrap();
         let (bytes_before, slots_before) = bytes_spread(&c).await;
         let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("c.toml");
-        let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
-        std::fs::write(
-            &cfg,
-            format!(
-                "[cluster]\nid = \"bench\"\nseeds = [{}]\n[traffic]\nsample-every = \"2s\"\nwindow = \"10m\"\nmin-samples = 3\n",
-                seeds.join(",")
-            ),
-        )
-        .unwrap();
+        let cfg = bench_common::write_config(
+            dir.path(),
+            &c,
+            "[traffic]\nsample-every = \"2s\"\nwindow = \"10m\"\nmin-samples = 3\n",
+        );
         let t0 = Instant::now();
         let out = match way {
             "redis-cli" => Command::new("redis-cli")

@@ -36,6 +36,15 @@ pub fn backend(c: &LocalCluster) -> RedisCluster {
     RedisCluster::from_config(&cfg).unwrap()
 }
 
+/// Writes `dir/c.toml`: cluster `bench` seeded by the cluster's masters, then `rest`
+/// (more `[cluster]` keys first, then other sections).
+pub fn write_config(dir: &std::path::Path, c: &LocalCluster, rest: &str) -> std::path::PathBuf {
+    let cfg = dir.join("c.toml");
+    let seeds: Vec<String> = c.master_addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(&cfg, format!("[cluster]\nid = \"bench\"\nseeds = [{}]\n{rest}", seeds.join(","))).unwrap();
+    cfg
+}
+
 /// Reads what the benches' fleet (cluster id `bench`) keeps in `etcd`, as no sidecar of it.
 pub fn observer(etcd: &LocalEtcd) -> Coordinator {
     let e = autobalancer::config::EtcdConfig { endpoints: vec![etcd.endpoint()], ..Default::default() };
