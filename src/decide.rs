@@ -476,4 +476,41 @@ mod tests {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));
         }
     }
+
+    /// Bytes balanced; four slots of m1 carry its CPU far above its share.
+    fn hot_on_m1(untrusted: usize) -> (ClusterSnapshot, crate::plan::Plan) {
+        let s = two(6, 6, MIB);
+        let mut cpu = vec![1.0; 12];
+        cpu[..4].copy_from_slice(&[300.0; 4]);
+        let t = crate::plan::traffic::TrafficInput {
+            keys: vec![1; 12],
+            net_in: vec![0.0; 12],
+            net_out: vec![0.0; 12],
+            cpu,
+            tolerance_percent: 20,
+            threshold_percent: 50,
+            untrusted,
+            ..Default::default()
+        };
+        let p = plan(&s, &PlanOptions { tolerance_percent: 20, traffic: Some(t), ..Default::default() }).unwrap();
+        (s, p)
+    }
+
+    #[test]
+    fn bytes_balanced_but_one_master_hot_is_a_traffic_imbalance_that_moves() {
+        let (s, p) = hot_on_m1(0);
+        let d = decide(&s, &p, &thresholds(10, 0));
+        assert_eq!((d.action, d.cause), (Action::Rebalance, Some(ActionReason::TrafficImbalance)), "{d:?}");
+        assert!(d.message.contains("off balance for traffic"), "{}", d.message);
+        // The byte threshold is on byte moves only: the traffic moves' bytes do not count.
+        assert!(d.message.starts_with("balanced enough by bytes"), "{}", d.message);
+    }
+
+    #[test]
+    fn untrusted_rates_skip_as_traffic_unsettled_and_move_nothing() {
+        let (s, p) = hot_on_m1(3);
+        let d = decide(&s, &p, &thresholds(10, 0));
+        assert_eq!(d.reason, Some(SkipReason::TrafficUnsettled), "{d:?}");
+        assert_eq!(p.traffic.as_ref().unwrap().moves, 0, "nothing moves for traffic while unsettled");
+    }
 }
