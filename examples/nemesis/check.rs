@@ -110,7 +110,12 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
     let (lost, stale) = client::check(&mut con, record).await;
     v.extend(lost.iter().map(|l| format!("lost: {l}")));
     v.extend(stale.iter().map(|l| format!("stale at the end: {l}")));
-    v.extend(record.stale.iter().map(|l| format!("stale read: {l}")));
+    // A read behind an acknowledged write mid-run is counted and shown, not failed: Redis
+    // Cluster's reads are not linearizable across a failover (a demoted master answers
+    // until it learns of it). What must hold is what the keys hold at the end.
+    for l in record.stale.iter().take(5) {
+        println!("stale read (mid-run): {l}");
+    }
     let open = w.c.open_slots().await.unwrap_or_default();
     v.extend(open.iter().map(|o| format!("open slot: {o}")));
     let stray = stray_keys(&w.c).await;
@@ -150,12 +155,13 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
     }
     let logged = |p: &str| w.sidecars.iter().map(|s| s.logged(p)).sum::<usize>();
     let line = format!(
-        "acked_writes={} write_errors={} reads={} lost={} stale={} runs={} runs_rebalanced={} repaired={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% next_run={} violations={}",
+        "acked_writes={} write_errors={} reads={} stale_reads={} lost={} stale={} runs={} runs_rebalanced={} repaired={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% next_run={} violations={}",
         record.writes_acked,
         record.write_errors,
         record.reads,
+        record.stale.len(),
         lost.len(),
-        stale.len() + record.stale.len(),
+        stale.len(),
         logged("run ended"),
         w.sidecars.iter().map(|s| s.logged_run("rebalanced")).sum::<usize>(),
         logged("repair: ") + logged("settled a failed move"),

@@ -109,7 +109,7 @@ async fn main() {
     let (start, mut next) = (Instant::now(), Instant::now() + Duration::from_secs(3));
     while start.elapsed() < a.duration {
         for h in ledger.take_due(false) {
-            heal(&mut w, h, &client).await;
+            heal(&mut w, h, &client, &mut ledger).await;
         }
         if Instant::now() >= next {
             let k = Kind::draw(&mut rng);
@@ -128,8 +128,16 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for h in ledger.take_due(true) {
-        heal(&mut w, h, &client).await;
+    // Everything healed; a heal that could not be done yet (an evacuation stop while etcd
+    // was down) is tried again, a few rounds at most.
+    for _ in 0..5 {
+        let due = ledger.take_due(true);
+        if due.is_empty() {
+            break;
+        }
+        for h in due {
+            heal(&mut w, h, &client, &mut ledger).await;
+        }
     }
     let record = std::mem::take(&mut *client.stop().await.lock().unwrap());
     let report = check::settle_and_check(&w, &record, &two_holders).await;
@@ -235,7 +243,8 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
                 return false;
             }
             let i = up[rng.gen_range(0..up.len())];
-            if !evacuate(&w.sidecars[i], "start", &w.bin) {
+            if let Err(e) = evacuate(&w.sidecars[i], "start", &w.bin) {
+                eprintln!("nemesis: {e}");
                 return false;
             }
             w.evacuating = Some(i);
@@ -249,7 +258,7 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
     true
 }
 
-async fn heal(w: &mut World, h: Heal, client: &client::Client) {
+async fn heal(w: &mut World, h: Heal, client: &client::Client, l: &mut Ledger) {
     match h {
         Heal::RestartSidecar(i) => {
             if !w.sidecars[i].alive() {
@@ -267,13 +276,21 @@ async fn heal(w: &mut World, h: Heal, client: &client::Client) {
         }
         Heal::StopEvacuation(i) => {
             // A sidecar down now stops it when the nemesis heals it: try until it answers.
+            let mut last = Ok(());
             for _ in 0..40 {
-                if evacuate(&w.sidecars[i], "stop", &w.bin) {
+                last = evacuate(&w.sidecars[i], "stop", &w.bin);
+                if last.is_ok() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            w.evacuating = None;
+            match last {
+                Ok(()) => w.evacuating = None,
+                Err(e) => {
+                    eprintln!("nemesis: {e} (tried for 10 s; again in 5 s)");
+                    l.due.push((Instant::now() + Duration::from_secs(5), Heal::StopEvacuation(i)));
+                }
+            }
         }
         Heal::SkewOff => client.skew.store(false, std::sync::atomic::Ordering::Relaxed),
     }
@@ -287,23 +304,18 @@ fn node_signal(w: &World, addr: &str, sig: &str) {
     }
 }
 
-fn evacuate(s: &Sidecar, action: &str, bin: &std::path::Path) -> bool {
+/// `autobalancer evacuate start|stop` beside `s`; why not, when it did not.
+fn evacuate(s: &Sidecar, action: &str, bin: &std::path::Path) -> Result<(), String> {
     if !s.alive() || s.frozen {
-        return false;
+        return Err(format!("the sidecar beside {} is down", s.node));
     }
     let out = std::process::Command::new(bin)
         .args(["evacuate", action, "--config", s.config.to_str().unwrap()])
         .env("STATE_DIRECTORY", s.config.parent().unwrap())
         .output();
     match out {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!("nemesis: evacuate {action} beside {}: {}", s.node, String::from_utf8_lossy(&o.stderr).trim());
-            false
-        }
-        Err(e) => {
-            eprintln!("nemesis: evacuate {action}: {e}");
-            false
-        }
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("evacuate {action} beside {}: {}", s.node, String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("evacuate {action}: {e}")),
     }
 }
