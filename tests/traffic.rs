@@ -37,6 +37,26 @@ fn once(cfg: &Path) -> serde_json::Value {
     common::json(&out)
 }
 
+/// How many of the `hot` keys' slots no longer sit on `master`.
+async fn moved_off(c: &LocalCluster, hot: &[String], master: &str) -> usize {
+    let owners = c.slot_owners().await.unwrap();
+    let mut moved = 0;
+    for k in hot {
+        moved += (owners[c.slot_of(k).await.unwrap() as usize] != master) as usize;
+    }
+    moved
+}
+
+/// Stops the driver; every key holds at least its acknowledged INCRs, and at most those
+/// plus the ones that failed (a failed INCR may still have been applied).
+async fn every_incr_kept(driver: Driver, con: &mut redis::cluster_async::ClusterConnection) {
+    let (acked, errors) = driver.stop().await;
+    for (k, n) in &acked {
+        let v: i64 = con.get(k).await.unwrap();
+        assert!(v >= *n && v <= n + errors as i64, "{k}: {v} after {n} acknowledged INCRs ({errors} errors)");
+    }
+}
+
 fn explanation(a: &serde_json::Value) -> String {
     a["explanation"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect::<Vec<_>>().join("\n")
 }
@@ -61,12 +81,7 @@ async fn hot_slots_move_until_every_master_is_within_its_cpu_band_and_then_stay(
     let first = once(&cfg);
     assert_eq!(first["decision"]["cause"], "traffic_imbalance", "{first:#}");
     assert_eq!(first["outcome"], "rebalanced", "{first:#}");
-    let owners = c.slot_owners().await.unwrap();
-    let mut moved = 0;
-    for k in &hot {
-        let slot = c.slot_of(k).await.unwrap();
-        moved += (owners[slot as usize] != hot_master) as usize;
-    }
+    let moved = moved_off(&c, &hot, &hot_master).await;
     assert!(moved > 0, "hot slots left their master: {first:#}");
 
     // The servers' own figures, after: every master within its band (20%), with a tenth
@@ -90,11 +105,7 @@ async fn hot_slots_move_until_every_master_is_within_its_cpu_band_and_then_stay(
     assert!(second["report"].is_null() && second["moved_bytes"].is_null(), "{second:#}");
     assert!(explanation(&second).contains("traffic: CPU per master"), "{second:#}");
 
-    let (acked, errors) = driver.stop().await;
-    for (k, n) in &acked {
-        let v: i64 = con.get(k).await.unwrap();
-        assert!(v >= *n && v <= n + errors as i64, "{k}: {v} after {n} acknowledged INCRs ({errors} errors)");
-    }
+    every_incr_kept(driver, &mut con).await;
     for (k, v) in &data {
         let got: Vec<u8> = con.get(k).await.unwrap();
         assert_eq!(&got, v, "{k} changed");
@@ -230,12 +241,7 @@ async fn with_etcd_the_holder_plans_with_every_sidecars_published_rates() {
         cpu.iter().all(|m| m["before"].as_f64().unwrap() > 0.0 || m["id"] != c.id_of(&hot_master).unwrap()),
         "{a:#}"
     );
-    let owners = c.slot_owners().await.unwrap();
-    let mut moved = 0;
-    for k in &hot {
-        let slot = c.slot_of(k).await.unwrap();
-        moved += (owners[slot as usize] != hot_master) as usize;
-    }
+    let moved = moved_off(&c, &hot, &hot_master).await;
     assert!(moved > 0, "{a:#}");
     let status = |s: &common::SidecarProc| common::json(&common::get(&s.url("/status")).unwrap().1)["traffic"].clone();
     assert!(status(holder).as_str().unwrap().contains("of 3 master(s) sampled"), "{}", status(holder));
@@ -262,9 +268,5 @@ async fn with_etcd_the_holder_plans_with_every_sidecars_published_rates() {
                 .unwrap_or(false)
         });
     }
-    let (acked, errors) = driver.stop().await;
-    for (k, n) in &acked {
-        let v: i64 = con.get(k).await.unwrap();
-        assert!(v >= *n && v <= n + errors as i64, "{k}: {v} after {n} acknowledged INCRs");
-    }
+    every_incr_kept(driver, &mut con).await;
 }
