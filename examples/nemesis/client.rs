@@ -1,25 +1,84 @@
 //! The workload: SETs of increasing sequence numbers to a fixed key space (or, while
-//! skew is on, to a few tenants with larger values), GETs that must never go back
-//! behind what was acknowledged, and the record the checker reads at the end.
+//! skew is on, to a few tenants with larger values), each followed by WAIT for the
+//! master's replica; GETs that must never go back behind what was acknowledged; and the
+//! record the checker reads at the end.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::cluster_async::ClusterConnection;
 
-/// Per key: the last acknowledged sequence number and the highest one ever sent (an
-/// unacknowledged write may still have landed).
+/// One key's writes: the last acknowledged sequence number, the last one a replica
+/// also had when acknowledged (WAIT 1), the highest ever sent (an unacknowledged write
+/// may still have landed), and when the last acknowledgement came.
+#[derive(Clone, Copy)]
+pub struct Writes {
+    pub acked: u64,
+    pub replicated: u64,
+    pub sent: u64,
+    pub acked_at: Instant,
+}
+
+/// A read that returned less than what was acknowledged before it was sent.
+#[derive(Clone, Debug)]
+pub struct StaleRead {
+    /// Seconds from the start of the run.
+    pub at: f64,
+    pub key: String,
+    pub slot: u16,
+    pub got: Option<u64>,
+    pub acked: u64,
+    /// Behind a write a replica had too: no single failover explains it.
+    pub behind_replicated: bool,
+    pub ms_after_ack: u64,
+}
+
+impl StaleRead {
+    /// No key at all, where a replica had it and nothing was acknowledged for 2 s: no
+    /// demoted master answering late explains that (it would hold an older value), so
+    /// the key was dropped.
+    pub fn vanished(&self) -> bool {
+        self.got.is_none() && self.behind_replicated && self.ms_after_ack >= 2000
+    }
+}
+
+impl std::fmt::Display for StaleRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1}s {} (slot {}): read {:?}, {} acknowledged {} ms before{}",
+            self.at,
+            self.key,
+            self.slot,
+            self.got,
+            self.acked,
+            self.ms_after_ack,
+            if self.behind_replicated { ", on the replica too" } else { "" }
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct Record {
-    pub acked: BTreeMap<String, (u64, u64)>,
+    pub acked: BTreeMap<String, Writes>,
     pub writes_acked: u64,
+    /// Acknowledged by the master, and WAIT found its replica had it too.
+    pub writes_replicated: u64,
     pub write_errors: u64,
     pub reads: u64,
-    /// A read that returned less than what was acknowledged before it was sent.
-    pub stale: Vec<String>,
+    pub stale: Vec<StaleRead>,
+}
+
+/// The hash slot of `key` (CRC16 of its hash tag, or of the whole key).
+pub fn slot(key: &str) -> u16 {
+    let tag = key
+        .find('{')
+        .and_then(|o| key[o + 1..].find('}').filter(|&c| c > 0).map(|c| &key[o + 1..o + 1 + c]))
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384
 }
 
 pub struct Client {
@@ -41,11 +100,11 @@ pub fn seq_of(v: &str) -> Option<u64> {
 }
 
 impl Client {
-    pub fn start(con: ClusterConnection, seed: u64) -> Client {
+    pub fn start(con: ClusterConnection, seed: u64, start: Instant) -> Client {
         let record = Arc::new(Mutex::new(Record::default()));
         let (skew, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let (r, sk, st) = (record.clone(), skew.clone(), stop.clone());
-        let task = tokio::spawn(async move { run(con, seed, r, sk, st).await });
+        let task = tokio::spawn(async move { run(con, seed, start, r, sk, st).await });
         Client { record, skew, stop, task }
     }
 
@@ -59,6 +118,7 @@ impl Client {
 async fn run(
     mut con: ClusterConnection,
     seed: u64,
+    start: Instant,
     record: Arc<Mutex<Record>>,
     skew: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -75,26 +135,49 @@ async fn run(
             format!("nem:{}", rng.gen_range(0..KEYS))
         };
         if rng.gen_bool(0.3) {
-            let before = record.lock().unwrap().acked.get(&key).map(|a| a.0);
+            let before = record.lock().unwrap().acked.get(&key).copied().filter(|w| w.acked > 0);
             let got = tokio::time::timeout(bound, con.get::<_, Option<String>>(&key)).await;
-            if let (Ok(Ok(v)), Some(floor)) = (got, before) {
+            if let (Ok(Ok(v)), Some(w)) = (got, before) {
                 let s = v.as_deref().and_then(seq_of);
                 let mut r = record.lock().unwrap();
                 r.reads += 1;
-                if s.is_none_or(|s| s < floor) {
-                    r.stale.push(format!("{key}: read {s:?} after {floor} was acknowledged"));
+                if s.is_none_or(|s| s < w.acked) {
+                    r.stale.push(StaleRead {
+                        at: start.elapsed().as_secs_f64(),
+                        slot: slot(&key),
+                        key,
+                        got: s,
+                        acked: w.acked,
+                        behind_replicated: w.replicated > 0 && s.is_none_or(|s| s < w.replicated),
+                        ms_after_ack: w.acked_at.elapsed().as_millis() as u64,
+                    });
                 }
             }
             continue;
         }
         seq += 1;
-        record.lock().unwrap().acked.entry(key.clone()).or_default().1 = seq;
-        let res = tokio::time::timeout(bound, con.set::<_, _, ()>(&key, value(seq, skewed))).await;
+        record
+            .lock()
+            .unwrap()
+            .acked
+            .entry(key.clone())
+            .or_insert(Writes { acked: 0, replicated: 0, sent: 0, acked_at: Instant::now() })
+            .sent = seq;
+        // SET, then WAIT for the one replica (a master that joined has none: 0 after 50 ms).
+        let mut p = redis::pipe();
+        p.set(&key, value(seq, skewed)).ignore().cmd("WAIT").arg(1).arg(50);
+        let res = tokio::time::timeout(bound, p.query_async::<(u64,)>(&mut con)).await;
         let mut r = record.lock().unwrap();
         match res {
-            Ok(Ok(())) => {
+            Ok(Ok((replicas,))) => {
                 r.writes_acked += 1;
-                r.acked.get_mut(&key).unwrap().0 = seq;
+                let w = r.acked.get_mut(&key).unwrap();
+                w.acked = seq;
+                w.acked_at = Instant::now();
+                if replicas >= 1 {
+                    w.replicated = seq;
+                    r.writes_replicated += 1;
+                }
             }
             _ => r.write_errors += 1,
         }
@@ -105,7 +188,8 @@ async fn run(
 /// last acknowledged value or a later one the client sent.
 pub async fn check(con: &mut ClusterConnection, record: &Record) -> (Vec<String>, Vec<String>) {
     let (mut lost, mut stale) = (Vec::new(), Vec::new());
-    for (key, &(acked, sent)) in &record.acked {
+    for (key, w) in &record.acked {
+        let (acked, sent) = (w.acked, w.sent);
         if acked == 0 {
             continue;
         }

@@ -12,6 +12,7 @@
 
 mod check;
 mod client;
+mod episodes;
 mod faults;
 mod fleet;
 
@@ -68,6 +69,15 @@ struct World {
     joined: usize,
     dir: PathBuf,
     bin: PathBuf,
+    /// What the nemesis did and when (seconds from the start), to set beside stale reads.
+    events: Vec<(f64, String)>,
+    start: Instant,
+}
+
+impl World {
+    fn log(&mut self, what: String) {
+        self.events.push((self.start.elapsed().as_secs_f64(), what));
+    }
 }
 
 #[tokio::main]
@@ -84,7 +94,8 @@ async fn main() {
     let tmp = tempfile::Builder::new().prefix("nemesis-").tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let etcd = LocalEtcd::start().unwrap();
-    let c = ClusterSpec::new(a.engine, a.masters, 0).replicas(1).start().await.unwrap();
+    // In the run's directory, so the servers' logs stay with the sidecars' (NEMESIS_KEEP).
+    let c = ClusterSpec::new(a.engine, a.masters, 0).replicas(1).start_in(&dir.join("cluster")).await.unwrap();
     c.load_skewed(20_000, a.seed).await.unwrap();
     let nodes: Vec<String> = c.live_addrs();
     let sidecars: Vec<Sidecar> = nodes.iter().map(|n| Sidecar::start(&dir, &a.bin, &c, &etcd, n)).collect();
@@ -101,12 +112,14 @@ async fn main() {
         joined: 0,
         dir,
         bin: a.bin.clone(),
+        events: Vec::new(),
+        start: Instant::now(),
     };
-    let client = client::Client::start(w.c.cluster_conn().await.unwrap(), a.seed);
+    let client = client::Client::start(w.c.cluster_conn().await.unwrap(), a.seed, w.start);
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut ledger = Ledger::default();
     let mut two_holders = Vec::new();
-    let (start, mut next) = (Instant::now(), Instant::now() + Duration::from_secs(3));
+    let (start, mut next) = (w.start, Instant::now() + Duration::from_secs(3));
     while start.elapsed() < a.duration {
         for h in ledger.take_due(false) {
             heal(&mut w, h, &client, &mut ledger).await;
@@ -155,6 +168,12 @@ async fn main() {
     for v in &report.violations {
         println!("violation: {v}");
     }
+    episodes::print(&record.stale, &w.events);
+    if std::env::var_os("NEMESIS_KEEP").is_some() {
+        println!("sidecar logs kept in {}", w.dir.display());
+        let _ = tmp.keep();
+        return;
+    }
     if !report.violations.is_empty() {
         println!("sidecar logs kept in {}", w.dir.display());
         // NEMESIS_HOLD=SECONDS keeps the cluster and the fleet up to look at.
@@ -182,16 +201,27 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
         Kind::KillSidecar => {
             let Some(i) = target(w, rng) else { return false };
             w.sidecars[i].kill9();
+            w.log(format!("kill -9 the sidecar beside {}", w.sidecars[i].node));
             l.later(rng, 1.0, 5.0, Heal::RestartSidecar(i));
         }
         Kind::FreezeHolder => {
             let Some(i) = target(w, rng) else { return false };
             w.sidecars[i].freeze(true);
+            w.log(format!("freeze the sidecar beside {}", w.sidecars[i].node));
             // Past the 3 s lease.
             l.later(rng, 4.0, 8.0, Heal::ThawSidecar(i));
         }
         Kind::Failover | Kind::Takeover => {
-            let replicas = check::replicas(&w.c).await;
+            // Only a replica in sync with its master: TAKEOVER of one mid-resync (a thawed
+            // master demoted a moment ago) makes it master of whatever it holds then, an
+            // empty data set at worst, which is the server's documented behaviour, not a
+            // fault of the fleet's.
+            let mut replicas = Vec::new();
+            for r in check::replicas(&w.c).await {
+                if check::in_sync(&w.c, &r).await {
+                    replicas.push(r);
+                }
+            }
             if replicas.is_empty() {
                 return false;
             }
@@ -205,6 +235,7 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
             if cmd.query_async::<()>(&mut con).await.is_err() {
                 return false;
             }
+            w.log(format!("{} to {r}", k.name()));
         }
         Kind::FreezeNode => {
             if w.frozen_node.is_some() {
@@ -213,6 +244,7 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
             let live = w.c.live_addrs();
             let n = live[rng.gen_range(0..live.len())].clone();
             node_signal(w, &n, "-STOP");
+            w.log(format!("freeze node {n}"));
             w.frozen_node = Some(n.clone());
             // Past the 3 s cluster-node-timeout: its replica takes over.
             l.later(rng, 3.5, 7.0, Heal::ThawNode(n));
@@ -223,6 +255,7 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
             }
             w.etcd.stop();
             w.etcd_up = false;
+            w.log("kill -9 etcd".into());
             l.later(rng, 2.0, 6.0, Heal::StartEtcd);
         }
         Kind::JoinMaster => {
@@ -234,11 +267,15 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
             let s = Sidecar::start(&w.dir, &w.bin, &w.c, &w.etcd, &addr);
             w.sidecars.push(s);
             w.joined += 1;
+            w.log(format!("master {addr} joins"));
         }
         Kind::Evacuate => {
-            // Any sidecar that is up, not only the holder.
-            let up: Vec<usize> =
-                (0..w.sidecars.len()).filter(|&i| w.sidecars[i].alive() && !w.sidecars[i].frozen).collect();
+            // Any sidecar that is up beside a master owning slots, not only the holder (beside
+            // a replica the sidecar rightly answers 409 unknown_member).
+            let owners = w.c.slot_owners().await.unwrap_or_default();
+            let up: Vec<usize> = (0..w.sidecars.len())
+                .filter(|&i| w.sidecars[i].alive() && !w.sidecars[i].frozen && owners.contains(&w.sidecars[i].node))
+                .collect();
             if w.evacuating.is_some() || up.is_empty() {
                 return false;
             }
@@ -248,10 +285,12 @@ async fn apply(w: &mut World, k: Kind, rng: &mut rand::rngs::StdRng, l: &mut Led
                 return false;
             }
             w.evacuating = Some(i);
+            w.log(format!("evacuate {}", w.sidecars[i].node));
             l.later(rng, 5.0, 15.0, Heal::StopEvacuation(i));
         }
         Kind::Skew => {
             client.skew.store(true, std::sync::atomic::Ordering::Relaxed);
+            w.log("skew on".into());
             l.later(rng, 5.0, 15.0, Heal::SkewOff);
         }
     }
@@ -263,16 +302,22 @@ async fn heal(w: &mut World, h: Heal, client: &client::Client, l: &mut Ledger) {
         Heal::RestartSidecar(i) => {
             if !w.sidecars[i].alive() {
                 w.sidecars[i].spawn();
+                w.log(format!("restart the sidecar beside {}", w.sidecars[i].node));
             }
         }
-        Heal::ThawSidecar(i) => w.sidecars[i].freeze(false),
+        Heal::ThawSidecar(i) => {
+            w.sidecars[i].freeze(false);
+            w.log(format!("thaw the sidecar beside {}", w.sidecars[i].node));
+        }
         Heal::ThawNode(n) => {
             node_signal(w, &n, "-CONT");
+            w.log(format!("thaw node {n}"));
             w.frozen_node = None;
         }
         Heal::StartEtcd => {
             w.etcd.restart().unwrap();
             w.etcd_up = true;
+            w.log("restart etcd".into());
         }
         Heal::StopEvacuation(i) => {
             // A sidecar down now stops it when the nemesis heals it: try until it answers.
@@ -285,14 +330,20 @@ async fn heal(w: &mut World, h: Heal, client: &client::Client, l: &mut Ledger) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             match last {
-                Ok(()) => w.evacuating = None,
+                Ok(()) => {
+                    w.evacuating = None;
+                    w.log(format!("stop evacuating {}", w.sidecars[i].node));
+                }
                 Err(e) => {
                     eprintln!("nemesis: {e} (tried for 10 s; again in 5 s)");
                     l.due.push((Instant::now() + Duration::from_secs(5), Heal::StopEvacuation(i)));
                 }
             }
         }
-        Heal::SkewOff => client.skew.store(false, std::sync::atomic::Ordering::Relaxed),
+        Heal::SkewOff => {
+            client.skew.store(false, std::sync::atomic::Ordering::Relaxed);
+            w.log("skew off".into());
+        }
     }
 }
 
