@@ -53,6 +53,8 @@ impl Solver<'_> {
         self.copies[b][pos] = to;
         self.load[from as usize] -= bytes as i64;
         self.load[to as usize] += bytes as i64;
+        self.last_to[from as usize] = Some(to as usize);
+        self.last_from[to as usize] = Some(from as usize);
         if let Some(free) = self.free[to as usize].as_mut() {
             *free -= bytes as i64;
         }
@@ -175,9 +177,21 @@ impl Solver<'_> {
         self.load[s] - self.lo[s].max(0)
     }
 
-    /// Moves one copy off `s`, which must shed `must` bytes: to the receiver that needs
+    /// Moves one copy off `s`, which must shed `must` bytes: to the receiver it gave to
+    /// last while that one is still below its target, else to the receiver that needs
     /// most, else has most room; others in that order when nothing fits.
+    ///
+    /// Keeping a giver on one receiver keeps the (source, target) pairs few: each pair is
+    /// one group for the movers (one job, one commit), and a scale-out that spread every
+    /// source over every new member paid a commit per pair on every master.
     fn give(&mut self, s: usize, must: i64) -> bool {
+        if let Some(d) = self.last_to[s]
+            && self.receiver[d]
+            && self.load[d] < self.target[d]
+            && self.try_pair(s, d, must)
+        {
+            return true;
+        }
         let mut cands: Vec<usize> = (0..self.n()).filter(|&d| d != s && self.receiver[d] && self.room(d) > 0).collect();
         let key = |this: &Self, d: usize| ((this.lo[d] - this.load[d]).max(0), this.room(d), std::cmp::Reverse(d));
         let Some(best) = cands.iter().copied().max_by_key(|&d| key(self, d)) else {
@@ -191,9 +205,16 @@ impl Solver<'_> {
         cands.into_iter().any(|d| self.try_pair(s, d, must))
     }
 
-    /// Moves one copy onto `d`, which needs `need` bytes: from the member with most bytes
-    /// above its band's floor, others in that order when nothing fits.
+    /// Moves one copy onto `d`, which needs `need` bytes: from the member it took from last
+    /// while that one is above its target, else from the member with most bytes above its
+    /// band's floor, others in that order when nothing fits.
     fn fill(&mut self, d: usize, need: i64) -> bool {
+        if let Some(s) = self.last_from[d]
+            && self.load[s] > self.target[s]
+            && self.try_pair(s, d, need)
+        {
+            return true;
+        }
         let mut cands: Vec<usize> = (0..self.n()).filter(|&s| s != d && self.slack(s) > 0).collect();
         let key = |this: &Self, s: usize| (this.slack(s), std::cmp::Reverse(s));
         let Some(best) = cands.iter().copied().max_by_key(|&s| key(self, s)) else {

@@ -8,10 +8,11 @@
 //! 1. empties members with target 0 (down, draining, weight 0): every copy, largest first,
 //!    to the eligible receiver with the most room;
 //! 2. while some member is above `hi`, moves from the most overloaded member the largest
-//!    copy no bigger than what it must shed, to the receiver that needs most (else has
-//!    most room), never pushing the receiver above `hi` nor the giver below `lo`;
-//! 3. while some receiver is below `lo`, fills the neediest from the member with most
-//!    bytes above its `lo`, in the same way;
+//!    copy no bigger than what it must shed, to the receiver it gave to last while that
+//!    one is below its target, else the one that needs most (else has most room), never pushing the receiver above `hi` nor the giver below `lo`;
+//! 3. while some receiver is below `lo`, fills the neediest from the member it took from
+//!    last while that one is above its target, else the one with most bytes above its
+//!    `lo`, in the same way;
 //! 4. swaps, for a member still outside its band because no single copy fits: one large
 //!    copy out and smaller ones back (or in and out, below its band), both members ending
 //!    within their bands, within 1.10 x the lower bound in all;
@@ -66,6 +67,10 @@ pub(super) struct Solver<'a> {
     /// Large copies phase 4 moves before the copy moves run again: (bucket, from, to).
     pub(super) forced: Vec<(usize, MemberIdx, MemberIdx)>,
     pub(super) explanation: Vec<String>,
+    /// The member each member last gave a copy to, so a giver keeps to one receiver.
+    pub(super) last_to: Vec<Option<usize>>,
+    /// The member each member last took a copy from, so a taker keeps to one giver.
+    pub(super) last_from: Vec<Option<usize>>,
 }
 
 /// Plans `snap`: the phases in order. The caller checks the result.
@@ -124,6 +129,8 @@ impl<'a> Solver<'a> {
             unplaced: 0,
             forced: Vec::new(),
             explanation: Vec::new(),
+            last_to: vec![None; n],
+            last_from: vec![None; n],
         }
     }
 

@@ -548,3 +548,42 @@ fn a_member_of_large_copies_is_brought_within_its_band_by_a_swap() {
     assert!(p.explanation.iter().any(|l| l.starts_with("swaps: 1 ")), "{:#?}", p.explanation);
     assert!(p.copy_moves().any(|m| m.from == 8 && m.bytes >= 400), "a large copy left m9");
 }
+
+/// `loaded` masters sharing 16384 skewed slots and `new` empty ones.
+fn scale_out(seed: u64, loaded: usize, new: usize) -> ClusterSnapshot {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let layout: Vec<(u64, Vec<MemberIdx>)> = (0..16384usize)
+        .map(|slot| {
+            let tenant = if rng.gen_ratio(1, 300) { rng.gen_range(5.0..20.0) } else { 1.0 };
+            let bytes = (rng.gen_range(0.5..1.5) * 20_000.0 * tenant) as u64;
+            (bytes, vec![(slot * loaded / 16384) as MemberIdx])
+        })
+        .collect();
+    make_snapshot(make_members(loaded + new), &layout)
+}
+
+/// Each (source, target) pair is a group for the movers, with a commit on every master:
+/// a scale-out keeps each giver on one receiver until that one reaches its target, so the
+/// pairs stay near sources + targets (a transport plan's basis), not sources x targets.
+#[test]
+fn a_scale_out_moves_between_few_pairs() {
+    for (loaded, new) in [(3, 1), (9, 3), (18, 6), (36, 12)] {
+        for seed in 0..3 {
+            let s = scale_out(seed, loaded, new);
+            let p = assert_quality("scale_out", &s, 5);
+            let pairs: std::collections::BTreeSet<(MemberIdx, MemberIdx)> =
+                p.moves.iter().map(|m| (m.from, m.to)).collect();
+            println!("{loaded} -> {}: seed {seed}: {} pairs, {} moves", loaded + new, pairs.len(), p.moves.len());
+            assert!(
+                pairs.len() <= 2 * (loaded + new),
+                "{loaded} -> {}: {} pairs for {} moves",
+                loaded + new,
+                pairs.len(),
+                p.moves.len()
+            );
+            let targets: Vec<u64> = p.members.iter().map(|m| m.target_bytes).collect();
+            let after: Vec<u64> = p.members.iter().map(|m| m.after.bytes).collect();
+            assert_eq!(band_violation(&after, &targets, 5), 0, "{loaded} -> {}: {:#?}", loaded + new, p.explanation);
+        }
+    }
+}
