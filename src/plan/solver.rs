@@ -9,7 +9,8 @@
 //!    to the eligible receiver with the most room;
 //! 2. while some member is above `hi`, moves from the most overloaded member the largest
 //!    copy no bigger than what it must shed, to the receiver it gave to last while that
-//!    one is below its target, else the one that needs most (else has most room), never pushing the receiver above `hi` nor the giver below `lo`;
+//!    one is below its target, else the one that needs most (else has most room), never
+//!    pushing the receiver above `hi` nor the giver below `lo`;
 //! 3. while some receiver is below `lo`, fills the neediest from the member it took from
 //!    last while that one is above its target, else the one with most bytes above its
 //!    `lo`, in the same way;
