@@ -169,19 +169,17 @@ async fn main() {
         println!("violation: {v}");
     }
     episodes::print(&record.stale, &w.events);
-    if std::env::var_os("NEMESIS_KEEP").is_some() {
+    let failed = !report.violations.is_empty();
+    if failed || std::env::var_os("NEMESIS_KEEP").is_some() {
         println!("sidecar logs kept in {}", w.dir.display());
         let _ = tmp.keep();
-        return;
     }
-    if !report.violations.is_empty() {
-        println!("sidecar logs kept in {}", w.dir.display());
+    if failed {
         // NEMESIS_HOLD=SECONDS keeps the cluster and the fleet up to look at.
         if let Some(secs) = std::env::var("NEMESIS_HOLD").ok().and_then(|v| v.parse().ok()) {
             println!("holding for {secs} s: nodes {:?}", w.c.live_addrs());
             tokio::time::sleep(Duration::from_secs(secs)).await;
         }
-        let _ = tmp.keep();
         std::process::exit(1);
     }
 }
