@@ -144,12 +144,12 @@ async fn stray_keys_are_returned_or_reported(engine: Engine) {
     let mut ca = c.conn(&a).await.unwrap();
     // Two names in slots owned by b, planted on a as a failover would leave them.
     let mut names = (0..).map(|i| format!("stray:{i}")).filter(|k| {
-        let slot = crc16_slot(k);
+        let slot = autobalancer_testkit::key_slot(k);
         owners[slot as usize] == b
     });
     let (returned, clashing) = (names.next().unwrap(), names.next().unwrap());
     for (k, v) in [(&returned, "kept"), (&clashing, "mine")] {
-        let slot = crc16_slot(k);
+        let slot = autobalancer_testkit::key_slot(k);
         let b_id = c.id_of(&b).unwrap().to_string();
         redis::cmd("CLUSTER")
             .arg("SETSLOT")
@@ -182,10 +182,6 @@ async fn stray_keys_are_returned_or_reported(engine: Engine) {
     let snap: serde_json::Value = serde_json::from_slice(&snap.stdout).unwrap();
     let i = snap["members"].as_array().unwrap().iter().position(|m| m["address"] == a.as_str()).unwrap();
     assert_eq!(snap["observed"]["members"][i]["stray_keys"], 1, "{:#}", snap["observed"]);
-}
-
-fn crc16_slot(key: &str) -> u16 {
-    crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384
 }
 
 on_each_engine!(

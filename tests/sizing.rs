@@ -294,7 +294,7 @@ async fn sampled_sizes_state_their_error_bound(engine: Engine) {
     let c = ClusterSpec::new(engine, 3, 0).start().await.unwrap();
     let mut written = load(&c, 12_000).await;
     // A tenant large enough to be sampled: 3000 keys in one slot, values 100-1100 bytes.
-    let owner = c.slot_owners().await.unwrap()[crc16_slot("bulk") as usize].clone();
+    let owner = c.slot_owners().await.unwrap()[autobalancer_testkit::key_slot("bulk") as usize].clone();
     let mut con = c.conn(&owner).await.unwrap();
     let mut rng = Lcg(11);
     let mut p = redis::pipe();
@@ -330,7 +330,7 @@ async fn sampled_sizes_state_their_error_bound(engine: Engine) {
     cluster.choose_mover().await.unwrap();
     assert!(cluster.groups_moves());
     let snap = cluster.snapshot().await.unwrap();
-    let bulk = crc16_slot("bulk") as u64;
+    let bulk = autobalancer_testkit::key_slot("bulk") as u64;
     let from = snap.buckets.iter().find(|b| b.id == bulk).unwrap().copies[0];
     let mv = autobalancer::plan::Move { bytes: 1, ..copy_move(&snap, bulk, (from + 1) % snap.members.len() as u32) };
     let r = cluster.move_group(&snap, &[mv], &autobalancer::cluster::Unpaced, &common::Held::new().await).await;
@@ -395,7 +395,8 @@ async fn published_sizes_serve_the_holder_where_they_still_hold(engine: Engine) 
     let small = |b: &&autobalancer::cluster::MeasuredBucket| b.largest_key < 1 << 20;
     let mut mine = table.buckets.iter().filter(small);
     let (grown, moved) = (*mine.next().unwrap(), *mine.next().unwrap());
-    let key = (0..).map(|i| format!("grown:{i}")).find(|k| crc16_slot(k) as u64 == grown.bucket).unwrap();
+    let key =
+        (0..).map(|i| format!("grown:{i}")).find(|k| autobalancer_testkit::key_slot(k) as u64 == grown.bucket).unwrap();
     let mut con = c.conn(&masters[0]).await.unwrap();
     redis::cmd("SET").arg(&key).arg("one more").query_async::<()>(&mut con).await.unwrap();
     let mv = copy_move(&cold, moved.bucket, cold.member_named(&masters[3]).unwrap());
@@ -494,10 +495,6 @@ fn copy_move(snap: &ClusterSnapshot, bucket: u64, to: u32) -> autobalancer::plan
         to,
         bytes: b.bytes,
     }
-}
-
-fn crc16_slot(key: &str) -> u16 {
-    crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384
 }
 
 async fn node_id(c: &LocalCluster, addr: &str) -> String {

@@ -72,15 +72,6 @@ pub struct Record {
     pub stale: Vec<StaleRead>,
 }
 
-/// The hash slot of `key` (CRC16 of its hash tag, or of the whole key).
-pub fn slot(key: &str) -> u16 {
-    let tag = key
-        .find('{')
-        .and_then(|o| key[o + 1..].find('}').filter(|&c| c > 0).map(|c| &key[o + 1..o + 1 + c]))
-        .unwrap_or(key);
-    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384
-}
-
 pub struct Client {
     pub record: Arc<Mutex<Record>>,
     pub skew: Arc<AtomicBool>,
@@ -144,7 +135,7 @@ async fn run(
                 if s.is_none_or(|s| s < w.acked) {
                     r.stale.push(StaleRead {
                         at: start.elapsed().as_secs_f64(),
-                        slot: slot(&key),
+                        slot: autobalancer_testkit::key_slot(&key),
                         key,
                         got: s,
                         acked: w.acked,

@@ -24,7 +24,7 @@ pub mod proc;
 pub mod prometheus;
 pub mod tls;
 
-pub use cluster::{AclUser, ClusterSpec, Driver, LocalCluster, Login, Node, digest_diff};
+pub use cluster::{AclUser, ClusterSpec, Driver, LocalCluster, Login, Node, digest_diff, key_slot};
 pub use engine::Engine;
 pub use etcd::LocalEtcd;
 pub use ports::free_port;

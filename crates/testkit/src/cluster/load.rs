@@ -72,7 +72,7 @@ impl LocalCluster {
         Ok(out)
     }
 
-    /// The hash slot of `key`.
+    /// The hash slot of `key`, as the server computes it.
     pub async fn slot_of(&self, key: &str) -> Result<u16> {
         Ok(self.key_slots(&self.master_addrs()[0], &[key.to_string()]).await?[0])
     }
@@ -149,5 +149,30 @@ impl Driver {
             *out.entry(k).or_default() += n.load(Ordering::Relaxed);
         }
         (out, self.errors.load(Ordering::Relaxed))
+    }
+}
+
+/// The hash slot of `key`, computed here: CRC16 (XMODEM) of its hash tag (the text
+/// between the first `{` and the next `}`, when not empty), else of the whole key.
+pub fn key_slot(key: &str) -> u16 {
+    let tag = key
+        .find('{')
+        .and_then(|o| key[o + 1..].find('}').filter(|&c| c > 0).map(|c| &key[o + 1..o + 1 + c]))
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    #[test]
+    fn key_slot_follows_the_hash_tag_rule() {
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+        assert_eq!(key_slot("a{b}c{d}"), key_slot("b"));
+        // An empty tag, or none closed, hashes the whole key.
+        assert_eq!(key_slot("{}foo"), crc16::State::<crc16::XMODEM>::calculate(b"{}foo") % 16384);
+        assert_eq!(key_slot("{foo"), crc16::State::<crc16::XMODEM>::calculate(b"{foo") % 16384);
     }
 }

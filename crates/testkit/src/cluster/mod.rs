@@ -12,7 +12,7 @@ mod data;
 mod load;
 mod readdress;
 pub use data::digest_diff;
-pub use load::Driver;
+pub use load::{Driver, key_slot};
 mod start;
 mod views;
 
