@@ -323,8 +323,17 @@ async fn failback_waits_for_a_quiet_period_and_a_flapping_node_is_left_alone(eng
         if !v["placement"]["actions"].as_array().unwrap().is_empty() {
             break v;
         }
+        // Shown when the test fails: what each run left of the roles.
+        let kept: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("t.json")).unwrap_or_default()).unwrap_or_default();
+        eprintln!("{:.1} s: {} | {}", started.elapsed().as_secs_f64(), kept["roles"], v["placement"]["explanation"]);
         assert!(v["placement"]["explanation"].to_string().contains("waits until it is quiet"), "{:#}", v["placement"]);
-        assert!(started.elapsed() < Duration::from_secs(40), "no failback within 40 s: {:#}", v["placement"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no failback within 40 s: {:#}\nrole history: {}",
+            v["placement"],
+            std::fs::read_to_string(dir.path().join("t.json")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(started.elapsed() >= Duration::from_secs(5), "failback came before the quiet period");

@@ -45,22 +45,37 @@ pub struct NodeRoles {
     pub changes: Vec<DateTime<Utc>>,
     /// It has been seen as a master.
     pub was_master: bool,
+    /// When a snapshot last showed it; None in records written before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<DateTime<Utc>>,
 }
 
 impl RoleHistory {
     /// Notes each node's role in `snap` at `now`: a node seen in another role than last
-    /// time changed role now. Nodes gone from the cluster are forgotten.
+    /// time changed role now. A node a snapshot does not show (a replica that did not
+    /// answer, one whose role the views disagree on) keeps its record for a few failback
+    /// periods after it was last seen: a node read as new would lose its changes, so a
+    /// flapping one would pass for quiet and a former master for a replica.
+    /// A node is listed in one role: a master in the snapshot is not also a replica.
     pub fn observe(&mut self, snap: &ClusterSnapshot, now: DateTime<Utc>, failback_after: Duration) {
         let keep = chrono::Duration::from_std(failback_after * KEEP_PERIODS).unwrap_or(chrono::Duration::MAX);
-        let seen = snap
-            .members
-            .iter()
-            .map(|m| (m.id.as_str(), true))
-            .chain(snap.replicas.iter().filter(|r| r.healthy).map(|r| (r.id.as_str(), false)));
+        let masters: std::collections::BTreeSet<&str> = snap.members.iter().map(|m| m.id.as_str()).collect();
+        let seen = snap.members.iter().map(|m| (m.id.as_str(), true)).chain(
+            snap.replicas
+                .iter()
+                .filter(|r| r.healthy && !masters.contains(r.id.as_str()))
+                .map(|r| (r.id.as_str(), false)),
+        );
         let mut next = BTreeMap::new();
         for (id, master) in seen {
-            let mut n =
-                self.nodes.remove(id).unwrap_or(NodeRoles { master, since: None, changes: vec![], was_master: false });
+            let mut n = self.nodes.remove(id).unwrap_or(NodeRoles {
+                master,
+                since: None,
+                changes: vec![],
+                was_master: false,
+                seen: None,
+            });
+            n.seen = Some(now);
             if n.master != master {
                 n.master = master;
                 n.since = Some(now);
@@ -69,6 +84,12 @@ impl RoleHistory {
             n.was_master |= master;
             n.changes.retain(|t| now - *t <= keep);
             next.insert(id.to_string(), n);
+        }
+        for (id, mut n) in std::mem::take(&mut self.nodes) {
+            n.changes.retain(|t| now - *t <= keep);
+            if n.seen.is_some_and(|t| now - t <= keep) {
+                next.insert(id, n);
+            }
         }
         self.nodes = next;
     }
@@ -81,6 +102,7 @@ impl RoleHistory {
             since: None,
             changes: vec![],
             was_master: false,
+            seen: Some(now),
         });
         if n.master != master {
             n.master = master;
@@ -171,5 +193,43 @@ mod tests {
         // Changes older than three periods are forgotten.
         h.observe(&snap, at(300 + 1900), w);
         assert!(h.flapping(w).is_empty());
+    }
+
+    #[test]
+    fn a_node_a_snapshot_leaves_out_keeps_its_changes() {
+        let w = Duration::from_secs(10);
+        let mut snap = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
+        let replica = |id: &str, master: &str, healthy: bool| Replica {
+            id: id.into(),
+            address: String::new(),
+            hostname: None,
+            zone: None,
+            master: Some(master.into()),
+            healthy,
+            in_sync: healthy,
+        };
+        snap.replicas = vec![replica("r1", "m1", true)];
+        let mut h = RoleHistory::default();
+        h.observe(&snap, at(0), w);
+        // r1 takes m1's role; m1, resyncing, does not answer at first.
+        snap.members[0].id = "r1".into();
+        snap.replicas = vec![replica("m1", "r1", false)];
+        h.observe(&snap, at(1), w);
+        snap.replicas = vec![replica("m1", "r1", true)];
+        h.observe(&snap, at(2), w);
+        assert_eq!(h.former_masters(), vec!["m1".to_string()], "{h:?}");
+        assert_eq!(h.nodes["m1"].since, Some(at(2)), "dated once, when first seen in its new role");
+        assert!(h.settling(at(12), w).is_empty(), "quiet 10 s after the change: {h:?}");
+        // A view listing r1 as a master and as a replica at once does not date a change.
+        snap.replicas.push(replica("r1", "m1", true));
+        h.observe(&snap, at(13), w);
+        assert!(h.settling(at(13), w).is_empty(), "{h:?}");
+        // Gone for good: forgotten once its changes are older than three periods.
+        snap.members[0].id = "m3".into();
+        snap.replicas.clear();
+        h.observe(&snap, at(14), w);
+        assert!(h.nodes.contains_key("r1"));
+        h.observe(&snap, at(45), w);
+        assert!(!h.nodes.contains_key("r1") && !h.nodes.contains_key("m1"), "{h:?}");
     }
 }
