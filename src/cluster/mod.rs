@@ -60,6 +60,9 @@ pub struct MoveStats {
     pub bytes: u64,
     /// Moved by the legacy mover after the atomic one could not (a failed job, retried).
     pub fallback: bool,
+    /// Moved, but a replica of the target did not acknowledge the data within the wait:
+    /// a failover there now would lose it. Why, in a sentence; the run moves nothing more.
+    pub unreplicated: Option<String>,
 }
 
 /// How fast a mover may go: the executor hands the backend one per run, shared by every

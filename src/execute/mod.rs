@@ -355,6 +355,15 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 self.done.push(mv);
                 self.moved_bytes += stats.bytes;
                 self.by_fallback += stats.fallback as u64;
+                if let Some(why) = &stats.unreplicated {
+                    // Moved, but one failover from lost: move nothing more into any shard
+                    // this run; the next run finds the replica caught up or says so again.
+                    warn!(bucket = mv.bucket, cause = %why, "a target's replica is behind: starting no more moves");
+                    if !self.failures.contains(why) {
+                        self.failures.push(why.clone());
+                    }
+                    self.stopped.get_or_insert(StopReason::ReplicasBehind);
+                }
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_done.fetch_add(stats.bytes, Ordering::Relaxed);
                 metrics.count_move(MoveOutcome::Done, 1);
@@ -516,7 +525,7 @@ mod tests {
                 return Err(ClusterError::Move { bucket: mv.bucket, message: "boom".into(), open: true });
             }
             self.moves.lock().unwrap().push(mv.bucket);
-            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false })
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated: None })
         }
         fn groups_moves(&self) -> bool {
             self.grouping
@@ -533,7 +542,10 @@ mod tests {
             self.max_groups.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             self.running_groups.fetch_sub(1, Ordering::SeqCst);
-            moves.iter().map(|m| Ok(MoveStats { keys: 1, bytes: m.bytes, fallback: false })).collect()
+            moves
+                .iter()
+                .map(|m| Ok(MoveStats { keys: 1, bytes: m.bytes, fallback: false, unreplicated: None }))
+                .collect()
         }
     }
 
@@ -662,7 +674,7 @@ mod tests {
                 drop(self.lock.lock().await);
             }
             self.done.fetch_add(1, Ordering::SeqCst);
-            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false })
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated: None })
         }
     }
 

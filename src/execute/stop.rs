@@ -11,6 +11,8 @@ pub enum StopReason {
     LockLost,
     Budget,
     MoveFailed,
+    /// A move's target has a replica that did not take the data moved into it.
+    ReplicasBehind,
     /// Moves were held back: their target had no room below critical memory.
     NoRoom,
 }
@@ -24,6 +26,7 @@ impl StopReason {
             StopReason::LockLost => "lock_lost",
             StopReason::Budget => "budget",
             StopReason::MoveFailed => "move_failed",
+            StopReason::ReplicasBehind => "replicas_behind",
             StopReason::NoRoom => "no_room",
         }
     }
@@ -38,6 +41,7 @@ impl std::fmt::Display for StopReason {
             StopReason::LockLost => "the lock was lost",
             StopReason::Budget => "execution.max-bytes-per-run reached",
             StopReason::MoveFailed => "a move failed",
+            StopReason::ReplicasBehind => "a target's replica did not acknowledge the data moved into it",
             StopReason::NoRoom => "a target had no room below balance.critical-memory-percent",
         })
     }

@@ -104,7 +104,7 @@ impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Rebalanced | Outcome::Skipped(_) | Outcome::Stopped(StopReason::NoRoom | StopReason::Budget) => 0,
-            Outcome::Failed(_) | Outcome::Stopped(StopReason::MoveFailed) => 1,
+            Outcome::Failed(_) | Outcome::Stopped(StopReason::MoveFailed | StopReason::ReplicasBehind) => 1,
             Outcome::Stopped(StopReason::LockLost) => 3,
             Outcome::Stopped(StopReason::Deadline | StopReason::Cancelled) => 4,
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::capabilities::Mover;
+use super::follow::HOLD_WAIT;
 use super::legacy::SlotMove;
 use super::migrations::{SlotMigration, merge};
 use super::topology::{NodeLine, Topology};
@@ -161,17 +162,24 @@ impl RedisCluster {
         let (keys, mut ends) =
             tokio::join!(counting, self.transfer(&topo, (&src, &dst, &dst_id), &slots, &estimates, fence));
         let keys = keys.unwrap_or_else(|_| vec![0; slots.len()]);
+        // The job's data reached the target; its replicas must hold it before the run
+        // goes on (the legacy mover waits for its own slots).
+        let behind = match slots.iter().copied().find(|s| matches!(ends.get(s), Some(SlotEnd::Moved))) {
+            Some(slot) => self.replicas_hold(slot, &dst, topo.replica_count(&dst_id), HOLD_WAIT).await,
+            None => None,
+        };
         let measured = self.measured_moved(&dst, &slots, &keys, &ends).await;
         let mut out = Vec::with_capacity(group.len());
         for ((mv, slot), keys) in group.iter().zip(&slots).zip(keys) {
             self.sizes.forget(*slot);
             out.push(match ends.remove(slot) {
                 Some(SlotEnd::Moved) => {
-                    Ok(MoveStats { keys, bytes: measured.get(slot).copied().unwrap_or(mv.bytes), fallback: false })
+                    let bytes = measured.get(slot).copied().unwrap_or(mv.bytes);
+                    Ok(MoveStats { keys, bytes, fallback: false, unreplicated: behind.clone() })
                 }
                 // Reported in the snapshot's units, as move_bucket does.
                 Some(SlotEnd::MovedByLegacy(stats)) if mv.bytes > 0 => {
-                    Ok(MoveStats { keys: stats.keys, bytes: mv.bytes, fallback: true })
+                    Ok(MoveStats { bytes: mv.bytes, fallback: true, ..stats })
                 }
                 Some(SlotEnd::MovedByLegacy(stats)) => Ok(MoveStats { fallback: true, ..stats }),
                 Some(SlotEnd::Failed(e)) => Err(e),

@@ -1,4 +1,16 @@
-//! Replicas that still show a settled slot open.
+//! Replicas following their master: that they hold the data moved into it, and that
+//! they do not still show a settled slot open.
+//!
+//! A move's data reaches the target's replicas through the target's replication stream,
+//! asynchronously. Until they hold it, a failover of the target (a crash, a TAKEOVER)
+//! loses it, although its source already dropped it. So each mover waits, once a slot's
+//! data is on the target, until the target's replicas acknowledge it: WAIT counts the
+//! writes of the calling connection, and MIGRATE and an atomic job write through
+//! connections of the server's own, so the waiting connection writes (and deletes) a
+//! marker key in a slot the target imports or owns, then waits: the stream is ordered,
+//! so the marker's acknowledgement covers the data before it. A replica that does not
+//! acknowledge within the wait leaves the move done and reported with why
+//! ([`crate::cluster::MoveStats::unreplicated`]), and the run moves nothing more.
 //!
 //! Valkey replicates `CLUSTER SETSLOT` to the replicas that are online when it runs, and a
 //! master demoted by failover rejoins its shard as a replica keeping the flags it had. A
@@ -7,12 +19,13 @@
 //! recorded). Redis closes every slot of a node that turns replica, so there this finds
 //! nothing.
 //!
-//! Owns: finding such replicas and sending the STABLE again through their master until
+//! Owns: the wait for the target's replicas and its marker key; finding replicas that
+//! show a settled slot open and sending the STABLE again through their master until
 //! they follow or the wait ends. Does not own: settling the masters ([`super::repair`]).
 
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::RedisCluster;
 use super::topology::Topology;
@@ -20,8 +33,73 @@ use super::topology::Topology;
 /// How long a repair waits for a replica to take its master's STABLE: a demoted master
 /// resynchronises within about a second on loopback, a busy one in a few.
 const FOLLOW_WAIT: Duration = Duration::from_secs(15);
+/// How long the legacy mover waits for the target's replicas after each batch; a batch
+/// not acknowledged in time is confirmed with [`HOLD_WAIT`] once the slot is drained.
+pub(super) const BATCH_WAIT: Duration = Duration::from_secs(2);
+/// How long a mover waits for the target's replicas to hold a moved slot's data before
+/// it reports them behind: a replica that is following takes a slot's data in well
+/// under a second on loopback; a few seconds cover a busy one.
+pub(super) const HOLD_WAIT: Duration = Duration::from_secs(10);
+/// A replica the primary lists online with no acknowledgement for this many seconds is
+/// stuck: a following one acknowledges every second.
+const STUCK_LAG_SECONDS: u64 = 3;
 
 impl RedisCluster {
+    /// Whether the `replicas` replicas of `dst` hold everything `dst` held when this was
+    /// called, waiting up to `wait`. `slot` is one `dst` imports or owns, for the marker.
+    /// None when they do (or there are none); else why not, in a sentence.
+    pub(super) async fn replicas_hold(&self, slot: u16, dst: &str, replicas: usize, wait: Duration) -> Option<String> {
+        if replicas == 0 {
+            return None;
+        }
+        let why = self.replicas_ack(slot, dst, replicas, wait).await?;
+        // A replica may sit on a link that delivers nothing it applies (Valkey 9 after
+        // a protocol error from its primary: flagged to close, never closed, its acks
+        // dropped) until its primary times it out after `repl-timeout`. Its link is
+        // reset now, which it would be then anyway, and the wait tried once more.
+        let stuck = self.stuck_replicas(dst).await;
+        if stuck.is_empty() {
+            return Some(why);
+        }
+        for r in &stuck {
+            warn!(replica = %r, primary = %dst, slot, "a replica of the target has acknowledged nothing for {STUCK_LAG_SECONDS}+ s: resetting its link (CLIENT KILL TYPE master) so that it resyncs");
+            if let Err(e) = self.conns.query::<u64>(r, redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("master")).await
+            {
+                warn!(replica = %r, cause = %e, "could not reset the replica's link");
+            }
+        }
+        self.replicas_ack(slot, dst, replicas, wait).await.map(|why| {
+            format!("{why}; {} replica link(s) reset and waited for again: {}", stuck.len(), stuck.join(", "))
+        })
+    }
+
+    /// The replicas `dst` lists as online whose last acknowledgement is
+    /// [`STUCK_LAG_SECONDS`] old or older (a following replica acks every second).
+    async fn stuck_replicas(&self, dst: &str) -> Vec<String> {
+        let Ok(info) = self.conns.query::<String>(dst, redis::cmd("INFO").arg("replication")).await else {
+            return Vec::new();
+        };
+        stuck_in(&info)
+    }
+
+    /// WAIT for `replicas` replicas of `dst` behind a marker in `slot`: None when they
+    /// acknowledged it within `wait`, else why not.
+    async fn replicas_ack(&self, slot: u16, dst: &str, replicas: usize, wait: Duration) -> Option<String> {
+        let marker = marker_key(slot);
+        let mut p = redis::pipe();
+        p.cmd("ASKING").ignore().cmd("SET").arg(&marker).arg("").arg("PX").arg(60_000).ignore();
+        p.cmd("ASKING").ignore().cmd("DEL").arg(&marker).ignore();
+        p.cmd("WAIT").arg(replicas).arg(wait.as_millis() as u64);
+        match self.conns.pipeline::<u64>(dst, &p).await {
+            Ok(acked) if acked.first().copied().unwrap_or(0) as usize >= replicas => None,
+            Ok(acked) => Some(format!(
+                "{} of the {replicas} replica(s) of {dst} acknowledged the data moved into slot {slot} within {wait:?}: a failover of {dst} now would lose it",
+                acked.first().copied().unwrap_or(0)
+            )),
+            Err(e) => Some(format!("could not wait for the replicas of {dst} (slot {slot}): {e}")),
+        }
+    }
+
     /// For each slot of `slots` (open slots this repair settled, or intents of ours),
     /// the replicas that still show it migrating or importing get the STABLE again through
     /// their master, which replicates it once they are online. Returns (slot, why) for
@@ -77,5 +155,59 @@ impl RedisCluster {
             }
         }
         out
+    }
+}
+
+/// The `ip:port` of each replica an INFO replication lists online with an
+/// acknowledgement [`STUCK_LAG_SECONDS`] old or older.
+fn stuck_in(info: &str) -> Vec<String> {
+    info.lines()
+        .filter(|l| l.starts_with("slave") && l.contains(":ip="))
+        .filter_map(|l| {
+            let field = |k: &str| l.trim().split([':', ',']).find_map(|f| f.strip_prefix(k)?.strip_prefix('='));
+            let lag: u64 = field("lag")?.parse().ok()?;
+            let stuck = field("state")? == "online" && lag >= STUCK_LAG_SECONDS;
+            stuck.then_some(format!("{}:{}", field("ip")?, field("port")?))
+        })
+        .collect()
+}
+
+/// A key name in `slot`, for the replica wait's marker.
+fn marker_key(slot: u16) -> String {
+    (0u32..)
+        .map(|n| format!("autobalancer:wait:{{{n}}}"))
+        .find(|k| {
+            let tag = &k[k.find('{').unwrap() + 1..k.len() - 1];
+            crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384 == slot
+        })
+        .expect("every slot has a tag")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn marker_keys_land_in_their_slot() {
+        for slot in [0u16, 1, 866, 12182, 16383] {
+            let k = super::marker_key(slot);
+            let tag = &k[k.find('{').unwrap() + 1..k.len() - 1];
+            assert_eq!(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384, slot, "{k}");
+        }
+        // The hash is the cluster's own (CLUSTER KEYSLOT's documented answers).
+        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"foo") % 16384, 12182);
+        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"somekey") % 16384, 11058);
+    }
+
+    #[test]
+    fn a_replica_online_without_acks_for_seconds_is_stuck() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:3\r\n\
+            slave0:ip=127.0.0.1,port=7001,state=online,offset=900,lag=41,type=replica\r\n\
+            slave1:ip=127.0.0.1,port=7002,state=online,offset=5000,lag=0\r\n\
+            slave2:ip=127.0.0.1,port=7003,state=wait_bgsave,offset=0,lag=9\r\n\
+            master_repl_offset:5000\r\n";
+        assert_eq!(
+            super::stuck_in(info),
+            vec!["127.0.0.1:7001".to_string()],
+            "lagging but online; a resync is not stuck"
+        );
     }
 }

@@ -85,8 +85,7 @@ impl RedisCluster {
                 warn!(slot = slots[i], cause = %e, "IMPORTING not undone on the target; repair settles it");
             }
         }
-        let dst_replicas =
-            topo.replicas.iter().filter(|r| r.master_id.as_deref() == Some(&dst_id) && !r.is_failed()).count();
+        let dst_replicas = topo.replica_count(&dst_id);
         let mut drained: Vec<(usize, MoveStats)> = Vec::new();
         let mut stopped = None;
         for (k, &i) in open.iter().enumerate() {

@@ -11,6 +11,7 @@
 use tracing::{debug, warn};
 
 use super::RedisCluster;
+use super::follow::{BATCH_WAIT, HOLD_WAIT};
 use super::topology::Topology;
 use crate::cluster::{ClusterError, Fence, MoveStats, Pace};
 
@@ -220,6 +221,8 @@ impl RedisCluster {
         let mut stats = MoveStats::default();
         let mut keys: Vec<Vec<u8>> = self.conns.query(src, &list()).await.map_err(fail)?;
         let mut first = true;
+        // A batch a replica did not acknowledge in time: confirmed once more at the end.
+        let mut behind = false;
         while !keys.is_empty() {
             let small = first
                 && estimate > 0
@@ -243,7 +246,10 @@ impl RedisCluster {
                 pace.take(bytes).await;
                 let last = end == keys.len();
                 next = self.migrate_batch(slot, src, dst, &keys[start..end], last.then(list)).await?;
-                self.wait_replicas(slot, dst, dst_replicas).await;
+                if let Some(why) = self.replicas_hold(slot, dst, dst_replicas, BATCH_WAIT).await {
+                    warn!(slot, node = %dst, cause = %why, "the target's replicas did not acknowledge a batch in time");
+                    behind = true;
+                }
                 stats.keys += (end - start) as u64;
                 stats.bytes += bytes;
                 start = end;
@@ -252,6 +258,9 @@ impl RedisCluster {
                 Some(k) => k,
                 None => self.conns.query(src, &list()).await.map_err(fail)?,
             };
+        }
+        if behind {
+            stats.unreplicated = self.replicas_hold(slot, dst, dst_replicas, HOLD_WAIT).await;
         }
         Ok(stats)
     }
@@ -304,8 +313,7 @@ impl RedisCluster {
             }
             debug!(slot, cause = %e, "MIGRATING not set");
         }
-        let dst_replicas =
-            topo.replicas.iter().filter(|r| r.master_id.as_deref() == Some(&dst_id) && !r.is_failed()).count();
+        let dst_replicas = topo.replica_count(&dst_id);
         // drain_slot returns only once GETKEYSINSLOT on the source answers empty.
         let stats = self.drain_slot(m, dst_replicas, pace).await?;
         // The commit fence: a holder that lost the lock leaves the slot open (and its
@@ -315,58 +323,5 @@ impl RedisCluster {
         }
         self.assign(topo, slot, src, dst, &dst_id).await?;
         Ok(stats)
-    }
-
-    /// Waits until the target's replicas hold every key migrated so far, so a failover
-    /// of the target loses nothing that left the source. WAIT counts the writes of the
-    /// calling connection, and MIGRATE writes through the source's own, so this
-    /// connection writes (and deletes) a marker key in the slot being imported, then
-    /// waits: the replication stream is ordered, so the marker's ack covers the keys
-    /// before it. Bounded: a replica that does not ack in time is logged, not waited for.
-    async fn wait_replicas(&self, slot: u16, dst: &str, replicas: usize) {
-        if replicas == 0 {
-            return;
-        }
-        let marker = marker_key(slot);
-        let mut p = redis::pipe();
-        p.cmd("ASKING").ignore().cmd("SET").arg(&marker).arg("").arg("PX").arg(60_000).ignore();
-        p.cmd("ASKING").ignore().cmd("DEL").arg(&marker).ignore();
-        p.cmd("WAIT").arg(replicas).arg(REPLICA_WAIT.as_millis() as u64);
-        match self.conns.pipeline::<u64>(dst, &p).await {
-            Ok(acked) if acked.first().copied().unwrap_or(0) as usize >= replicas => {}
-            Ok(acked) => {
-                warn!(slot, node = %dst, acked = ?acked, replicas, "target replicas did not ack the batch in time")
-            }
-            Err(e) => warn!(slot, node = %dst, cause = %e, "could not wait for the target's replicas"),
-        }
-    }
-}
-
-/// How long a batch waits for the target's replicas.
-const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A key name in `slot`, for the replica wait's marker.
-fn marker_key(slot: u16) -> String {
-    (0u32..)
-        .map(|n| format!("autobalancer:wait:{{{n}}}"))
-        .find(|k| {
-            let tag = &k[k.find('{').unwrap() + 1..k.len() - 1];
-            crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384 == slot
-        })
-        .expect("every slot has a tag")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn marker_keys_land_in_their_slot() {
-        for slot in [0u16, 1, 866, 12182, 16383] {
-            let k = super::marker_key(slot);
-            let tag = &k[k.find('{').unwrap() + 1..k.len() - 1];
-            assert_eq!(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384, slot, "{k}");
-        }
-        // The hash is the cluster's own (CLUSTER KEYSLOT's documented answers).
-        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"foo") % 16384, 12182);
-        assert_eq!(crc16::State::<crc16::XMODEM>::calculate(b"somekey") % 16384, 11058);
     }
 }

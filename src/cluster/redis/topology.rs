@@ -113,6 +113,10 @@ impl Topology {
     pub(super) fn master_by_addr(&self, addr: &str) -> Option<&NodeLine> {
         self.masters.iter().find(|m| m.addr == addr)
     }
+    /// The replicas of master `id` not marked failed: those a mover waits for.
+    pub(super) fn replica_count(&self, id: &str) -> usize {
+        self.replicas.iter().filter(|r| r.master_id.as_deref() == Some(id) && !r.is_failed()).count()
+    }
 }
 
 /// A master's figures from INFO and CLUSTER INFO.
