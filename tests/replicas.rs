@@ -1,5 +1,6 @@
-//! Replicas and the slots repair settles: a master demoted by failover that kept a flag
-//! its new master cleared while it was away is brought in line by repair.
+//! Replicas and moves: a master demoted by failover that kept a flag its new master
+//! cleared while it was away is brought in line by repair; a move into a shard whose
+//! replica does not take it stops the run.
 
 mod common;
 
@@ -80,3 +81,83 @@ async fn a_demoted_master_left_with_a_flag_follows_after_repair(engine: Engine) 
 }
 
 on_each_engine!(a_demoted_master_left_with_a_flag_follows_after_repair);
+
+/// A move's target whose replica takes nothing (frozen here; on Valkey 9 an atomic
+/// import can leave a replica on a link that delivers nothing it applies until
+/// `repl-timeout`): a failover of the target would lose what moved into it, which the
+/// source has already dropped. The run moves the slot, waits for the target's replica,
+/// says which master's replicas did not acknowledge it, and stops (exit 1,
+/// `replicas_behind`) instead of moving more. Once the replica is back, the next run
+/// goes on; no key is lost and no slot is left open. Standalone, with the defaults (the
+/// atomic mover on Valkey, the grouped legacy mover on Redis).
+async fn a_move_into_a_shard_whose_replica_takes_nothing_stops_the_run(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 1).replicas(1).start().await.unwrap();
+    c.load_skewed(4_000, 9).await.unwrap();
+    let before = c.digest().await.unwrap();
+    // The frozen replica is not marked failed meanwhile (a failed one is not waited for).
+    for addr in c.live_addrs() {
+        let mut con = c.conn(&addr).await.unwrap();
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-node-timeout")
+            .arg(120_000)
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
+    }
+    let owners = c.slot_owners().await.unwrap();
+    let empty = c.master_addrs().into_iter().find(|m| !owners.contains(m)).expect("an empty master");
+    let empty_id = c.id_of(&empty).unwrap().to_string();
+    let replica = nodes(&c, &empty).await.into_iter().find(|n| n.master_id.as_deref() == Some(&empty_id)).unwrap().addr;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let text =
+        format!("{}[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n", cluster_section(&c, dir.path(), None));
+    std::fs::write(&cfg, text).unwrap();
+    let rebalance = || {
+        let out = common::bin_for(&["rebalance", "--config", cfg.to_str().unwrap(), "--once", "--format", "json"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        (out.status.code().unwrap_or(-1), v, stderr)
+    };
+
+    common::signal_node(&c, &replica, "-STOP");
+    let (code, v, stderr) = tokio::task::block_in_place(rebalance);
+    common::signal_node(&c, &replica, "-CONT");
+    assert_eq!((code, v["reason"].as_str()), (1, Some("replicas_behind")), "{stderr}\n{v:#}");
+    let failures = v["failures"].to_string();
+    assert!(failures.contains(&format!("replica(s) of {empty} acknowledged")), "{failures}");
+    let moved = c.slot_owners().await.unwrap().iter().filter(|o| **o == empty).count();
+    assert!(moved > 0, "the slot whose replicas were waited for moved: {v:#}");
+
+    // The replica back, the next run goes on where this one stopped.
+    c.wait_ok(Duration::from_secs(30)).await.unwrap();
+    wait_for_async(30, "the replica to follow again", || async {
+        let mut con = c.conn(&empty).await.unwrap();
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut con).await.unwrap();
+        info.contains("state=online") && !a_replica_is_stuck(&info)
+    })
+    .await;
+    let (code, v, stderr) = tokio::task::block_in_place(rebalance);
+    assert_eq!(code, 0, "{stderr}\n{v:#}");
+    assert!(["rebalanced", "skipped"].contains(&v["outcome"].as_str().unwrap()), "{v:#}");
+    c.wait_ok(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(c.open_slots().await.unwrap(), Vec::<String>::new());
+    if let Some(diff) = autobalancer_testkit::digest_diff(&before, &c.digest().await.unwrap()) {
+        panic!("{diff}\n{stderr}");
+    }
+}
+
+/// A replica line of INFO replication with its last ack 3 s old or older.
+fn a_replica_is_stuck(info: &str) -> bool {
+    info.lines().filter(|l| l.starts_with("slave")).any(|l| {
+        l.split(',')
+            .find_map(|f| f.strip_prefix("lag="))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|lag| lag >= 3)
+    })
+}
+
+on_each_engine!(a_move_into_a_shard_whose_replica_takes_nothing_stops_the_run);

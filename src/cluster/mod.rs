@@ -30,6 +30,10 @@ pub enum ClusterError {
     /// A move that failed; `open` says whether the bucket was left mid-migration.
     #[error("moving bucket {bucket}: {message}")]
     Move { bucket: u64, message: String, open: bool },
+    /// A move of a group never begun, its slot left as it was, because an earlier move
+    /// of the group stopped the group (why, in a sentence).
+    #[error("bucket {bucket} not moved: {why}")]
+    NotStarted { bucket: u64, why: String },
     #[error("repair of bucket {bucket}: {message}")]
     Repair { bucket: u64, message: String },
     /// The commit fence said no: the bucket is left open, its intent recorded, for the

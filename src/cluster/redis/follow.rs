@@ -43,6 +43,8 @@ pub(super) const HOLD_WAIT: Duration = Duration::from_secs(10);
 /// A replica the primary lists online with no acknowledgement for this many seconds is
 /// stuck: a following one acknowledges every second.
 const STUCK_LAG_SECONDS: u64 = 3;
+/// How long a stuck replica may take to answer the reset of its link.
+const RESET_WAIT: Duration = Duration::from_secs(2);
 
 impl RedisCluster {
     /// Whether the `replicas` replicas of `dst` hold everything `dst` held when this was
@@ -63,9 +65,12 @@ impl RedisCluster {
         }
         for r in &stuck {
             warn!(replica = %r, primary = %dst, slot, "a replica of the target has acknowledged nothing for {STUCK_LAG_SECONDS}+ s: resetting its link (CLIENT KILL TYPE master) so that it resyncs");
-            if let Err(e) = self.conns.query::<u64>(r, redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("master")).await
-            {
-                warn!(replica = %r, cause = %e, "could not reset the replica's link");
+            // Bounded: a replica frozen outright answers nothing.
+            let reset = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("master").to_owned();
+            match tokio::time::timeout(RESET_WAIT, self.conns.query::<u64>(r, &reset)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(replica = %r, cause = %e, "could not reset the replica's link"),
+                Err(_) => warn!(replica = %r, "the replica did not answer CLIENT KILL within {RESET_WAIT:?}"),
             }
         }
         self.replicas_ack(slot, dst, replicas, wait).await.map(|why| {

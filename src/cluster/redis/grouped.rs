@@ -92,16 +92,23 @@ impl RedisCluster {
             let mv = group[i];
             let m = self.slot_move(mv, &src, &dst);
             match self.drain_slot(m, dst_replicas, pace).await {
+                // Its replicas did not take it: the slot is committed, nothing more drained.
+                Ok(stats) if stats.unreplicated.is_some() && k + 1 < open.len() => {
+                    let first = format!("the replicas of {dst} did not acknowledge slot {} first", slots[i]);
+                    drained.push((i, stats));
+                    stopped = Some((first, open[k + 1..].to_vec()));
+                    break;
+                }
                 Ok(stats) => drained.push((i, stats)),
                 Err(e) => {
                     out[i] = Some(Err(e));
-                    stopped = Some((slots[i], open[k + 1..].to_vec()));
+                    stopped = Some((format!("slot {} of its group failed first", slots[i]), open[k + 1..].to_vec()));
                     break;
                 }
             }
         }
-        if let Some((failed, rest)) = stopped {
-            self.close_untouched(group, &slots, &rest, (&src, &dst), failed, &mut out).await;
+        if let Some((first, rest)) = stopped {
+            self.close_untouched(group, &slots, &rest, (&src, &dst), &first, &mut out).await;
         }
         self.commit_group(&topo, group, (&src, &dst, &dst_id), drained, fence, &mut out).await;
         for &slot in &slots {
@@ -119,7 +126,7 @@ impl RedisCluster {
         SlotMove { slot: mv.bucket as u16, src, dst, resume: false, estimate }
     }
 
-    /// Slots of a group after one that failed. Their keys are still on the source, but a
+    /// Slots of a group after one that failed (or whose target's replicas did not take it). Their keys are still on the source, but a
     /// client may have created keys on the target (a migrating source sends a key it does
     /// not hold there). The source is made stable first (it sends no more); a slot whose
     /// target holds no key is then made stable there too, one that holds some is left open
@@ -130,7 +137,7 @@ impl RedisCluster {
         slots: &[u16],
         rest: &[usize],
         (src, dst): (&str, &str),
-        failed: u16,
+        first: &str,
         out: &mut [Option<Outcome>],
     ) {
         let sources = self.setslots(src, &pick(slots, rest), &["STABLE"]).await;
@@ -142,19 +149,22 @@ impl RedisCluster {
                     empty.push(i);
                     continue;
                 }
-                (Err(e), _) => format!("not moved (slot {failed} of its group failed first); STABLE on {src}: {e}"),
-                (_, Ok(n)) => format!(
-                    "not moved (slot {failed} of its group failed first); {n} key(s) written to {dst} meanwhile"
-                ),
-                (_, Err(e)) => {
-                    format!("not moved (slot {failed} of its group failed first); counting keys on {dst}: {e}")
-                }
+                (Err(e), _) => format!("not moved ({first}); STABLE on {src}: {e}"),
+                (_, Ok(n)) => format!("not moved ({first}); {n} key(s) written to {dst} meanwhile"),
+                (_, Err(e)) => format!("not moved ({first}); counting keys on {dst}: {e}"),
             };
             out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: true }));
         }
         for (&i, t) in empty.iter().zip(self.setslots(dst, &pick(slots, &empty), &["STABLE"]).await) {
-            let message = format!("not moved: slot {failed} of its group failed first");
-            out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: t.is_err() }));
+            let bucket = group[i].bucket;
+            out[i] = Some(Err(match t {
+                Ok(()) => ClusterError::NotStarted { bucket, why: first.to_string() },
+                Err(e) => ClusterError::Move {
+                    bucket,
+                    message: format!("not moved ({first}); STABLE on {dst}: {e}"),
+                    open: true,
+                },
+            }));
         }
     }
 

@@ -246,7 +246,8 @@ impl RedisCluster {
                 pace.take(bytes).await;
                 let last = end == keys.len();
                 next = self.migrate_batch(slot, src, dst, &keys[start..end], last.then(list)).await?;
-                if let Some(why) = self.replicas_hold(slot, dst, dst_replicas, BATCH_WAIT).await {
+                // Once a batch was not acknowledged, the slot's end waits for them all.
+                if !behind && let Some(why) = self.replicas_hold(slot, dst, dst_replicas, BATCH_WAIT).await {
                     warn!(slot, node = %dst, cause = %why, "the target's replicas did not acknowledge a batch in time");
                     behind = true;
                 }
