@@ -81,7 +81,7 @@ pub struct Answer {
     pub outcome: Option<String>,
     /// The outcome's reason: a skip reason, a failure reason (`snapshot_failed`,
     /// `plan_failed`, `repair_failed`, `move_failed`, `mover_unsupported`) or a stop
-    /// reason (`cancelled`, `deadline`, `lock_lost`, `budget`, `no_room`).
+    /// reason (`cancelled`, `deadline`, `lock_lost`, `budget`, `no_room`, `replicas_behind`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub decision: Decision,

@@ -359,6 +359,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                     // Moved, but one failover from lost: move nothing more into any shard
                     // this run; the next run finds the replica caught up or says so again.
                     warn!(bucket = mv.bucket, cause = %why, "a target's replica is behind: starting no more moves");
+                    metrics.moves_unreplicated_total.inc();
                     if !self.failures.contains(why) {
                         self.failures.push(why.clone());
                     }
@@ -471,6 +472,8 @@ mod tests {
         max_running: AtomicUsize,
         moves: std::sync::Mutex<Vec<u64>>,
         fail_bucket: Option<u64>,
+        /// Moved, but its target's replicas said to be behind.
+        behind_bucket: Option<u64>,
         /// Moves groups as one unit, recording each group's (from, to, bytes) moves.
         grouping: bool,
         groups: std::sync::Mutex<Vec<Vec<(u32, u32, u64)>>>,
@@ -503,6 +506,7 @@ mod tests {
                 max_running: AtomicUsize::new(0),
                 moves: Default::default(),
                 fail_bucket: None,
+                behind_bucket: None,
                 grouping: false,
                 groups: Default::default(),
                 running_groups: AtomicUsize::new(0),
@@ -529,7 +533,9 @@ mod tests {
                 return Err(ClusterError::Move { bucket: mv.bucket, message: "boom".into(), open: true });
             }
             self.moves.lock().unwrap().push(mv.bucket);
-            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated: None })
+            let unreplicated =
+                (Some(mv.bucket) == self.behind_bucket).then(|| "0 of the 1 replica(s) of b".to_string());
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated })
         }
         fn groups_moves(&self) -> bool {
             self.grouping
@@ -757,6 +763,20 @@ mod tests {
         assert_eq!(r.stopped, Some(StopReason::MoveFailed));
         assert_eq!(r.open_buckets, vec![p.moves[1].bucket]);
         assert!(r.moves_done < 39);
+    }
+
+    #[tokio::test]
+    async fn a_move_its_targets_replicas_did_not_take_is_done_and_stops_new_moves() {
+        let (s, p) = scenario();
+        let mut rec = Recorder::new(1);
+        rec.behind_bucket = Some(p.moves[1].bucket);
+        let m = Metrics::new();
+        let r = exec(&rec, &s, &p, &limits(), &NoFence, &CancellationToken::new(), &m).await;
+        assert_eq!((r.moves_failed, r.stopped), (0, Some(StopReason::ReplicasBehind)));
+        assert!(rec.moves.lock().unwrap().contains(&p.moves[1].bucket), "the move itself is done");
+        assert_eq!(r.failures, vec!["0 of the 1 replica(s) of b".to_string()]);
+        assert!(r.open_buckets.is_empty() && r.moves_done < 40);
+        assert_eq!(m.moves_unreplicated_total.get(), 1);
     }
 
     #[tokio::test]

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub stray_keys: IntGaugeVec,
     pub cluster_down: IntGauge,
     pub moves_no_room_total: IntCounter,
+    pub moves_unreplicated_total: IntCounter,
     pub moves_total: IntCounterVec,
     pub failures_total: IntCounterVec,
     pub moved_bytes_total: IntCounter,
@@ -207,6 +208,10 @@ impl Metrics {
             moves_no_room_total: r.counter(
                 "moves_no_room_total",
                 "Moves not started because the target's used memory would pass balance.critical-memory-percent.",
+            ),
+            moves_unreplicated_total: r.counter(
+                "moves_unreplicated_total",
+                "Moves done whose target's replicas did not acknowledge the data within the wait: a failover of that target would lose it (the run stops, replicas_behind).",
             ),
             moves_total: r.counters("moves_total", "Bucket moves by outcome.", &["outcome"]),
             failures_total: r.counters("failures_total", "Failed runs by reason.", &["reason"]),

@@ -225,6 +225,8 @@ mod tests {
         assert_eq!(Outcome::of_report(&report(Some(StopReason::LockLost), 0)).reason(), Some("lock_lost"));
         let failed = Outcome::of_report(&report(Some(StopReason::MoveFailed), 1));
         assert_eq!((failed.label(), failed.reason()), ("failed", Some("move_failed")));
+        let behind = Outcome::of_report(&report(Some(StopReason::ReplicasBehind), 0));
+        assert_eq!((behind.label(), behind.reason(), behind.exit_code()), ("stopped", Some("replicas_behind"), 1));
         for o in [Outcome::Rebalanced, Outcome::Skipped(SkipReason::Paused), Outcome::Stopped(StopReason::Deadline)] {
             assert!(crate::metrics::RUN_OUTCOMES.contains(&o.label()));
         }
