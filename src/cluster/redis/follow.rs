@@ -54,6 +54,7 @@ impl RedisCluster {
         if replicas == 0 {
             return None;
         }
+        // None: acknowledged, nothing more to do.
         let why = self.replicas_ack(slot, dst, replicas, wait).await?;
         // A replica may sit on a link that delivers nothing it applies (Valkey 9 after
         // a protocol error from its primary: flagged to close, never closed, its acks
