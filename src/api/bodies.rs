@@ -76,8 +76,9 @@ pub struct PauseState {
 }
 
 /// What a sidecar publishes of itself in etcd every lease-ttl/3 (the `sidecars` of
-/// `/status/cluster`), and the first fields of its `GET /status`.
-#[derive(Serialize, ToSchema)]
+/// `/status/cluster`), and the first fields of its `GET /status`. Read back as written;
+/// a record this version cannot read (another version's) is left out of the list.
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Registration {
     pub member: String,
     /// Where the local member was at the last snapshot (its id stays; this may change).
@@ -126,7 +127,7 @@ pub struct Status {
 }
 
 /// Moves of the running (or last) operation.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Progress {
     pub moves_planned: u64,
     pub moves_done: u64,
@@ -162,7 +163,7 @@ pub struct LockStatus {
 }
 
 /// Evacuation progress of the local member.
-#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct EvacuationStatus {
     pub active: bool,
     /// Buckets and bytes still on the member at the last look; None before the first.
@@ -180,8 +181,7 @@ pub struct ClusterStatus {
     pub evacuations: Vec<Evacuation>,
     pub last_run: Option<RunRecord>,
     /// Every sidecar's registration, as it last published it.
-    #[schema(value_type = Vec<Registration>)]
-    pub sidecars: Vec<serde_json::Value>,
+    pub sidecars: Vec<Registration>,
     /// Where masters and replicas stand, as this sidecar last placed them (a run or a
     /// plan); None before the first.
     pub placement: Option<crate::plan::placement::Placement>,

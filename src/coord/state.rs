@@ -147,10 +147,11 @@ impl Coordinator {
 
     /// Writes this sidecar's registration under a lease of its own, kept alive by
     /// calling this again at least every TTL/3 (the sidecar's heartbeat does).
-    pub async fn register(&self, state: &serde_json::Value) -> Result<(), LockError> {
+    pub async fn register<T: serde::Serialize>(&self, state: &T) -> Result<(), LockError> {
         match &self.backend {
             Backend::Local(s) => {
-                s.lock().expect("local state").sidecars.insert(self.member.clone(), state.clone());
+                let value = serde_json::to_value(state).expect("a registration is plain data");
+                s.lock().expect("local state").sidecars.insert(self.member.clone(), value);
                 Ok(())
             }
             Backend::Etcd(_) => {
@@ -247,9 +248,14 @@ impl Coordinator {
         }
     }
 
-    pub async fn sidecars(&self) -> Result<Vec<serde_json::Value>, LockError> {
+    /// Every sidecar's registration that reads as a `T`; one that does not (another
+    /// version's, or a torn write) is left out.
+    pub async fn sidecars<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, LockError> {
         match &self.backend {
-            Backend::Local(s) => Ok(s.lock().expect("local state").sidecars.values().cloned().collect()),
+            Backend::Local(s) => {
+                let all = s.lock().expect("local state").sidecars.values().cloned().collect::<Vec<_>>();
+                Ok(all.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect())
+            }
             Backend::Etcd(_) => self.list_json(self.keys.sidecars()).await,
         }
     }

@@ -204,10 +204,16 @@ impl Context {
     /// The hosts and zones the sidecars registered (this one's own from its config).
     pub(super) async fn registered_stands(&self) -> Vec<Registered> {
         let c = &self.config.cluster;
+        /// The part of a registration placement reads.
+        #[derive(serde::Deserialize)]
+        struct Stand {
+            member: String,
+            host: Option<String>,
+            zone: Option<String>,
+        }
         let mut out = vec![(self.coordinator.member().to_string(), c.host.clone(), c.zone.clone())];
-        let field = |v: &serde_json::Value, k: &str| v[k].as_str().map(str::to_string);
-        if let Ok(sidecars) = self.coordinator.sidecars().await {
-            out.extend(sidecars.iter().filter_map(|v| Some((field(v, "member")?, field(v, "host"), field(v, "zone")))));
+        if let Ok(sidecars) = self.coordinator.sidecars::<Stand>().await {
+            out.extend(sidecars.into_iter().map(|s| (s.member, s.host, s.zone)));
         }
         out.retain(|(_, h, z)| h.is_some() || z.is_some());
         out

@@ -101,8 +101,7 @@ impl Sidecar {
                     self.evac_wake.notify_one();
                 }
             }
-            let state = serde_json::to_value(self.registration()).expect("a registration is plain data");
-            let res = self.ctx.coordinator.register(&state).await.map_err(|e| e.to_string());
+            let res = self.ctx.coordinator.register(&self.registration()).await.map_err(|e| e.to_string());
             if let Err(e) = &res {
                 warn!(cause = %e, "etcd heartbeat failed");
             }
