@@ -358,9 +358,10 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 if let Some(why) = &stats.unreplicated {
                     // Moved, but one failover from lost: move nothing more into any shard
                     // this run; the next run finds the replica caught up or says so again.
-                    warn!(bucket = mv.bucket, cause = %why, "a target's replica is behind: starting no more moves");
+                    // Said once per cause: a job's slots share theirs.
                     metrics.moves_unreplicated_total.inc();
                     if !self.failures.contains(why) {
+                        warn!(bucket = mv.bucket, cause = %why, "a target's replica is behind: starting no more moves");
                         self.failures.push(why.clone());
                     }
                     self.stopped.get_or_insert(StopReason::ReplicasBehind);
