@@ -66,6 +66,29 @@ impl Sidecar {
         self.frozen = false;
     }
 
+    /// Started again on a fresh API port when it exited because its port was taken
+    /// (another process on the machine took it while this one was down): the machine's
+    /// doing, not the sidecar's. Any other exit is left for the checks to report.
+    /// Returns whether it was.
+    pub fn rebind_if_port_taken(&mut self) -> bool {
+        let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let last = log.lines().last().unwrap_or_default();
+        if !exited || !(last.contains(&format!("api.listen {}", self.api)) && last.contains("Address already in use")) {
+            return false;
+        }
+        let api = format!("127.0.0.1:{}", autobalancer_testkit::free_port());
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            text.replace(&format!("listen = \"{}\"", self.api), &format!("listen = \"{api}\"")),
+        )
+        .unwrap();
+        self.api = api;
+        self.spawn();
+        true
+    }
+
     pub fn alive(&self) -> bool {
         self.child.is_some()
     }

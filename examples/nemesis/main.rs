@@ -152,6 +152,15 @@ async fn main() {
             heal(&mut w, h, &client, &mut ledger).await;
         }
     }
+    for i in 0..w.sidecars.len() {
+        if w.sidecars[i].rebind_if_port_taken() {
+            let s = &w.sidecars[i];
+            let line =
+                format!("the sidecar beside {} found its API port taken on restart: started on {}", s.node, s.api);
+            println!("nemesis: {line}");
+            w.log(line);
+        }
+    }
     let record = std::mem::take(&mut *client.stop().await.lock().unwrap());
     let report = check::settle_and_check(&w, &record, &two_holders).await;
     let faults: Vec<String> = ledger.done.iter().map(|(k, n)| format!("{k}={n}")).collect();
