@@ -74,7 +74,8 @@ impl Sidecar {
         let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let last = log.lines().last().unwrap_or_default();
-        if !exited || !(last.contains(&format!("api.listen {}", self.api)) && last.contains("Address already in use")) {
+        let taken = last.contains(&format!("api.listen {}", self.api)) && last.contains("Address already in use");
+        if !(exited && taken) {
             return false;
         }
         let api = format!("127.0.0.1:{}", autobalancer_testkit::free_port());
