@@ -5,7 +5,8 @@
 //! milliseconds per slot moved, bytes moved, the largest deviation from the mean by exact
 //! bytes, and whether every key and value is intact.
 //! Usage: bench_scale_out [--valkey] LOADED EMPTY KEYS [AUTOBALANCER_BIN]; BENCH_TOOLS picks the
-//! tools (`redis-cli,autobalancer`), BENCH_EXTRA appends TOML to autobalancer's config.
+//! tools (`redis-cli,autobalancer`), BENCH_EXTRA appends TOML to autobalancer's config, BENCH_REPLICAS gives
+//! every master that many replicas.
 
 mod bench_common;
 
@@ -23,7 +24,10 @@ async fn run(
     keys: usize,
     bin: &str,
 ) -> (Row, Option<f64>) {
-    let c = ClusterSpec::new(engine, loaded, empty).start().await.unwrap();
+    // BENCH_REPLICAS: replicas per master (0 by default), for what the wait on the
+    // target's replicas costs a move.
+    let replicas = std::env::var("BENCH_REPLICAS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let c = ClusterSpec::new(engine, loaded, empty).replicas(replicas).start().await.unwrap();
     c.load_skewed(keys, 42).await.unwrap();
     let digest = c.digest().await.unwrap();
     let before = exact_bytes(&c).await;
