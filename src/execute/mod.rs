@@ -376,10 +376,8 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                        bytes = mv.bytes, keys = stats.keys, seconds = took.as_secs_f64(), "moved bucket");
                 self.log_progress();
             }
-            Err(ClusterError::NotStarted { bucket, why }) => {
-                debug!(bucket, cause = %why, "not started: an earlier move of its group stopped it");
-                self.deferred += 1;
-            }
+            // An earlier move of its group stopped it, and said why.
+            Err(ClusterError::NotStarted { .. }) => self.deferred += 1,
             Err(e @ ClusterError::Fenced { .. }) => {
                 warn!(bucket = mv.bucket, cause = %e, "the lock was lost: starting no more moves");
                 metrics.count_move(MoveOutcome::LockLost, 1);

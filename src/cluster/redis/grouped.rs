@@ -85,28 +85,8 @@ impl RedisCluster {
                 warn!(slot = slots[i], cause = %e, "IMPORTING not undone on the target; repair settles it");
             }
         }
-        let dst_replicas = topo.replica_count(&dst_id);
-        let mut drained: Vec<(usize, MoveStats)> = Vec::new();
-        let mut stopped = None;
-        for (k, &i) in open.iter().enumerate() {
-            let mv = group[i];
-            let m = self.slot_move(mv, &src, &dst);
-            match self.drain_slot(m, dst_replicas, pace).await {
-                // Its replicas did not take it: the slot is committed, nothing more drained.
-                Ok(stats) if stats.unreplicated.is_some() && k + 1 < open.len() => {
-                    let first = format!("the replicas of {dst} did not acknowledge slot {} first", slots[i]);
-                    drained.push((i, stats));
-                    stopped = Some((first, open[k + 1..].to_vec()));
-                    break;
-                }
-                Ok(stats) => drained.push((i, stats)),
-                Err(e) => {
-                    out[i] = Some(Err(e));
-                    stopped = Some((format!("slot {} of its group failed first", slots[i]), open[k + 1..].to_vec()));
-                    break;
-                }
-            }
-        }
+        let (drained, stopped) =
+            self.drain_group(group, &open, (&src, &dst), topo.replica_count(&dst_id), pace, &mut out).await;
         if let Some((first, rest)) = stopped {
             self.close_untouched(group, &slots, &rest, (&src, &dst), &first, &mut out).await;
         }
@@ -115,6 +95,40 @@ impl RedisCluster {
             self.sizes.forget(slot);
         }
         out.into_iter().map(|r| r.expect("every move answered")).collect()
+    }
+
+    /// Drains the `open` slots of `group` one by one. Stops at a slot that failed (its
+    /// result put in `out`) or whose target's replicas did not take it (drained, and the
+    /// group committed without the rest): then says why, and which slots were not begun.
+    async fn drain_group<P: Pace>(
+        &self,
+        group: &[&Move],
+        open: &[usize],
+        (src, dst): (&str, &str),
+        dst_replicas: usize,
+        pace: &P,
+        out: &mut [Option<Outcome>],
+    ) -> (Vec<(usize, MoveStats)>, Option<(String, Vec<usize>)>) {
+        let mut drained = Vec::new();
+        for (k, &i) in open.iter().enumerate() {
+            let (mv, rest) = (group[i], open[k + 1..].to_vec());
+            match self.drain_slot(self.slot_move(mv, src, dst), dst_replicas, pace).await {
+                // Its replicas did not take it: the slot is committed, nothing more drained.
+                Ok(stats) if stats.unreplicated.is_some() && !rest.is_empty() => {
+                    drained.push((i, stats));
+                    return (
+                        drained,
+                        Some((format!("the replicas of {dst} did not acknowledge slot {} first", mv.bucket), rest)),
+                    );
+                }
+                Ok(stats) => drained.push((i, stats)),
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    return (drained, Some((format!("slot {} of its group failed first", mv.bucket), rest)));
+                }
+            }
+        }
+        (drained, None)
     }
 
     fn slot_move<'a>(&self, mv: &Move, src: &'a str, dst: &'a str) -> SlotMove<'a> {
