@@ -45,20 +45,6 @@ fn next_holder(cfg: &std::path::Path) -> (serde_json::Value, String) {
     }
 }
 
-/// Waits until `replica` has applied everything `master` wrote (equal replication offsets).
-async fn caught_up(c: &LocalCluster, master: &str, replica: &str) {
-    let offset = |addr: String| async move {
-        let mut con = c.conn(&addr).await.unwrap();
-        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut con).await.unwrap();
-        let field = if addr == master { "master_repl_offset:" } else { "slave_repl_offset:" };
-        info.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
-    };
-    common::wait_for_async(20, "the target's replica to catch up", || async {
-        offset(master.to_string()).await == offset(replica.to_string()).await
-    })
-    .await;
-}
-
 #[derive(Clone, Copy)]
 enum Side {
     Source,
@@ -94,7 +80,7 @@ async fn failover_mid_move(engine: Engine, side: Side) {
     if let Side::Target = side {
         holder.kill().unwrap();
         holder.wait().unwrap();
-        caught_up(&c, failing, &replica.addr).await;
+        common::caught_up(&c, failing, &replica.addr).await;
     }
     redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
     // The holder vanishes mid-move (its lease expires after the TTL).

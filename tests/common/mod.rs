@@ -314,3 +314,17 @@ pub fn signal_node(c: &LocalCluster, addr: &str, sig: &str) {
     let pid = n.proc.as_ref().unwrap().id().to_string();
     assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
 }
+
+/// Waits until `replica` has applied everything `master` wrote (equal replication offsets).
+pub async fn caught_up(c: &LocalCluster, master: &str, replica: &str) {
+    let offset = |addr: String| async move {
+        let mut con = c.conn(&addr).await.unwrap();
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut con).await.unwrap();
+        let field = if addr == master { "master_repl_offset:" } else { "slave_repl_offset:" };
+        info.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    wait_for_async(20, "the target's replica to catch up", || async {
+        offset(master.to_string()).await == offset(replica.to_string()).await
+    })
+    .await;
+}
