@@ -159,19 +159,24 @@ mod tests {
         DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
     }
 
-    #[test]
-    fn a_role_change_is_dated_and_a_flapping_node_is_named() {
-        let w = Duration::from_secs(600);
-        let mut snap = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
-        let replica = |id: &str, master: &str| Replica {
+    /// A replica of `master`, answering (and in sync) when `healthy`.
+    fn replica(id: &str, master: &str, healthy: bool) -> Replica {
+        Replica {
             id: id.into(),
             address: String::new(),
             hostname: None,
             zone: None,
             master: Some(master.into()),
-            healthy: true,
-            in_sync: true,
-        };
+            healthy,
+            in_sync: healthy,
+        }
+    }
+
+    #[test]
+    fn a_role_change_is_dated_and_a_flapping_node_is_named() {
+        let w = Duration::from_secs(600);
+        let mut snap = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
+        let replica = |id: &str, master: &str| replica(id, master, true);
         snap.replicas = vec![replica("r1", "m1")];
         let mut h = RoleHistory::default();
         h.observe(&snap, at(0), w);
@@ -199,15 +204,6 @@ mod tests {
     fn a_node_a_snapshot_leaves_out_keeps_its_changes() {
         let w = Duration::from_secs(10);
         let mut snap = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
-        let replica = |id: &str, master: &str, healthy: bool| Replica {
-            id: id.into(),
-            address: String::new(),
-            hostname: None,
-            zone: None,
-            master: Some(master.into()),
-            healthy,
-            in_sync: healthy,
-        };
         snap.replicas = vec![replica("r1", "m1", true)];
         let mut h = RoleHistory::default();
         h.observe(&snap, at(0), w);

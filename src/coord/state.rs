@@ -253,8 +253,8 @@ impl Coordinator {
     pub async fn sidecars<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, LockError> {
         match &self.backend {
             Backend::Local(s) => {
-                let all = s.lock().expect("local state").sidecars.values().cloned().collect::<Vec<_>>();
-                Ok(all.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect())
+                let s = s.lock().expect("local state");
+                Ok(s.sidecars.values().filter_map(|v| T::deserialize(v).ok()).collect())
             }
             Backend::Etcd(_) => self.list_json(self.keys.sidecars()).await,
         }

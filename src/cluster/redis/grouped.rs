@@ -111,20 +111,18 @@ impl RedisCluster {
     ) -> (Vec<(usize, MoveStats)>, Option<(String, Vec<usize>)>) {
         let mut drained = Vec::new();
         for (k, &i) in open.iter().enumerate() {
-            let (mv, rest) = (group[i], open[k + 1..].to_vec());
+            let (mv, rest) = (group[i], &open[k + 1..]);
             match self.drain_slot(self.slot_move(mv, src, dst), dst_replicas, pace).await {
                 // Its replicas did not take it: the slot is committed, nothing more drained.
                 Ok(stats) if stats.unreplicated.is_some() && !rest.is_empty() => {
                     drained.push((i, stats));
-                    return (
-                        drained,
-                        Some((format!("the replicas of {dst} did not acknowledge slot {} first", mv.bucket), rest)),
-                    );
+                    let why = format!("the replicas of {dst} did not acknowledge slot {} first", mv.bucket);
+                    return (drained, Some((why, rest.to_vec())));
                 }
                 Ok(stats) => drained.push((i, stats)),
                 Err(e) => {
                     out[i] = Some(Err(e));
-                    return (drained, Some((format!("slot {} of its group failed first", mv.bucket), rest)));
+                    return (drained, Some((format!("slot {} of its group failed first", mv.bucket), rest.to_vec())));
                 }
             }
         }
@@ -140,9 +138,9 @@ impl RedisCluster {
         SlotMove { slot: mv.bucket as u16, src, dst, resume: false, estimate }
     }
 
-    /// Slots of a group after one that failed (or whose target's replicas did not take it). Their keys are still on the source, but a
-    /// client may have created keys on the target (a migrating source sends a key it does
-    /// not hold there). The source is made stable first (it sends no more); a slot whose
+    /// Slots of a group after one that failed (or whose target's replicas did not take
+    /// it). Their keys are still on the source, but a client may have created keys on the
+    /// target (a migrating source sends a key it does not hold there). The source is made stable first (it sends no more); a slot whose
     /// target holds no key is then made stable there too, one that holds some is left open
     /// for the run to settle (its keys handed back).
     async fn close_untouched(
