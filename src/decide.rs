@@ -31,8 +31,6 @@ pub enum SkipReason {
     BelowMinimumSize,
     BelowThreshold,
     NothingToMove,
-    /// Keys sit outside their owner's slots and repair could not settle them.
-    StrayKeys,
     /// A node's view leaves a slot unserved (`cluster_state:fail`), or an open slot names
     /// a node that is no longer a master: clients get CLUSTERDOWN until it is settled.
     ClusterDown,
@@ -44,7 +42,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 17] = [
+    pub const ALL: [SkipReason; 16] = [
         SkipReason::Disabled,
         SkipReason::Paused,
         SkipReason::LockHeldElsewhere,
@@ -58,7 +56,6 @@ impl SkipReason {
         SkipReason::BelowMinimumSize,
         SkipReason::BelowThreshold,
         SkipReason::NothingToMove,
-        SkipReason::StrayKeys,
         SkipReason::ClusterDown,
         SkipReason::NoRoom,
         SkipReason::TrafficUnsettled,
@@ -79,7 +76,6 @@ impl SkipReason {
             SkipReason::BelowMinimumSize => "below_minimum_size",
             SkipReason::BelowThreshold => "below_threshold",
             SkipReason::NothingToMove => "nothing_to_move",
-            SkipReason::StrayKeys => "stray_keys",
             SkipReason::ClusterDown => "cluster_down",
             SkipReason::NoRoom => "no_room",
             SkipReason::TrafficUnsettled => "traffic_unsettled",
@@ -470,7 +466,7 @@ mod tests {
         let names: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             names.join(","),
-            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,stray_keys,cluster_down,no_room,traffic_unsettled"
+            "disabled,paused,lock_held_elsewhere,already_ran_this_slot,lock_unavailable,standalone,too_few_healthy,member_down,migration_in_progress,critical_member,below_minimum_size,below_threshold,nothing_to_move,cluster_down,no_room,traffic_unsettled"
         );
         for r in SkipReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));

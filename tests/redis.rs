@@ -353,8 +353,8 @@ async fn acl_user_and_password_from_a_file(engine: Engine) {
 }
 
 /// A stray copy of a key on the target (left by an earlier, interrupted attempt): an
-/// identical value is replaced, a different one stops the move and names the key.
-async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) {
+/// identical value is replaced, a different one is set aside under another name.
+async fn busykey_is_replaced_when_identical_and_set_aside_when_not(engine: Engine) {
     use autobalancer::cluster::{Cluster, Unpaced, redis::RedisCluster};
     use autobalancer::plan::{Move, MoveKind};
     let c = ClusterSpec::new(engine, 2, 1).start().await.unwrap();
@@ -420,15 +420,21 @@ async fn busykey_is_replaced_only_when_the_values_are_identical(engine: Engine) 
     let after: Vec<u8> = redis::cmd("GET").arg(k0).query_async(&mut ce).await.unwrap();
     assert_eq!(after, before);
     assert_eq!(c.slot_owners().await.unwrap()[*s0 as usize], e);
-    // Different: the move stops, names the key, and leaves the slot open for inspection
-    // with both values in place.
+    // Different: the source's value (the one clients read) moves; the target's is kept
+    // under an aside name in the same slot, and the move completes.
     let (s1, k1) = &picked[1];
-    let err = rc.move_bucket(&snap, &mv(*s1), &Unpaced, &common::Held::new().await).await.unwrap_err().to_string();
-    assert!(err.contains(k1.as_str()) && err.contains("different values"), "{err}");
-    let open = c.open_slots().await.unwrap();
-    assert!(open.iter().any(|o| o.contains(&format!("[{s1}->-"))), "{open:?}");
-    let kept: Vec<u8> = redis::cmd("GET").arg(k1).query_async(&mut ca).await.unwrap();
-    assert_ne!(kept, b"a different value".to_vec());
+    let before: Vec<u8> = redis::cmd("GET").arg(k1).query_async(&mut ca).await.unwrap();
+    let stats = rc.move_bucket(&snap, &mv(*s1), &Unpaced, &common::Held::new().await).await.unwrap();
+    assert_eq!(stats.set_aside.len(), 1, "{stats:?}");
+    assert_eq!((stats.set_aside[0].key.as_str(), stats.set_aside[0].node.as_str()), (k1.as_str(), e.as_str()));
+    assert!(c.open_slots().await.unwrap().is_empty(), "{:?}", c.open_slots().await);
+    assert_eq!(c.slot_owners().await.unwrap()[*s1 as usize], e);
+    let moved: Vec<u8> = redis::cmd("GET").arg(k1).query_async(&mut ce).await.unwrap();
+    assert_eq!(moved, before);
+    let aside = &stats.set_aside[0].aside;
+    assert_eq!(autobalancer_testkit::key_slot(aside), *s1, "{aside}");
+    let kept: Vec<u8> = redis::cmd("GET").arg(aside).query_async(&mut ce).await.unwrap();
+    assert_eq!(kept, b"a different value".to_vec());
 }
 
 on_each_engine!(
@@ -440,5 +446,5 @@ on_each_engine!(
     a_killed_standalone_mover_is_repaired_from_its_default_state_file,
     a_down_master_skips_with_member_down,
     acl_user_and_password_from_a_file,
-    busykey_is_replaced_only_when_the_values_are_identical,
+    busykey_is_replaced_when_identical_and_set_aside_when_not,
 );

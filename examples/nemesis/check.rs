@@ -190,7 +190,7 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
     }
     let logged = |p: &str| w.sidecars.iter().map(|s| s.logged(p)).sum::<usize>();
     let line = format!(
-        "acked_writes={} replicated={} write_errors={} reads={} stale_reads={} stale_behind_replica={} vanished={} lost={} stale={} lost_unreplicated={} runs={} runs_rebalanced={} repaired={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% next_run={} violations={}",
+        "acked_writes={} replicated={} write_errors={} reads={} stale_reads={} stale_behind_replica={} vanished={} lost={} stale={} lost_unreplicated={} runs={} runs_rebalanced={} repaired={} set_aside={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% next_run={} violations={}",
         record.writes_acked,
         record.writes_replicated,
         record.write_errors,
@@ -204,6 +204,7 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
         logged("run ended"),
         w.sidecars.iter().map(|s| s.logged_run("rebalanced")).sum::<usize>(),
         logged("repair: ") + logged("settled a failed move"),
+        logged("a key differed on both sides"),
         two_holders.len(),
         open.len(),
         stray.len(),

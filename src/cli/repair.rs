@@ -53,8 +53,8 @@ pub async fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result
         for line in &r.settled {
             println!("{line}");
         }
-        for c in &r.conflicts {
-            println!("conflict: {c}");
+        for a in &r.set_aside {
+            println!("set aside: {a}");
         }
         for (bucket, e) in &r.failed {
             println!("failed: slot {bucket}: {e}");
@@ -62,9 +62,9 @@ pub async fn repair(config: PathBuf, slot: Option<u16>, dry_run: bool) -> Result
         for d in &r.down {
             println!("unserved: {d}");
         }
-        if r.settled.is_empty() && r.conflicts.is_empty() && r.failed.is_empty() {
+        if r.settled.is_empty() && r.set_aside.is_empty() && r.failed.is_empty() {
             println!("nothing to repair");
         }
-        Ok(if r.conflicts.is_empty() && r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
     }
 }

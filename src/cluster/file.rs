@@ -145,6 +145,6 @@ impl Cluster for FileCluster {
             tokio::spawn(writer(Arc::downgrade(&self.inner), self.inner.wake.clone()));
         }
         self.inner.wake.notify_one();
-        Ok(MoveStats { keys: 0, bytes: mv.bytes, fallback: false, unreplicated: None })
+        Ok(MoveStats { keys: 0, bytes: mv.bytes, fallback: false, ..Default::default() })
     }
 }

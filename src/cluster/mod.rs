@@ -67,6 +67,8 @@ pub struct MoveStats {
     /// Moved, but a replica of the target did not acknowledge the data within the wait:
     /// a failover there now would lose it. Why, in a sentence; the run moves nothing more.
     pub unreplicated: Option<String>,
+    /// Keys the target held with another value, set aside there before the owner's moved.
+    pub set_aside: Vec<SetAside>,
 }
 
 /// How fast a mover may go: the executor hands the backend one per run, shared by every
@@ -111,8 +113,8 @@ pub struct RepairReport {
     pub intents_done: Vec<u64>,
     /// Moves in flight that nobody recorded: someone else's, left untouched.
     pub foreign: Vec<ForeignMove>,
-    /// Keys outside their owner's bucket that could not be returned.
-    pub conflicts: Vec<StrayConflict>,
+    /// Keys that differed on both sides, the other value kept under another name.
+    pub set_aside: Vec<SetAside>,
     /// Buckets whose repair failed, and why.
     pub failed: Vec<(u64, String)>,
     /// What leaves a slot unserved and is not ours to settle: a node whose view has no
@@ -147,23 +149,25 @@ impl std::fmt::Display for ForeignMove {
     }
 }
 
-/// Keys held outside their owner's bucket that repair could not return: the owner holds
-/// a different value under the same name.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StrayConflict {
+/// A key found on both sides of a bucket with different values: the value clients reach
+/// (the owner's) kept under the name, the other renamed in place to `aside`, in the same
+/// bucket, for an operator to compare. Nothing is dropped and the move or repair goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside {
     pub bucket: u64,
-    /// The member holding the stray keys.
-    pub member: String,
-    pub keys: u64,
-    pub conflicting: u64,
+    pub key: String,
+    /// The name the other value is kept under.
+    pub aside: String,
+    /// Where the other value was found (it moves with the bucket's keys).
+    pub node: String,
 }
 
-impl std::fmt::Display for StrayConflict {
+impl std::fmt::Display for SetAside {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "bucket {}: {} stray key(s) on {}, {} with a different value at the owner (left in place)",
-            self.bucket, self.keys, self.member, self.conflicting
+            "bucket {}: key {:?} held another value on {}; the owner's kept, the other set aside as {:?}",
+            self.bucket, self.key, self.node, self.aside
         )
     }
 }

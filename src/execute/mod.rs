@@ -355,6 +355,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 self.done.push(mv);
                 self.moved_bytes += stats.bytes;
                 self.by_fallback += stats.fallback as u64;
+                metrics.keys_set_aside_total.inc_by(stats.set_aside.len() as u64);
                 if let Some(why) = &stats.unreplicated {
                     // Moved, but one failover from lost: move nothing more into any shard
                     // this run; the next run finds the replica caught up or says so again.
@@ -534,7 +535,7 @@ mod tests {
             self.moves.lock().unwrap().push(mv.bucket);
             let unreplicated =
                 (Some(mv.bucket) == self.behind_bucket).then(|| "0 of the 1 replica(s) of b".to_string());
-            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated })
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated, ..Default::default() })
         }
         fn groups_moves(&self) -> bool {
             self.grouping
@@ -553,7 +554,7 @@ mod tests {
             self.running_groups.fetch_sub(1, Ordering::SeqCst);
             moves
                 .iter()
-                .map(|m| Ok(MoveStats { keys: 1, bytes: m.bytes, fallback: false, unreplicated: None }))
+                .map(|m| Ok(MoveStats { keys: 1, bytes: m.bytes, fallback: false, ..Default::default() }))
                 .collect()
         }
     }
@@ -683,7 +684,7 @@ mod tests {
                 drop(self.lock.lock().await);
             }
             self.done.fetch_add(1, Ordering::SeqCst);
-            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated: None })
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, ..Default::default() })
         }
     }
 

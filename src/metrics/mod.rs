@@ -96,6 +96,7 @@ pub struct Metrics {
     pub cluster_down: IntGauge,
     pub moves_no_room_total: IntCounter,
     pub moves_unreplicated_total: IntCounter,
+    pub keys_set_aside_total: IntCounter,
     pub moves_total: IntCounterVec,
     pub failures_total: IntCounterVec,
     pub moved_bytes_total: IntCounter,
@@ -170,6 +171,8 @@ impl Builder<'_> {
 
 pub(super) const MEMBER: &[&str] = &["member"];
 
+const SET_ASIDE_HELP: &str = "Keys found on both sides of a slot with different values: the owner's value kept, the other renamed to autobalancer:aside:{tag}:<ms>:<key> in the same slot.";
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
@@ -213,6 +216,7 @@ impl Metrics {
                 "moves_unreplicated_total",
                 "Moves done whose target's replicas did not acknowledge the data within the wait: a failover of that target would lose it (the run stops, replicas_behind).",
             ),
+            keys_set_aside_total: r.counter("keys_set_aside_total", SET_ASIDE_HELP),
             moves_total: r.counters("moves_total", "Bucket moves by outcome.", &["outcome"]),
             failures_total: r.counters("failures_total", "Failed runs by reason.", &["reason"]),
             moved_bytes_total: r.counter("moved_bytes_total", "Bytes moved."),

@@ -154,6 +154,8 @@ impl Context {
             Err(Unsettled::Unreadable(e)) => return Break(self.failed(Failure::Snapshot(e))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
+        r.set_aside.iter().for_each(|a| warn!("repair: {a}"));
+        self.metrics.keys_set_aside_total.inc_by(r.set_aside.len() as u64);
         tracing::debug!(settled = r.settled.len(), ms = started.elapsed().as_millis() as u64, "repair done");
         let and_more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
         self.metrics.cluster_down.set(!r.down.is_empty() as i64);
@@ -167,11 +169,6 @@ impl Context {
         if let Some((bucket, e)) = r.failed.first() {
             let message = format!("repair failed: bucket {bucket}: {e}{}", and_more(r.failed.len()));
             return Break(self.failed(Failure::Repair(message)));
-        }
-        if let Some(c) = r.conflicts.first() {
-            return Break(
-                self.skipped(Skip::new(SkipReason::StrayKeys, format!("{c}{}", and_more(r.conflicts.len())))),
-            );
         }
         Continue(r.reading.take())
     }

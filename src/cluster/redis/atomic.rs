@@ -175,7 +175,7 @@ impl RedisCluster {
             out.push(match ends.remove(slot) {
                 Some(SlotEnd::Moved) => {
                     let bytes = measured.get(slot).copied().unwrap_or(mv.bytes);
-                    Ok(MoveStats { keys, bytes, fallback: false, unreplicated: behind.clone() })
+                    Ok(MoveStats { keys, bytes, fallback: false, unreplicated: behind.clone(), ..Default::default() })
                 }
                 // Reported in the snapshot's units, as move_bucket does.
                 Some(SlotEnd::MovedByLegacy(stats)) if mv.bytes > 0 => {

@@ -180,13 +180,7 @@ fn stuck_in(info: &str) -> Vec<String> {
 
 /// A key name in `slot`, for the replica wait's marker.
 fn marker_key(slot: u16) -> String {
-    (0u32..)
-        .map(|n| format!("autobalancer:wait:{{{n}}}"))
-        .find(|k| {
-            let tag = &k[k.find('{').unwrap() + 1..k.len() - 1];
-            crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384 == slot
-        })
-        .expect("every slot has a tag")
+    format!("autobalancer:wait:{{{}}}", super::topology::tag_in(slot))
 }
 
 #[cfg(test)]

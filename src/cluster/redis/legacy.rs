@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::RedisCluster;
 use super::follow::{BATCH_WAIT, HOLD_WAIT};
 use super::topology::Topology;
-use crate::cluster::{ClusterError, Fence, MoveStats, Pace};
+use crate::cluster::{ClusterError, Fence, MoveStats, Pace, SetAside};
 
 /// A key on the source side against the key of that name on the target side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,14 +78,14 @@ impl RedisCluster {
     }
 
     /// Migrates `keys` from `src` to `dst`. On BUSYKEY, a key present on both sides is
-    /// replaced only when both values are identical; otherwise the move stops naming it.
+    /// replaced when both values are identical; otherwise the target's is set aside under
+    /// another name first ([`super::aside`]: clients read the source's), recorded in `aside`.
     async fn migrate_batch(
         &self,
-        slot: u16,
-        src: &str,
-        dst: &str,
+        (slot, src, dst): (u16, &str, &str),
         keys: &[Vec<u8>],
         then: Option<redis::Cmd>,
+        aside: &mut Vec<SetAside>,
     ) -> Result<Option<Vec<Vec<u8>>>, ClusterError> {
         let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
         let mut c = self.conns.conn(src).await.map_err(fail)?;
@@ -117,10 +117,8 @@ impl RedisCluster {
                 KeyPair::OnlyHere => false,
                 KeyPair::Same => true,
                 KeyPair::Different => {
-                    return Err(fail(format!(
-                        "key {:?} exists on both {src} and {dst} with different values; slot {slot} left open for inspection",
-                        String::from_utf8_lossy(k)
-                    )));
+                    aside.extend(self.set_aside(slot, dst, k).await.map_err(fail)?);
+                    false
                 }
             };
             self.migrate_one(src, dst, k, replace, false).await.map_err(fail)?;
@@ -245,7 +243,9 @@ impl RedisCluster {
                 }
                 pace.take(bytes).await;
                 let last = end == keys.len();
-                next = self.migrate_batch(slot, src, dst, &keys[start..end], last.then(list)).await?;
+                next = self
+                    .migrate_batch((slot, src, dst), &keys[start..end], last.then(list), &mut stats.set_aside)
+                    .await?;
                 // Once a batch was not acknowledged, the slot's end waits for them all.
                 if !behind && let Some(why) = self.replicas_hold(slot, dst, dst_replicas, BATCH_WAIT).await {
                     warn!(slot, node = %dst, cause = %why, "the target's replicas did not acknowledge a batch in time");

@@ -9,13 +9,15 @@
 //! two masters, committed together; [`atomic`] Valkey 9's MIGRATESLOTS mover,
 //! [`migrations`] reading its jobs, [`inflight`] settling the jobs a crash left running;
 //! [`repair`] closing slots a crash or a failed move left open, [`stray`] returning keys
-//! to their slot's owner, [`follow`] replicas that still show a settled slot open;
+//! to their slot's owner, [`aside`] a key found with two values, [`follow`] replicas that
+//! still show a settled slot open;
 //! [`handoff`] a master's role to its in-sync replica before a restart; [`roles`] and
 //! [`stands`] where masters and replicas stand (placement); [`traffic`] per-slot traffic
 //! counters where the server measures them. This file wires
 //! them into the backend-neutral [`Cluster`] trait and builds the snapshot. Does not own:
 //! which slots move.
 
+mod aside;
 mod atomic;
 mod capabilities;
 mod conn;

@@ -7,7 +7,8 @@
 //! memory, say), or a live run settling its own failed move (`hand_back`), hands the keys
 //! that reached the target back to the owner instead. A key both hold with the same value
 //! (a source failed over before its deletes reached the replica now serving) is replaced;
-//! one with different values is never overwritten: the slot is left open and named.
+//! one with different values keeps the owner's, the other set aside under another name
+//! ([`super::aside`]), so no conflict leaves a slot open.
 //!
 //! The source and target are taken from
 //! what the masters claim now, not from the flags alone: after a failover mid-move the
@@ -27,7 +28,7 @@ use tracing::{info, warn};
 use super::legacy::{KeyPair, SlotMove};
 use super::topology::Topology;
 use super::{Reading, RedisCluster};
-use crate::cluster::{ClusterError, Fence, ForeignMove, RepairOptions, RepairReport, Unpaced};
+use crate::cluster::{ClusterError, Fence, ForeignMove, RepairOptions, RepairReport, SetAside, Unpaced};
 use crate::model::MoveIntent;
 
 /// The flags set on one slot, by master address.
@@ -84,7 +85,7 @@ impl RedisCluster {
                 report.foreign.push(self.foreign(&topo, slot, flags).await);
                 continue;
             }
-            match self.settle_open(&topo, slot, flags, opts, fence).await {
+            match self.settle_open(&topo, slot, flags, opts, fence, &mut report.set_aside).await {
                 Ok(line) => {
                     info!(slot, dry_run = opts.dry_run, "{line}");
                     report.settled.push(line);
@@ -125,7 +126,7 @@ impl RedisCluster {
         }
         // A repair that changed nothing read what the snapshot after it would read again.
         let unchanged = report.settled.is_empty()
-            && report.conflicts.is_empty()
+            && report.set_aside.is_empty()
             && report.failed.is_empty()
             && report.down.is_empty();
         report.reading = unchanged.then(|| crate::cluster::Reading::redis(Reading { topo, masters: readings }));
@@ -193,7 +194,7 @@ impl RedisCluster {
     }
 
     /// Finishes, rolls back or hands back one open slot of ours. Returns what was (or
-    /// would be) done.
+    /// would be) done; keys that differed on both sides are recorded in `aside`.
     async fn settle_open<F: Fence>(
         &self,
         topo: &Topology,
@@ -201,6 +202,7 @@ impl RedisCluster {
         flags: &OpenSlot,
         opts: &RepairOptions,
         fence: &F,
+        aside: &mut Vec<SetAside>,
     ) -> Result<String, String> {
         let src = topo.owner[slot as usize]
             .map(|i| topo.masters[i].addr.clone())
@@ -235,6 +237,7 @@ impl RedisCluster {
             let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
             match self.finish(topo, m, &Unpaced, fence).await {
                 Ok(stats) => {
+                    aside.extend(stats.set_aside);
                     for a in flags.flagged().filter(|a| **a != src && **a != dst) {
                         let _ = self.setslot(a, slot, &["STABLE"]).await;
                     }
@@ -251,7 +254,7 @@ impl RedisCluster {
             }
         };
         fence.check().await.map_err(|e| format!("slot {slot} left open for the next holder: {e}"))?;
-        let back = self.hand_back(topo, slot, &src, &dst).await?;
+        let back = self.hand_back(topo, slot, &src, &dst, aside).await?;
         for a in flags.flagged().chain([&src, &dst]) {
             self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
         }
@@ -259,8 +262,16 @@ impl RedisCluster {
     }
 
     /// Moves every key of `slot` on `dst` back to its owner `owner`, made stable first so
-    /// that it takes them, then tells `dst` the owner. Returns the keys moved.
-    async fn hand_back(&self, topo: &Topology, slot: u16, owner: &str, dst: &str) -> Result<u64, String> {
+    /// that it takes them, then tells `dst` the owner. Returns the keys moved; a key the
+    /// owner holds with another value goes under its aside name (recorded in `aside`).
+    async fn hand_back(
+        &self,
+        topo: &Topology,
+        slot: u16,
+        owner: &str,
+        dst: &str,
+        aside: &mut Vec<SetAside>,
+    ) -> Result<u64, String> {
         // A target promoted by failover lost its IMPORTING flag: without it, its MIGRATE
         // of a slot it does not own is redirected. Set, it reaches the keys (as for strays).
         let owner_id = self.node_id_of(topo, owner).map_err(|e| e.to_string())?;
@@ -298,13 +309,9 @@ impl RedisCluster {
                                 self.migrate_one(dst, owner, k, true, true).await?;
                                 moved += 1;
                             }
-                            // Which is newer cannot be known: never overwritten.
-                            KeyPair::Different => {
-                                return Err(format!(
-                                    "key {:?} is on both {dst} and {owner} with different values; slot {slot} left open for inspection",
-                                    String::from_utf8_lossy(k)
-                                ));
-                            }
+                            // Clients read the owner's; the other goes back under its
+                            // aside name, listed again next round.
+                            KeyPair::Different => aside.extend(self.set_aside(slot, dst, k).await?),
                         }
                     }
                 }

@@ -5,7 +5,8 @@
 //! Each stray slot is returned to its owner: the holder is set IMPORTING so that ASKING
 //! reaches the keys, they MIGRATE to the owner without REPLACE, and a key the owner
 //! already holds is replaced only when both values are identical. A different value is
-//! left in place and reported as a conflict. The holder's flag is cleared in every case.
+//! set aside under another name ([`super::aside`]: the owner's is the one clients read)
+//! and goes to the owner under that name. The holder's flag is cleared in every case.
 //!
 //! Owns: finding stray slots and returning them. Does not own: open slots of a move
 //! ([`super::repair`]).
@@ -18,7 +19,7 @@ use super::capabilities::Capabilities;
 use super::legacy::KeyPair;
 use super::topology::Topology;
 use super::{MasterReading, RedisCluster, SLOTS};
-use crate::cluster::{RepairOptions, RepairReport, StrayConflict};
+use crate::cluster::{RepairOptions, RepairReport, SetAside};
 
 impl RedisCluster {
     /// Slots `addr` holds keys of without owning them (or importing them): (slot, keys);
@@ -88,19 +89,13 @@ impl RedisCluster {
                     ));
                     continue;
                 }
-                match self.return_stray(slot, &m.addr, &owner.addr, &owner.id).await {
-                    Ok(0) => {
+                match self.return_stray(slot, &m.addr, &owner.addr, &owner.id, &mut report.set_aside).await {
+                    Ok(()) => {
                         let line =
                             format!("slot {slot}: returned {keys} stray key(s) from {} to {}", m.addr, owner.addr);
                         info!(slot, from = %m.addr, to = %owner.addr, "{line}");
                         report.settled.push(line);
                     }
-                    Ok(conflicting) => report.conflicts.push(StrayConflict {
-                        bucket: slot as u64,
-                        member: m.addr.clone(),
-                        keys,
-                        conflicting,
-                    }),
                     Err(e) => report.failed.push((slot as u64, format!("returning stray keys from {}: {e}", m.addr))),
                 }
             }
@@ -108,28 +103,37 @@ impl RedisCluster {
         readings
     }
 
-    /// Moves the keys of `slot` from `holder` to `owner`; returns how many were left
-    /// because the owner holds a different value under the same name.
-    async fn return_stray(&self, slot: u16, holder: &str, owner: &str, owner_id: &str) -> Result<u64, String> {
+    /// Moves the keys of `slot` from `holder` to `owner`; a key the owner holds with
+    /// another value goes under its aside name (recorded in `aside`).
+    async fn return_stray(
+        &self,
+        slot: u16,
+        holder: &str,
+        owner: &str,
+        owner_id: &str,
+        aside: &mut Vec<SetAside>,
+    ) -> Result<(), String> {
         self.setslot(holder, slot, &["IMPORTING", owner_id])
             .await
             .map_err(|e| format!("IMPORTING on {holder}: {e}"))?;
-        let result = self.migrate_strays(slot, holder, owner).await;
+        let result = self.migrate_strays(slot, holder, owner, aside).await;
         let stable = self.setslot(holder, slot, &["STABLE"]).await;
-        let conflicting = result?;
-        stable.map_err(|e| format!("STABLE on {holder}: {e}"))?;
-        Ok(conflicting)
+        result?;
+        stable.map_err(|e| format!("STABLE on {holder}: {e}"))
     }
 
-    async fn migrate_strays(&self, slot: u16, holder: &str, owner: &str) -> Result<u64, String> {
-        let mut conflicts: HashSet<Vec<u8>> = HashSet::new();
+    async fn migrate_strays(
+        &self,
+        slot: u16,
+        holder: &str,
+        owner: &str,
+        aside: &mut Vec<SetAside>,
+    ) -> Result<(), String> {
         loop {
-            let want = self.batch_keys as usize + conflicts.len();
-            let listed: Vec<Vec<u8>> =
-                self.conns.query(holder, redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(want)).await?;
-            let keys: Vec<Vec<u8>> = listed.into_iter().filter(|k| !conflicts.contains(k)).collect();
+            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys).clone();
+            let keys: Vec<Vec<u8>> = self.conns.query(holder, &list).await?;
             if keys.is_empty() {
-                return Ok(conflicts.len() as u64);
+                return Ok(());
             }
             let mut p = redis::pipe();
             p.cmd("ASKING").ignore().add_command(self.migrate_cmd(owner, &keys, false)).ignore();
@@ -142,10 +146,8 @@ impl RedisCluster {
                     KeyPair::Gone => {}
                     KeyPair::OnlyHere => self.migrate_one(holder, owner, k, false, true).await?,
                     KeyPair::Same => self.migrate_one(holder, owner, k, true, true).await?,
-                    KeyPair::Different => {
-                        warn!(slot, key = %String::from_utf8_lossy(k), from = %holder, "stray key differs from the owner's; left in place");
-                        conflicts.insert(k.clone());
-                    }
+                    // Listed again under its new name, it goes to the owner next round.
+                    KeyPair::Different => aside.extend(self.set_aside(slot, holder, k).await?),
                 }
             }
         }

@@ -11,6 +11,28 @@ use tracing::debug;
 use super::{RedisCluster, SLOTS};
 use crate::cluster::ClusterError;
 
+/// The smallest number whose decimal form hashes to `slot`: as `{n}` in a key name, it
+/// puts the key in that slot (CRC16 of the hash tag, as the cluster computes it).
+pub(super) fn tag_in(slot: u16) -> u32 {
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut left = SLOTS;
+        for n in 0u32.. {
+            let s = crc16::State::<crc16::XMODEM>::calculate(n.to_string().as_bytes()) as usize % SLOTS;
+            if tags[s] == u32::MAX {
+                tags[s] = n;
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        tags
+    });
+    tags[slot as usize % SLOTS]
+}
+
 /// One line of CLUSTER NODES.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeLine {
