@@ -154,7 +154,7 @@ impl Context {
             Err(Unsettled::Unreadable(e)) => return Break(self.failed(Failure::Snapshot(e))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
-        r.set_aside.iter().for_each(|a| warn!("repair: {a}"));
+        // Each was logged where it was set aside.
         self.metrics.keys_set_aside_total.inc_by(r.set_aside.len() as u64);
         tracing::debug!(settled = r.settled.len(), ms = started.elapsed().as_millis() as u64, "repair done");
         let and_more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };

@@ -21,7 +21,7 @@ use super::RedisCluster;
 use crate::cluster::SetAside;
 
 /// What names a kept-aside copy: everything before the tag.
-pub const PREFIX: &str = "autobalancer:aside:";
+const PREFIX: &str = "autobalancer:aside:";
 
 /// The name a copy of `key` in `slot` is kept under, set aside at `ms` (unix ms).
 pub(super) fn aside_name(slot: u16, key: &[u8], ms: i64) -> Vec<u8> {
