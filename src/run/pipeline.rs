@@ -154,8 +154,6 @@ impl Context {
             Err(Unsettled::Unreadable(e)) => return Break(self.failed(Failure::Snapshot(e))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
-        // Each was logged where it was set aside.
-        self.metrics.keys_set_aside_total.inc_by(r.set_aside.len() as u64);
         tracing::debug!(settled = r.settled.len(), ms = started.elapsed().as_millis() as u64, "repair done");
         let and_more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
         self.metrics.cluster_down.set(!r.down.is_empty() as i64);
@@ -184,6 +182,8 @@ impl Context {
         let opts = RepairOptions { intents, hand_back, ..Default::default() };
         // The cluster cannot be read at all (down, refused, bad credentials).
         let r = self.cluster.repair(&opts, &fence).await.map_err(Unsettled::Unreadable)?;
+        // Each was logged where it was set aside; counted here for both callers.
+        self.metrics.keys_set_aside_total.inc_by(r.set_aside.len() as u64);
         if !r.intents_done.is_empty()
             && let Err(e) = self.coordinator.clear_moves(&r.intents_done).await
         {
