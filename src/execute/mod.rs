@@ -32,6 +32,7 @@ pub use limits::{Limits, Progress, RatePacer};
 
 mod limits;
 mod room;
+use room::RoomFor;
 mod stop;
 use crate::metrics::{Metrics, MoveOutcome};
 use crate::model::ClusterSnapshot;
@@ -126,6 +127,9 @@ struct Executor<'a, C, F> {
     /// Moves held back because their target had no room, and the targets found full.
     no_room: u64,
     full: Vec<bool>,
+    /// Bytes of the moves in flight to each member: its memory, read before a move, may
+    /// not show them yet.
+    incoming: Vec<u64>,
     stopped: Option<StopReason>,
     done: Vec<&'a Move>,
     failed: u64,
@@ -156,6 +160,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             deferred: 0,
             no_room: 0,
             full: vec![false; job.snapshot.members.len()],
+            incoming: vec![0; job.snapshot.members.len()],
             stopped: None,
             done: Vec::new(),
             failed: 0,
@@ -223,19 +228,17 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
                 // A move that finished during the check failed: start nothing more.
                 break;
             }
-            let room = self.room_of(t).await;
-            if self.stopped.is_some() {
-                break;
-            }
-            let transient = self.job.snapshot.observed.largest_key_bytes;
-            if let Some(free) = room
-                && mv.bytes.saturating_add(transient) > free
-            {
-                self.hold_back(i, t, free);
-                continue;
-            }
+            let room = match self.room_for(i, t, mv.bytes).await {
+                RoomFor::Stop => break,
+                RoomFor::Full => continue,
+                RoomFor::Wait => {
+                    i += 1;
+                    continue;
+                }
+                RoomFor::Fits(room) => room,
+            };
             let idx = self.pending.remove(i).expect("index in range");
-            let group = self.group_with(idx, room.map(|f| f.saturating_sub(transient)));
+            let group = self.group_with(idx, room);
             self.start(group);
         }
     }
@@ -260,6 +263,8 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         let first = &self.job.plan.moves[finished[0].0];
         self.busy[first.from as usize] -= 1;
         self.busy[first.to as usize] -= 1;
+        let bytes: u64 = finished.iter().map(|f| self.job.plan.moves[f.0].bytes).sum();
+        self.incoming[first.to as usize] = self.incoming[first.to as usize].saturating_sub(bytes);
         finished.into_iter().for_each(|f| self.take_finished(f));
     }
 
@@ -303,9 +308,9 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         let first = &moves[group[0]];
         self.busy[first.from as usize] += 1;
         self.busy[first.to as usize] += 1;
-        for &idx in &group {
-            self.committed += moves[idx].bytes;
-        }
+        let bytes: u64 = group.iter().map(|&idx| moves[idx].bytes).sum();
+        self.committed += bytes;
+        self.incoming[first.to as usize] += bytes;
         let (cluster, snapshot, pacer, fence) =
             (self.job.cluster, self.job.snapshot, self.pacer.clone(), self.job.fence);
         self.inflight.push(Box::pin(async move {

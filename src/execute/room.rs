@@ -10,7 +10,42 @@ use super::Executor;
 use crate::cluster::Cluster;
 use crate::coord::Fence;
 
+/// Whether a pending move may start, as its target's room says.
+pub(super) enum RoomFor {
+    /// It fits: what a group to this target may still carry, where it has a limit.
+    Fits(Option<u64>),
+    /// It fits the target's memory as read, but not beside the moves in flight to it:
+    /// it waits for them to land and the memory to be read again.
+    Wait,
+    /// It does not fit: held back, and the target marked full for the run.
+    Full,
+    /// The run stopped during the read.
+    Stop,
+}
+
 impl<C: Cluster, F: Fence> Executor<'_, C, F> {
+    /// Reads the room of target `t` for the pending move at `i` of `bytes`. Beside the
+    /// move, room is kept for the largest key (MIGRATE holds a serialised copy) and for
+    /// every byte in flight to `t`, which its memory as read may not show yet, so moves
+    /// running at once into one member never fill it past `critical-memory-percent`.
+    pub(super) async fn room_for(&mut self, i: usize, t: usize, bytes: u64) -> RoomFor {
+        let room = self.room_of(t).await;
+        if self.stopped.is_some() {
+            return RoomFor::Stop;
+        }
+        let Some(free) = room else { return RoomFor::Fits(None) };
+        let need = bytes.saturating_add(self.job.snapshot.observed.largest_key_bytes);
+        if need > free {
+            self.hold_back(i, t, free);
+            return RoomFor::Full;
+        }
+        let incoming = self.incoming[t];
+        if need.saturating_add(incoming) > free {
+            return RoomFor::Wait;
+        }
+        RoomFor::Fits(Some(free - need - incoming + bytes))
+    }
+
     /// Bytes member `t` may still receive before `critical-memory-percent` of its
     /// `maxmemory`, read from its server now (it changes under writes); None where it
     /// has no limit, the check is off, or its server did not say.
@@ -40,5 +75,100 @@ impl<C: Cluster, F: Fence> Executor<'_, C, F> {
         self.pending.remove(i);
         self.no_room += 1;
         self.job.metrics.moves_no_room_total.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use crate::cluster::{Cluster, ClusterError, MoveStats, Pace, RepairOptions, RepairReport, Room};
+    use crate::coord::{Fence, FenceError};
+    use crate::execute::{Job, Limits, Progress, execute};
+    use crate::metrics::Metrics;
+    use crate::model::{ClusterSnapshot, Member, fixtures::*};
+    use crate::plan::{Move, MoveKind, PlanOptions, plan};
+
+    struct Ours;
+
+    impl Fence for Ours {
+        async fn check(&self) -> Result<(), FenceError> {
+            Ok(())
+        }
+    }
+
+    /// Members whose used memory grows by a move's bytes only when the move lands, some
+    /// time after it starts, as a target's memory does under MIGRATE or an atomic job.
+    struct Filling {
+        used: Mutex<Vec<u64>>,
+        max_bytes: u64,
+    }
+
+    fn index(m: &Member) -> usize {
+        m.id.trim_start_matches('m').parse::<usize>().unwrap() - 1
+    }
+
+    impl Cluster for Filling {
+        async fn snapshot(&self) -> Result<ClusterSnapshot, ClusterError> {
+            unreachable!()
+        }
+        async fn repair<F: Fence>(&self, _: &RepairOptions, _: &F) -> Result<RepairReport, ClusterError> {
+            Ok(Default::default())
+        }
+        async fn room(&self, member: &Member) -> Result<Option<Room>, ClusterError> {
+            let used = self.used.lock().unwrap()[index(member)];
+            Ok(Some(Room { used_bytes: used, max_bytes: self.max_bytes }))
+        }
+        async fn move_bucket<P: Pace, F: Fence>(
+            &self,
+            _: &ClusterSnapshot,
+            mv: &Move,
+            _: &P,
+            _: &F,
+        ) -> Result<MoveStats, ClusterError> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.used.lock().unwrap()[mv.to as usize] += mv.bytes;
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, ..Default::default() })
+        }
+    }
+
+    #[tokio::test]
+    async fn moves_at_once_into_one_member_leave_room_for_each_other() {
+        // Three sources send 400 bytes each to m4, which has 1000 bytes of room: with
+        // three moves per member they could all start at once, each finding 1000 free.
+        let layout: Vec<(u64, Vec<u32>)> = (0..3).map(|i| (400, vec![i])).collect();
+        let s = make_snapshot(make_members(4), &layout);
+        let moves = (0..3)
+            .map(|i| Move { kind: MoveKind::Copy, bucket: i as u64, bucket_index: i, from: i, to: 3, bytes: 400 })
+            .collect();
+        let mut p = plan(&s, &PlanOptions::default()).unwrap();
+        p.moves = moves;
+        let cluster = Filling { used: Mutex::new(vec![0; 4]), max_bytes: 1000 };
+        let l = Limits {
+            max_concurrent_moves: 0,
+            max_moves_per_member: 3,
+            max_bytes_per_second: 0,
+            max_bytes_per_run: 0,
+            max_run_time: Duration::from_secs(60),
+            critical_memory_percent: 100,
+        };
+        let (progress, metrics) = (Progress::default(), Metrics::new());
+        let job = Job {
+            cluster: &cluster,
+            snapshot: &s,
+            plan: &p,
+            limits: &l,
+            fence: &Ours,
+            progress: &progress,
+            metrics: &metrics,
+            lost: None,
+        };
+        let r = execute(job, &CancellationToken::new()).await;
+        assert_eq!(r.moves_done, 2, "{r:?}");
+        assert_eq!(r.moves_no_room, 1, "{r:?}");
+        assert!(cluster.used.lock().unwrap()[3] <= 1000, "{:?}", cluster.used.lock().unwrap());
     }
 }
