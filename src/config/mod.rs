@@ -198,6 +198,7 @@ pub struct ExecutionConfig {
     /// Moves (or groups of moves between two members) at once; 0 = as many as
     /// `max-moves-per-member` lets the members run, which grows with the cluster.
     pub max_concurrent_moves: u32,
+    /// Moves (or groups) at once that involve one member, as source or target.
     pub max_moves_per_member: u32,
     /// 0 = unlimited.
     pub max_bytes_per_second: Size,
@@ -219,7 +220,7 @@ impl Default for ExecutionConfig {
     fn default() -> Self {
         ExecutionConfig {
             max_concurrent_moves: 0,
-            max_moves_per_member: 1,
+            max_moves_per_member: 4,
             max_bytes_per_second: Size(64 * 1024 * 1024),
             max_bytes_per_run: Size(0),
             max_run_time: Dur(Duration::from_secs(2 * 3600)),
