@@ -315,6 +315,74 @@ async fn every_commit_passes_the_fence(engine: Engine) {
     settled_and_whole(&c, &before, "").await;
 }
 
+/// A fence that fails the source over (TAKEOVER on its replica) when the commit asks it,
+/// and says yes once the source calls itself a replica: the commit then meets a source
+/// that refuses SETSLOT, and a new master the group never knew.
+struct DemotedAtCommit<'a> {
+    c: &'a LocalCluster,
+    src: String,
+    replica: String,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Fence for DemotedAtCommit<'_> {
+    async fn check(&self) -> Result<(), FenceError> {
+        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let mut con = self.c.conn(&self.replica).await.unwrap();
+            redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while nodes(self.c, &self.src).await.iter().any(|n| n.is_myself() && n.is_master()) {
+                assert!(std::time::Instant::now() < deadline, "the source was not demoted");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A group of the legacy mover whose source is demoted between its drain and its commit:
+/// every slot lands on the target, and no node, master or replica, shows one open after
+/// it (Valkey replicates SETSLOT, so the promoted replica and the demoted source both
+/// had the group's MIGRATING flags), so no later run sees a move nobody recorded.
+async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
+    c.load_skewed(4_000, 5).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
+    let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
+    let snap = rc.snapshot().await.unwrap();
+    let moves: Vec<Move> = snap
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.bytes > 0 && b.copies == [0])
+        .take(5)
+        .map(|(i, b)| Move {
+            kind: MoveKind::Copy,
+            bucket: b.id,
+            bucket_index: i as u32,
+            from: 0,
+            to: 1,
+            bytes: b.bytes,
+        })
+        .collect();
+    assert_eq!(moves.len(), 5);
+    let src = snap.members[0].address.clone();
+    let src_id = c.id_of(&src).unwrap().to_string();
+    let replica = nodes(&c, &src).await.into_iter().find(|n| n.master_id.as_deref() == Some(&src_id)).unwrap().addr;
+    let fence = DemotedAtCommit { c: &c, src, replica, done: Default::default() };
+    let results = rc.move_group(&snap, &moves, &Unpaced, &fence).await;
+    for (mv, r) in moves.iter().zip(&results) {
+        assert!(r.is_ok(), "slot {} was drained before the commit and committed on the target: {r:?}", mv.bucket);
+    }
+    let owners = c.slot_owners().await.unwrap();
+    for mv in &moves {
+        assert_eq!(owners[mv.bucket as usize], snap.members[1].address, "slot {}", mv.bucket);
+    }
+    settled_and_whole(&c, &before, "").await;
+}
+
 /// The real etcd lock's fence, whose lease is revoked (as etcd does when a holder's lease
 /// runs out) at the moment the first commit asks it.
 struct RevokedAtCommit<'a> {
@@ -466,6 +534,7 @@ on_each_engine!(
     residue_that_blocks_the_cluster_is_named_and_settled_by_the_command_it_names,
     a_second_standalone_process_on_one_state_file_is_refused,
     every_commit_passes_the_fence,
+    a_source_demoted_at_the_commit_leaves_no_slot_open,
     a_lease_revoked_at_the_commit_stops_it,
     the_mover_is_chosen_once_and_said
 );

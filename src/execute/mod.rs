@@ -173,20 +173,6 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         }
     }
 
-    /// Notes a cancel or the deadline that passed while nothing was in flight.
-    fn check_stop(&mut self, cancel: &CancellationToken) {
-        if self.stopped.is_some() {
-            return;
-        }
-        if self.job.lost.is_some_and(|l| l.is_cancelled()) {
-            self.stopped = Some(StopReason::LockLost);
-        } else if cancel.is_cancelled() {
-            self.stopped = Some(StopReason::Cancelled);
-        } else if Instant::now() >= self.deadline {
-            self.stopped = Some(StopReason::Deadline);
-        }
-    }
-
     /// Starts what the limits allow, in plan order: a move whose members are both below
     /// their limit, within the byte budget, once the fence says the lock is still ours.
     async fn start_ready(&mut self) {

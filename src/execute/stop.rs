@@ -1,6 +1,14 @@
-//! Why a run ended before its last move: one closed set, its labels and its sentences.
+//! Why a run ended before its last move: one closed set, its labels and its sentences;
+//! and the executor's check for a cancel, a lost lock or the deadline.
+
+use std::time::Instant;
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::Executor;
+use crate::cluster::Cluster;
+use crate::coord::Fence;
 
 /// Why a run ended before its last move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -44,5 +52,21 @@ impl std::fmt::Display for StopReason {
             StopReason::ReplicasBehind => "a target's replica did not acknowledge the data moved into it",
             StopReason::NoRoom => "a target had no room below balance.critical-memory-percent",
         })
+    }
+}
+
+impl<C: Cluster, F: Fence> Executor<'_, C, F> {
+    /// Notes a cancel or the deadline that passed while nothing was in flight.
+    pub(super) fn check_stop(&mut self, cancel: &CancellationToken) {
+        if self.stopped.is_some() {
+            return;
+        }
+        if self.job.lost.is_some_and(|l| l.is_cancelled()) {
+            self.stopped = Some(StopReason::LockLost);
+        } else if cancel.is_cancelled() {
+            self.stopped = Some(StopReason::Cancelled);
+        } else if Instant::now() >= self.deadline {
+            self.stopped = Some(StopReason::Deadline);
+        }
     }
 }

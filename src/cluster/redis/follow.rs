@@ -138,6 +138,39 @@ impl RedisCluster {
         }
     }
 
+    /// After a commit whose source refused its SETSLOT NODE (`slots`, now `dst`'s): the
+    /// source was demoted mid-move. Its replica, promoted since and so not among the
+    /// masters the commit told, may show the slots migrating (Valkey replicates SETSLOT),
+    /// and the demoted source keeps its flags as a replica; either would serve the slots
+    /// as still moving. Every master but `dst`, read afresh, is told the new owner (a
+    /// node that loses a slot drops its MIGRATING flag), and replicas still showing them
+    /// get their master's STABLE ([`Self::replicas_follow`]); what stays is logged, for
+    /// `repair --slot`. Redis closes a demoted node's slots: there this finds nothing.
+    pub(super) async fn follow_refused(&self, dst: &str, dst_id: &str, slots: &[u16]) {
+        if slots.is_empty() {
+            return;
+        }
+        let topo = match self.topology().await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(cause = %e, "could not read the topology after a demoted source's commit");
+                return;
+            }
+        };
+        let others = topo.masters.iter().filter(|m| m.addr != dst && !m.is_failed());
+        futures::future::join_all(others.map(|m| async move {
+            for (slot, r) in slots.iter().zip(self.setslots(&m.addr, slots, &["NODE", dst_id]).await) {
+                if let Err(e) = r {
+                    warn!(slot, node = %m.addr, cause = %e, "a master did not take the new owner after its source was demoted");
+                }
+            }
+        }))
+        .await;
+        for (slot, why) in self.replicas_follow(&topo, slots).await {
+            warn!(slot, "{why}");
+        }
+    }
+
     /// (slot, replica, its master) for each replica whose own view shows a slot of
     /// `slots` open while the master it follows has it stable. A replica that does not
     /// answer is skipped: it reads its state again when it rejoins.

@@ -61,10 +61,14 @@ impl RedisCluster {
         // Open: IMPORTING on the target first, then MIGRATING on the source.
         let imported = self.setslots(&dst, &slots, &["IMPORTING", &src_id]).await;
         let mut opened = Vec::new();
+        // A step a node refused is settled as an open slot: Valkey runs a SETSLOT on the
+        // replicas before their primary, so a primary that refuses it (its source demoted
+        // meanwhile: "not a master") may leave replicas, one perhaps promoted since,
+        // showing the slot open. The run's repair closes it wherever it shows.
         for (i, r) in imported.into_iter().enumerate() {
             match r {
                 Ok(()) => opened.push(i),
-                Err(e) => out[i] = Some(Err(fail(group[i], format!("IMPORTING on {dst}: {e}"), false))),
+                Err(e) => out[i] = Some(Err(fail(group[i], format!("IMPORTING on {dst}: {e}"), true))),
             }
         }
         let migrating = self.setslots(&src, &pick(&slots, &opened), &["MIGRATING", &dst_id]).await;
@@ -75,7 +79,7 @@ impl RedisCluster {
                 Ok(()) => open.push(i),
                 Err(e) => {
                     refused.push(i);
-                    out[i] = Some(Err(fail(group[i], format!("MIGRATING on {src}: {e}"), false)));
+                    out[i] = Some(Err(fail(group[i], format!("MIGRATING on {src}: {e}"), true)));
                 }
             }
         }
@@ -90,7 +94,8 @@ impl RedisCluster {
         if let Some((first, rest)) = stopped {
             self.close_untouched(group, &slots, &rest, (&src, &dst), &first, &mut out).await;
         }
-        self.commit_group(&topo, group, (&src, &dst, &dst_id), drained, fence, &mut out).await;
+        let refused = self.commit_group(&topo, group, (&src, &dst, &dst_id), drained, fence, &mut out).await;
+        self.follow_refused(&dst, &dst_id, &refused).await;
         for &slot in &slots {
             self.sizes.forget(slot);
         }
@@ -181,7 +186,8 @@ impl RedisCluster {
     }
 
     /// Past the fence, assigns every drained slot to the target: the target first, then
-    /// the source, then the other masters, each in one pipeline.
+    /// the source, then the other masters, each in one pipeline. Returns the committed
+    /// slots the source refused (demoted meanwhile).
     async fn commit_group<F: Fence>(
         &self,
         topo: &Topology,
@@ -190,9 +196,10 @@ impl RedisCluster {
         drained: Vec<(usize, MoveStats)>,
         fence: &F,
         out: &mut [Option<Outcome>],
-    ) {
+    ) -> Vec<u16> {
+        let mut refused = Vec::new();
         if drained.is_empty() {
-            return;
+            return refused;
         }
         // The commit fence: a holder that lost the lock leaves the slots open (and their
         // moves recorded) for the next holder's repair, which finishes them.
@@ -200,7 +207,7 @@ impl RedisCluster {
             for (i, _) in drained {
                 out[i] = Some(Err(ClusterError::Fenced { bucket: group[i].bucket, cause: cause.clone() }));
             }
-            return;
+            return refused;
         }
         let slots: Vec<u16> = drained.iter().map(|(i, _)| group[*i].bucket as u16).collect();
         let assigned = self.setslots(dst, &slots, &["NODE", dst_id]).await;
@@ -221,9 +228,10 @@ impl RedisCluster {
                 }
             }
         }
-        for (r, slot) in self.setslots(src, &committed, &["NODE", dst_id]).await.into_iter().zip(&committed) {
+        for (r, &slot) in self.setslots(src, &committed, &["NODE", dst_id]).await.into_iter().zip(&committed) {
             if let Err(e) = r {
                 warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
+                refused.push(slot);
             }
         }
         let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
@@ -236,6 +244,7 @@ impl RedisCluster {
             }
         }))
         .await;
+        refused
     }
 
     /// `CLUSTER SETSLOT <slot> <args>` for each of `slots` on `addr`, in one pipeline; one

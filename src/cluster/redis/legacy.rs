@@ -272,6 +272,7 @@ impl RedisCluster {
         self.setslot(dst, slot, &["NODE", dst_id]).await.map_err(fail)?;
         if let Err(e) = self.setslot(src, slot, &["NODE", dst_id]).await {
             warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
+            self.follow_refused(dst, dst_id, &[slot]).await;
         }
         let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
         let results = futures::future::join_all(
@@ -299,7 +300,9 @@ impl RedisCluster {
         let SlotMove { slot, src, dst, resume, .. } = m;
         let src_id = self.node_id_of(topo, src)?;
         let dst_id = self.node_id_of(topo, dst)?;
-        let early = |message: String| ClusterError::Move { bucket: slot as u64, message, open: false };
+        // A refused step is settled as an open slot: replicas may have taken it (see
+        // `legacy_group`).
+        let early = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
         if let Err(e) = self.setslot(dst, slot, &["IMPORTING", &src_id]).await {
             if !resume {
                 return Err(early(format!("IMPORTING on {dst}: {e}")));
