@@ -15,6 +15,42 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
+/// Every copy the fleet set aside, read on the live masters (SCAN, then GET where the
+/// master serves it), by the key it is a copy of.
+async fn asides(c: &LocalCluster) -> client::Asides {
+    let mut out = client::Asides::new();
+    for a in c.current_masters().await.unwrap_or_default() {
+        let Ok(mut con) = c.conn(&a).await else { continue };
+        let mut cursor = 0u64;
+        loop {
+            let scanned: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("autobalancer:aside:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await;
+            let Ok((next, names)) = scanned else { break };
+            for name in names {
+                let value: Option<String> = redis::cmd("GET").arg(&name).query_async(&mut con).await.ok().flatten();
+                if let (Some(key), Some(seq)) = (
+                    autobalancer::cluster::redis::aside_copy_of(name.as_bytes())
+                        .and_then(|k| std::str::from_utf8(k).ok()),
+                    value.as_deref().and_then(client::seq_of),
+                ) {
+                    out.entry(key.to_string()).or_default().push((name.clone(), seq));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    out
+}
+
 /// Live replicas, as a live master's CLUSTER NODES lists them.
 pub async fn replicas(c: &LocalCluster) -> Vec<String> {
     for a in c.live_addrs() {
@@ -140,7 +176,8 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut con = w.c.cluster_conn().await.unwrap();
-    let end = client::check(&mut con, record).await;
+    let asides = asides(&w.c).await;
+    let end = client::check(&mut con, record, &asides).await;
     let (lost, stale) = (&end.lost, &end.stale);
     v.extend(lost.iter().map(|l| format!("lost: {l}")));
     v.extend(stale.iter().map(|l| format!("stale at the end: {l}")));
@@ -190,7 +227,7 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
     }
     let logged = |p: &str| w.sidecars.iter().map(|s| s.logged(p)).sum::<usize>();
     let line = format!(
-        "acked_writes={} replicated={} write_errors={} reads={} stale_reads={} stale_behind_replica={} vanished={} lost={} stale={} lost_unreplicated={} runs={} runs_rebalanced={} repaired={} set_aside={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% next_run={} violations={}",
+        "acked_writes={} replicated={} write_errors={} reads={} stale_reads={} stale_behind_replica={} vanished={} lost={} stale={} lost_unreplicated={} runs={} runs_rebalanced={} repaired={} set_aside={} aside_copies={} two_holders={} open_slots={} stray={} max_byte_dev={:.1}% next_run={} violations={}",
         record.writes_acked,
         record.writes_replicated,
         record.write_errors,
@@ -205,6 +242,7 @@ pub async fn settle_and_check(w: &World, record: &Record, two_holders: &[String]
         w.sidecars.iter().map(|s| s.logged_run("rebalanced")).sum::<usize>(),
         logged("repair: ") + logged("settled a failed move"),
         logged("a key differed on both sides"),
+        asides.values().map(Vec::len).sum::<usize>(),
         two_holders.len(),
         open.len(),
         stray.len(),

@@ -188,10 +188,24 @@ pub struct Ending {
     pub unreplicated: Vec<String>,
 }
 
+/// Copies the fleet set aside (a key found with a different value on each side of its
+/// slot), by the key they are a copy of: (the aside name, the sequence number it holds).
+pub type Asides = BTreeMap<String, Vec<(String, u64)>>;
+
+/// Where a key below what was acknowledged has a copy set aside that holds `need` or
+/// more: said beside the violation, so a value kept under the other name is told apart
+/// from one lost.
+fn aside_note(asides: &Asides, key: &str, need: u64) -> String {
+    asides
+        .get(key)
+        .and_then(|copies| copies.iter().filter(|(_, s)| *s >= need).max_by_key(|(_, s)| *s))
+        .map_or(String::new(), |(name, s)| format!("; {s} is set aside under {name}"))
+}
+
 /// Every acknowledged write, read back. A key must hold its last acknowledged value or a
 /// later one the client sent; below that, it must hold at least the last write a replica
 /// confirmed.
-pub async fn check(con: &mut ClusterConnection, record: &Record) -> Ending {
+pub async fn check(con: &mut ClusterConnection, record: &Record, asides: &Asides) -> Ending {
     let mut end = Ending::default();
     for (key, w) in &record.acked {
         let (acked, sent) = (w.acked, w.sent);
@@ -209,15 +223,18 @@ pub async fn check(con: &mut ClusterConnection, record: &Record) -> Ending {
             }
         }
         let floor = w.replicated;
+        let aside = |need: u64| aside_note(asides, key, need);
         match got.flatten().as_deref().and_then(seq_of) {
-            None if floor > 0 => end.lost.push(format!("{key}: gone (last acknowledged {acked}, replicated {floor})")),
+            None if floor > 0 => {
+                end.lost.push(format!("{key}: gone (last acknowledged {acked}, replicated {floor}){}", aside(floor)))
+            }
             None => end.unreplicated.push(format!("{key}: gone (last acknowledged {acked}, none replicated)")),
             Some(s) if s < floor => {
-                end.stale.push(format!("{key}: holds {s}, {floor} was acknowledged and replicated"))
+                end.stale.push(format!("{key}: holds {s}, {floor} was acknowledged and replicated{}", aside(floor)))
             }
-            Some(s) if s < acked => {
-                end.unreplicated.push(format!("{key}: holds {s} ({floor} replicated), {acked} was acknowledged"))
-            }
+            Some(s) if s < acked => end
+                .unreplicated
+                .push(format!("{key}: holds {s} ({floor} replicated), {acked} was acknowledged{}", aside(acked))),
             Some(s) if s > sent => end.stale.push(format!("{key}: holds {s}, never sent (last sent {sent})")),
             Some(_) => {}
         }

@@ -30,6 +30,15 @@ pub(super) fn aside_name(slot: u16, key: &[u8], ms: i64) -> Vec<u8> {
     name
 }
 
+/// The key an aside name is a copy of; None for a name that is not one. For checkers and
+/// operators reading the copies back.
+pub fn copy_of(name: &[u8]) -> Option<&[u8]> {
+    let rest = name.strip_prefix(PREFIX.as_bytes())?.strip_prefix(b"{")?;
+    let rest = &rest[rest.iter().position(|&b| b == b'}')? + 1..];
+    let rest = rest.strip_prefix(b":")?;
+    Some(&rest[rest.iter().position(|&b| b == b':')? + 1..])
+}
+
 impl RedisCluster {
     /// Renames `key` on `node`, which imports `slot` (every caller's losing side does),
     /// to its aside name: DUMP, RESTORE with its time to live, DEL, each after ASKING. No
@@ -75,6 +84,9 @@ mod tests {
             // The cluster hashes the first {...}: the tag, not the key's own.
             let tag = &s[s.find('{').unwrap() + 1..s.find('}').unwrap()];
             assert_eq!(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384, slot, "{s}");
+            assert_eq!(super::copy_of(s.as_bytes()), Some(&b"nem:{x}422"[..]), "{s}");
         }
+        assert_eq!(super::copy_of(b"nem:{x}422"), None);
+        assert_eq!(super::copy_of(b"autobalancer:aside:{1}"), None);
     }
 }

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 use tracing::debug;
 
+pub use aside::copy_of as aside_copy_of;
 pub use capabilities::{Capabilities, MigrationMode, Mover};
 pub use migrations::SlotMigration;
 pub use sizing::{Mode as SizingMode, SizingOptions};
