@@ -40,6 +40,9 @@ pub enum ClusterError {
     /// next holder's repair.
     #[error("bucket {bucket} left open before its commit for the next holder: {cause}")]
     Fenced { bucket: u64, cause: FenceError },
+    /// The fence said no before the move began: its bucket was never opened.
+    #[error("bucket {bucket} not started: {cause}")]
+    FencedBeforeStart { bucket: u64, cause: FenceError },
     #[error("{0}")]
     Config(String),
     /// A role change refused or not finished in time, in the server's words.

@@ -78,8 +78,8 @@ impl<C: Cluster> Cluster for Recorded<'_, C> {
             return moves
                 .iter()
                 .map(|m| match &e {
-                    ClusterError::Fenced { .. } => {
-                        Err(ClusterError::Fenced { bucket: m.bucket, cause: FenceError::NotHolder })
+                    ClusterError::FencedBeforeStart { .. } => {
+                        Err(ClusterError::FencedBeforeStart { bucket: m.bucket, cause: FenceError::NotHolder })
                     }
                     e => Err(ClusterError::Move { bucket: m.bucket, message: e.to_string(), open: false }),
                 })
@@ -115,7 +115,7 @@ impl<C> Recorded<'_, C> {
         let bucket = moves[0].bucket;
         self.coordinator.record_moves(self.guard, &intents).await.map_err(|e| match e {
             // The lock is gone: the run stops as lock_lost, not as a failed move.
-            LockError::NotHolder => ClusterError::Fenced { bucket, cause: FenceError::NotHolder },
+            LockError::NotHolder => ClusterError::FencedBeforeStart { bucket, cause: FenceError::NotHolder },
             e => ClusterError::Move {
                 bucket,
                 message: format!("could not record the move's intent, so it did not start: {e}"),

@@ -370,12 +370,12 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             }
             // An earlier move of its group stopped it, and said why.
             Err(ClusterError::NotStarted { .. }) => self.deferred += 1,
-            Err(e @ ClusterError::Fenced { .. }) => {
+            Err(e @ (ClusterError::Fenced { .. } | ClusterError::FencedBeforeStart { .. })) => {
                 warn!(bucket = mv.bucket, cause = %e, "the lock was lost: starting no more moves");
                 metrics.count_move(MoveOutcome::LockLost, 1);
                 // Refused before the commit, the bucket is left open; refused before the
-                // start (its intent could not be recorded), it never opened.
-                if !matches!(e, ClusterError::Fenced { cause: FenceError::NotHolder, .. }) {
+                // start, it never opened.
+                if matches!(e, ClusterError::Fenced { .. }) {
                     self.open_buckets.push(mv.bucket);
                 }
                 self.stopped.get_or_insert(StopReason::LockLost);

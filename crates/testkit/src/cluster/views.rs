@@ -112,24 +112,42 @@ impl LocalCluster {
     pub async fn wait_ok(&self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            if self.all_ok().await.unwrap_or(false) {
-                return Ok(());
-            }
+            let not_ok = match self.not_ok().await {
+                Ok(None) => return Ok(()),
+                Ok(Some(why)) => why,
+                Err(e) => e,
+            };
             if Instant::now() > deadline {
-                return Err(format!("cluster not ok within {within:?}"));
+                return Err(format!("cluster not ok within {within:?}: {not_ok}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn all_ok(&self) -> Result<bool> {
+        Ok(self.not_ok().await?.is_none())
+    }
+
+    /// The first live node that does not call the cluster ok with every slot assigned,
+    /// and what it says instead.
+    async fn not_ok(&self) -> Result<Option<String>> {
         for a in self.live_addrs() {
             let info = self.text(&a, &["CLUSTER", "INFO"]).await?;
             if !info.contains("cluster_state:ok") || !info.contains("cluster_slots_assigned:16384") {
-                return Ok(false);
+                let said: Vec<&str> = info
+                    .lines()
+                    .filter(|l| {
+                        ["cluster_state", "cluster_slots_", "cluster_known", "cluster_current_epoch"]
+                            .iter()
+                            .any(|k| l.starts_with(k))
+                    })
+                    .map(str::trim)
+                    .collect();
+                let nodes = self.text(&a, &["CLUSTER", "NODES"]).await.unwrap_or_default();
+                return Ok(Some(format!("{a} says {}\n{nodes}", said.join(" "))));
             }
         }
-        Ok(true)
+        Ok(None)
     }
 
     /// Slots any live node reports MIGRATING or IMPORTING, as `addr [slot->-id]`.
