@@ -8,8 +8,6 @@ pub mod file;
 pub mod handoff;
 mod reading;
 pub mod recorded;
-
-pub use reading::Reading;
 pub mod redis;
 
 use std::future::Future;
@@ -20,6 +18,7 @@ pub use crate::coord::{Fence, FenceError, MeasuredBucket, SizeTable};
 use crate::model::{ClusterSnapshot, MoveIntent};
 use crate::plan::Move;
 pub use handoff::{HANDOFF_WITHIN, Handoff, HandoffError};
+pub use reading::Reading;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -30,8 +29,7 @@ pub enum ClusterError {
     /// A move that failed; `open` says whether the bucket was left mid-migration.
     #[error("moving bucket {bucket}: {message}")]
     Move { bucket: u64, message: String, open: bool },
-    /// A move of a group never begun, its slot left as it was, because an earlier move
-    /// of the group stopped the group (why, in a sentence).
+    /// A move of a group never begun, its slot as it was: an earlier move stopped the group.
     #[error("bucket {bucket} not moved: {why}")]
     NotStarted { bucket: u64, why: String },
     #[error("repair of bucket {bucket}: {message}")]
@@ -82,8 +80,7 @@ pub trait Pace: Send + Sync {
     fn take(&self, bytes: u64) -> impl Future<Output = ()> + Send;
 }
 
-/// No pacing: repair, and what settles a failed move, go as fast as they can (an open
-/// slot is the worse state).
+/// No pacing: repair and the settling of a failed move go fast (an open slot is worse).
 pub struct Unpaced;
 
 impl Pace for Unpaced {

@@ -301,7 +301,12 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
             (self.job.cluster, self.job.snapshot, self.pacer.clone(), self.job.fence);
         self.inflight.push(Box::pin(async move {
             let t0 = Instant::now();
-            if let [idx] = group[..] {
+            // A backend that moves groups gets a group of one as a group: its chosen
+            // mover moves it (a lone slot moved the legacy way beside atomic jobs makes
+            // Valkey refuse every job on its nodes while it is open).
+            if let [idx] = group[..]
+                && !cluster.groups_moves()
+            {
                 let r = cluster.move_bucket(snapshot, &moves[idx], pacer.as_ref(), fence).await;
                 return vec![(idx, r, t0.elapsed())];
             }
@@ -835,6 +840,22 @@ mod tests {
         assert_eq!(r.moves_done, p.moves.len() as u64);
         let sizes = check_groups(&rec, GROUP_BYTES);
         assert!(sizes.iter().all(|&n| n <= GROUP_SLOTS) && sizes.len() > 1, "{sizes:?}");
+    }
+
+    /// A backend that moves groups gets a group of one as a group, never as a lone
+    /// `move_bucket`: with Valkey that would be the legacy mover beside atomic jobs.
+    #[tokio::test]
+    async fn a_group_of_one_goes_to_the_backends_group_mover() {
+        let (s, p) = scenario();
+        let rec = grouping();
+        // 10 B/s: a group's seconds of bytes are below one move's 1000, so every group
+        // holds one move.
+        let l = Limits { max_bytes_per_second: 10, ..limits() };
+        let r = exec(&rec, &s, &p, &l, &NoFence, &CancellationToken::new(), &Metrics::new()).await;
+        assert_eq!(r.moves_done, 40);
+        let sizes = check_groups(&rec, 1000);
+        assert!(sizes.len() == 40 && sizes.iter().all(|&n| n == 1), "{sizes:?}");
+        assert!(rec.moves.lock().unwrap().is_empty(), "a move went around the group mover");
     }
 
     #[tokio::test]

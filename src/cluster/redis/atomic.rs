@@ -13,18 +13,16 @@
 //! runs ([`super::capabilities`]), or the legacy protocol ([`super::legacy`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use super::capabilities::Mover;
 use super::follow::HOLD_WAIT;
-use super::legacy::SlotMove;
 use super::migrations::{SlotMigration, merge};
 use super::topology::{NodeLine, Topology};
 use super::{RedisCluster, SLOTS, SizingMode};
-use crate::cluster::{ClusterError, Fence, FenceError, MoveStats, Pace, Unpaced};
+use crate::cluster::{ClusterError, Fence, FenceError, MoveStats, Pace};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 
@@ -64,7 +62,7 @@ enum Next {
 }
 
 /// How one slot of a group ended.
-enum SlotEnd {
+pub(super) enum SlotEnd {
     Moved,
     MovedByLegacy(MoveStats),
     Failed(ClusterError),
@@ -73,7 +71,7 @@ enum SlotEnd {
 impl RedisCluster {
     /// Slots moved by the legacy mover after an atomic job failed, since this value was made.
     pub fn legacy_fallbacks(&self) -> u64 {
-        self.legacy_fallbacks.load(Ordering::Relaxed)
+        self.fallbacks.count()
     }
 
     /// `move_group` for this backend: per (source, target), one atomic job where the mover
@@ -232,6 +230,7 @@ impl RedisCluster {
     ) -> HashMap<u16, SlotEnd> {
         let bytes_of = |s: &[u16]| s.iter().map(|x| estimates.get(x).copied().unwrap_or(0)).sum::<u64>();
         let mut ends = HashMap::new();
+        let jobs = self.fallbacks.share(src, dst).await;
         let first = self.attempt(src, dst, dst_id, slots, bytes_of(slots)).await;
         let mut legacy: Vec<u16> = Vec::new();
         let mut why = first.why.clone();
@@ -259,41 +258,9 @@ impl RedisCluster {
             _ => record(&mut ends, &first.left, src, &first.why, false),
         }
         record_settled(&mut ends, &first, src);
-        for slot in legacy {
-            ends.insert(
-                slot,
-                self.legacy_fallback(
-                    topo,
-                    SlotMove { slot, src, dst, resume: false, estimate: estimates[&slot] },
-                    &why,
-                    fence,
-                )
-                .await,
-            );
-        }
+        drop(jobs);
+        ends.extend(self.fall_back(topo, (src, dst), &legacy, estimates, &why, fence).await);
         ends
-    }
-
-    /// Moves one slot with the legacy mover after the atomic one could not.
-    async fn legacy_fallback<F: Fence>(&self, topo: &Topology, m: SlotMove<'_>, why: &str, fence: &F) -> SlotEnd {
-        let SlotMove { slot, src, dst, .. } = m;
-        // The group's intents were recorded when it began, which may be long ago: a
-        // holder that lost the lock since (frozen past its lease, say) must not open a
-        // slot the next holder's repair already found closed and forgot (nemesis,
-        // Valkey seed 62: nine slots opened 2 s after the lease was lost stayed open,
-        // recorded nowhere, for every later run).
-        if let Err(cause) = fence.check().await {
-            return SlotEnd::Failed(ClusterError::FencedBeforeStart { bucket: slot as u64, cause });
-        }
-        warn!(slot, from = %src, to = %dst, cause = %why, "atomic migration did not move the slot; moving it with the legacy mover");
-        // The group's bytes were paced before its first job.
-        match self.finish(topo, m, &Unpaced, fence).await {
-            Ok(stats) => {
-                self.legacy_fallbacks.fetch_add(1, Ordering::Relaxed);
-                SlotEnd::MovedByLegacy(stats)
-            }
-            Err(e) => SlotEnd::Failed(e),
-        }
     }
 
     /// One job for `slots`, then who owns them.

@@ -7,6 +7,7 @@
 //! one call); [`capabilities`] what the engines support and which mover runs; [`legacy`]
 //! the SETSLOT and MIGRATE mover of one slot, [`grouped`] of a group of slots between
 //! two masters, committed together; [`atomic`] Valkey 9's MIGRATESLOTS mover,
+//! [`fallback`] the legacy mover after its jobs, kept off nodes where jobs run,
 //! [`migrations`] reading its jobs, [`inflight`] settling the jobs a crash left running;
 //! [`repair`] closing slots a crash or a failed move left open, [`stray`] returning keys
 //! to their slot's owner, [`aside`] a key found with two values, [`follow`] replicas that
@@ -21,6 +22,7 @@ mod aside;
 mod atomic;
 mod capabilities;
 mod conn;
+mod fallback;
 mod follow;
 mod grouped;
 mod handoff;
@@ -110,8 +112,8 @@ pub struct RedisCluster {
     pub migration: MigrationMode,
     /// What the masters supported at the last snapshot.
     caps: capabilities::Seen,
-    /// Slots the legacy mover moved after an atomic job failed.
-    legacy_fallbacks: std::sync::atomic::AtomicU64,
+    /// Legacy fallbacks: counted, and kept off nodes where atomic jobs run.
+    fallbacks: fallback::Fallbacks,
     /// `topology.max-lag-bytes`: how far behind a replica in sync may be.
     max_lag_bytes: u64,
 }
@@ -158,7 +160,7 @@ impl RedisCluster {
                 crate::config::Migration::Legacy => MigrationMode::Legacy,
             },
             caps: capabilities::Seen::default(),
-            legacy_fallbacks: Default::default(),
+            fallbacks: Default::default(),
             max_lag_bytes: config.topology.max_lag_bytes.0,
         })
     }
@@ -252,7 +254,7 @@ impl Cluster for RedisCluster {
 
     /// Per (source, target): with the atomic mover one MIGRATESLOTS job; otherwise one
     /// legacy group, opened, drained and committed together. (`move_bucket` alone always
-    /// uses the legacy mover on one slot.)
+    /// uses the legacy mover on one slot; the executor hands a group of one here.)
     async fn move_group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
