@@ -316,19 +316,27 @@ async fn every_commit_passes_the_fence(engine: Engine) {
     settled_and_whole(&c, &before, "").await;
 }
 
-/// A fence that fails the source over (TAKEOVER on its replica) when the commit asks it,
-/// and says yes once the source calls itself a replica: the commit then meets a source
-/// that refuses SETSLOT, and a new master the group never knew.
+/// A fence that fails the source over (TAKEOVER on its replica) when a commit asks it
+/// with every slot of the group drained (the group's last commit), and says yes once
+/// the source calls itself a replica: that commit then meets a source that refuses
+/// SETSLOT, and a new master the group never knew.
 struct DemotedAtCommit<'a> {
     c: &'a LocalCluster,
     src: String,
     replica: String,
+    slots: Vec<u64>,
     done: std::sync::atomic::AtomicBool,
 }
 
 impl Fence for DemotedAtCommit<'_> {
     async fn check(&self) -> Result<(), FenceError> {
-        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let mut on_src = self.c.conn(&self.src).await.unwrap();
+        let mut left = 0u64;
+        for &slot in &self.slots {
+            left +=
+                redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot).query_async::<u64>(&mut on_src).await.unwrap();
+        }
+        if left == 0 && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let mut con = self.c.conn(&self.replica).await.unwrap();
             redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -372,8 +380,10 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
     let src = snap.members[0].address.clone();
     let src_id = c.id_of(&src).unwrap().to_string();
     let replica = nodes(&c, &src).await.into_iter().find(|n| n.master_id.as_deref() == Some(&src_id)).unwrap().addr;
-    let fence = DemotedAtCommit { c: &c, src, replica, done: Default::default() };
+    let slots = moves.iter().map(|mv| mv.bucket).collect();
+    let fence = DemotedAtCommit { c: &c, src, replica, slots, done: Default::default() };
     let results = rc.move_group(&snap, &moves, &Unpaced, &fence).await;
+    assert!(fence.done.load(std::sync::atomic::Ordering::SeqCst), "the source was failed over at a commit");
     for (mv, r) in moves.iter().zip(&results) {
         assert!(r.is_ok(), "slot {} was drained before the commit and committed on the target: {r:?}", mv.bucket);
     }
