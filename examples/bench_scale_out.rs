@@ -6,7 +6,9 @@
 //! bytes, and whether every key and value is intact.
 //! Usage: bench_scale_out [--valkey] LOADED EMPTY KEYS [AUTOBALANCER_BIN]; BENCH_TOOLS picks the
 //! tools (`redis-cli,autobalancer`), BENCH_EXTRA appends TOML to autobalancer's config, BENCH_REPLICAS gives
-//! every master that many replicas.
+//! every master that many replicas, BENCH_CLIENT=N runs N cluster-aware readers (redis-rs) through the
+//! run and one second after it, and prints what they did and the MOVED and ASK replies the
+//! masters sent meanwhile (INFO errorstats): the redirects a client pays for the moves.
 
 mod bench_common;
 
@@ -58,6 +60,9 @@ async fn run(
         }
     };
     let quiet = std::env::var("BENCH_LOG").is_err();
+    let readers = std::env::var("BENCH_CLIENT").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let names: Vec<Vec<u8>> = digest.keys().step_by(7).cloned().collect();
+    let clients = Readers::start(&c, readers, names).await;
     let t0 = Instant::now();
     let out = cmd
         .stdout(std::process::Stdio::piped())
@@ -65,12 +70,148 @@ async fn run(
         .output()
         .unwrap();
     let wall = t0.elapsed().as_secs_f64();
+    clients.report(&c).await;
     assert!(out.status.success(), "{tool} failed");
     let moving =
         serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["duration_seconds"].as_f64());
     c.wait_ok(std::time::Duration::from_secs(60)).await.unwrap();
     let intact = c.digest().await.unwrap() == digest && c.open_slots().await.unwrap().is_empty();
     (row(&c, &before, wall, intact).await, moving)
+}
+
+/// Cluster-aware readers GETting keys that exist, in turn, until stopped: redis-rs
+/// tasks, and with BENCH_PY (a Python with redis-py) as many redis-py processes.
+struct Readers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, u64, String)>>,
+    py: Vec<std::process::Child>,
+}
+
+/// A redis-py reader: GETs the keys named on stdin's first line (hex, comma-separated)
+/// through a RedisCluster client until stdin closes, then prints `ops errors first-error`.
+const PY_READER: &str = r#"
+import sys, threading, redis.cluster
+host, port = sys.argv[1].rsplit(":", 1)
+names = [bytes.fromhex(h) for h in sys.stdin.readline().strip().split(",")]
+c = redis.cluster.RedisCluster(host=host, port=int(port))
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+ops = errors = 0
+first = "-"
+i = int(sys.argv[2]) * 7919
+while not done.is_set():
+    i = (i + 1) % len(names)
+    try:
+        c.get(names[i]); ops += 1
+    except Exception as e:
+        errors += 1
+        if first == "-":
+            first = repr(e).replace(" ", "_")[:160]
+print(ops, errors, first, flush=True)
+"#;
+
+impl Readers {
+    /// `n` readers over `names`, after the masters' error counters are reset.
+    async fn start(c: &autobalancer_testkit::LocalCluster, n: usize, names: Vec<Vec<u8>>) -> Readers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if n > 0 {
+            for a in c.current_masters().await.unwrap() {
+                let mut con = c.conn(&a).await.unwrap();
+                redis::cmd("CONFIG").arg("RESETSTAT").query_async::<()>(&mut con).await.unwrap();
+            }
+        }
+        let names = std::sync::Arc::new(names);
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let (mut con, stop, names) = (c.cluster_conn().await.unwrap(), stop.clone(), names.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut ops, mut errors, mut first_error) = (0u64, 0u64, String::new());
+                let mut k = i * 7919;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    k = (k + 1) % names.len();
+                    match redis::cmd("GET").arg(&names[k]).query_async::<Option<Vec<u8>>>(&mut con).await {
+                        Ok(_) => ops += 1,
+                        Err(e) => {
+                            errors += 1;
+                            if first_error.is_empty() {
+                                first_error = e.to_string();
+                            }
+                        }
+                    }
+                }
+                (ops, errors, first_error)
+            }));
+        }
+        let mut py = Vec::new();
+        if let (Ok(python), true) = (std::env::var("BENCH_PY"), n > 0) {
+            let hex: Vec<String> =
+                names.iter().map(|k| k.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect();
+            let line = hex.join(",") + "\n";
+            for i in 0..n {
+                let mut child = std::process::Command::new(&python)
+                    .args(["-c", PY_READER, &c.master_addrs()[0], &i.to_string()])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("BENCH_PY runs");
+                use std::io::Write;
+                child.stdin.as_mut().unwrap().write_all(line.as_bytes()).unwrap();
+                py.push(child);
+            }
+            // Each has connected and read its first key before the run starts.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        Readers { stop, tasks, py }
+    }
+
+    /// One second more, then what the readers did and the redirects the masters sent.
+    async fn report(self, c: &autobalancer_testkit::LocalCluster) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ops, mut errors, mut first) = (0, 0, String::new());
+        for t in self.tasks {
+            let (o, e, f) = t.await.unwrap();
+            (ops, errors) = (ops + o, errors + e);
+            if first.is_empty() {
+                first = f;
+            }
+        }
+        let (mut py_ops, mut py_errors, mut py_first) = (0u64, 0u64, String::from("-"));
+        for mut child in self.py {
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut it = text.split_whitespace();
+            let mut num = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            (py_ops, py_errors) = (py_ops + num(), py_errors + num());
+            if let Some(f) = text.split_whitespace().nth(2).filter(|f| *f != "-" && py_first == "-") {
+                py_first = f.to_string();
+            }
+        }
+        if py_ops + py_errors > 0 {
+            println!("redis-py readers: {py_ops} GETs, {py_errors} errors (first: {py_first})");
+        }
+        let (mut moved, mut ask) = (0u64, 0u64);
+        for a in c.current_masters().await.unwrap() {
+            let mut con = c.conn(&a).await.unwrap();
+            let info: String = redis::cmd("INFO").arg("errorstats").query_async(&mut con).await.unwrap();
+            let count = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim_start_matches(":count=").trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            moved += count("errorstat_MOVED");
+            ask += count("errorstat_ASK");
+        }
+        println!(
+            "readers: {ops} GETs, {errors} errors{}; masters sent MOVED {moved}, ASK {ask}",
+            if first.is_empty() { String::new() } else { format!(" (first: {first})") }
+        );
+    }
 }
 
 #[tokio::main]
