@@ -398,6 +398,9 @@ fn job_end(job: SlotMigration) -> (String, Next, Option<String>) {
         "success" => return (String::new(), Next::Stop, Some(job.name)),
         // The target may hold the slots with writes lost: a person should look.
         "failed" if job.message.contains("may have succeeded") => Next::Stop,
+        // A side is no longer a primary (failed over since the plan): neither a smaller
+        // job nor the legacy mover would pass; the next run plans on the new roles.
+        "failed" if job.message.contains("only be used on primary") => Next::Stop,
         "failed" => Next::Retry,
         _ => Next::Stop,
     };
@@ -425,5 +428,35 @@ fn record(ends: &mut HashMap<u16, SlotEnd>, slots: &[u16], src: &str, why: &str,
     for &s in slots {
         let message = if open { why.to_string() } else { format!("{why}; the slot stays with {src}") };
         ends.entry(s).or_insert(SlotEnd::Failed(ClusterError::Move { bucket: s as u64, message, open }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(message: &str) -> SlotMigration {
+        SlotMigration {
+            name: "j".into(),
+            operation: "EXPORT".into(),
+            slot_ranges: vec![(1, 2)],
+            source_node: "s".into(),
+            target_node: "t".into(),
+            state: "failed".into(),
+            message: message.into(),
+        }
+    }
+
+    /// A job that failed under writes is tried again in halves; one whose target is no
+    /// longer a primary stops, its slots left with the source, instead of handing every
+    /// slot to a legacy mover the replica would refuse too (nemesis, Valkey seed 62:
+    /// 1,142 fallbacks after a target was failed over).
+    #[test]
+    fn a_job_whose_target_was_demoted_stops() {
+        assert_eq!(job_end(failed("Connection lost")).1, Next::Retry);
+        let demoted =
+            "Received error during handshake to target: -ERR Slot migration can only be used on primary nodes.";
+        assert_eq!(job_end(failed(demoted)).1, Next::Stop);
+        assert_eq!(job_end(failed("Slot migration may have succeeded")).1, Next::Stop);
     }
 }
