@@ -293,7 +293,8 @@ impl RedisCluster {
         }
         c.arg("NODE").arg(dst_id);
         if let Err(e) = self.conns.query::<()>(src, &c).await {
-            return (format!("CLUSTER MIGRATESLOTS refused by {e}"), Next::Legacy, None);
+            let next = if demoted(&e) { Next::Stop } else { Next::Legacy };
+            return (format!("CLUSTER MIGRATESLOTS refused by {e}"), next, None);
         }
         debug!(node = %src, target = %dst_id, slots = slots.len(), "atomic job started");
         let limit = self.migrate_timeout + Duration::from_secs(bytes / JOB_MIN_BYTES_PER_SECOND);
@@ -400,11 +401,16 @@ fn job_end(job: SlotMigration) -> (String, Next, Option<String>) {
         "failed" if job.message.contains("may have succeeded") => Next::Stop,
         // A side is no longer a primary (failed over since the plan): neither a smaller
         // job nor the legacy mover would pass; the next run plans on the new roles.
-        "failed" if job.message.contains("only be used on primary") => Next::Stop,
+        "failed" if demoted(&job.message) => Next::Stop,
         "failed" => Next::Retry,
         _ => Next::Stop,
     };
     (why, next, Some(job.name))
+}
+
+/// Whether the server's `message` says a side of the job is not a primary.
+fn demoted(message: &str) -> bool {
+    message.contains("only be used on primary")
 }
 
 /// Records the moved and lost slots of an attempt.
