@@ -241,6 +241,7 @@ impl Sidecar {
             ("heartbeat", sup.spawn("heartbeat", self.clone().heartbeat())),
             ("sizer", sup.spawn("sizer", self.clone().sizer())),
             ("sampler", sup.spawn("sampler", self.clone().sampler())),
+            ("replica-watch", sup.spawn("replica-watch", self.clone().replica_watch())),
         ];
         Tasks { http, http_stop, loops, signals }
     }

@@ -1,6 +1,6 @@
 //! The daemon's loops: the schedule, the heartbeat (registration and readiness), the
-//! sizes measured ahead of runs, the traffic counters sampled, and the evacuation of the
-//! local member. Each returns only once shutdown is asked for; anything else is a failure
+//! sizes measured ahead of runs, the traffic counters sampled, the watch over the local
+//! master's replicas, and the evacuation of the local member. Each returns only once shutdown is asked for; anything else is a failure
 //! its supervisor reports.
 //!
 //! Owns: when runs start on their own, what this sidecar publishes in etcd. Does not
@@ -25,6 +25,11 @@ const BUSY_RETRY: Duration = Duration::from_secs(10);
 /// A refresh timed to a scheduled run starts this long ahead of it, plus twice the time
 /// the last refresh took.
 const REFRESH_LEAD: Duration = Duration::from_secs(10);
+
+/// How often a sidecar looks at its own master's replicas.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long a replica whose link was reset is given to resync before it is looked at again.
+const RESET_AGAIN_AFTER: Duration = Duration::from_secs(10);
 
 /// Injects the fault configured for `name` (debug builds): panics, or says to return.
 fn injected(name: &str) -> bool {
@@ -181,6 +186,39 @@ impl Sidecar {
                 r = self.ctx.sample_traffic(all) => match r {
                     Ok(n) => debug!(masters = n, "traffic sampled"),
                     Err(e) => warn!(cause = %e, "traffic sampling failed"),
+                },
+            }
+        }
+    }
+
+    /// Every [`WATCH_EVERY`], the replicas of this sidecar's node (when it is a master)
+    /// that it lists online and that acknowledge nothing have their link reset: a
+    /// replica whose stream broke right after a move must resync before a failover can
+    /// promote it, whether or not the holder that made the move is still there to see
+    /// it. A replica reset is left alone for [`RESET_AGAIN_AFTER`] (a frozen one would
+    /// otherwise be asked every second). Runs beside operations and ends at shutdown.
+    pub(super) async fn replica_watch(self: Arc<Self>) {
+        if self.ctx.config.cluster.backend == crate::config::Backend::File {
+            return self.shutdown.cancelled().await;
+        }
+        let mut reset_at: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            reset_at.retain(|_, at| at.elapsed() < RESET_AGAIN_AFTER);
+            if !reset_at.is_empty() {
+                continue;
+            }
+            let member = self.ctx.coordinator.member().to_string();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = self.ctx.cluster.reset_stuck_replicas(&member) => match r {
+                    Ok(reset) => reset_at.extend(reset.into_iter().map(|r| (r, tokio::time::Instant::now()))),
+                    Err(e) => debug!(cause = %e, "replica watch: cannot read the topology"),
                 },
             }
         }
