@@ -337,6 +337,22 @@ impl Fence for DemotedAtCommit<'_> {
                 redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot).query_async::<u64>(&mut on_src).await.unwrap();
         }
         if left == 0 && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // The replica first learns (by gossip) of the slots already committed: one
+            // promoted with a stale view claims them back under a newer epoch, and the
+            // target then drops their keys, which Redis Cluster does to any mover (a
+            // commit is not replicated to the source's replicas on Redis 7).
+            let owner = |ns: &[autobalancer::cluster::redis::NodeLine], slot: u64| {
+                ns.iter().find(|n| n.owns(slot as u16)).map(|n| n.id.clone())
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let (at_src, at_replica) = (nodes(self.c, &self.src).await, nodes(self.c, &self.replica).await);
+                if self.slots.iter().all(|&s| owner(&at_src, s) == owner(&at_replica, s)) {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the replica's view did not follow its master's");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let mut con = self.c.conn(&self.replica).await.unwrap();
             redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(20);

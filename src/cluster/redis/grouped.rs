@@ -266,6 +266,7 @@ impl RedisCluster {
             return Err(cause);
         }
         let slots: Vec<u16> = drained.iter().map(|(i, _)| group[*i].bucket as u16).collect();
+        self.epoch_past_demotion(src, dst).await;
         let assigned = self.setslots(dst, &slots, &["NODE", dst_id]).await;
         let mut committed = Vec::new();
         for ((i, mut stats), r) in drained.into_iter().zip(assigned) {

@@ -269,6 +269,7 @@ impl RedisCluster {
     /// Assigns `slot` to `dst_id`: on the target first, then the source, then the others.
     async fn assign(&self, topo: &Topology, slot: u16, src: &str, dst: &str, dst_id: &str) -> Result<(), ClusterError> {
         let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
+        self.epoch_past_demotion(src, dst).await;
         self.setslot(dst, slot, &["NODE", dst_id]).await.map_err(fail)?;
         if let Err(e) = self.setslot(src, slot, &["NODE", dst_id]).await {
             warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
