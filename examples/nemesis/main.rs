@@ -189,6 +189,9 @@ async fn main() {
             println!("holding for {secs} s: nodes {:?}", w.c.live_addrs());
             tokio::time::sleep(Duration::from_secs(secs)).await;
         }
+        // `exit` runs no destructor: the fleet and the cluster are stopped first, or the
+        // sidecars the nemesis restarted outlive the run.
+        drop(w);
         std::process::exit(1);
     }
 }
