@@ -14,10 +14,12 @@
 //!   costs about one save.
 //!
 //! Why not the whole group at its end: a drained slot's keys are on the target, and until
-//! the source is told, every read of one is answered ASK. Committed at the group's end,
-//! 12 masters with readers beside them saw 272 ASKs and redis-py 8.2 failed 41 reads (it
-//! cannot follow ASK to a master it has not yet seen, as a new empty one is); committed
-//! every 20 ms, 7 ASKs and none failed, the moves 1.09 -> 1.13 s (BENCHMARKS.md).
+//! the source is told, every read of one is answered ASK. 9 -> 12 masters with two
+//! redis-rs and two redis-py readers beside the run (BENCHMARKS.md): committed at the
+//! group's end, 331 ASKs and redis-py 8.2 failed 58 reads (it cannot follow ASK to a
+//! master it has not seen yet, as a new empty one is); every 100 ms, 39 ASKs and 2
+//! failed reads, the moves as fast (1.03 s against 1.09-1.30); every 20 ms, 8 ASKs and
+//! none failed, but the moves took 1.45-1.50 s (each commit saves the config of two nodes).
 //!
 //! A slot that fails stops the group: the slots drained before it are committed, the slot
 //! itself is left open (the run settles it as it settles any failed move), and the slots
@@ -42,7 +44,7 @@ type Outcome = Result<MoveStats, ClusterError>;
 
 /// Drained slots are committed at least this often: a drained slot's keys live on the
 /// target, and until its commit every client reading one is sent there with ASK.
-const COMMIT_EVERY: Duration = Duration::from_millis(20);
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
 impl RedisCluster {
     /// Moves `group` (one source, one target) with the legacy mover; one result per move.
