@@ -83,6 +83,21 @@ async fn a_demoted_master_left_with_a_flag_follows_after_repair(engine: Engine) 
 
 on_each_engine!(a_demoted_master_left_with_a_flag_follows_after_repair);
 
+/// `cluster-node-timeout` raised to 120 s on every node: a node frozen for a test is not
+/// marked failed meanwhile.
+async fn no_failure_detection(c: &LocalCluster) {
+    for addr in c.live_addrs() {
+        let mut con = c.conn(&addr).await.unwrap();
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-node-timeout")
+            .arg(120_000)
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
+    }
+}
+
 /// A move's target whose replica takes nothing (frozen here; on Valkey 9 an atomic
 /// import can leave a replica on a link that delivers nothing it applies until
 /// `repl-timeout`): a failover of the target would lose what moved into it, which the
@@ -96,16 +111,7 @@ async fn a_move_into_a_shard_whose_replica_takes_nothing_stops_the_run(engine: E
     c.load_skewed(4_000, 9).await.unwrap();
     let before = c.digest().await.unwrap();
     // The frozen replica is not marked failed meanwhile (a failed one is not waited for).
-    for addr in c.live_addrs() {
-        let mut con = c.conn(&addr).await.unwrap();
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("cluster-node-timeout")
-            .arg(120_000)
-            .query_async::<()>(&mut con)
-            .await
-            .unwrap();
-    }
+    no_failure_detection(&c).await;
     let owners = c.slot_owners().await.unwrap();
     let empty = c.master_addrs().into_iter().find(|m| !owners.contains(m)).expect("an empty master");
     let empty_id = c.id_of(&empty).unwrap().to_string();
@@ -169,16 +175,7 @@ async fn the_sidecar_beside_a_master_resets_a_stuck_replica(engine: Engine) {
     let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
     c.load_skewed(1_000, 3).await.unwrap();
     // The frozen replica is not marked failed meanwhile.
-    for addr in c.live_addrs() {
-        let mut con = c.conn(&addr).await.unwrap();
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("cluster-node-timeout")
-            .arg(120_000)
-            .query_async::<()>(&mut con)
-            .await
-            .unwrap();
-    }
+    no_failure_detection(&c).await;
     let master = c.master_addrs()[0].clone();
     let master_id = c.id_of(&master).unwrap().to_string();
     let replica =
