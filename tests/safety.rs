@@ -267,6 +267,24 @@ async fn residue_that_blocks_the_cluster_is_named_and_settled_by_the_command_it_
     );
 }
 
+/// Moves of the first `n` buckets member 0 alone holds (with bytes) to member 1.
+fn first_moves(snap: &autobalancer::model::ClusterSnapshot, n: usize) -> Vec<Move> {
+    snap.buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.bytes > 0 && b.copies == [0])
+        .take(n)
+        .map(|(i, b)| Move {
+            kind: MoveKind::Copy,
+            bucket: b.id,
+            bucket_index: i as u32,
+            from: 0,
+            to: 1,
+            bytes: b.bytes,
+        })
+        .collect()
+}
+
 /// A fence that always says no: the lock was lost.
 struct Lost;
 
@@ -377,21 +395,7 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
     let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
     let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
     let snap = rc.snapshot().await.unwrap();
-    let moves: Vec<Move> = snap
-        .buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.bytes > 0 && b.copies == [0])
-        .take(5)
-        .map(|(i, b)| Move {
-            kind: MoveKind::Copy,
-            bucket: b.id,
-            bucket_index: i as u32,
-            from: 0,
-            to: 1,
-            bytes: b.bytes,
-        })
-        .collect();
+    let moves = first_moves(&snap, 5);
     assert_eq!(moves.len(), 5);
     let src = snap.members[0].address.clone();
     let src_id = c.id_of(&src).unwrap().to_string();
@@ -423,18 +427,11 @@ async fn a_fallback_after_the_lock_is_lost_opens_no_slot() {
     let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"atomic\"\n");
     let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
     let snap = rc.snapshot().await.unwrap();
-    let mine: Vec<(usize, u64)> = snap
-        .buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.bytes > 0 && b.copies == [0])
-        .map(|(i, b)| (i, b.id))
-        .take(6)
-        .collect();
-    assert_eq!(mine.len(), 6);
+    let mut moves = first_moves(&snap, 6);
+    assert_eq!(moves.len(), 6);
     // One slot of the source half-moved by hand: the source refuses every job.
     let (src, dst) = (snap.members[0].address.clone(), snap.members[1].address.clone());
-    let by_hand = mine[5].1;
+    let by_hand = moves.pop().unwrap().bucket;
     let dst_id = c.id_of(&dst).unwrap().to_string();
     let mut con = c.conn(&src).await.unwrap();
     redis::cmd("CLUSTER")
@@ -445,17 +442,6 @@ async fn a_fallback_after_the_lock_is_lost_opens_no_slot() {
         .query_async::<()>(&mut con)
         .await
         .unwrap();
-    let moves: Vec<Move> = mine[..5]
-        .iter()
-        .map(|&(i, b)| Move {
-            kind: MoveKind::Copy,
-            bucket: b,
-            bucket_index: i as u32,
-            from: 0,
-            to: 1,
-            bytes: snap.buckets[i].bytes,
-        })
-        .collect();
     let results = rc.move_group(&snap, &moves, &Unpaced, &Lost).await;
     for (mv, r) in moves.iter().zip(&results) {
         match r {
@@ -527,21 +513,7 @@ async fn a_lease_revoked_at_the_commit_stops_it(engine: Engine) {
     let rc = RedisCluster::from_config(&config).unwrap();
     let snap = rc.snapshot().await.unwrap();
     // A group of five slots, moved as one: the fence is asked once, before their commit.
-    let group: Vec<Move> = snap
-        .buckets
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.bytes > 0 && b.copies == [0])
-        .take(5)
-        .map(|(i, b)| Move {
-            kind: MoveKind::Copy,
-            bucket: b.id,
-            bucket_index: i as u32,
-            from: 0,
-            to: 1,
-            bytes: b.bytes,
-        })
-        .collect();
+    let group = first_moves(&snap, 5);
     let first = Coordinator::new(config.etcd.as_ref(), &config.cluster.id, "first").unwrap();
     let Acquire::Acquired(guard) = first.try_lock("manual").await.unwrap() else { panic!("not acquired") };
     let fence = RevokedAtCommit {
