@@ -24,6 +24,10 @@ pub struct Limits {
     /// A target with `maxmemory` receives no move that would take it past this percent
     /// of it (read before each move); 0: not checked.
     pub critical_memory_percent: u32,
+    /// Room kept on a target beside each move in flight to it, for what the transfer
+    /// holds in the target's memory before it lands (a MIGRATE batch of up to
+    /// `migrate-batch-bytes`, parsed in the target's query buffer).
+    pub transfer_buffer_bytes: u64,
 }
 
 impl Limits {
@@ -35,6 +39,7 @@ impl Limits {
             max_bytes_per_run: x.max_bytes_per_run.0,
             max_run_time: x.max_run_time.0,
             critical_memory_percent: 0,
+            transfer_buffer_bytes: x.migrate_batch_bytes.0,
         }
     }
 }

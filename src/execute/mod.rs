@@ -250,7 +250,8 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         self.busy[first.from as usize] -= 1;
         self.busy[first.to as usize] -= 1;
         let bytes: u64 = finished.iter().map(|f| self.job.plan.moves[f.0].bytes).sum();
-        self.incoming[first.to as usize] = self.incoming[first.to as usize].saturating_sub(bytes);
+        let landed = self.in_flight(bytes);
+        self.incoming[first.to as usize] = self.incoming[first.to as usize].saturating_sub(landed);
         finished.into_iter().for_each(|f| self.take_finished(f));
     }
 
@@ -296,7 +297,7 @@ impl<'a, C: Cluster, F: Fence> Executor<'a, C, F> {
         self.busy[first.to as usize] += 1;
         let bytes: u64 = group.iter().map(|&idx| moves[idx].bytes).sum();
         self.committed += bytes;
-        self.incoming[first.to as usize] += bytes;
+        self.incoming[first.to as usize] += self.in_flight(bytes);
         let (cluster, snapshot, pacer, fence) =
             (self.job.cluster, self.job.snapshot, self.pacer.clone(), self.job.fence);
         self.inflight.push(Box::pin(async move {
@@ -586,6 +587,7 @@ mod tests {
             max_bytes_per_run: 0,
             max_run_time: Duration::from_secs(60),
             critical_memory_percent: 0,
+            transfer_buffer_bytes: 0,
         }
     }
 

@@ -25,16 +25,16 @@ pub(super) enum RoomFor {
 
 impl<C: Cluster, F: Fence> Executor<'_, C, F> {
     /// Reads the room of target `t` for the pending move at `i` of `bytes`. Beside the
-    /// move, room is kept for the largest key (MIGRATE holds a serialised copy) and for
-    /// every byte in flight to `t`, which its memory as read may not show yet, so moves
-    /// running at once into one member never fill it past `critical-memory-percent`.
+    /// move, room is kept for what its transfer holds before it lands ([`Self::in_flight`])
+    /// and for every move in flight to `t`, which its memory as read may not show yet, so
+    /// moves running at once into one member never fill it past `critical-memory-percent`.
     pub(super) async fn room_for(&mut self, i: usize, t: usize, bytes: u64) -> RoomFor {
         let room = self.room_of(t).await;
         if self.stopped.is_some() {
             return RoomFor::Stop;
         }
         let Some(free) = room else { return RoomFor::Fits(None) };
-        let need = bytes.saturating_add(self.job.snapshot.observed.largest_key_bytes);
+        let need = self.in_flight(bytes);
         if need > free {
             self.hold_back(i, t, free);
             return RoomFor::Full;
@@ -43,7 +43,24 @@ impl<C: Cluster, F: Fence> Executor<'_, C, F> {
         if need.saturating_add(incoming) > free {
             return RoomFor::Wait;
         }
-        RoomFor::Fits(Some(free - need - incoming + bytes))
+        RoomFor::Fits(Some(self.fits_in(free - incoming).max(bytes)))
+    }
+
+    /// What a move (or group) of `bytes` may take of a target's memory while in flight:
+    /// its bytes, and beside them what the transfer holds before they land (a batch, or
+    /// the largest key, which MIGRATE holds serialised).
+    pub(super) fn in_flight(&self, bytes: u64) -> u64 {
+        let buffer = bytes.min(self.job.limits.transfer_buffer_bytes).max(self.job.snapshot.observed.largest_key_bytes);
+        bytes.saturating_add(buffer)
+    }
+
+    /// The most bytes a group may carry into `avail` bytes of room: the largest `b` whose
+    /// [`Self::in_flight`] fits.
+    fn fits_in(&self, avail: u64) -> u64 {
+        let (batch, largest) = (self.job.limits.transfer_buffer_bytes, self.job.snapshot.observed.largest_key_bytes);
+        let beside_a_batch = avail.saturating_sub(batch.max(largest));
+        let below_a_batch = (avail / 2).min(batch).min(avail.saturating_sub(largest));
+        beside_a_batch.max(below_a_batch)
     }
 
     /// Bytes member `t` may still receive before `critical-memory-percent` of its
@@ -105,6 +122,20 @@ mod tests {
     struct Filling {
         used: Mutex<Vec<u64>>,
         max_bytes: u64,
+        /// Moves running now, and the most that ran at once.
+        running: std::sync::atomic::AtomicUsize,
+        peak: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Filling {
+        fn new(members: usize, max_bytes: u64) -> Filling {
+            Filling {
+                used: Mutex::new(vec![0; members]),
+                max_bytes,
+                running: Default::default(),
+                peak: Default::default(),
+            }
+        }
     }
 
     fn index(m: &Member) -> usize {
@@ -129,8 +160,12 @@ mod tests {
             _: &P,
             _: &F,
         ) -> Result<MoveStats, ClusterError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.peak.fetch_max(now, SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.used.lock().unwrap()[mv.to as usize] += mv.bytes;
+            self.running.fetch_sub(1, SeqCst);
             Ok(MoveStats { keys: 1, bytes: mv.bytes, ..Default::default() })
         }
     }
@@ -146,7 +181,7 @@ mod tests {
             .collect();
         let mut p = plan(&s, &PlanOptions::default()).unwrap();
         p.moves = moves;
-        let cluster = Filling { used: Mutex::new(vec![0; 4]), max_bytes: 1000 };
+        let cluster = Filling::new(4, 1000);
         let l = Limits {
             max_concurrent_moves: 0,
             max_moves_per_member: 3,
@@ -154,6 +189,7 @@ mod tests {
             max_bytes_per_run: 0,
             max_run_time: Duration::from_secs(60),
             critical_memory_percent: 100,
+            transfer_buffer_bytes: 0,
         };
         let (progress, metrics) = (Progress::default(), Metrics::new());
         let job = Job {
@@ -170,5 +206,45 @@ mod tests {
         assert_eq!(r.moves_done, 2, "{r:?}");
         assert_eq!(r.moves_no_room, 1, "{r:?}");
         assert!(cluster.used.lock().unwrap()[3] <= 1000, "{:?}", cluster.used.lock().unwrap());
+    }
+
+    /// Beside each move in flight, room is kept for what its transfer holds on the target
+    /// before it lands (a MIGRATE batch): two 300-byte moves into 1000 bytes of room, with
+    /// a 300-byte batch each, run one after the other, not together (each needs 600).
+    #[tokio::test]
+    async fn room_is_kept_for_each_transfer_buffer() {
+        let layout: Vec<(u64, Vec<u32>)> = (0..2).map(|i| (300, vec![i])).collect();
+        let s = make_snapshot(make_members(3), &layout);
+        let mut p = plan(&s, &PlanOptions::default()).unwrap();
+        p.moves = (0..2)
+            .map(|i| Move { kind: MoveKind::Copy, bucket: i as u64, bucket_index: i, from: i, to: 2, bytes: 300 })
+            .collect();
+        for (buffer, together) in [(0, 2), (300, 1)] {
+            let cluster = Filling::new(3, 1000);
+            let l = Limits {
+                max_concurrent_moves: 0,
+                max_moves_per_member: 2,
+                max_bytes_per_second: 0,
+                max_bytes_per_run: 0,
+                max_run_time: Duration::from_secs(60),
+                critical_memory_percent: 100,
+                transfer_buffer_bytes: buffer,
+            };
+            let (progress, metrics) = (Progress::default(), Metrics::new());
+            let job = Job {
+                cluster: &cluster,
+                snapshot: &s,
+                plan: &p,
+                limits: &l,
+                fence: &Ours,
+                progress: &progress,
+                metrics: &metrics,
+                lost: None,
+            };
+            let r = execute(job, &CancellationToken::new()).await;
+            assert_eq!(r.moves_done, 2, "buffer {buffer}: {r:?}");
+            let peak = cluster.peak.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(peak, together, "buffer {buffer}: moves at once into the target");
+        }
     }
 }
