@@ -104,10 +104,10 @@ mod tests {
 
     use crate::cluster::{Cluster, ClusterError, MoveStats, Pace, RepairOptions, RepairReport, Room};
     use crate::coord::{Fence, FenceError};
-    use crate::execute::{Job, Limits, Progress, execute};
+    use crate::execute::{Job, Limits, Progress, RunReport, execute};
     use crate::metrics::Metrics;
     use crate::model::{ClusterSnapshot, Member, fixtures::*};
-    use crate::plan::{Move, MoveKind, PlanOptions, plan};
+    use crate::plan::{Move, MoveKind, Plan, PlanOptions, plan};
 
     struct Ours;
 
@@ -170,6 +170,35 @@ mod tests {
         }
     }
 
+    /// Room checked at 100% of maxmemory, `per_member` moves per member, `buffer` bytes
+    /// kept beside each transfer.
+    fn limits(per_member: u32, buffer: u64) -> Limits {
+        Limits {
+            max_concurrent_moves: 0,
+            max_moves_per_member: per_member,
+            max_bytes_per_second: 0,
+            max_bytes_per_run: 0,
+            max_run_time: Duration::from_secs(60),
+            critical_memory_percent: 100,
+            transfer_buffer_bytes: buffer,
+        }
+    }
+
+    async fn run(cluster: &Filling, s: &ClusterSnapshot, p: &Plan, l: &Limits) -> RunReport {
+        let (progress, metrics) = (Progress::default(), Metrics::new());
+        let job = Job {
+            cluster,
+            snapshot: s,
+            plan: p,
+            limits: l,
+            fence: &Ours,
+            progress: &progress,
+            metrics: &metrics,
+            lost: None,
+        };
+        execute(job, &CancellationToken::new()).await
+    }
+
     #[tokio::test]
     async fn moves_at_once_into_one_member_leave_room_for_each_other() {
         // Three sources send 400 bytes each to m4, which has 1000 bytes of room: with
@@ -182,27 +211,8 @@ mod tests {
         let mut p = plan(&s, &PlanOptions::default()).unwrap();
         p.moves = moves;
         let cluster = Filling::new(4, 1000);
-        let l = Limits {
-            max_concurrent_moves: 0,
-            max_moves_per_member: 3,
-            max_bytes_per_second: 0,
-            max_bytes_per_run: 0,
-            max_run_time: Duration::from_secs(60),
-            critical_memory_percent: 100,
-            transfer_buffer_bytes: 0,
-        };
-        let (progress, metrics) = (Progress::default(), Metrics::new());
-        let job = Job {
-            cluster: &cluster,
-            snapshot: &s,
-            plan: &p,
-            limits: &l,
-            fence: &Ours,
-            progress: &progress,
-            metrics: &metrics,
-            lost: None,
-        };
-        let r = execute(job, &CancellationToken::new()).await;
+        let l = limits(3, 0);
+        let r = run(&cluster, &s, &p, &l).await;
         assert_eq!(r.moves_done, 2, "{r:?}");
         assert_eq!(r.moves_no_room, 1, "{r:?}");
         assert!(cluster.used.lock().unwrap()[3] <= 1000, "{:?}", cluster.used.lock().unwrap());
@@ -221,27 +231,8 @@ mod tests {
             .collect();
         for (buffer, together) in [(0, 2), (300, 1)] {
             let cluster = Filling::new(3, 1000);
-            let l = Limits {
-                max_concurrent_moves: 0,
-                max_moves_per_member: 2,
-                max_bytes_per_second: 0,
-                max_bytes_per_run: 0,
-                max_run_time: Duration::from_secs(60),
-                critical_memory_percent: 100,
-                transfer_buffer_bytes: buffer,
-            };
-            let (progress, metrics) = (Progress::default(), Metrics::new());
-            let job = Job {
-                cluster: &cluster,
-                snapshot: &s,
-                plan: &p,
-                limits: &l,
-                fence: &Ours,
-                progress: &progress,
-                metrics: &metrics,
-                lost: None,
-            };
-            let r = execute(job, &CancellationToken::new()).await;
+            let l = limits(2, buffer);
+            let r = run(&cluster, &s, &p, &l).await;
             assert_eq!(r.moves_done, 2, "buffer {buffer}: {r:?}");
             let peak = cluster.peak.load(std::sync::atomic::Ordering::SeqCst);
             assert_eq!(peak, together, "buffer {buffer}: moves at once into the target");
