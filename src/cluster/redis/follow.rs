@@ -171,8 +171,8 @@ impl RedisCluster {
         }
     }
 
-    /// Right before a commit to `dst`: when `src` is no longer a master (failed over
-    /// since its slots were opened), waits (at most [`EPOCH_WAIT`]) until `dst` has seen
+    /// Between a commit's two steps, the source's and the target's ([`super::commit`]):
+    /// when `src` is no longer a master (failed over since its slots were opened), waits (at most [`EPOCH_WAIT`]) until `dst` has seen
     /// the epoch of that failover, as `src` has. The promoted replica claims the slots its
     /// master held under that epoch, and `dst`'s commit bumps its own past the highest
     /// it knows: below the failover's, the claim would win and `dst` would drop the

@@ -8,7 +8,8 @@
 //! - the keys, slot by slot (in batches, paced, waiting for the target's replicas after
 //!   each, as [`super::legacy`] moves one slot);
 //! - past the fence, at least every [`COMMIT_EVERY`] of draining, SETSLOT NODE for the
-//!   slots drained so far in one pipeline to the target, then the source; at the end, the
+//!   slots drained so far in one pipeline to the source, then the target
+//!   ([`super::commit`] says why in that order); at the end, the
 //!   group's assignments to every other master in one pipeline each, in parallel. A node
 //!   saves its config once per pass of its event loop, so a pipeline of N assignments
 //!   costs about one save.
@@ -105,7 +106,7 @@ impl RedisCluster {
                 warn!(slot = slots[i], cause = %e, "IMPORTING not undone on the target; repair settles it");
             }
         }
-        let pair = Pair { group, slots: &slots, src: &src, dst: &dst, dst_id: &dst_id };
+        let pair = Pair { group, slots: &slots, src: &src, src_id: &src_id, dst: &dst, dst_id: &dst_id };
         let refused = self.drain_and_commit(&topo, &pair, open, pace, fence, &mut out).await;
         self.follow_refused(&dst, &dst_id, &refused).await;
         for &slot in &slots {
@@ -242,10 +243,10 @@ impl RedisCluster {
         }
     }
 
-    /// Past the fence, assigns every drained slot to the target: the target first, then
-    /// the source, each in one pipeline; the slots committed join `told`, for the other
-    /// masters. Returns the committed slots the source refused (demoted meanwhile), or
-    /// why the fence said no.
+    /// Past the fence, assigns every drained slot to the target: the source first, then
+    /// the target, each in one pipeline ([`super::commit`]); the slots committed join
+    /// `told`, for the other masters. Returns the slots committed after their source
+    /// refused (demoted meanwhile), or why the fence said no.
     async fn commit_drained<F: Fence>(
         &self,
         g: &Pair<'_>,
@@ -255,9 +256,8 @@ impl RedisCluster {
         told: &mut Vec<u16>,
     ) -> Result<Vec<u16>, FenceError> {
         let (group, src, dst, dst_id) = (g.group, g.src, g.dst, g.dst_id);
-        let mut refused = Vec::new();
         if drained.is_empty() {
-            return Ok(refused);
+            return Ok(Vec::new());
         }
         // The commit fence: a holder that lost the lock leaves the slots open (and their
         // moves recorded) for the next holder's repair, which finishes them.
@@ -268,10 +268,9 @@ impl RedisCluster {
             return Err(cause);
         }
         let slots: Vec<u16> = drained.iter().map(|(i, _)| group[*i].bucket as u16).collect();
-        self.epoch_past_demotion(src, dst).await;
-        let assigned = self.setslots(dst, &slots, &["NODE", dst_id]).await;
+        let commit = self.commit(((src, g.src_id), (dst, dst_id)), &slots).await;
         let mut committed = Vec::new();
-        for ((i, mut stats), r) in drained.into_iter().zip(assigned) {
+        for ((i, mut stats), r) in drained.into_iter().zip(commit.results) {
             match r {
                 Ok(()) => {
                     if matches!(self.sizing.mode, SizingMode::Exact) && group[i].bytes > 0 {
@@ -281,20 +280,11 @@ impl RedisCluster {
                     committed.push(group[i].bucket as u16);
                     out[i] = Some(Ok(stats));
                 }
-                Err(e) => {
-                    let message = format!("SETSLOT NODE on {dst}: {e}");
-                    out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: true }));
-                }
-            }
-        }
-        for (r, &slot) in self.setslots(src, &committed, &["NODE", dst_id]).await.into_iter().zip(&committed) {
-            if let Err(e) = r {
-                warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
-                refused.push(slot);
+                Err(message) => out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: true })),
             }
         }
         told.extend(committed);
-        Ok(refused)
+        Ok(commit.demoted)
     }
 
     /// The slots committed to the target and source, to every other master, in one
@@ -342,6 +332,7 @@ struct Pair<'a> {
     group: &'a [&'a Move],
     slots: &'a [u16],
     src: &'a str,
+    src_id: &'a str,
     dst: &'a str,
     dst_id: &'a str,
 }

@@ -2,8 +2,9 @@
 //!
 //! A move: SETSLOT IMPORTING on the target, MIGRATING on the source, then
 //! GETKEYSINSLOT + MIGRATE ... KEYS in batches bounded by keys and bytes, then SETSLOT NODE
-//! on the target, the source, and the other masters. Once started, a move runs to its end
-//! (or fails and says the slot is open), so a stop never leaves a half-moved slot behind.
+//! on the source, the target ([`super::commit`] says why in that order), and the other
+//! masters. Once started, a move runs to its end (or fails and says the slot is open), so
+//! a stop never leaves a half-moved slot behind.
 //!
 //! Owns: those steps, BUSYKEY handling. Does not own: which slot moves, or closing slots a
 //! crash left open ([`super::repair`]).
@@ -266,15 +267,20 @@ impl RedisCluster {
         Ok(stats)
     }
 
-    /// Assigns `slot` to `dst_id`: on the target first, then the source, then the others.
-    async fn assign(&self, topo: &Topology, slot: u16, src: &str, dst: &str, dst_id: &str) -> Result<(), ClusterError> {
-        let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
-        self.epoch_past_demotion(src, dst).await;
-        self.setslot(dst, slot, &["NODE", dst_id]).await.map_err(fail)?;
-        if let Err(e) = self.setslot(src, slot, &["NODE", dst_id]).await {
-            warn!(slot, node = %src, cause = %e, "source did not take the new owner; gossip will carry it");
-            self.follow_refused(dst, dst_id, &[slot]).await;
+    /// Assigns `slot` to `dst_id`: on the source, then the target ([`super::commit`]), then
+    /// the others.
+    async fn assign(
+        &self,
+        topo: &Topology,
+        slot: u16,
+        (src, src_id): (&str, &str),
+        (dst, dst_id): (&str, &str),
+    ) -> Result<(), ClusterError> {
+        let commit = self.commit(((src, src_id), (dst, dst_id)), &[slot]).await;
+        if let Some(Err(message)) = commit.results.into_iter().next() {
+            return Err(ClusterError::Move { bucket: slot as u64, message, open: true });
         }
+        self.follow_refused(dst, dst_id, &commit.demoted).await;
         let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
         let results = futures::future::join_all(
             others.map(|m| async move { (m.addr.as_str(), self.setslot(&m.addr, slot, &["NODE", dst_id]).await) }),
@@ -326,7 +332,7 @@ impl RedisCluster {
         if let Err(cause) = fence.check().await {
             return Err(ClusterError::Fenced { bucket: slot as u64, cause });
         }
-        self.assign(topo, slot, src, dst, &dst_id).await?;
+        self.assign(topo, slot, (src, &src_id), (dst, &dst_id)).await?;
         Ok(stats)
     }
 }

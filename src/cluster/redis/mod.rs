@@ -21,6 +21,7 @@
 mod aside;
 mod atomic;
 mod capabilities;
+mod commit;
 mod conn;
 mod fallback;
 mod follow;
