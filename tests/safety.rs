@@ -367,13 +367,14 @@ async fn every_commit_passes_the_fence(engine: Engine) {
     settled_and_whole(&c, &before, "").await;
 }
 
-/// A fence that fails the source over (TAKEOVER on its replica) when a commit asks it
-/// with every slot of the group drained (the group's last commit), and says yes once
-/// the source calls itself a replica: that commit then meets a source that refuses
-/// SETSLOT, and a new master the group never knew.
+/// A fence that fails a side of the group over (TAKEOVER on `replica`, a replica of
+/// `demoted`) when a commit asks it with every slot of the group drained from `src` (the
+/// group's last commit), and says yes once `demoted` calls itself a replica: that commit
+/// then meets a side that refuses SETSLOT, and a new master the group never knew.
 struct DemotedAtCommit<'a> {
     c: &'a LocalCluster,
     src: String,
+    demoted: String,
     replica: String,
     slots: Vec<u64>,
     done: std::sync::atomic::AtomicBool,
@@ -397,18 +398,24 @@ impl Fence for DemotedAtCommit<'_> {
             };
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             loop {
-                let (at_src, at_replica) = (nodes(self.c, &self.src).await, nodes(self.c, &self.replica).await);
-                if self.slots.iter().all(|&s| owner(&at_src, s) == owner(&at_replica, s)) {
+                let (at_master, at_replica) = (nodes(self.c, &self.demoted).await, nodes(self.c, &self.replica).await);
+                if self.slots.iter().all(|&s| owner(&at_master, s) == owner(&at_replica, s)) {
                     break;
                 }
                 assert!(std::time::Instant::now() < deadline, "the replica's view did not follow its master's");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // A takeover whose epoch ties the master's (it had not heard of the master's
+            // last bump) can lose the tie: asked again until the master is demoted.
             let mut con = self.c.conn(&self.replica).await.unwrap();
-            redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while nodes(self.c, &self.src).await.iter().any(|n| n.is_myself() && n.is_master()) {
-                assert!(std::time::Instant::now() < deadline, "the source was not demoted");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut asked = std::time::Instant::now() - Duration::from_secs(5);
+            while nodes(self.c, &self.demoted).await.iter().any(|n| n.is_myself() && n.is_master()) {
+                assert!(std::time::Instant::now() < deadline, "{} was not demoted", self.demoted);
+                if asked.elapsed() >= Duration::from_secs(5) {
+                    redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER").query_async::<()>(&mut con).await.unwrap();
+                    asked = std::time::Instant::now();
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -438,7 +445,14 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
     let src_id = c.id_of(&src).unwrap().to_string();
     let replica = nodes(&c, &src).await.into_iter().find(|n| n.master_id.as_deref() == Some(&src_id)).unwrap().addr;
     let slots = moves.iter().map(|mv| mv.bucket).collect();
-    let fence = DemotedAtCommit { c: &c, src, replica: replica.clone(), slots, done: Default::default() };
+    let fence = DemotedAtCommit {
+        c: &c,
+        src: src.clone(),
+        demoted: src,
+        replica: replica.clone(),
+        slots,
+        done: Default::default(),
+    };
     let results = rc.move_group(&snap, &moves, &Unpaced, &fence).await;
     assert!(fence.done.load(std::sync::atomic::Ordering::SeqCst), "the source was failed over at a commit");
     let mut left_open = Vec::new();
@@ -479,6 +493,56 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
         assert_eq!(owner, want, "slot {}: committed to the target, or handed back to the promoted replica", mv.bucket);
     }
     settled_and_whole(&c, &before, "").await;
+}
+
+/// A group of the legacy mover whose target is demoted between its drain and its commit:
+/// no key is lost. The target refuses the commit (the source may have taken it first,
+/// and is given the slots back); its promoted replica holds the drained keys, and the
+/// run's hand-back returns them to the source, leaving no slot open.
+async fn a_target_demoted_at_the_commit_loses_no_key(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
+    c.load_skewed(4_000, 5).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
+    let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
+    let snap = rc.snapshot().await.unwrap();
+    let moves = first_moves(&snap, 5);
+    assert_eq!(moves.len(), 5);
+    let (src, dst) = (snap.members[0].address.clone(), snap.members[1].address.clone());
+    let dst_id = c.id_of(&dst).unwrap().to_string();
+    let replica = nodes(&c, &dst).await.into_iter().find(|n| n.master_id.as_deref() == Some(&dst_id)).unwrap().addr;
+    let slots = moves.iter().map(|mv| mv.bucket).collect();
+    let fence = DemotedAtCommit { c: &c, src: src.clone(), demoted: dst, replica, slots, done: Default::default() };
+    let results = rc.move_group(&snap, &moves, &Unpaced, &fence).await;
+    assert!(fence.done.load(std::sync::atomic::Ordering::SeqCst), "the target was failed over at a commit");
+    let failed: Vec<u64> = moves.iter().zip(&results).filter(|(_, r)| r.is_err()).map(|(mv, _)| mv.bucket).collect();
+    for (mv, r) in moves.iter().zip(&results) {
+        assert!(
+            matches!(r, Ok(_) | Err(ClusterError::Move { open: true, .. })),
+            "slot {}: committed, or failed and left for the run to settle: {r:?}",
+            mv.bucket
+        );
+    }
+    assert!(!failed.is_empty(), "the last commit met the demoted target: {results:?}");
+    let intents = failed
+        .iter()
+        .map(|&bucket| MoveIntent {
+            bucket,
+            from: snap.members[0].id.clone(),
+            to: snap.members[1].id.clone(),
+            holder: "this run".into(),
+            started_at: chrono::Utc::now(),
+        })
+        .collect();
+    let opts = RepairOptions { intents, hand_back: true, ..Default::default() };
+    let r = rc.repair(&opts, &common::Held::new().await).await.unwrap();
+    assert!(r.failed.is_empty(), "{r:?}");
+    let owners = c.slot_owners().await.unwrap();
+    for &slot in &failed {
+        assert_eq!(owners[slot as usize], src, "slot {slot}: handed back to its source");
+    }
+    settled_and_whole(&c, &before, &format!("{r:?}")).await;
 }
 
 /// An atomic group whose job the source refuses falls back to the legacy mover slot by
@@ -678,6 +742,7 @@ on_each_engine!(
     a_second_standalone_process_on_one_state_file_is_refused,
     every_commit_passes_the_fence,
     a_source_demoted_at_the_commit_leaves_no_slot_open,
+    a_target_demoted_at_the_commit_loses_no_key,
     a_lease_revoked_at_the_commit_stops_it,
     the_mover_is_chosen_once_and_said
 );
