@@ -15,7 +15,7 @@ use std::time::Duration;
 use autobalancer::cluster::redis::RedisCluster;
 use autobalancer::cluster::{Cluster, ClusterError, RepairOptions, Unpaced};
 use autobalancer::coord::{Acquire, Coordinator, Fence, FenceError, GuardFence};
-use autobalancer::model::MoveIntent;
+use autobalancer::model::{ClusterSnapshot, MoveIntent};
 use autobalancer::plan::{Move, MoveKind};
 use autobalancer_testkit::{ClusterSpec, Engine, LocalCluster, LocalEtcd, digest_diff, on_each_engine};
 use common::{SidecarProc, bin_for, cli, cluster_section, half_moved, json, nodes};
@@ -423,6 +423,25 @@ impl Fence for DemotedAtCommit<'_> {
     }
 }
 
+/// The run's hand-back of its failed moves of `slots` (members 0 to 1 of `snap`), as it
+/// settles them before it ends; every slot settled.
+async fn hand_back(rc: &RedisCluster, snap: &ClusterSnapshot, slots: &[u64]) -> autobalancer::cluster::RepairReport {
+    let intents = slots
+        .iter()
+        .map(|&bucket| MoveIntent {
+            bucket,
+            from: snap.members[0].id.clone(),
+            to: snap.members[1].id.clone(),
+            holder: "this run".into(),
+            started_at: chrono::Utc::now(),
+        })
+        .collect();
+    let opts = RepairOptions { intents, hand_back: true, ..Default::default() };
+    let r = rc.repair(&opts, &common::Held::new().await).await.unwrap();
+    assert!(r.failed.is_empty(), "{r:?}");
+    r
+}
+
 /// A group of the legacy mover whose source is demoted between its drain and its commit:
 /// no key is lost. The source refuses the commit, and its promoted replica claims the
 /// slots under a newer epoch (its view, and on Valkey the replicated MIGRATING flags,
@@ -473,19 +492,7 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
         let n: u64 = redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot).query_async(&mut con).await.unwrap();
         assert!(n > 0, "slot {slot}: the target kept the keys of a slot left open");
     }
-    let intents = left_open
-        .iter()
-        .map(|&bucket| MoveIntent {
-            bucket,
-            from: snap.members[0].id.clone(),
-            to: snap.members[1].id.clone(),
-            holder: "this run".into(),
-            started_at: chrono::Utc::now(),
-        })
-        .collect();
-    let opts = RepairOptions { intents, hand_back: true, ..Default::default() };
-    let r = rc.repair(&opts, &common::Held::new().await).await.unwrap();
-    assert!(r.failed.is_empty(), "{r:?}");
+    hand_back(&rc, &snap, &left_open).await;
     let owners = c.slot_owners().await.unwrap();
     for mv in &moves {
         let owner = &owners[mv.bucket as usize];
@@ -525,19 +532,7 @@ async fn a_target_demoted_at_the_commit_loses_no_key(engine: Engine) {
         );
     }
     assert!(!failed.is_empty(), "the last commit met the demoted target: {results:?}");
-    let intents = failed
-        .iter()
-        .map(|&bucket| MoveIntent {
-            bucket,
-            from: snap.members[0].id.clone(),
-            to: snap.members[1].id.clone(),
-            holder: "this run".into(),
-            started_at: chrono::Utc::now(),
-        })
-        .collect();
-    let opts = RepairOptions { intents, hand_back: true, ..Default::default() };
-    let r = rc.repair(&opts, &common::Held::new().await).await.unwrap();
-    assert!(r.failed.is_empty(), "{r:?}");
+    let r = hand_back(&rc, &snap, &failed).await;
     let owners = c.slot_owners().await.unwrap();
     for &slot in &failed {
         assert_eq!(owners[slot as usize], src, "slot {slot}: handed back to its source");
