@@ -540,6 +540,58 @@ async fn a_target_demoted_at_the_commit_loses_no_key(engine: Engine) {
     settled_and_whole(&c, &before, &format!("{r:?}")).await;
 }
 
+/// A stop between a commit's two steps (the source took the new owner, the target not
+/// yet): no master claims the slot, the target imports it with every key. Repair commits
+/// it on the target instead of leaving it open with "no live owner" (clean-clone CI,
+/// `failover_of_the_source_mid_move_is_finished_by_the_next_holder::valkey`).
+async fn a_slot_committed_on_its_source_only_is_committed_on_its_target_by_repair(engine: Engine) {
+    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
+    c.load_skewed(4_000, 3).await.unwrap();
+    let before = c.digest().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
+    let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
+    let snap = rc.snapshot().await.unwrap();
+    let slot = snap.buckets.iter().find(|b| b.bytes > 0 && b.copies == [0]).unwrap().id;
+    let (src, dst) = (snap.members[0].address.clone(), snap.members[1].address.clone());
+    let (src_id, dst_id) = (c.id_of(&src).unwrap().to_string(), c.id_of(&dst).unwrap().to_string());
+    let (mut on_src, mut on_dst) = (c.conn(&src).await.unwrap(), c.conn(&dst).await.unwrap());
+    let setslot = |args: Vec<String>| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(args);
+        cmd
+    };
+    setslot(vec!["IMPORTING".into(), src_id]).query_async::<()>(&mut on_dst).await.unwrap();
+    setslot(vec!["MIGRATING".into(), dst_id.clone()]).query_async::<()>(&mut on_src).await.unwrap();
+    let (host, port) = dst.rsplit_once(':').unwrap();
+    loop {
+        let keys: Vec<Vec<u8>> =
+            redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100).query_async(&mut on_src).await.unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let mut m = redis::cmd("MIGRATE");
+        m.arg(host).arg(port).arg("").arg(0).arg(5000).arg("KEYS").arg(&keys);
+        m.query_async::<()>(&mut on_src).await.unwrap();
+    }
+    setslot(vec!["NODE".into(), dst_id]).query_async::<()>(&mut on_src).await.unwrap();
+    let intent = MoveIntent {
+        bucket: slot,
+        from: snap.members[0].id.clone(),
+        to: snap.members[1].id.clone(),
+        holder: "a holder stopped between the two commits".into(),
+        started_at: chrono::Utc::now(),
+    };
+    let opts = RepairOptions { intents: vec![intent], ..Default::default() };
+    let r = rc.repair(&opts, &common::Held::new().await).await.unwrap();
+    assert!(
+        r.failed.is_empty() && r.settled.iter().any(|l| l.starts_with(&format!("slot {slot}: committed on"))),
+        "{r:?}"
+    );
+    assert_eq!(c.slot_owners().await.unwrap()[slot as usize], dst);
+    settled_and_whole(&c, &before, &format!("{r:?}")).await;
+}
+
 /// An atomic group whose job the source refuses falls back to the legacy mover slot by
 /// slot, long after the group's intents were recorded; a holder that lost the lock
 /// meanwhile opens none of them (nemesis, Valkey seed 62: slots opened after the lease
@@ -738,6 +790,7 @@ on_each_engine!(
     every_commit_passes_the_fence,
     a_source_demoted_at_the_commit_leaves_no_slot_open,
     a_target_demoted_at_the_commit_loses_no_key,
+    a_slot_committed_on_its_source_only_is_committed_on_its_target_by_repair,
     a_lease_revoked_at_the_commit_stops_it,
     the_mover_is_chosen_once_and_said
 );

@@ -19,12 +19,14 @@
 //! The price: between the two commits a client the source sends to the target is sent
 //! back (the target serves the slot only once committed), for one round trip.
 //!
-//! Owns: the order of the two commits and what each refusal leaves. Does not own: telling
-//! the other masters, or draining.
+//! Owns: the order of the two commits, what each refusal leaves, and committing a slot a
+//! stop between them left claimed by nobody (for repair). Does not own: telling the other
+//! masters at a group's end, or draining.
 
 use tracing::warn;
 
 use super::RedisCluster;
+use super::topology::Topology;
 
 /// What a commit did, slot by slot.
 pub(super) struct Commit {
@@ -115,5 +117,40 @@ impl RedisCluster {
                 warn!(slot, node = %src, cause = %e, "the slot was not opened again on the source; repair settles it");
             }
         }
+    }
+
+    /// A slot no master claims, one live master importing it: its source took the
+    /// commit and the target did not yet (the source is committed first;
+    /// a crash or a failover came between). The source had given up every key, so the
+    /// importer holds the slot: it is committed there (its epoch bump claims it), told to
+    /// the others, and the flags elsewhere cleared. None when that is not the slot's state.
+    pub(super) async fn commit_unclaimed(
+        &self,
+        topo: &Topology,
+        slot: u16,
+        importing: &[(String, String)],
+        dry_run: bool,
+    ) -> Result<Option<String>, String> {
+        if topo.myself.values().any(|me| me.is_master() && me.owns(slot)) {
+            return Ok(None);
+        }
+        let live: Vec<&String> = importing
+            .iter()
+            .map(|(a, _)| a)
+            .filter(|a| topo.master_by_addr(a).is_some_and(|m| !m.is_failed()))
+            .collect();
+        let [importer] = live[..] else { return Ok(None) };
+        let line = format!("slot {slot}: committed on {importer}, which imported it while no master claimed it");
+        if dry_run {
+            return Ok(Some(line));
+        }
+        let id = self.node_id_of(topo, importer).map_err(|e| e.to_string())?;
+        self.setslot(importer, slot, &["NODE", &id]).await.map_err(|e| format!("SETSLOT NODE on {importer}: {e}"))?;
+        for m in topo.masters.iter().filter(|m| m.addr != *importer && !m.is_failed()) {
+            if let Err(e) = self.setslot(&m.addr, slot, &["NODE", &id]).await {
+                warn!(slot, node = %m.addr, cause = %e, "a master did not take the new owner; gossip will carry it");
+            }
+        }
+        Ok(Some(line))
     }
 }

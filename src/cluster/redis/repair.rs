@@ -204,6 +204,9 @@ impl RedisCluster {
         fence: &F,
         aside: &mut Vec<SetAside>,
     ) -> Result<String, String> {
+        if let Some(line) = self.commit_unclaimed(topo, slot, &flags.importing, opts.dry_run).await? {
+            return Ok(line);
+        }
         let src = topo.owner[slot as usize]
             .map(|i| topo.masters[i].addr.clone())
             .filter(|a| topo.master_by_addr(a).is_some_and(|m| !m.is_failed()))
