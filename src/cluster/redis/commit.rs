@@ -66,7 +66,9 @@ impl RedisCluster {
         }
         take.sort_unstable();
         let picked: Vec<u16> = take.iter().map(|&i| slots[i]).collect();
-        self.epoch_past_demotion(src, dst).await;
+        if !picked.is_empty() {
+            self.epoch_past_demotion(src, dst).await;
+        }
         let mut reopen = Vec::new();
         for (&i, r) in take.iter().zip(self.setslots(dst, &picked, &["NODE", dst_id]).await) {
             if let Err(e) = r {
