@@ -21,7 +21,7 @@ use super::capabilities::Mover;
 use super::follow::HOLD_WAIT;
 use super::migrations::{SlotMigration, merge};
 use super::topology::{NodeLine, Topology};
-use super::{RedisCluster, SLOTS, SizingMode};
+use super::{RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, Fence, FenceError, MoveStats, Pace};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
@@ -150,11 +150,11 @@ impl RedisCluster {
         // were taken at. A slot the cache does not hold has its keys counted on the
         // source, asked for first on its connection, which the server answers in order:
         // read before the job starts, without waiting for them.
-        let cached: Option<Vec<u64>> = slots.iter().map(|s| self.sizes.keys(*s)).collect();
+        let cached: Option<Vec<u64>> = slots.iter().map(|s| self.sizer.cached_keys(*s)).collect();
         let counting = async {
             match cached {
                 Some(keys) => Ok(keys),
-                None => self.key_counts(&src, &slots, slot_stats).await,
+                None => self.sizer.key_counts(&self.conns, &src, &slots, slot_stats).await,
             }
         };
         let (keys, mut ends) =
@@ -169,7 +169,7 @@ impl RedisCluster {
         let measured = self.measured_moved(&dst, &slots, &keys, &ends).await;
         let mut out = Vec::with_capacity(group.len());
         for ((mv, slot), keys) in group.iter().zip(&slots).zip(keys) {
-            self.sizes.forget(*slot);
+            self.sizer.forget(*slot);
             out.push(match ends.remove(slot) {
                 Some(SlotEnd::Moved) => {
                     let bytes = measured.get(slot).copied().unwrap_or(mv.bytes);
@@ -199,7 +199,7 @@ impl RedisCluster {
         keys: &[u64],
         ends: &HashMap<u16, SlotEnd>,
     ) -> HashMap<u16, u64> {
-        if matches!(self.sizing.mode, SizingMode::Exact) {
+        if self.sizer.exact() {
             return HashMap::new();
         }
         let moved: Vec<(u16, u64)> = slots
@@ -208,7 +208,7 @@ impl RedisCluster {
             .filter(|(s, _)| matches!(ends.get(s), Some(SlotEnd::Moved)))
             .map(|(s, k)| (*s, *k))
             .collect();
-        match self.measure_whole(dst, &moved).await {
+        match self.sizer.measure_whole(&self.conns, dst, &moved).await {
             Ok(bytes) => moved.iter().map(|(s, _)| *s).zip(bytes).collect(),
             Err(e) => {
                 warn!(target = %dst, slots = moved.len(), cause = %e, "could not measure the bytes moved; reporting the snapshot's");

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::legacy::SlotMove;
-use super::sizing::Mode as SizingMode;
 use super::topology::Topology;
 use super::{RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, Fence, FenceError, MoveStats, Pace};
@@ -110,7 +109,7 @@ impl RedisCluster {
         let refused = self.drain_and_commit(&topo, &pair, open, pace, fence, &mut out).await;
         self.follow_refused(&dst, &dst_id, &refused).await;
         for &slot in &slots {
-            self.sizes.forget(slot);
+            self.sizer.forget(slot);
         }
         out.into_iter().map(|r| r.expect("every move answered")).collect()
     }
@@ -194,10 +193,7 @@ impl RedisCluster {
 
     fn slot_move<'a>(&self, mv: &Move, src: &'a str, dst: &'a str) -> SlotMove<'a> {
         // An exact size is a measurement the mover may use; a sampled one is not.
-        let estimate = match self.sizing.mode {
-            SizingMode::Exact => mv.bytes,
-            SizingMode::Sampled => 0,
-        };
+        let estimate = if self.sizer.exact() { mv.bytes } else { 0 };
         SlotMove { slot: mv.bucket as u16, src, dst, resume: false, estimate }
     }
 
@@ -273,7 +269,7 @@ impl RedisCluster {
         for ((i, mut stats), r) in drained.into_iter().zip(commit.results) {
             match r {
                 Ok(()) => {
-                    if matches!(self.sizing.mode, SizingMode::Exact) && group[i].bytes > 0 {
+                    if self.sizer.exact() && group[i].bytes > 0 {
                         // Reported in the units the snapshot measured, as one slot's move.
                         stats.bytes = group[i].bytes;
                     }

@@ -57,7 +57,7 @@ use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 use conn::{Auth, Conns, Tls};
 use legacy::SlotMove;
-use sizing::SizeCache;
+use sizing::Sizer;
 use topology::Topology;
 
 pub const SLOTS: usize = 16384;
@@ -92,13 +92,8 @@ pub struct RedisCluster {
     cluster_id: String,
     seeds: Vec<String>,
     conns: Conns,
-    sizing: SizingOptions,
-    /// Slot sizes measured so far; a slot this backend moves is measured again.
-    sizes: SizeCache,
-    /// Size tables other sidecars published, by member: read at each snapshot of a run.
-    published: Mutex<std::collections::HashMap<String, super::SizeTable>>,
-    /// Keys each master may still be asked to measure (`cluster.sizing-keys-per-second`).
-    budget: sizing::KeyBudget,
+    /// Slot sizes: measured, cached, within each master's key budget.
+    sizer: Sizer,
     critical_percent: u32,
     batch_keys: u32,
     batch_bytes: u64,
@@ -135,7 +130,7 @@ impl RedisCluster {
             cluster_id: c.id.clone(),
             seeds: c.seeds.clone(),
             conns: Conns::new(auth, tls, migrate_timeout + Duration::from_secs(10)),
-            sizing: SizingOptions {
+            sizer: Sizer::new(SizingOptions {
                 mode: match c.sizing {
                     crate::config::Sizing::Exact => SizingMode::Exact,
                     crate::config::Sizing::Sampled => SizingMode::Sampled,
@@ -144,10 +139,7 @@ impl RedisCluster {
                 max_age: c.sizing_max_age.0,
                 sample_keys: c.slot_sample_keys,
                 max_key_bytes: config.execution.max_key_bytes.0,
-            },
-            sizes: SizeCache::default(),
-            published: Mutex::default(),
-            budget: sizing::KeyBudget::new(c.sizing_keys_per_second as u64),
+            }),
             critical_percent: config.balance.critical_memory_percent,
             batch_keys: config.execution.migrate_batch_keys,
             batch_bytes: config.execution.migrate_batch_bytes.0,
@@ -164,6 +156,13 @@ impl RedisCluster {
             fallbacks: Default::default(),
             max_lag_bytes: config.topology.max_lag_bytes.0,
         })
+    }
+}
+
+impl RedisCluster {
+    /// Replaces the size tables other sidecars published.
+    pub fn adopt_sizes(&self, tables: Vec<super::SizeTable>) {
+        self.sizer.adopt_sizes(tables)
     }
 }
 
@@ -222,14 +221,11 @@ impl Cluster for RedisCluster {
         let started = Instant::now();
         // An exact size is a measurement the mover may use for pacing and the report; a
         // sampled one is not, so the mover measures the keys it moves.
-        let measured = match self.sizing.mode {
-            SizingMode::Exact => mv.bytes,
-            SizingMode::Sampled => 0,
-        };
+        let measured = if self.sizer.exact() { mv.bytes } else { 0 };
         let m = SlotMove { slot, src: &src, dst: &dst, resume: false, estimate: measured };
         let result = self.finish(&topo, m, pace, fence).await;
         // The check after the run measures the slot again where it now lives.
-        self.sizes.forget(slot);
+        self.sizer.forget(slot);
         let mut stats = result?;
         if measured > 0 {
             // Report in the units the snapshot measured, not the mover's own batch sizing.

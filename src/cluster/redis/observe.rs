@@ -149,16 +149,17 @@ impl RedisCluster {
             return Err("flagged fail".into());
         }
         let owned: Vec<u16> = (0..SLOTS as u16).filter(|&s| topo.owner[s as usize] == Some(i)).collect();
-        self.use_published(&m.id, |slot| topo.owner[slot] == Some(i));
+        self.sizer.use_published(&m.id, |slot| topo.owner[slot] == Some(i));
         let (info, counts) = match read.and_then(|r| r.of(&owned)) {
             Some(r) => r,
             None => {
                 let info = self.node_info(&m.addr).await?;
-                let counts = self.key_counts(&m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
+                let counts =
+                    self.sizer.key_counts(&self.conns, &m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
                 (info, counts)
             }
         };
-        let sizes = self.size_master(&m.addr, &owned, &counts).await?;
+        let sizes = self.sizer.size_master(&self.conns, &m.addr, &owned, &counts).await?;
         Ok(MasterView { info, sizes, owned_keys: counts.iter().sum() })
     }
 
@@ -196,7 +197,7 @@ impl RedisCluster {
 
     /// Slots holding a key above `execution.max-key-bytes`.
     fn pinned(&self, views: &[&MasterView]) -> Vec<Pinned> {
-        let limit = self.sizing.max_key_bytes;
+        let limit = self.sizer.opts.max_key_bytes;
         let mut pinned: Vec<Pinned> = views
             .iter()
             .flat_map(|v| v.sizes.slots.iter())
@@ -215,7 +216,7 @@ impl RedisCluster {
         let slots = || views.iter().flat_map(|v| v.sizes.slots.iter().map(|(_, s)| s));
         let variance: f64 = slots().map(|s| s.variance).sum();
         SizingSummary {
-            mode: self.sizing.mode.name().to_string(),
+            mode: self.sizer.opts.mode.name().to_string(),
             keys: slots().map(|s| s.keys).sum(),
             keys_measured_now: views.iter().map(|v| v.sizes.keys_measured_now).sum(),
             oldest_seconds: slots()

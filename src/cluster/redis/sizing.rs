@@ -18,7 +18,9 @@
 //! aggregates from their serialized form (after DUMP/RESTORE, sets measure about 8%
 //! smaller and sorted sets 3%), so a moved slot's bytes are the target's to say.
 //!
-//! Owns: the cache, the budget, big-key detection. Does not own: which slots move.
+//! Owns: [`Sizer`], a part of the backend with its own state (the cache, the budget, the
+//! published tables), measuring over the connections it is handed; big-key detection.
+//! Does not own: which slots move.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,7 +30,10 @@ use rand::seq::index::sample;
 
 use chrono::Utc;
 
-use super::{PIPELINE, RedisCluster, SLOTS};
+use std::collections::HashMap;
+
+use super::conn::Conns;
+use super::{PIPELINE, SLOTS};
 use crate::cluster::SizeTable;
 
 /// How slot sizes are taken.
@@ -83,7 +88,7 @@ impl SlotSize {
 }
 
 /// Per-slot sizes, shared by snapshots and the movers.
-pub struct SizeCache {
+struct SizeCache {
     slots: Mutex<Vec<Option<SlotSize>>>,
 }
 
@@ -116,12 +121,12 @@ impl SizeCache {
     }
 
     /// The key count a slot's cached size was taken at.
-    pub fn keys(&self, slot: u16) -> Option<u64> {
+    fn keys(&self, slot: u16) -> Option<u64> {
         self.slots.lock().unwrap()[slot as usize].map(|e| e.keys)
     }
 
     /// Forgets a slot (it moved, or a move of it failed): the next snapshot measures it.
-    pub fn forget(&self, slot: u16) {
+    fn forget(&self, slot: u16) {
         self.slots.lock().unwrap()[slot as usize] = None;
     }
 }
@@ -186,9 +191,41 @@ const GROUPS_IN_FLIGHT: usize = 2;
 /// while the client sends the next and reads the last.
 const PIPELINES_IN_FLIGHT: usize = 3;
 
-impl RedisCluster {
+/// The sizer: slot sizes measured over the backend's connections, cached, and kept
+/// within each master's key budget. Snapshots, the movers and repair share one.
+pub(super) struct Sizer {
+    pub(super) opts: SizingOptions,
+    /// Slot sizes measured so far; a slot the backend moves is forgotten and measured again.
+    cache: SizeCache,
+    /// Size tables other sidecars published, by member: read at each snapshot of a run.
+    published: Mutex<HashMap<String, SizeTable>>,
+    /// Keys each master may still be asked to measure (`cluster.sizing-keys-per-second`).
+    budget: KeyBudget,
+}
+
+impl Sizer {
+    pub(super) fn new(opts: SizingOptions) -> Sizer {
+        let budget = KeyBudget::new(opts.keys_per_second);
+        Sizer { opts, cache: SizeCache::default(), published: Mutex::default(), budget }
+    }
+
+    /// Whether sizes are exact measurements (the movers may report them as moved).
+    pub(super) fn exact(&self) -> bool {
+        self.opts.mode == Mode::Exact
+    }
+
+    /// The key count a slot's cached size was taken at.
+    pub(super) fn cached_keys(&self, slot: u16) -> Option<u64> {
+        self.cache.keys(slot)
+    }
+
+    /// Forgets a slot (it moved, or a move of it failed): the next snapshot measures it.
+    pub(super) fn forget(&self, slot: u16) {
+        self.cache.forget(slot)
+    }
+
     /// Replaces the size tables other sidecars published.
-    pub fn adopt_sizes(&self, tables: Vec<SizeTable>) {
+    pub(super) fn adopt_sizes(&self, tables: Vec<SizeTable>) {
         *self.published.lock().unwrap() = tables.into_iter().map(|t| (t.member.clone(), t)).collect();
     }
 
@@ -208,7 +245,7 @@ impl RedisCluster {
                 continue;
             }
             let Some(measured_at) = now.checked_sub(since_taken + Duration::from_millis(b.age_ms)) else { continue };
-            self.sizes.offer(
+            self.cache.offer(
                 slot as u16,
                 SlotSize {
                     keys: b.keys,
@@ -226,10 +263,16 @@ impl RedisCluster {
     /// later) one CLUSTER SLOT-STATS call answers for every slot the node owns; slots it
     /// did not answer for, and every slot when its reply cannot be read, are counted with
     /// COUNTKEYSINSLOT, pipelined.
-    pub(super) async fn key_counts(&self, addr: &str, slots: &[u16], slot_stats: bool) -> Result<Vec<u64>, String> {
+    pub(super) async fn key_counts(
+        &self,
+        conns: &Conns,
+        addr: &str,
+        slots: &[u16],
+        slot_stats: bool,
+    ) -> Result<Vec<u64>, String> {
         let mut known = std::collections::HashMap::new();
         if slot_stats {
-            match self.conns.query::<redis::Value>(addr, &super::slot_stats::request()).await {
+            match conns.query::<redis::Value>(addr, &super::slot_stats::request()).await {
                 Ok(reply) => match super::slot_stats::parse(&reply) {
                     Ok(counts) => known = counts,
                     Err(e) => {
@@ -245,22 +288,28 @@ impl RedisCluster {
             for &s in chunk {
                 p.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(s);
             }
-            known.extend(chunk.iter().copied().zip(self.conns.pipeline::<u64>(addr, &p).await?));
+            known.extend(chunk.iter().copied().zip(conns.pipeline::<u64>(addr, &p).await?));
         }
         Ok(slots.iter().map(|s| known[s]).collect())
     }
 
     /// Sizes of `slots` on `addr` whose key counts are `counts`: from the cache when
     /// fresh, measured otherwise.
-    pub(super) async fn size_master(&self, addr: &str, slots: &[u16], counts: &[u64]) -> Result<MasterSizes, String> {
-        let opts = &self.sizing;
+    pub(super) async fn size_master(
+        &self,
+        conns: &Conns,
+        addr: &str,
+        slots: &[u16],
+        counts: &[u64],
+    ) -> Result<MasterSizes, String> {
+        let opts = &self.opts;
         let mut out = MasterSizes::default();
         let mut todo: Vec<(u16, u64)> = Vec::new();
         for (&slot, &keys) in slots.iter().zip(counts) {
-            match (keys, self.sizes.fresh(slot, keys, opts)) {
+            match (keys, self.cache.fresh(slot, keys, opts)) {
                 (0, _) => {
                     // Kept too, so the cache holds the count of every slot just seen.
-                    self.sizes.put(slot, SlotSize::empty());
+                    self.cache.put(slot, SlotSize::empty());
                     out.slots.push((slot, SlotSize::empty()));
                 }
                 (_, Some(e)) => out.slots.push((slot, e)),
@@ -281,11 +330,11 @@ impl RedisCluster {
         }
         // The futures are made before the stream, which then holds no closure: a stream
         // over a borrowing closure is not `Send` in a trait's async method.
-        let groups: Vec<_> = groups.into_iter().map(|g| self.measure_group(addr, g, false)).collect();
+        let groups: Vec<_> = groups.into_iter().map(|g| self.measure_group(conns, addr, g, false)).collect();
         let mut measured = stream::iter(groups).buffered(GROUPS_IN_FLIGHT);
         while let Some(sizes) = measured.next().await {
             for (slot, size) in sizes? {
-                self.sizes.put(slot, size);
+                self.cache.put(slot, size);
                 out.keys_measured_now += size.keys.min(self.measured_per_slot(size.keys));
                 out.slots.push((slot, size));
             }
@@ -297,8 +346,8 @@ impl RedisCluster {
     /// [`WHOLE_SLOT_FACTOR`] times the sample size whole: a few keys cost little, and a
     /// small sample of a few keys misses a big one (its variance cannot see it).
     fn measured_per_slot(&self, keys: u64) -> u64 {
-        let sample = self.sizing.sample_keys.max(1) as u64;
-        match self.sizing.mode {
+        let sample = self.opts.sample_keys.max(1) as u64;
+        match self.opts.mode {
             Mode::Sampled if keys > sample * WHOLE_SLOT_FACTOR => sample,
             _ => keys,
         }
@@ -308,11 +357,16 @@ impl RedisCluster {
     /// mode: what a mover that does not see the keys it moves reports as moved. Each slot
     /// comes with the keys it held when counted; up to twice that (at least 1024) are
     /// listed, for keys written since.
-    pub(super) async fn measure_whole(&self, addr: &str, slots: &[(u16, u64)]) -> Result<Vec<u64>, String> {
+    pub(super) async fn measure_whole(
+        &self,
+        conns: &Conns,
+        addr: &str,
+        slots: &[(u16, u64)],
+    ) -> Result<Vec<u64>, String> {
         let mut out = Vec::with_capacity(slots.len());
         for chunk in slots.chunks(64) {
             let bounds: Vec<(u16, u64)> = chunk.iter().map(|&(s, k)| (s, k.saturating_mul(2).max(1024))).collect();
-            out.extend(self.measure_group(addr, &bounds, true).await?.into_iter().map(|(_, s)| s.bytes));
+            out.extend(self.measure_group(conns, addr, &bounds, true).await?.into_iter().map(|(_, s)| s.bytes));
         }
         Ok(out)
     }
@@ -321,6 +375,7 @@ impl RedisCluster {
     /// sizing is exact, else a random sample).
     async fn measure_group(
         &self,
+        conns: &Conns,
         addr: &str,
         group: &[(u16, u64)],
         whole: bool,
@@ -329,7 +384,7 @@ impl RedisCluster {
         for &(slot, keys) in group {
             p.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(keys);
         }
-        let listed: Vec<Vec<Vec<u8>>> = self.conns.pipeline(addr, &p).await?;
+        let listed: Vec<Vec<Vec<u8>>> = conns.pipeline(addr, &p).await?;
         let mut chosen: Vec<Vec<Vec<u8>>> = Vec::with_capacity(listed.len());
         for keys in listed {
             let n = if whole { keys.len() } else { self.measured_per_slot(keys.len() as u64) as usize };
@@ -341,7 +396,7 @@ impl RedisCluster {
             }
         }
         let flat: Vec<&[u8]> = chosen.iter().flatten().map(Vec::as_slice).collect();
-        let usage = self.memory_usage(addr, &flat).await?;
+        let usage = self.memory_usage(conns, addr, &flat).await?;
         let mut sizes = Vec::with_capacity(group.len());
         let mut at = 0;
         for (&(slot, counted), keys) in group.iter().zip(&chosen) {
@@ -361,18 +416,24 @@ impl RedisCluster {
     /// elements it looks at depend on the node's hash table). Keys the first pass finds
     /// large are measured again with `SAMPLES` [`REFINE_SAMPLES`]: exact for aggregates of
     /// up to that many elements, a bounded cost for huge ones (never `SAMPLES 0`).
-    async fn memory_usage(&self, addr: &str, keys: &[&[u8]]) -> Result<Vec<u64>, String> {
-        let mut out = self.memory_usage_pass(addr, keys, None).await?;
+    async fn memory_usage(&self, conns: &Conns, addr: &str, keys: &[&[u8]]) -> Result<Vec<u64>, String> {
+        let mut out = self.memory_usage_pass(conns, addr, keys, None).await?;
         let large: Vec<usize> = (0..keys.len()).filter(|&i| out[i] >= REFINE_BYTES).collect();
         let again: Vec<&[u8]> = large.iter().map(|&i| keys[i]).collect();
-        let refined = self.memory_usage_pass(addr, &again, Some(REFINE_SAMPLES)).await?;
+        let refined = self.memory_usage_pass(conns, addr, &again, Some(REFINE_SAMPLES)).await?;
         for (i, bytes) in large.into_iter().zip(refined) {
             out[i] = bytes;
         }
         Ok(out)
     }
 
-    async fn memory_usage_pass(&self, addr: &str, keys: &[&[u8]], samples: Option<u32>) -> Result<Vec<u64>, String> {
+    async fn memory_usage_pass(
+        &self,
+        conns: &Conns,
+        addr: &str,
+        keys: &[&[u8]],
+        samples: Option<u32>,
+    ) -> Result<Vec<u64>, String> {
         // A refined key costs the server up to REFINE_SAMPLES element visits: charge it.
         let weight = if samples.is_some() { REFINE_WEIGHT } else { 1 };
         let pass: Vec<_> = keys
@@ -386,7 +447,7 @@ impl RedisCluster {
                         p.arg("SAMPLES").arg(n);
                     }
                 }
-                self.conns.pipeline::<Option<u64>>(addr, &p).await
+                conns.pipeline::<Option<u64>>(addr, &p).await
             })
             .collect();
         let mut replies = stream::iter(pass).buffered(PIPELINES_IN_FLIGHT);
@@ -404,7 +465,7 @@ impl RedisCluster {
         let n = measured.len() as f64;
         let sum: u64 = measured.iter().sum();
         let largest_key = measured.iter().copied().max().unwrap_or(0);
-        let big_keys = measured.iter().filter(|&&b| b > self.sizing.max_key_bytes).count() as u32;
+        let big_keys = measured.iter().filter(|&&b| b > self.opts.max_key_bytes).count() as u32;
         let all = counted <= measured.len() as u64;
         let (bytes, variance) = if all || measured.is_empty() {
             (sum, 0.0)

@@ -40,14 +40,14 @@ impl RedisCluster {
         let (mine, others): (Vec<u16>, Vec<u16>) =
             (0..SLOTS as u16).partition(|s| topo.owner[*s as usize] == me || importing.contains(s));
         let info = self.node_info(addr).await?;
-        let counts = self.key_counts(addr, &mine, Capabilities::of([&info]).slot_stats).await?;
+        let counts = self.sizer.key_counts(&self.conns, addr, &mine, Capabilities::of([&info]).slot_stats).await?;
         let held: u64 = counts.iter().sum();
         let reading = MasterReading { counts: mine.into_iter().zip(counts).collect(), info };
         if reading.info.keys <= held {
             return Ok((Vec::new(), reading));
         }
         // SLOT-STATS answers for the slots a node owns; these it does not.
-        let counts = self.key_counts(addr, &others, false).await?;
+        let counts = self.sizer.key_counts(&self.conns, addr, &others, false).await?;
         Ok((others.into_iter().zip(counts).filter(|(_, n)| *n > 0).collect(), reading))
     }
 
