@@ -17,7 +17,7 @@
 use chrono::Utc;
 use tracing::warn;
 
-use super::RedisCluster;
+use super::nodes::Nodes;
 use crate::cluster::SetAside;
 
 /// What names a kept-aside copy: everything before the tag.
@@ -39,7 +39,7 @@ pub fn copy_of(name: &[u8]) -> Option<&[u8]> {
     Some(&rest[rest.iter().position(|&b| b == b':')? + 1..])
 }
 
-impl RedisCluster {
+impl Nodes {
     /// Renames `key` on `node`, which imports `slot` (every caller's losing side does),
     /// to its aside name: DUMP, RESTORE with its time to live, DEL, each after ASKING. No
     /// client reaches the key there meanwhile (see the module header). Returns what was

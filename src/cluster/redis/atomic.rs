@@ -18,8 +18,12 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::capabilities::Mover;
+use super::fallback::Fallbacks;
 use super::follow::HOLD_WAIT;
+use super::legacy::{Legacy, MigrateOptions};
 use super::migrations::{SlotMigration, merge};
+use super::nodes::Nodes;
+use super::sizing::Sizer;
 use super::topology::{NodeLine, Topology};
 use super::{RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, Fence, FenceError, MoveStats, Pace};
@@ -105,8 +109,8 @@ impl RedisCluster {
         for (_, idx) in pairs {
             let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
             let results = match mover {
-                Mover::Atomic => self.atomic_group(s, &group, pace, fence).await,
-                Mover::Legacy => self.legacy_group(s, &group, pace, fence).await,
+                Mover::Atomic => self.atomic().group(s, &group, pace, fence).await,
+                Mover::Legacy => self.legacy().legacy_group(s, &group, pace, fence).await,
             };
             for (i, r) in idx.into_iter().zip(results) {
                 out[i] = Some(r);
@@ -115,8 +119,32 @@ impl RedisCluster {
         out.into_iter().map(|r| r.expect("every move answered")).collect()
     }
 
+    /// The atomic mover, over this backend's nodes, sizer and fallback gates.
+    fn atomic(&self) -> Atomic<'_> {
+        let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
+        Atomic { nodes: &self.nodes, sizer: &self.sizer, opts: self.migrate, fallbacks: &self.fallbacks, slot_stats }
+    }
+}
+
+/// The atomic mover: a part holding no state of its own, borrowing the nodes, the sizer
+/// and the gates that keep legacy fallbacks off nodes where jobs run ([`super::fallback`]).
+pub(super) struct Atomic<'a> {
+    nodes: &'a Nodes,
+    sizer: &'a Sizer,
+    opts: MigrateOptions,
+    pub(super) fallbacks: &'a Fallbacks,
+    /// The masters answer CLUSTER SLOT-STATS (key counts in one call).
+    slot_stats: bool,
+}
+
+impl Atomic<'_> {
+    /// The legacy mover over the same nodes, for a job's fallback.
+    pub(super) fn legacy(&self) -> Legacy<'_> {
+        Legacy { nodes: self.nodes, sizer: self.sizer, opts: self.opts }
+    }
+
     /// Moves `group` (one source, one target) as one job; one result per move.
-    async fn atomic_group<P: Pace, F: Fence>(
+    async fn group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
         group: &[&Move],
@@ -133,17 +161,16 @@ impl RedisCluster {
                 None => return group.iter().map(|mv| Err(fail(mv, "not a hash slot".into()))).collect(),
             }
         }
-        let topo = match self.cached_topology().await {
+        let topo = match self.nodes.cached_topology().await {
             Ok(t) => t,
             Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string()))).collect(),
         };
-        let dst_id = match self.node_id_of(&topo, &dst) {
+        let dst_id = match self.nodes.node_id_of(&topo, &dst) {
             Ok(id) => id,
             Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string()))).collect(),
         };
         let bytes: u64 = group.iter().map(|mv| mv.bytes).sum();
         let estimates: HashMap<u16, u64> = slots.iter().copied().zip(group.iter().map(|mv| mv.bytes)).collect();
-        let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
         pace.take(bytes).await;
         let started = Instant::now();
         // Keys are reported in the snapshot's units, as bytes are: the counts its sizes
@@ -154,7 +181,7 @@ impl RedisCluster {
         let counting = async {
             match cached {
                 Some(keys) => Ok(keys),
-                None => self.sizer.key_counts(&self.conns, &src, &slots, slot_stats).await,
+                None => self.sizer.key_counts(&self.nodes.conns, &src, &slots, self.slot_stats).await,
             }
         };
         let (keys, mut ends) =
@@ -163,7 +190,7 @@ impl RedisCluster {
         // The job's data reached the target; its replicas must hold it before the run
         // goes on (the legacy mover waits for its own slots).
         let behind = match slots.iter().copied().find(|s| matches!(ends.get(s), Some(SlotEnd::Moved))) {
-            Some(slot) => self.replicas_hold(slot, &dst, topo.replica_count(&dst_id), HOLD_WAIT).await,
+            Some(slot) => self.nodes.replicas_hold(slot, &dst, topo.replica_count(&dst_id), HOLD_WAIT).await,
             None => None,
         };
         let measured = self.measured_moved(&dst, &slots, &keys, &ends).await;
@@ -208,7 +235,7 @@ impl RedisCluster {
             .filter(|(s, _)| matches!(ends.get(s), Some(SlotEnd::Moved)))
             .map(|(s, k)| (*s, *k))
             .collect();
-        match self.sizer.measure_whole(&self.conns, dst, &moved).await {
+        match self.sizer.measure_whole(&self.nodes.conns, dst, &moved).await {
             Ok(bytes) => moved.iter().map(|(s, _)| *s).zip(bytes).collect(),
             Err(e) => {
                 warn!(target = %dst, slots = moved.len(), cause = %e, "could not measure the bytes moved; reporting the snapshot's");
@@ -282,7 +309,7 @@ impl RedisCluster {
     /// it did), what to do next, and the job's name when it was seen.
     async fn run_job(&self, src: &str, dst_id: &str, slots: &[u16], bytes: u64) -> (String, Next, Option<String>) {
         let ranges = merge(slots);
-        let before: Vec<String> = match self.slot_migrations(src).await {
+        let before: Vec<String> = match self.nodes.slot_migrations(src).await {
             Ok(jobs) => jobs.into_iter().map(|j| j.name).collect(),
             Err(e) => return (format!("CLUSTER GETSLOTMIGRATIONS on {src}: {e}"), Next::Legacy, None),
         };
@@ -292,17 +319,17 @@ impl RedisCluster {
             c.arg(*a).arg(*b);
         }
         c.arg("NODE").arg(dst_id);
-        if let Err(e) = self.conns.query::<()>(src, &c).await {
+        if let Err(e) = self.nodes.conns.query::<()>(src, &c).await {
             let next = if demoted(&e) { Next::Stop } else { Next::Legacy };
             return (format!("CLUSTER MIGRATESLOTS refused by {e}"), next, None);
         }
         debug!(node = %src, target = %dst_id, slots = slots.len(), "atomic job started");
-        let limit = self.migrate_timeout + Duration::from_secs(bytes / JOB_MIN_BYTES_PER_SECOND);
+        let limit = self.opts.timeout + Duration::from_secs(bytes / JOB_MIN_BYTES_PER_SECOND);
         let started = Instant::now();
         let mut name = None;
         loop {
             tokio::time::sleep((started.elapsed() / 10).clamp(POLL_FIRST, POLL_MAX)).await;
-            match self.slot_migrations(src).await {
+            match self.nodes.slot_migrations(src).await {
                 Ok(jobs) => {
                     let ours = jobs.into_iter().find(|j| match &name {
                         Some(n) => &j.name == n,
@@ -330,7 +357,7 @@ impl RedisCluster {
 
     /// `CLUSTER CANCELSLOTMIGRATIONS` on the source: every job it exports stops.
     async fn cancel(&self, src: &str) {
-        match self.conns.query::<()>(src, redis::cmd("CLUSTER").arg("CANCELSLOTMIGRATIONS")).await {
+        match self.nodes.conns.query::<()>(src, redis::cmd("CLUSTER").arg("CANCELSLOTMIGRATIONS")).await {
             Ok(()) => warn!(node = %src, "cancelled the atomic migration jobs of the source"),
             Err(e) if e.contains("No migrations ongoing") => {}
             Err(e) => warn!(node = %src, cause = %e, "CLUSTER CANCELSLOTMIGRATIONS failed"),
@@ -340,9 +367,9 @@ impl RedisCluster {
     /// Waits (bounded) until the target has ended its side of job `name`, so the slots
     /// can be tried again: a live import refuses new jobs and SETSLOT for them.
     async fn wait_import_end(&self, dst: &str, name: &str) {
-        let deadline = Instant::now() + self.migrate_timeout.min(SETTLE);
+        let deadline = Instant::now() + self.opts.timeout.min(SETTLE);
         loop {
-            let live = match self.slot_migrations(dst).await {
+            let live = match self.nodes.slot_migrations(dst).await {
                 Ok(jobs) => jobs.iter().any(|j| j.name == name && !j.has_ended()),
                 Err(_) => false,
             };
@@ -359,7 +386,7 @@ impl RedisCluster {
 
     /// A node's own line of CLUSTER NODES, if it answers.
     async fn myself(&self, addr: &str) -> Option<NodeLine> {
-        self.cluster_nodes(addr).await.ok()?.into_iter().find(|n| n.is_myself())
+        self.nodes.cluster_nodes(addr).await.ok()?.into_iter().find(|n| n.is_myself())
     }
 
     /// Who owns `slots` now: the source's own claim first (a job flips ownership only

@@ -150,9 +150,9 @@ impl RedisCluster {
 
     /// The first master that cannot migrate atomically, with its version, in a sentence.
     async fn lacking_atomic(&self) -> Option<String> {
-        let topo = self.cached_topology().await.ok()?;
+        let topo = self.nodes.cached_topology().await.ok()?;
         for m in topo.masters.iter().filter(|m| !m.is_failed()) {
-            let info = self.node_info(&m.addr).await.ok()?;
+            let info = self.nodes.node_info(&m.addr).await.ok()?;
             if !Capabilities::of([&info]).atomic_migration {
                 return Some(format!(
                     "execution.migration = \"atomic\" needs Valkey 9 or later on every master; {} runs {}",
@@ -169,8 +169,8 @@ impl RedisCluster {
         if let Some(c) = self.capabilities() {
             return Ok(c);
         }
-        let topo = self.cached_topology().await?;
-        let infos = futures::future::join_all(topo.masters.iter().map(|m| self.node_info(&m.addr))).await;
+        let topo = self.nodes.cached_topology().await?;
+        let infos = futures::future::join_all(topo.masters.iter().map(|m| self.nodes.node_info(&m.addr))).await;
         let infos: Vec<NodeInfo> = infos.into_iter().collect::<Result<_, _>>().map_err(ClusterError::Snapshot)?;
         let caps = Capabilities::of(&infos);
         self.note_capabilities(caps.clone());

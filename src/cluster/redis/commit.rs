@@ -25,7 +25,7 @@
 
 use tracing::warn;
 
-use super::RedisCluster;
+use super::legacy::Legacy;
 use super::topology::Topology;
 
 /// What a commit did, slot by slot.
@@ -40,13 +40,13 @@ pub(super) struct Commit {
 /// The two sides of a commit: (address, node id) of the source, then of the target.
 pub(super) type Sides<'a> = ((&'a str, &'a str), (&'a str, &'a str));
 
-impl RedisCluster {
+impl Legacy<'_> {
     /// Assigns `slots`, drained, from the source to the target: see the module.
     pub(super) async fn commit(&self, ((src, src_id), (dst, dst_id)): Sides<'_>, slots: &[u16]) -> Commit {
         let mut results: Vec<Result<(), String>> = vec![Ok(()); slots.len()];
         let mut take = Vec::new();
         let mut refused = Vec::new();
-        for (i, r) in self.setslots(src, slots, &["NODE", dst_id]).await.into_iter().enumerate() {
+        for (i, r) in self.nodes.setslots(src, slots, &["NODE", dst_id]).await.into_iter().enumerate() {
             match r {
                 Ok(()) => take.push(i),
                 Err(e) => refused.push((i, e)),
@@ -67,10 +67,10 @@ impl RedisCluster {
         take.sort_unstable();
         let picked: Vec<u16> = take.iter().map(|&i| slots[i]).collect();
         if !picked.is_empty() {
-            self.epoch_past_demotion(src, dst).await;
+            self.nodes.epoch_past_demotion(src, dst).await;
         }
         let mut reopen = Vec::new();
-        for (&i, r) in take.iter().zip(self.setslots(dst, &picked, &["NODE", dst_id]).await) {
+        for (&i, r) in take.iter().zip(self.nodes.setslots(dst, &picked, &["NODE", dst_id]).await) {
             if let Err(e) = r {
                 results[i] = Err(format!("SETSLOT NODE on {dst}: {e}"));
                 demoted.retain(|&s| s != slots[i]);
@@ -90,12 +90,12 @@ impl RedisCluster {
         if slots.is_empty() {
             return Vec::new();
         }
-        let Ok(view) = self.cluster_nodes(src).await else { return Vec::new() };
+        let Ok(view) = self.nodes.cluster_nodes(src).await else { return Vec::new() };
         let Some(me) = view.iter().find(|n| n.is_myself()).filter(|me| !me.is_master()) else { return Vec::new() };
         let Some(successor) = me.master_id.as_deref().and_then(|id| view.iter().find(|n| n.id == id)) else {
             return Vec::new();
         };
-        let Ok(theirs) = self.cluster_nodes(&successor.addr).await else { return Vec::new() };
+        let Ok(theirs) = self.nodes.cluster_nodes(&successor.addr).await else { return Vec::new() };
         let Some(claims) = theirs.iter().find(|n| n.is_myself() && n.is_master()) else { return Vec::new() };
         slots.iter().copied().filter(|&s| !claims.owns(s)).collect()
     }
@@ -104,7 +104,7 @@ impl RedisCluster {
     /// source and opens them again towards the target: the keys are on the target, and
     /// the run hands them back.
     async fn reopen(&self, src: &str, (src_id, dst_id): (&str, &str), slots: &[u16]) {
-        let back = self.setslots(src, slots, &["NODE", src_id]).await;
+        let back = self.nodes.setslots(src, slots, &["NODE", src_id]).await;
         let mut owned = Vec::new();
         for (&slot, r) in slots.iter().zip(back) {
             match r {
@@ -114,7 +114,7 @@ impl RedisCluster {
                 }
             }
         }
-        for (&slot, r) in owned.iter().zip(self.setslots(src, &owned, &["MIGRATING", dst_id]).await) {
+        for (&slot, r) in owned.iter().zip(self.nodes.setslots(src, &owned, &["MIGRATING", dst_id]).await) {
             if let Err(e) = r {
                 warn!(slot, node = %src, cause = %e, "the slot was not opened again on the source; repair settles it");
             }
@@ -146,10 +146,13 @@ impl RedisCluster {
         if dry_run {
             return Ok(Some(line));
         }
-        let id = self.node_id_of(topo, importer).map_err(|e| e.to_string())?;
-        self.setslot(importer, slot, &["NODE", &id]).await.map_err(|e| format!("SETSLOT NODE on {importer}: {e}"))?;
+        let id = self.nodes.node_id_of(topo, importer).map_err(|e| e.to_string())?;
+        self.nodes
+            .setslot(importer, slot, &["NODE", &id])
+            .await
+            .map_err(|e| format!("SETSLOT NODE on {importer}: {e}"))?;
         for m in topo.masters.iter().filter(|m| m.addr != *importer && !m.is_failed()) {
-            if let Err(e) = self.setslot(&m.addr, slot, &["NODE", &id]).await {
+            if let Err(e) = self.nodes.setslot(&m.addr, slot, &["NODE", &id]).await {
                 warn!(slot, node = %m.addr, cause = %e, "a master did not take the new owner; gossip will carry it");
             }
         }

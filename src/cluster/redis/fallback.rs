@@ -25,13 +25,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tracing::warn;
 
-use super::RedisCluster;
-use super::atomic::SlotEnd;
+use super::atomic::{Atomic, SlotEnd};
 use super::legacy::SlotMove;
 use super::topology::Topology;
 use crate::cluster::{ClusterError, Fence, Unpaced};
 
-impl RedisCluster {
+impl Atomic<'_> {
     /// Moves `slots` from `src` to `dst` with the legacy mover, one at a time, once no
     /// atomic job runs on either node; `why` the atomic mover could not.
     pub(super) async fn fall_back<F: Fence>(
@@ -56,7 +55,7 @@ impl RedisCluster {
             warn!(slot, from = %src, to = %dst, cause = %why, "atomic migration did not move the slot; moving it with the legacy mover");
             let m = SlotMove { slot, src, dst, resume: false, estimate: estimates[&slot] };
             // The group's bytes were paced before its first job.
-            let end = match self.finish(topo, m, &Unpaced, fence).await {
+            let end = match self.legacy().finish(topo, m, &Unpaced, fence).await {
                 Ok(stats) => {
                     self.fallbacks.counted();
                     SlotEnd::MovedByLegacy(stats)

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::RedisCluster;
+use super::nodes::Nodes;
 use super::topology::Topology;
 use crate::cluster::ClusterError;
 
@@ -49,7 +49,7 @@ const EPOCH_WAIT: Duration = Duration::from_secs(5);
 /// How long a stuck replica may take to answer the reset of its link.
 const RESET_WAIT: Duration = Duration::from_secs(2);
 
-impl RedisCluster {
+impl Nodes {
     /// Whether the `replicas` replicas of `dst` hold everything `dst` held when this was
     /// called, waiting up to `wait`. `slot` is one `dst` imports or owns, for the marker.
     /// None when they do (or there are none); else why not, in a sentence.

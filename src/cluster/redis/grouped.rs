@@ -33,9 +33,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use super::SLOTS;
+use super::legacy::Legacy;
 use super::legacy::SlotMove;
 use super::topology::Topology;
-use super::{RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, Fence, FenceError, MoveStats, Pace};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
@@ -46,7 +47,7 @@ type Outcome = Result<MoveStats, ClusterError>;
 /// target, and until its commit every client reading one is sent there with ASK.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
-impl RedisCluster {
+impl Legacy<'_> {
     /// Moves `group` (one source, one target) with the legacy mover; one result per move.
     pub(super) async fn legacy_group<P: Pace, F: Fence>(
         &self,
@@ -63,11 +64,11 @@ impl RedisCluster {
         }
         let src = s.members[first.from as usize].address.clone();
         let dst = s.members[first.to as usize].address.clone();
-        let topo = match self.cached_topology().await {
+        let topo = match self.nodes.cached_topology().await {
             Ok(t) => t,
             Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string(), false))).collect(),
         };
-        let ids = self.node_id_of(&topo, &src).and_then(|a| self.node_id_of(&topo, &dst).map(|b| (a, b)));
+        let ids = self.nodes.node_id_of(&topo, &src).and_then(|a| self.nodes.node_id_of(&topo, &dst).map(|b| (a, b)));
         let (src_id, dst_id) = match ids {
             Ok(x) => x,
             Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string(), false))).collect(),
@@ -75,7 +76,7 @@ impl RedisCluster {
         let slots: Vec<u16> = group.iter().map(|mv| mv.bucket as u16).collect();
         let mut out: Vec<Option<Outcome>> = group.iter().map(|_| None).collect();
         // Open: IMPORTING on the target first, then MIGRATING on the source.
-        let imported = self.setslots(&dst, &slots, &["IMPORTING", &src_id]).await;
+        let imported = self.nodes.setslots(&dst, &slots, &["IMPORTING", &src_id]).await;
         let mut opened = Vec::new();
         // A step a node refused is settled as an open slot: Valkey runs a SETSLOT on the
         // replicas before their primary, so a primary that refuses it (its source demoted
@@ -87,7 +88,7 @@ impl RedisCluster {
                 Err(e) => out[i] = Some(Err(fail(group[i], format!("IMPORTING on {dst}: {e}"), true))),
             }
         }
-        let migrating = self.setslots(&src, &pick(&slots, &opened), &["MIGRATING", &dst_id]).await;
+        let migrating = self.nodes.setslots(&src, &pick(&slots, &opened), &["MIGRATING", &dst_id]).await;
         let mut refused = Vec::new();
         let mut open = Vec::new();
         for (&i, r) in opened.iter().zip(migrating) {
@@ -100,14 +101,14 @@ impl RedisCluster {
             }
         }
         // Nothing has moved for a slot the source refused: the target's step is undone.
-        for (r, &i) in self.setslots(&dst, &pick(&slots, &refused), &["STABLE"]).await.into_iter().zip(&refused) {
+        for (r, &i) in self.nodes.setslots(&dst, &pick(&slots, &refused), &["STABLE"]).await.into_iter().zip(&refused) {
             if let Err(e) = r {
                 warn!(slot = slots[i], cause = %e, "IMPORTING not undone on the target; repair settles it");
             }
         }
         let pair = Pair { group, slots: &slots, src: &src, src_id: &src_id, dst: &dst, dst_id: &dst_id };
         let refused = self.drain_and_commit(&topo, &pair, open, pace, fence, &mut out).await;
-        self.follow_refused(&dst, &dst_id, &refused).await;
+        self.nodes.follow_refused(&dst, &dst_id, &refused).await;
         for &slot in &slots {
             self.sizer.forget(slot);
         }
@@ -211,10 +212,10 @@ impl RedisCluster {
         first: &str,
         out: &mut [Option<Outcome>],
     ) {
-        let sources = self.setslots(src, &pick(slots, rest), &["STABLE"]).await;
+        let sources = self.nodes.setslots(src, &pick(slots, rest), &["STABLE"]).await;
         let mut empty = Vec::new();
         for (&i, s) in rest.iter().zip(sources) {
-            let keys = self.count_keys(dst, slots[i]).await;
+            let keys = self.nodes.count_keys(dst, slots[i]).await;
             let message = match (s, keys) {
                 (Ok(()), Ok(0)) => {
                     empty.push(i);
@@ -226,7 +227,7 @@ impl RedisCluster {
             };
             out[i] = Some(Err(ClusterError::Move { bucket: group[i].bucket, message, open: true }));
         }
-        for (&i, t) in empty.iter().zip(self.setslots(dst, &pick(slots, &empty), &["STABLE"]).await) {
+        for (&i, t) in empty.iter().zip(self.nodes.setslots(dst, &pick(slots, &empty), &["STABLE"]).await) {
             let bucket = group[i].bucket;
             out[i] = Some(Err(match t {
                 Ok(()) => ClusterError::NotStarted { bucket, why: first.to_string() },
@@ -291,35 +292,13 @@ impl RedisCluster {
         }
         let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
         futures::future::join_all(others.map(|m| async move {
-            for (slot, r) in committed.iter().zip(self.setslots(&m.addr, committed, &["NODE", dst_id]).await) {
+            for (slot, r) in committed.iter().zip(self.nodes.setslots(&m.addr, committed, &["NODE", dst_id]).await) {
                 if let Err(e) = r {
                     debug!(slot, node = %m.addr, cause = %e, "SETSLOT NODE on another master failed; gossip will carry it");
                 }
             }
         }))
         .await;
-    }
-
-    /// `CLUSTER SETSLOT <slot> <args>` for each of `slots` on `addr`, in one pipeline; one
-    /// result per slot (a transport failure fails them all).
-    pub(super) async fn setslots(&self, addr: &str, slots: &[u16], args: &[&str]) -> Vec<Result<(), String>> {
-        if slots.is_empty() {
-            return Vec::new();
-        }
-        let mut p = redis::pipe();
-        p.ignore_errors();
-        for &slot in slots {
-            p.cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(args);
-        }
-        match self.conns.pipeline_as::<Vec<redis::RedisResult<redis::Value>>>(addr, &p).await {
-            Ok(rs) if rs.len() == slots.len() => {
-                rs.into_iter().map(|r| r.map(|_| ()).map_err(|e| e.to_string())).collect()
-            }
-            Ok(rs) => {
-                slots.iter().map(|_| Err(format!("{addr}: {} answers to {} commands", rs.len(), slots.len()))).collect()
-            }
-            Err(e) => slots.iter().map(|_| Err(e.clone())).collect(),
-        }
     }
 }
 

@@ -171,7 +171,7 @@ impl RedisCluster {
     /// in a seed's view. Its own view is the truth about its role (a seed may lag behind
     /// a failover).
     async fn own_view(&self, member: &str) -> Result<(NodeLine, Vec<NodeLine>), HandoffError> {
-        match self.node_named(member).await.map_err(HandoffError::Backend)? {
+        match self.nodes.node_named(member).await.map_err(HandoffError::Backend)? {
             Some(found) => Ok(found),
             None => Err(HandoffError::UnknownMember(member.to_string())),
         }
@@ -182,9 +182,9 @@ impl RedisCluster {
     /// move for repair to settle; waiting for it to end is the better way.
     pub(super) async fn refuse_open_slots(&self, me: &NodeLine) -> Result<(), HandoffError> {
         let mut open: Vec<u16> = me.migrating.iter().chain(&me.importing).map(|(s, _)| *s).collect();
-        let info = self.node_info(&me.addr).await.map_err(HandoffError::Backend)?;
+        let info = self.nodes.node_info(&me.addr).await.map_err(HandoffError::Backend)?;
         if Capabilities::of([&info]).atomic_migration {
-            let jobs = self.slot_migrations(&me.addr).await.map_err(HandoffError::Backend)?;
+            let jobs = self.nodes.slot_migrations(&me.addr).await.map_err(HandoffError::Backend)?;
             let running = jobs.into_iter().filter(|j| !j.has_ended());
             open.extend(running.flat_map(|j| j.slot_ranges).flat_map(|(a, b)| a..=b));
         }
@@ -224,12 +224,12 @@ impl RedisCluster {
                 Err(e) if tokio::time::Instant::now() + POLL >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(POLL).await,
             }
-            view = self.cluster_nodes(&me.addr).await.map_err(HandoffError::Backend)?;
+            view = self.nodes.cluster_nodes(&me.addr).await.map_err(HandoffError::Backend)?;
         }
     }
 
     async fn replication(&self, addr: &str) -> Result<Replication, String> {
-        let text: String = self.conns.query(addr, redis::cmd("INFO").arg("replication")).await?;
+        let text: String = self.nodes.conns.query(addr, redis::cmd("INFO").arg("replication")).await?;
         Ok(Replication::parse(&text))
     }
 
@@ -251,7 +251,7 @@ impl RedisCluster {
             let gave_up = asked == 1 && r == "slave" && last_ask.elapsed() >= RETRY_AFTER;
             if asked == 0 || gave_up {
                 info!(master = %master, replica = %replica, attempt = asked + 1, "handoff: CLUSTER FAILOVER");
-                self.conns.query::<()>(replica, redis::cmd("CLUSTER").arg("FAILOVER")).await.map_err(|e| {
+                self.nodes.conns.query::<()>(replica, redis::cmd("CLUSTER").arg("FAILOVER")).await.map_err(|e| {
                     HandoffError::Backend(format!("CLUSTER FAILOVER on {replica} (replica of {master}): {e}"))
                 })?;
                 (asked, last_ask) = (asked + 1, tokio::time::Instant::now());

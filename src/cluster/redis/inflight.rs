@@ -87,7 +87,7 @@ impl RedisCluster {
     async fn running_exports(&self, topo: &Topology) -> Vec<(String, SlotMigration)> {
         let mut out = Vec::new();
         for m in topo.masters.iter().filter(|m| !m.is_failed()) {
-            match self.slot_migrations(&m.addr).await {
+            match self.nodes.slot_migrations(&m.addr).await {
                 Ok(jobs) => out.extend(
                     jobs.into_iter()
                         .filter(|j| j.operation.eq_ignore_ascii_case("export") && !j.has_ended())
@@ -104,7 +104,7 @@ impl RedisCluster {
     async fn wait_job(&self, src: &str, name: &str) -> Option<String> {
         let deadline = Instant::now() + JOB_WAIT;
         while Instant::now() < deadline {
-            if let Ok(jobs) = self.slot_migrations(src).await {
+            if let Ok(jobs) = self.nodes.slot_migrations(src).await {
                 match jobs.into_iter().find(|j| j.name == name) {
                     Some(j) if j.state == "success" => return Some("in success".into()),
                     Some(j) if j.has_ended() => {

@@ -9,10 +9,13 @@
 //! Owns: those steps, BUSYKEY handling. Does not own: which slot moves, or closing slots a
 //! crash left open ([`super::repair`]).
 
+use std::time::Duration;
+
 use tracing::{debug, warn};
 
-use super::RedisCluster;
 use super::follow::{BATCH_WAIT, HOLD_WAIT};
+use super::nodes::Nodes;
+use super::sizing::Sizer;
 use super::topology::Topology;
 use crate::cluster::{ClusterError, Fence, MoveStats, Pace, SetAside};
 
@@ -29,6 +32,24 @@ pub(super) enum KeyPair {
     Different,
 }
 
+/// How keys are migrated (`execution.migrate-batch-keys`, `migrate-batch-bytes`,
+/// `migrate-timeout`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MigrateOptions {
+    pub batch_keys: u32,
+    pub batch_bytes: u64,
+    /// How long one MIGRATE may take (the server's timeout; replies wait longer).
+    pub timeout: Duration,
+}
+
+/// The legacy mover: a part of the backend holding no state of its own, borrowing the
+/// nodes and the sizer.
+pub(super) struct Legacy<'a> {
+    pub(super) nodes: &'a Nodes,
+    pub(super) sizer: &'a Sizer,
+    pub(super) opts: MigrateOptions,
+}
+
 /// One slot to move between two masters (by address).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct SlotMove<'a> {
@@ -41,28 +62,15 @@ pub(super) struct SlotMove<'a> {
     pub estimate: u64,
 }
 
-impl RedisCluster {
-    pub(super) async fn setslot(&self, addr: &str, slot: u16, args: &[&str]) -> Result<(), String> {
-        let mut c = redis::cmd("CLUSTER");
-        c.arg("SETSLOT").arg(slot);
-        for a in args {
-            c.arg(*a);
-        }
-        self.conns.query::<()>(addr, &c).await
-    }
-
-    pub(super) async fn count_keys(&self, addr: &str, slot: u16) -> Result<u64, String> {
-        self.conns.query(addr, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await
-    }
-
+impl Legacy<'_> {
     pub(super) fn migrate_cmd(&self, dst: &str, keys: &[Vec<u8>], replace: bool) -> redis::Cmd {
         let (host, port) = dst.rsplit_once(':').unwrap_or((dst, "6379"));
         let mut c = redis::cmd("MIGRATE");
-        c.arg(host).arg(port).arg("").arg(0).arg(self.migrate_timeout.as_millis() as u64);
+        c.arg(host).arg(port).arg("").arg(0).arg(self.opts.timeout.as_millis() as u64);
         if replace {
             c.arg("REPLACE");
         }
-        match (&self.conns.auth.username, &self.conns.auth.password) {
+        match (&self.nodes.conns.auth.username, &self.nodes.conns.auth.password) {
             (Some(u), Some(p)) => {
                 c.arg("AUTH2").arg(u).arg(p);
             }
@@ -89,7 +97,7 @@ impl RedisCluster {
         aside: &mut Vec<SetAside>,
     ) -> Result<Option<Vec<Vec<u8>>>, ClusterError> {
         let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
-        let mut c = self.conns.conn(src).await.map_err(fail)?;
+        let mut c = self.nodes.conns.conn(src).await.map_err(fail)?;
         let res: Result<Option<Vec<Vec<u8>>>, redis::RedisError> = match &then {
             Some(list) => {
                 let mut p = redis::pipe();
@@ -107,7 +115,7 @@ impl RedisCluster {
         let busy = e.code() == Some("BUSYKEY") || e.to_string().contains("BUSYKEY");
         if !busy {
             if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                self.conns.forget(src).await;
+                self.nodes.conns.forget(src).await;
             }
             return Err(fail(format!("MIGRATE from {src} to {dst}: {e}")));
         }
@@ -118,7 +126,7 @@ impl RedisCluster {
                 KeyPair::OnlyHere => false,
                 KeyPair::Same => true,
                 KeyPair::Different => {
-                    aside.extend(self.set_aside(slot, dst, k).await.map_err(fail)?);
+                    aside.extend(self.nodes.set_aside(slot, dst, k).await.map_err(fail)?);
                     false
                 }
             };
@@ -136,7 +144,9 @@ impl RedisCluster {
                 p.cmd("ASKING").ignore();
             }
             p.cmd("DUMP").arg(key);
-            async move { self.conns.pipeline::<Option<Vec<u8>>>(&on, &p).await.map(|v| v.into_iter().next().flatten()) }
+            async move {
+                self.nodes.conns.pipeline::<Option<Vec<u8>>>(&on, &p).await.map(|v| v.into_iter().next().flatten())
+            }
         };
         let here = if asking { dump("src", src.to_string()).await? } else { self.dump_at_source(src, key).await? };
         let Some(here) = here else {
@@ -157,7 +167,7 @@ impl RedisCluster {
         for k in keys {
             p.cmd("MEMORY").arg("USAGE").arg(k.as_slice());
         }
-        let sizes: Vec<redis::RedisResult<Option<u64>>> = self.conns.pipeline_as(src, &p).await?;
+        let sizes: Vec<redis::RedisResult<Option<u64>>> = self.nodes.conns.pipeline_as(src, &p).await?;
         sizes
             .into_iter()
             .map(|r| match r {
@@ -172,11 +182,11 @@ impl RedisCluster {
     /// migrating the slot answers ASK for a key it no longer holds (a MIGRATE that
     /// refused one key of a batch moved the others): that is "not here" too.
     async fn dump_at_source(&self, src: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let mut c = self.conns.conn(src).await?;
+        let mut c = self.nodes.conns.conn(src).await?;
         match redis::cmd("DUMP").arg(key).query_async::<Option<Vec<u8>>>(&mut c).await {
             Ok(v) => Ok(v),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) => Ok(None),
-            Err(e) => Err(self.conns.failed(src, e).await),
+            Err(e) => Err(self.nodes.conns.failed(src, e).await),
         }
     }
 
@@ -194,7 +204,8 @@ impl RedisCluster {
             p.cmd("ASKING").ignore();
         }
         p.add_command(self.migrate_cmd(dst, &[key.to_vec()], replace)).ignore();
-        self.conns
+        self.nodes
+            .conns
             .pipeline_as::<()>(src, &p)
             .await
             .map_err(|e| format!("MIGRATE of {:?}: {e}", String::from_utf8_lossy(key)))
@@ -214,19 +225,19 @@ impl RedisCluster {
         let fail = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
         let list = || {
             let mut c = redis::cmd("CLUSTER");
-            c.arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys);
+            c.arg("GETKEYSINSLOT").arg(slot).arg(self.opts.batch_keys);
             c
         };
         let mut stats = MoveStats::default();
-        let mut keys: Vec<Vec<u8>> = self.conns.query(src, &list()).await.map_err(fail)?;
+        let mut keys: Vec<Vec<u8>> = self.nodes.conns.query(src, &list()).await.map_err(fail)?;
         let mut first = true;
         // A batch a replica did not acknowledge in time: confirmed once more at the end.
         let mut behind = false;
         while !keys.is_empty() {
             let small = first
                 && estimate > 0
-                && estimate.saturating_mul(2) <= self.batch_bytes
-                && keys.len() < self.batch_keys as usize;
+                && estimate.saturating_mul(2) <= self.opts.batch_bytes
+                && keys.len() < self.opts.batch_keys as usize;
             first = false;
             let sizes: Vec<u64> = if small {
                 vec![estimate / keys.len() as u64; keys.len()]
@@ -238,7 +249,7 @@ impl RedisCluster {
             while start < keys.len() {
                 let mut end = start;
                 let mut bytes = 0u64;
-                while end < keys.len() && (end == start || bytes + sizes[end] <= self.batch_bytes) {
+                while end < keys.len() && (end == start || bytes + sizes[end] <= self.opts.batch_bytes) {
                     bytes += sizes[end];
                     end += 1;
                 }
@@ -248,7 +259,7 @@ impl RedisCluster {
                     .migrate_batch((slot, src, dst), &keys[start..end], last.then(list), &mut stats.set_aside)
                     .await?;
                 // Once a batch was not acknowledged, the slot's end waits for them all.
-                if !behind && let Some(why) = self.replicas_hold(slot, dst, dst_replicas, BATCH_WAIT).await {
+                if !behind && let Some(why) = self.nodes.replicas_hold(slot, dst, dst_replicas, BATCH_WAIT).await {
                     warn!(slot, node = %dst, cause = %why, "the target's replicas did not acknowledge a batch in time");
                     behind = true;
                 }
@@ -258,11 +269,11 @@ impl RedisCluster {
             }
             keys = match next {
                 Some(k) => k,
-                None => self.conns.query(src, &list()).await.map_err(fail)?,
+                None => self.nodes.conns.query(src, &list()).await.map_err(fail)?,
             };
         }
         if behind {
-            stats.unreplicated = self.replicas_hold(slot, dst, dst_replicas, HOLD_WAIT).await;
+            stats.unreplicated = self.nodes.replicas_hold(slot, dst, dst_replicas, HOLD_WAIT).await;
         }
         Ok(stats)
     }
@@ -280,10 +291,11 @@ impl RedisCluster {
         if let Some(Err(message)) = commit.results.into_iter().next() {
             return Err(ClusterError::Move { bucket: slot as u64, message, open: true });
         }
-        self.follow_refused(dst, dst_id, &commit.demoted).await;
+        self.nodes.follow_refused(dst, dst_id, &commit.demoted).await;
         let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
         let results = futures::future::join_all(
-            others.map(|m| async move { (m.addr.as_str(), self.setslot(&m.addr, slot, &["NODE", dst_id]).await) }),
+            others
+                .map(|m| async move { (m.addr.as_str(), self.nodes.setslot(&m.addr, slot, &["NODE", dst_id]).await) }),
         )
         .await;
         for (addr, r) in results {
@@ -305,21 +317,21 @@ impl RedisCluster {
         fence: &F,
     ) -> Result<MoveStats, ClusterError> {
         let SlotMove { slot, src, dst, resume, .. } = m;
-        let src_id = self.node_id_of(topo, src)?;
-        let dst_id = self.node_id_of(topo, dst)?;
+        let src_id = self.nodes.node_id_of(topo, src)?;
+        let dst_id = self.nodes.node_id_of(topo, dst)?;
         // A refused step is settled as an open slot: replicas may have taken it (see
         // `legacy_group`).
         let early = |message: String| ClusterError::Move { bucket: slot as u64, message, open: true };
-        if let Err(e) = self.setslot(dst, slot, &["IMPORTING", &src_id]).await {
+        if let Err(e) = self.nodes.setslot(dst, slot, &["IMPORTING", &src_id]).await {
             if !resume {
                 return Err(early(format!("IMPORTING on {dst}: {e}")));
             }
             debug!(slot, cause = %e, "IMPORTING not set");
         }
-        if let Err(e) = self.setslot(src, slot, &["MIGRATING", &dst_id]).await {
+        if let Err(e) = self.nodes.setslot(src, slot, &["MIGRATING", &dst_id]).await {
             if !resume {
                 // Undo the first step: nothing has moved yet.
-                let _ = self.setslot(dst, slot, &["STABLE"]).await;
+                let _ = self.nodes.setslot(dst, slot, &["STABLE"]).await;
                 return Err(early(format!("MIGRATING on {src}: {e}")));
             }
             debug!(slot, cause = %e, "MIGRATING not set");

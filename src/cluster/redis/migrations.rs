@@ -4,7 +4,8 @@
 //! Owns: [`SlotMigration`], the reply reader, slot ranges. Does not own: starting or
 //! following jobs ([`super::atomic`]).
 
-use super::{RedisCluster, SLOTS};
+use super::SLOTS;
+use super::nodes::Nodes;
 
 /// One entry of `CLUSTER GETSLOTMIGRATIONS`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,7 +27,7 @@ impl SlotMigration {
     }
 }
 
-impl RedisCluster {
+impl Nodes {
     /// `CLUSTER GETSLOTMIGRATIONS` on `addr`: jobs in flight and recently ended.
     pub async fn slot_migrations(&self, addr: &str) -> Result<Vec<SlotMigration>, String> {
         let reply: redis::Value = self.conns.query(addr, redis::cmd("CLUSTER").arg("GETSLOTMIGRATIONS")).await?;

@@ -1,22 +1,25 @@
 //! The Redis Cluster and Valkey backend: masters are members, the 16384 hash slots are
 //! buckets.
 //!
-//! Layout: [`conn`] connections, AUTH and TLS; [`topology`] CLUSTER NODES, ownership,
-//! health; [`observe`] what a snapshot sees beside the layout (memory, health, stray
-//! and big keys); [`sizing`] slot sizes in bytes ([`slot_stats`]: Valkey's key counts in
-//! one call); [`capabilities`] what the engines support and which mover runs; [`legacy`]
-//! the SETSLOT and MIGRATE mover of one slot, [`grouped`] of a group of slots between
-//! two masters, committed together; [`atomic`] Valkey 9's MIGRATESLOTS mover,
-//! [`fallback`] the legacy mover after its jobs, kept off nodes where jobs run,
-//! [`migrations`] reading its jobs, [`inflight`] settling the jobs a crash left running;
-//! [`repair`] closing slots a crash or a failed move left open, [`stray`] returning keys
-//! to their slot's owner, [`aside`] a key found with two values, [`follow`] replicas that
-//! still show a settled slot open;
-//! [`handoff`] a master's role to its in-sync replica before a restart; [`roles`] and
-//! [`stands`] where masters and replicas stand (placement); [`traffic`] per-slot traffic
-//! counters where the server measures them. This file wires
-//! them into the backend-neutral [`Cluster`] trait and builds the snapshot. Does not own:
-//! which slots move.
+//! Parts, each a type: [`nodes::Nodes`] the seeds, a connection per node ([`conn`]: AUTH,
+//! TLS) and the topology moves take their node ids from ([`topology`]: CLUSTER NODES
+//! parsed, ownership, health), with the node-level work every part uses: replicas that
+//! follow an assignment ([`follow`]), a key set aside ([`aside`]), Valkey's migration jobs
+//! ([`migrations`]) and per-slot traffic counters ([`traffic`]); [`sizing::Sizer`] slot
+//! sizes in bytes, cached and within a key budget ([`slot_stats`]: Valkey's key counts in
+//! one call); [`legacy::Legacy`] the SETSLOT and MIGRATE mover of one slot and of a group
+//! committed together ([`grouped`], [`commit`]); [`atomic::Atomic`] Valkey 9's
+//! MIGRATESLOTS mover and its legacy fallback ([`fallback`]). The movers hold no state:
+//! they borrow the nodes and the sizer, made by [`RedisCluster`] for each call.
+//!
+//! On the backend itself, over those parts: [`observe`] the snapshot (memory, health, stray
+//! and big keys), [`capabilities`] what the engines support and which mover runs,
+//! [`repair`] closing slots a crash or a failed move left open ([`inflight`]: jobs a crash
+//! left running; [`stray`]: keys returned to their slot's owner), [`handoff`] a master's
+//! role to its in-sync replica before a restart, [`roles`] and [`stands`] where masters
+//! and replicas stand (placement). This file wires them into the backend-neutral
+//! [`Cluster`] trait. What a repair that changed nothing read is handed to the snapshot
+//! after it as a value ([`Reading`]). Does not own: which slots move.
 
 mod aside;
 mod atomic;
@@ -30,6 +33,7 @@ mod handoff;
 mod inflight;
 mod legacy;
 mod migrations;
+mod nodes;
 mod observe;
 mod repair;
 mod roles;
@@ -40,7 +44,6 @@ mod stray;
 mod topology;
 mod traffic;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::sync::Mutex;
@@ -56,7 +59,8 @@ use super::{Cluster, ClusterError, Fence, MoveStats, Pace, RepairOptions, Repair
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
 use conn::{Auth, Conns, Tls};
-use legacy::SlotMove;
+use legacy::{Legacy, MigrateOptions, SlotMove};
+use nodes::Nodes;
 use sizing::Sizer;
 use topology::Topology;
 
@@ -90,16 +94,12 @@ impl MasterReading {
 
 pub struct RedisCluster {
     cluster_id: String,
-    seeds: Vec<String>,
-    conns: Conns,
+    /// The nodes: seeds, connections, the topology moves take their node ids from.
+    nodes: Nodes,
     /// Slot sizes: measured, cached, within each master's key budget.
     sizer: Sizer,
     critical_percent: u32,
-    batch_keys: u32,
-    batch_bytes: u64,
-    migrate_timeout: Duration,
-    /// The topology read by the last snapshot or repair; moves use its node ids.
-    topo: Mutex<Option<Arc<Topology>>>,
+    migrate: MigrateOptions,
     /// When this process first saw each open slot nobody recorded.
     first_seen: Mutex<std::collections::HashMap<u16, chrono::DateTime<chrono::Utc>>>,
     /// Whether migrate-timeout was compared with the cluster's node timeout.
@@ -128,8 +128,7 @@ impl RedisCluster {
         let tls = Tls::from_config(c).map_err(ClusterError::Config)?;
         Ok(RedisCluster {
             cluster_id: c.id.clone(),
-            seeds: c.seeds.clone(),
-            conns: Conns::new(auth, tls, migrate_timeout + Duration::from_secs(10)),
+            nodes: Nodes::new(c.seeds.clone(), Conns::new(auth, tls, migrate_timeout + Duration::from_secs(10))),
             sizer: Sizer::new(SizingOptions {
                 mode: match c.sizing {
                     crate::config::Sizing::Exact => SizingMode::Exact,
@@ -141,10 +140,11 @@ impl RedisCluster {
                 max_key_bytes: config.execution.max_key_bytes.0,
             }),
             critical_percent: config.balance.critical_memory_percent,
-            batch_keys: config.execution.migrate_batch_keys,
-            batch_bytes: config.execution.migrate_batch_bytes.0,
-            migrate_timeout,
-            topo: Mutex::new(None),
+            migrate: MigrateOptions {
+                batch_keys: config.execution.migrate_batch_keys,
+                batch_bytes: config.execution.migrate_batch_bytes.0,
+                timeout: migrate_timeout,
+            },
             first_seen: Mutex::default(),
             node_timeout_checked: Default::default(),
             migration: match config.execution.migration {
@@ -160,9 +160,24 @@ impl RedisCluster {
 }
 
 impl RedisCluster {
+    /// The legacy mover, over this backend's nodes and sizer.
+    fn legacy(&self) -> Legacy<'_> {
+        Legacy { nodes: &self.nodes, sizer: &self.sizer, opts: self.migrate }
+    }
+
     /// Replaces the size tables other sidecars published.
     pub fn adopt_sizes(&self, tables: Vec<super::SizeTable>) {
         self.sizer.adopt_sizes(tables)
+    }
+
+    /// Per-slot traffic counters of `member`, or of every master ([`traffic`]).
+    pub async fn read_traffic(&self, member: Option<&str>) -> Result<Vec<crate::traffic::Sample>, ClusterError> {
+        self.nodes.read_traffic(member).await
+    }
+
+    /// Resets the links of `member`'s replicas that are stuck ([`follow`]).
+    pub async fn reset_stuck_replicas(&self, member: &str) -> Result<Vec<String>, ClusterError> {
+        self.nodes.reset_stuck_replicas(member).await
     }
 }
 
@@ -177,7 +192,7 @@ impl Cluster for RedisCluster {
 
     /// The node id of the node `name` names.
     async fn member_id(&self, name: &str) -> Result<String, ClusterError> {
-        match self.node_named(name).await {
+        match self.nodes.node_named(name).await {
             Ok(Some((node, _))) => Ok(node.id),
             Ok(None) => Err(ClusterError::Config(format!(
                 "cluster.member-id {name:?} names no node of the cluster (give its node id, ip:port or hostname:port)"
@@ -196,8 +211,12 @@ impl Cluster for RedisCluster {
         if member.capacity_bytes.is_none() {
             return Ok(None);
         }
-        let info: String =
-            self.conns.query(&member.address, redis::cmd("INFO").arg("memory")).await.map_err(ClusterError::Connect)?;
+        let info: String = self
+            .nodes
+            .conns
+            .query(&member.address, redis::cmd("INFO").arg("memory"))
+            .await
+            .map_err(ClusterError::Connect)?;
         let n = topology::NodeInfo::parse(&info, "");
         Ok((n.maxmemory > 0).then_some(Room { used_bytes: n.used_memory, max_bytes: n.maxmemory }))
     }
@@ -217,13 +236,13 @@ impl Cluster for RedisCluster {
         let dst = s.members[mv.to as usize].address.clone();
         // Node ids come from the snapshot's topology; ownership is checked by Redis
         // itself (MIGRATING fails on a node that no longer owns the slot).
-        let topo = self.cached_topology().await?;
+        let topo = self.nodes.cached_topology().await?;
         let started = Instant::now();
         // An exact size is a measurement the mover may use for pacing and the report; a
         // sampled one is not, so the mover measures the keys it moves.
         let measured = if self.sizer.exact() { mv.bytes } else { 0 };
         let m = SlotMove { slot, src: &src, dst: &dst, resume: false, estimate: measured };
-        let result = self.finish(&topo, m, pace, fence).await;
+        let result = self.legacy().finish(&topo, m, pace, fence).await;
         // The check after the run measures the slot again where it now lives.
         self.sizer.forget(slot);
         let mut stats = result?;

@@ -35,10 +35,10 @@ impl RedisCluster {
         let started = Instant::now();
         let (topo, read) = match reading {
             Some(r) => {
-                self.keep_topology(&r.topo);
+                self.nodes.keep_topology(&r.topo);
                 (r.topo, r.masters)
             }
-            None => (self.topology().await?, HashMap::new()),
+            None => (self.nodes.topology().await?, HashMap::new()),
         };
         let views = futures::future::join_all(
             topo.masters.iter().enumerate().map(|(i, m)| self.observe_master(&topo, i, m, read.get(&m.addr))),
@@ -88,7 +88,7 @@ impl RedisCluster {
     /// them, as a table its sidecar publishes; with the keys measured now. None when the
     /// member is no master.
     pub async fn measure_member(&self, member: &str) -> Result<Option<(SizeTable, u64)>, ClusterError> {
-        let topo = self.topology().await?;
+        let topo = self.nodes.topology().await?;
         let Some(i) = topo.masters.iter().position(|m| m.id == member) else { return Ok(None) };
         let m = &topo.masters[i];
         let view = self
@@ -121,12 +121,12 @@ impl RedisCluster {
             return;
         }
         let cmd = redis::cmd("CONFIG").arg("GET").arg("cluster-node-timeout").to_owned();
-        match self.conns.query::<Vec<String>>(addr, &cmd).await {
+        match self.nodes.conns.query::<Vec<String>>(addr, &cmd).await {
             Ok(v) => {
                 let node_ms: u64 = v.get(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-                if node_ms > 0 && self.migrate_timeout.as_millis() as u64 > node_ms {
+                if node_ms > 0 && self.migrate.timeout.as_millis() as u64 > node_ms {
                     warn!(
-                        migrate_timeout_ms = self.migrate_timeout.as_millis() as u64,
+                        migrate_timeout_ms = self.migrate.timeout.as_millis() as u64,
                         cluster_node_timeout_ms = node_ms,
                         "execution.migrate-timeout is above the cluster's cluster-node-timeout: a MIGRATE blocking that long gets its node failed over"
                     );
@@ -153,13 +153,15 @@ impl RedisCluster {
         let (info, counts) = match read.and_then(|r| r.of(&owned)) {
             Some(r) => r,
             None => {
-                let info = self.node_info(&m.addr).await?;
-                let counts =
-                    self.sizer.key_counts(&self.conns, &m.addr, &owned, Capabilities::of([&info]).slot_stats).await?;
+                let info = self.nodes.node_info(&m.addr).await?;
+                let counts = self
+                    .sizer
+                    .key_counts(&self.nodes.conns, &m.addr, &owned, Capabilities::of([&info]).slot_stats)
+                    .await?;
                 (info, counts)
             }
         };
-        let sizes = self.sizer.size_master(&self.conns, &m.addr, &owned, &counts).await?;
+        let sizes = self.sizer.size_master(&self.nodes.conns, &m.addr, &owned, &counts).await?;
         Ok(MasterView { info, sizes, owned_keys: counts.iter().sum() })
     }
 

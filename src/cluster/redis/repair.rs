@@ -68,10 +68,10 @@ impl RedisCluster {
         fence: &F,
     ) -> Result<RepairReport, ClusterError> {
         let mut report = RepairReport::default();
-        let topo = self.topology().await?;
+        let topo = self.nodes.topology().await?;
         let busy = self.settle_jobs(&topo, opts, &mut report).await;
         // A job that ended moved slots: what follows reads the owners as they are now.
-        let topo = if report.intents_done.is_empty() { topo } else { self.topology().await? };
+        let topo = if report.intents_done.is_empty() { topo } else { self.nodes.topology().await? };
         let intents: HashMap<u64, &MoveIntent> = opts.intents.iter().map(|i| (i.bucket, i)).collect();
         let open = open_slots(&topo);
         let wanted = |s: u16| opts.only.is_none_or(|o| o == s as u64) && !busy.contains(&s);
@@ -100,7 +100,7 @@ impl RedisCluster {
         let mut skip: Vec<u16> = report.foreign.iter().map(|f| f.bucket as u16).collect();
         skip.extend(&busy);
         // Settling open slots changed owners: strays go to the owner as it is now.
-        let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.topology().await? };
+        let topo = if report.settled.is_empty() || opts.dry_run { topo } else { self.nodes.topology().await? };
         if !opts.dry_run {
             let ours =
                 opts.intents.iter().map(|i| i.bucket as u16).chain(report.intents_done.iter().map(|&b| b as u16));
@@ -122,7 +122,7 @@ impl RedisCluster {
         report.intents_done.dedup();
         if !opts.dry_run {
             // The topology changed under repair: movers must read it afresh.
-            *self.topo.lock().expect("topology cache") = None;
+            self.nodes.forget_topology();
         }
         // A repair that changed nothing read what the snapshot after it would read again.
         let unchanged = report.settled.is_empty()
@@ -159,7 +159,7 @@ impl RedisCluster {
             down.extend(dead(&flags.importing, "imports it from").or_else(|| dead(&flags.migrating, "migrates it to")));
         }
         for addr in readings.iter().filter(|(_, r)| !r.info.cluster_ok).map(|(a, _)| a) {
-            let Ok(view) = self.cluster_nodes(addr).await else { continue };
+            let Ok(view) = self.nodes.cluster_nodes(addr).await else { continue };
             let served = |s: u16| view.iter().any(|n| n.is_master() && !n.is_failed() && n.owns(s));
             let owned_live = |s: u16| topo.owner[s as usize].is_some_and(|i| !topo.masters[i].is_failed());
             if let Some(slot) = (0..super::SLOTS as u16).find(|&s| owned_live(s) && !served(s)) {
@@ -204,7 +204,7 @@ impl RedisCluster {
         fence: &F,
         aside: &mut Vec<SetAside>,
     ) -> Result<String, String> {
-        if let Some(line) = self.commit_unclaimed(topo, slot, &flags.importing, opts.dry_run).await? {
+        if let Some(line) = self.legacy().commit_unclaimed(topo, slot, &flags.importing, opts.dry_run).await? {
             return Ok(line);
         }
         let src = topo.owner[slot as usize]
@@ -212,7 +212,7 @@ impl RedisCluster {
             .filter(|a| topo.master_by_addr(a).is_some_and(|m| !m.is_failed()))
             .ok_or_else(|| format!("slot {slot} has no live owner"))?;
         let dst = self.target_of(topo, slot, &src, flags).await?;
-        let keys_at = |a: String| async move { self.count_keys(&a, slot).await.map(|n| (a, n)) };
+        let keys_at = |a: String| async move { self.nodes.count_keys(&a, slot).await.map(|n| (a, n)) };
         let (dst, dst_keys) = match dst {
             Some(d) => keys_at(d).await?,
             None => (String::new(), 0),
@@ -221,12 +221,12 @@ impl RedisCluster {
             let line = format!("slot {slot}: rolled back to {src} (no key had reached the target)");
             if !opts.dry_run {
                 for a in flags.flagged() {
-                    self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
+                    self.nodes.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
                 }
             }
             return Ok(line);
         }
-        let src_keys = self.count_keys(&src, slot).await?;
+        let src_keys = self.nodes.count_keys(&src, slot).await?;
         if opts.dry_run {
             let what = if opts.hand_back { "hand back the keys of" } else { "finish" };
             return Ok(format!(
@@ -238,11 +238,11 @@ impl RedisCluster {
         } else {
             self.point_at_owners(topo, &dst, &[slot]).await?;
             let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
-            match self.finish(topo, m, &Unpaced, fence).await {
+            match self.legacy().finish(topo, m, &Unpaced, fence).await {
                 Ok(stats) => {
                     aside.extend(stats.set_aside);
                     for a in flags.flagged().filter(|a| **a != src && **a != dst) {
-                        let _ = self.setslot(a, slot, &["STABLE"]).await;
+                        let _ = self.nodes.setslot(a, slot, &["STABLE"]).await;
                     }
                     return Ok(format!(
                         "slot {slot}: finished the move {src} -> {dst} ({src_keys} keys were left on the source, {} moved now)",
@@ -259,7 +259,7 @@ impl RedisCluster {
         fence.check().await.map_err(|e| format!("slot {slot} left open for the next holder: {e}"))?;
         let back = self.hand_back(topo, slot, &src, &dst, aside).await?;
         for a in flags.flagged().chain([&src, &dst]) {
-            self.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
+            self.nodes.setslot(a, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {a}: {e}"))?;
         }
         Ok(format!("slot {slot}: handed {back} key(s) back from {dst} to its owner {src} ({why})"))
     }
@@ -277,44 +277,47 @@ impl RedisCluster {
     ) -> Result<u64, String> {
         // A target promoted by failover lost its IMPORTING flag: without it, its MIGRATE
         // of a slot it does not own is redirected. Set, it reaches the keys (as for strays).
-        let owner_id = self.node_id_of(topo, owner).map_err(|e| e.to_string())?;
-        self.setslot(dst, slot, &["IMPORTING", &owner_id]).await.map_err(|e| format!("IMPORTING on {dst}: {e}"))?;
-        self.setslot(owner, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {owner}: {e}"))?;
+        let owner_id = self.nodes.node_id_of(topo, owner).map_err(|e| e.to_string())?;
+        self.nodes
+            .setslot(dst, slot, &["IMPORTING", &owner_id])
+            .await
+            .map_err(|e| format!("IMPORTING on {dst}: {e}"))?;
+        self.nodes.setslot(owner, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {owner}: {e}"))?;
         let mut moved = 0u64;
         loop {
-            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys).clone();
-            let keys: Vec<Vec<u8>> = self.conns.query(dst, &list).await?;
+            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.migrate.batch_keys).clone();
+            let keys: Vec<Vec<u8>> = self.nodes.conns.query(dst, &list).await?;
             if keys.is_empty() {
                 // The target took no gossip for the slot while it imported: after a
                 // failover of the source it may still name the demoted node. Holding none
                 // of the slot's keys now, told the owner, it redirects at once instead of
                 // answering CLUSTERDOWN.
-                if let Err(e) = self.setslot(dst, slot, &["NODE", &owner_id]).await {
+                if let Err(e) = self.nodes.setslot(dst, slot, &["NODE", &owner_id]).await {
                     warn!(slot, node = %dst, cause = %e, "the target did not take the owner; gossip will carry it");
                 }
                 return Ok(moved);
             }
             let mut p = redis::pipe();
-            p.cmd("ASKING").ignore().add_command(self.migrate_cmd(owner, &keys, false)).ignore();
-            match self.conns.pipeline_as::<()>(dst, &p).await {
+            p.cmd("ASKING").ignore().add_command(self.legacy().migrate_cmd(owner, &keys, false)).ignore();
+            match self.nodes.conns.pipeline_as::<()>(dst, &p).await {
                 Ok(()) => moved += keys.len() as u64,
                 Err(e) if e.contains("BUSYKEY") => {
                     for k in &keys {
-                        match self.compare_key(dst, owner, k, true).await? {
+                        match self.legacy().compare_key(dst, owner, k, true).await? {
                             KeyPair::Gone => {}
                             KeyPair::OnlyHere => {
-                                self.migrate_one(dst, owner, k, false, true).await?;
+                                self.legacy().migrate_one(dst, owner, k, false, true).await?;
                                 moved += 1;
                             }
                             // A source failed over before its deletes reached the
                             // replica now serving: the owner still holds the same value.
                             KeyPair::Same => {
-                                self.migrate_one(dst, owner, k, true, true).await?;
+                                self.legacy().migrate_one(dst, owner, k, true, true).await?;
                                 moved += 1;
                             }
                             // Clients read the owner's; the other goes back under its
                             // aside name, listed again next round.
-                            KeyPair::Different => aside.extend(self.set_aside(slot, dst, k).await?),
+                            KeyPair::Different => aside.extend(self.nodes.set_aside(slot, dst, k).await?),
                         }
                     }
                 }
@@ -339,7 +342,7 @@ impl RedisCluster {
         }
         let mut holders = Vec::new();
         for m in topo.masters.iter().filter(|m| live(&m.addr)) {
-            if self.count_keys(&m.addr, slot).await? > 0 {
+            if self.nodes.count_keys(&m.addr, slot).await? > 0 {
                 holders.push(m.addr.clone());
             }
         }
@@ -363,7 +366,7 @@ impl RedisCluster {
     async fn follow_ours(&self, topo: &Topology, mut ours: Vec<u16>, report: &mut RepairReport) {
         ours.sort_unstable();
         ours.dedup();
-        for (slot, why) in self.replicas_follow(topo, &ours).await {
+        for (slot, why) in self.nodes.replicas_follow(topo, &ours).await {
             warn!(slot, cause = %why, "a replica did not follow the settled slot");
             report.intents_done.retain(|&b| b != slot as u64);
             report.failed.push((slot as u64, why));
@@ -396,7 +399,7 @@ impl RedisCluster {
     /// pipeline per owner. Only then, and never on Valkey: Valkey drops the keys a node
     /// holds in a slot assigned elsewhere, and it needs no help here.
     async fn point_at_owners(&self, topo: &Topology, node: &str, slots: &[u16]) -> Result<(), String> {
-        let view = self.cluster_nodes(node).await?;
+        let view = self.nodes.cluster_nodes(node).await?;
         let seen =
             |slot: u16| view.iter().find(|n| n.is_master() && !n.is_failed() && n.owns(slot)).map(|n| n.id.clone());
         let mut by_owner: BTreeMap<String, Vec<u16>> = BTreeMap::new();
@@ -413,13 +416,13 @@ impl RedisCluster {
         }
         let mut p = redis::pipe();
         p.cmd("INFO").arg("server").cmd("CLUSTER").arg("INFO");
-        let (info, cluster): (String, String) = self.conns.pipeline_as(node, &p).await?;
+        let (info, cluster): (String, String) = self.nodes.conns.pipeline_as(node, &p).await?;
         if super::topology::NodeInfo::parse(&info, &cluster).engine != "redis" {
             return Ok(());
         }
         for (owner, slots) in by_owner {
             info!(node = %node, slots = slots.len(), "the importing node does not see these slots' owner; pointing it at {owner}");
-            for (slot, r) in slots.iter().zip(self.setslots(node, &slots, &["NODE", &owner]).await) {
+            for (slot, r) in slots.iter().zip(self.nodes.setslots(node, &slots, &["NODE", &owner]).await) {
                 r.map_err(|e| format!("SETSLOT {slot} NODE on {node}: {e}"))?;
             }
         }

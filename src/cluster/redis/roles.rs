@@ -43,7 +43,7 @@ impl RedisCluster {
 
     /// The node `id` as the cluster sees it now, with its own view.
     async fn node_now(&self, id: &str) -> Result<(NodeLine, Vec<NodeLine>), ClusterError> {
-        match self.node_named(id).await {
+        match self.nodes.node_named(id).await {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(refused(format!("node {id} is no longer in the cluster"))),
             Err(e) => Err(ClusterError::Connect(e)),
@@ -52,7 +52,7 @@ impl RedisCluster {
 
     async fn replica_info(&self, addr: &str) -> Result<ReplicaInfo, ClusterError> {
         let text: String =
-            self.conns.query(addr, redis::cmd("INFO").arg("replication")).await.map_err(ClusterError::Connect)?;
+            self.nodes.conns.query(addr, redis::cmd("INFO").arg("replication")).await.map_err(ClusterError::Connect)?;
         Ok(ReplicaInfo::parse(&text))
     }
 
@@ -63,7 +63,7 @@ impl RedisCluster {
             return Err(refused(format!("{} is no longer a replica of master {}: left as it is", r.addr, me.addr)));
         }
         self.refuse_open_slots(&me).await.map_err(|e| refused(e.to_string()))?;
-        let offset = self.node_info(&me.addr).await.map_err(ClusterError::Connect)?.repl_offset;
+        let offset = self.nodes.node_info(&me.addr).await.map_err(ClusterError::Connect)?.repl_offset;
         let seen = self.replica_info(&r.addr).await?;
         if !in_sync(&seen, Some(offset), self.max_lag_bytes) {
             return Err(refused(format!(
@@ -100,7 +100,8 @@ impl RedisCluster {
         }
         fence.check().await.map_err(ClusterError::RoleFenced)?;
         info!(replica = %r.addr, to = %target.addr, bytes, "placement: CLUSTER REPLICATE");
-        self.conns
+        self.nodes
+            .conns
             .query::<()>(&r.addr, redis::cmd("CLUSTER").arg("REPLICATE").arg(&target.id))
             .await
             .map_err(|e| refused(format!("CLUSTER REPLICATE {} on {}: {e}", target.addr, r.addr)))?;

@@ -57,7 +57,7 @@ impl RedisCluster {
                 return None;
             }
             let text: Result<String, String> =
-                self.conns.query(&r.addr, redis::cmd("INFO").arg("server").arg("replication")).await;
+                self.nodes.conns.query(&r.addr, redis::cmd("INFO").arg("server").arg("replication")).await;
             text.ok().map(|t| ReplicaInfo::parse(&t))
         });
         let seen = futures::future::join_all(read).await;

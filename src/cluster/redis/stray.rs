@@ -39,15 +39,16 @@ impl RedisCluster {
             topo.myself.get(addr).map(|n| n.importing.iter().map(|(s, _)| *s).collect()).unwrap_or_default();
         let (mine, others): (Vec<u16>, Vec<u16>) =
             (0..SLOTS as u16).partition(|s| topo.owner[*s as usize] == me || importing.contains(s));
-        let info = self.node_info(addr).await?;
-        let counts = self.sizer.key_counts(&self.conns, addr, &mine, Capabilities::of([&info]).slot_stats).await?;
+        let info = self.nodes.node_info(addr).await?;
+        let counts =
+            self.sizer.key_counts(&self.nodes.conns, addr, &mine, Capabilities::of([&info]).slot_stats).await?;
         let held: u64 = counts.iter().sum();
         let reading = MasterReading { counts: mine.into_iter().zip(counts).collect(), info };
         if reading.info.keys <= held {
             return Ok((Vec::new(), reading));
         }
         // SLOT-STATS answers for the slots a node owns; these it does not.
-        let counts = self.sizer.key_counts(&self.conns, addr, &others, false).await?;
+        let counts = self.sizer.key_counts(&self.nodes.conns, addr, &others, false).await?;
         Ok((others.into_iter().zip(counts).filter(|(_, n)| *n > 0).collect(), reading))
     }
 
@@ -113,11 +114,12 @@ impl RedisCluster {
         owner_id: &str,
         aside: &mut Vec<SetAside>,
     ) -> Result<(), String> {
-        self.setslot(holder, slot, &["IMPORTING", owner_id])
+        self.nodes
+            .setslot(holder, slot, &["IMPORTING", owner_id])
             .await
             .map_err(|e| format!("IMPORTING on {holder}: {e}"))?;
         let result = self.migrate_strays(slot, holder, owner, aside).await;
-        let stable = self.setslot(holder, slot, &["STABLE"]).await;
+        let stable = self.nodes.setslot(holder, slot, &["STABLE"]).await;
         result?;
         stable.map_err(|e| format!("STABLE on {holder}: {e}"))
     }
@@ -130,24 +132,24 @@ impl RedisCluster {
         aside: &mut Vec<SetAside>,
     ) -> Result<(), String> {
         loop {
-            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.batch_keys).clone();
-            let keys: Vec<Vec<u8>> = self.conns.query(holder, &list).await?;
+            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.migrate.batch_keys).clone();
+            let keys: Vec<Vec<u8>> = self.nodes.conns.query(holder, &list).await?;
             if keys.is_empty() {
                 return Ok(());
             }
             let mut p = redis::pipe();
-            p.cmd("ASKING").ignore().add_command(self.migrate_cmd(owner, &keys, false)).ignore();
-            let Err(e) = self.conns.pipeline_as::<()>(holder, &p).await else { continue };
+            p.cmd("ASKING").ignore().add_command(self.legacy().migrate_cmd(owner, &keys, false)).ignore();
+            let Err(e) = self.nodes.conns.pipeline_as::<()>(holder, &p).await else { continue };
             if !e.contains("BUSYKEY") {
                 return Err(e);
             }
             for k in &keys {
-                match self.compare_key(holder, owner, k, true).await? {
+                match self.legacy().compare_key(holder, owner, k, true).await? {
                     KeyPair::Gone => {}
-                    KeyPair::OnlyHere => self.migrate_one(holder, owner, k, false, true).await?,
-                    KeyPair::Same => self.migrate_one(holder, owner, k, true, true).await?,
+                    KeyPair::OnlyHere => self.legacy().migrate_one(holder, owner, k, false, true).await?,
+                    KeyPair::Same => self.legacy().migrate_one(holder, owner, k, true, true).await?,
                     // Listed again under its new name, it goes to the owner next round.
-                    KeyPair::Different => aside.extend(self.set_aside(slot, holder, k).await?),
+                    KeyPair::Different => aside.extend(self.nodes.set_aside(slot, holder, k).await?),
                 }
             }
         }

@@ -1,15 +1,11 @@
 //! The cluster's topology: CLUSTER NODES parsed, each master's view of itself, who owns
 //! which slot, and the health figures of a master.
 //!
-//! Owns: `NodeLine`, `Topology`, reading them. Does not own: sizes or moves.
+//! Owns: `NodeLine`, `Topology`, parsing them. Does not own: reading them from the
+//! nodes ([`super::nodes`]), sizes or moves.
 
+use super::SLOTS;
 use std::collections::HashMap;
-use std::sync::Arc;
-
-use tracing::debug;
-
-use super::{RedisCluster, SLOTS};
-use crate::cluster::ClusterError;
 
 /// The smallest number whose decimal form hashes to `slot`: as `{n}` in a key name, it
 /// puts the key in that slot (CRC16 of the hash tag, as the cluster computes it).
@@ -192,123 +188,6 @@ impl NodeInfo {
     pub fn engine_version(&self) -> String {
         let (a, b, c) = self.version;
         format!("{} {a}.{b}.{c}", self.engine)
-    }
-}
-
-impl RedisCluster {
-    pub(super) async fn cluster_nodes(&self, addr: &str) -> Result<Vec<NodeLine>, String> {
-        let text: String = self.conns.query(addr, redis::cmd("CLUSTER").arg("NODES")).await?;
-        parse_nodes(&text)
-    }
-
-    /// The node `name` names (its id, ip:port or hostname:port) and the view it was found
-    /// in: the node itself when `name` is an address that answers (its `myself` line: a
-    /// reused address names the node there now), otherwise a seed's view. None: no node.
-    pub(super) async fn node_named(&self, name: &str) -> Result<Option<(NodeLine, Vec<NodeLine>)>, String> {
-        if let Ok(view) = self.cluster_nodes(name).await
-            && let Some(me) = view.iter().find(|n| n.is_myself()).cloned()
-        {
-            return Ok(Some((me, view)));
-        }
-        let seen = self.seed_nodes().await?;
-        let Some(node) = seen.iter().find(|n| n.is_named(name)).cloned() else { return Ok(None) };
-        // Its own view: the seed's may lag behind a failover.
-        let view = self.cluster_nodes(&node.addr).await?;
-        match view.iter().find(|n| n.is_myself()).cloned() {
-            Some(me) => Ok(Some((me, view))),
-            None => Err(format!("{}: CLUSTER NODES has no myself line", node.addr)),
-        }
-    }
-
-    /// CLUSTER NODES from the first seed that answers.
-    pub(super) async fn seed_nodes(&self) -> Result<Vec<NodeLine>, String> {
-        let mut last = String::from("no seeds configured");
-        for seed in &self.seeds {
-            match self.cluster_nodes(seed).await {
-                Ok(n) => return Ok(n),
-                Err(e) => last = e,
-            }
-        }
-        Err(format!("no seed answered CLUSTER NODES: {last}"))
-    }
-
-    /// Reads the topology from the first seed that answers, then each master's own view.
-    pub(super) async fn topology(&self) -> Result<Topology, ClusterError> {
-        let nodes = self.seed_nodes().await.map_err(ClusterError::Snapshot)?;
-        let mut masters: Vec<NodeLine> = nodes.iter().filter(|n| n.is_master()).cloned().collect();
-        masters.sort_by(|a, b| a.addr.cmp(&b.addr));
-        let replicas: Vec<NodeLine> = nodes.iter().filter(|n| !n.is_master()).cloned().collect();
-        let views = futures::future::join_all(masters.iter().map(|m| {
-            let addr = m.addr.clone();
-            async move { (addr.clone(), self.cluster_nodes(&addr).await) }
-        }))
-        .await;
-        let mut myself = HashMap::new();
-        for (addr, view) in views {
-            match view {
-                Ok(v) => {
-                    if let Some(me) = v.into_iter().find(|n| n.is_myself()) {
-                        myself.insert(addr, me);
-                    }
-                }
-                Err(e) => debug!(node = %addr, cause = %e, "master did not answer CLUSTER NODES"),
-            }
-        }
-        // Right after a failover the seed may still list the demoted master as one; the
-        // node's own view is the truth about its role.
-        let (masters, demoted): (Vec<NodeLine>, Vec<NodeLine>) =
-            masters.into_iter().partition(|m| myself.get(&m.addr).is_none_or(|me| me.is_master()));
-        for d in &demoted {
-            debug!(node = %d.addr, "listed as a master by the seed, a replica by its own view");
-            myself.remove(&d.addr);
-        }
-        let replicas: Vec<NodeLine> = replicas.into_iter().chain(demoted).collect();
-        // Ownership: each master's claim about itself, the higher config epoch winning a
-        // conflict; slots no master claims fall back to the seed's view.
-        let mut owner: Vec<Option<usize>> = vec![None; SLOTS];
-        let mut epoch: Vec<u64> = vec![0; SLOTS];
-        for (i, m) in masters.iter().enumerate() {
-            let me = myself.get(&m.addr).unwrap_or(m);
-            for &(a, b) in &me.slots {
-                for s in a..=b {
-                    let s = s as usize;
-                    if owner[s].is_none() || me.config_epoch > epoch[s] {
-                        owner[s] = Some(i);
-                        epoch[s] = me.config_epoch;
-                    }
-                }
-            }
-        }
-        let topo = Topology { masters, replicas, myself, owner };
-        self.keep_topology(&topo);
-        Ok(topo)
-    }
-
-    /// Keeps `topo` as the one moves take their node ids from.
-    pub(super) fn keep_topology(&self, topo: &Topology) {
-        *self.topo.lock().expect("topology cache") = Some(Arc::new(topo.clone()));
-    }
-
-    /// The topology of the last snapshot, read afresh when there is none.
-    pub(super) async fn cached_topology(&self) -> Result<Arc<Topology>, ClusterError> {
-        if let Some(t) = self.topo.lock().expect("topology cache").clone() {
-            return Ok(t);
-        }
-        Ok(Arc::new(self.topology().await?))
-    }
-
-    /// What a master says of itself: INFO server, memory and keyspace, and CLUSTER INFO.
-    pub(super) async fn node_info(&self, addr: &str) -> Result<NodeInfo, String> {
-        let mut p = redis::pipe();
-        p.cmd("INFO").arg("server").arg("memory").arg("keyspace").arg("replication").cmd("CLUSTER").arg("INFO");
-        let (info, cluster): (String, String) = self.conns.pipeline_as(addr, &p).await?;
-        Ok(NodeInfo::parse(&info, &cluster))
-    }
-
-    pub(super) fn node_id_of(&self, topo: &Topology, addr: &str) -> Result<String, ClusterError> {
-        topo.master_by_addr(addr)
-            .map(|m| m.id.clone())
-            .ok_or_else(|| ClusterError::Snapshot(format!("{addr} is not a master of the cluster")))
     }
 }
 

@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 use tracing::warn;
 
-use super::{RedisCluster, slot_stats};
+use super::nodes::Nodes;
+use super::slot_stats;
 use crate::cluster::ClusterError;
 use crate::traffic::Sample;
 use crate::traffic::rates::Counters;
 
-impl RedisCluster {
+impl Nodes {
     /// One reading of the masters' counters: every master's, or only `member`'s (a
     /// sidecar samples its own). A master that does not answer is left out of this
     /// reading (its series waits for the next); one that measures no traffic says why.
