@@ -46,8 +46,7 @@ pub struct RebalanceAnswer {
 /// `POST /rebalance/stop`: what was asked to stop at its next safe point.
 #[derive(Serialize, ToSchema)]
 pub struct Stopping {
-    /// `manual`, `scheduled` or `evacuation`.
-    pub stopping: String,
+    pub stopping: crate::run::Operation,
 }
 
 /// `POST /evacuation/start`: the body, every field optional.

@@ -54,7 +54,7 @@ pub trait Control: Send + Sync + 'static {
     fn rebalance(&self, force: bool) -> impl Future<Output = Result<Answer, RunError>> + Send;
 
     /// Stops the running operation at its next safe point; names what was stopped.
-    fn stop(&self) -> Option<&'static str>;
+    fn stop(&self) -> Option<crate::run::Operation>;
 
     /// The live snapshot, with the operator's state applied.
     fn snapshot(&self) -> impl Future<Output = Result<ClusterSnapshot, RunError>> + Send;

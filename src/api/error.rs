@@ -210,7 +210,7 @@ mod tests {
             let a = ApiError::from(r);
             (a.status.as_u16(), a.code)
         };
-        assert_eq!(e(RunError::Busy("manual")), (409, "already_running"));
+        assert_eq!(e(RunError::Busy(crate::run::Operation::Manual)), (409, "already_running"));
         assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::Paused, "p"))), (409, "paused"));
         assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::MemberDown, "d"))), (409, "too_few_healthy"));
         assert_eq!(e(RunError::Skipped(Skip::new(SkipReason::LockUnavailable, "s"))), (503, "lock_unavailable"));
@@ -220,7 +220,7 @@ mod tests {
         let h = ApiError::from(HandoffError::NoReplica { master: "m:1".into(), detail: "no replicas".into() });
         assert_eq!((h.status.as_u16(), h.code), (409, "no_replica"));
         assert_eq!(ApiError::from(HandoffError::Backend("x".into())).status, 503);
-        let busy = ApiError::from(RunError::Busy("manual"));
+        let busy = ApiError::from(RunError::Busy(crate::run::Operation::Manual));
         assert_eq!(busy.message, "a manual is already running on this sidecar");
     }
 

@@ -128,7 +128,7 @@ pub async fn rebalance<C: Control>(State(api): S<C>, _: Authorized, RawQuery(raw
     (status = 409, description = "Nothing runs here (`not_running`)", body = ErrorBody)))]
 pub async fn rebalance_stop<C: Control>(State(api): S<C>, _: Authorized) -> ApiResult {
     match api.control.stop() {
-        Some(op) => Ok(axum::Json(Stopping { stopping: op.to_string() }).into_response()),
+        Some(op) => Ok(axum::Json(Stopping { stopping: op }).into_response()),
         None => Err(ApiError::new(StatusCode::CONFLICT, "not_running", "no operation is running on this sidecar")),
     }
 }

@@ -42,7 +42,7 @@ impl Control for Unused {
     async fn rebalance(&self, _: bool) -> Result<Answer, RunError> {
         unreachable!()
     }
-    fn stop(&self) -> Option<&'static str> {
+    fn stop(&self) -> Option<crate::run::Operation> {
         unreachable!()
     }
     async fn snapshot(&self) -> Result<ClusterSnapshot, RunError> {

@@ -50,12 +50,38 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn operation(&self) -> &'static str {
+    pub fn operation(&self) -> Operation {
         match self {
-            Trigger::Scheduled { .. } => "scheduled",
-            Trigger::Manual { .. } => "manual",
-            Trigger::Evacuation => "evacuation",
+            Trigger::Scheduled { .. } => Operation::Scheduled,
+            Trigger::Manual { .. } => Operation::Manual,
+            Trigger::Evacuation => Operation::Evacuation,
         }
+    }
+}
+
+/// What a process runs in its one operation slot: a run of one [`Trigger`] kind.
+/// `/status`'s, the registration's and the lock record's `operation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Scheduled,
+    Manual,
+    Evacuation,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Scheduled => "scheduled",
+            Operation::Manual => "manual",
+            Operation::Evacuation => "evacuation",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -99,7 +125,7 @@ pub enum RunState {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunStatus {
     pub state: RunState,
-    pub operation: Option<String>,
+    pub operation: Option<Operation>,
     pub last_decision: Option<Decision>,
     pub last_run_at: Option<DateTime<Utc>>,
     /// A `runs_total` outcome label.
@@ -160,10 +186,10 @@ impl Context {
         }
     }
 
-    fn set_state(&self, state: RunState, operation: Option<&str>) {
+    fn set_state(&self, state: RunState, operation: Option<Operation>) {
         let mut s = self.status.lock().unwrap();
         s.state = state;
-        s.operation = operation.map(str::to_string);
+        s.operation = operation;
     }
 
     /// Snapshot with the operator's persistent state applied (evacuated members drain).

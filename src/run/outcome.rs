@@ -161,7 +161,7 @@ impl Finished {
 pub enum RunError {
     /// Another operation runs in this process.
     #[error("a {0} is already running on this sidecar")]
-    Busy(&'static str),
+    Busy(crate::run::Operation),
     /// The process is shutting down: no new operation starts.
     #[error("the sidecar is shutting down")]
     ShuttingDown,

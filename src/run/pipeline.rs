@@ -71,7 +71,7 @@ impl Context {
         let m = &self.metrics;
         m.lock_held.set(0);
         let result = |r: LockResult| m.lock_acquisitions_total.with_label_values(&[r.as_str()]).inc();
-        match self.coordinator.try_lock(trigger.operation()).await {
+        match self.coordinator.try_lock(trigger.operation().as_str()).await {
             Ok(Acquire::Acquired(g)) => {
                 result(LockResult::Acquired);
                 m.lock_taken(g.held_check());

@@ -96,7 +96,7 @@ impl Control for Sidecar {
         self.start(Trigger::Manual { force, allow_big_keys: false })?.finish().await?.into_answer()
     }
 
-    fn stop(&self) -> Option<&'static str> {
+    fn stop(&self) -> Option<crate::run::Operation> {
         self.stop_current()
     }
 

@@ -102,7 +102,7 @@ impl Sidecar {
         self.ctx.coordinator.member()
     }
 
-    pub fn current_operation(&self) -> Option<&'static str> {
+    pub fn current_operation(&self) -> Option<crate::run::Operation> {
         self.ops.current()
     }
 
@@ -132,7 +132,7 @@ impl Sidecar {
     }
 
     /// Stops the running operation at its next safe point. Returns what was stopped.
-    pub fn stop_current(&self) -> Option<&'static str> {
+    pub fn stop_current(&self) -> Option<crate::run::Operation> {
         self.ops.stop()
     }
 
@@ -251,13 +251,13 @@ impl Sidecar {
         // A share of the time is kept for the steps after the run.
         let tail = (deadline.saturating_duration_since(Instant::now()) / 4).min(Duration::from_secs(2));
         if let Some(op) = self.ops.stop() {
-            info!(operation = op, "shutting down: stopping the running operation at its next safe point");
+            info!(operation = %op, "shutting down: stopping the running operation at its next safe point");
         }
         if !self.ops.wait_idle(deadline - tail).await
             && let Some(op) = self.ops.abort()
         {
             warn!(
-                operation = op,
+                operation = %op,
                 "shutdown timeout reached: abandoning the moves in flight; their intents stay recorded for the next run's repair"
             );
             self.ops.wait_idle(deadline).await;

@@ -14,11 +14,11 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::run::{Finished, RunError};
+use crate::run::{Finished, Operation, RunError};
 
 struct Running {
     id: u64,
-    operation: &'static str,
+    operation: Operation,
     cancel: CancellationToken,
     abort: Option<AbortHandle>,
 }
@@ -68,7 +68,7 @@ impl Operations {
     /// of `parent`). Refused while another operation runs, or once `parent` is cancelled.
     pub fn spawn<F>(
         self: &Arc<Self>,
-        operation: &'static str,
+        operation: Operation,
         parent: &CancellationToken,
         run: impl FnOnce(CancellationToken) -> F,
     ) -> Result<RunHandle, RunError>
@@ -94,7 +94,7 @@ impl Operations {
 
     fn take(
         self: &Arc<Self>,
-        operation: &'static str,
+        operation: Operation,
         parent: &CancellationToken,
     ) -> Result<(OperationGuard, CancellationToken), RunError> {
         if parent.is_cancelled() {
@@ -120,12 +120,12 @@ impl Operations {
     }
 
     /// What runs now, if anything.
-    pub fn current(&self) -> Option<&'static str> {
+    pub fn current(&self) -> Option<Operation> {
         self.current.borrow().as_ref().map(|r| r.operation)
     }
 
     /// Stops the running operation at its next safe point. Returns what was stopped.
-    pub fn stop(&self) -> Option<&'static str> {
+    pub fn stop(&self) -> Option<Operation> {
         self.current.borrow().as_ref().map(|r| {
             r.cancel.cancel();
             r.operation
@@ -133,7 +133,7 @@ impl Operations {
     }
 
     /// As `stop`, only if `operation` is what runs.
-    pub fn stop_if(&self, operation: &str) {
+    pub fn stop_if(&self, operation: Operation) {
         if let Some(r) = self.current.borrow().as_ref().filter(|r| r.operation == operation) {
             r.cancel.cancel();
         }
@@ -147,7 +147,7 @@ impl Operations {
 
     /// Abandons the running operation where it stands (its task is dropped at its next
     /// await). Returns what was abandoned.
-    pub fn abort(&self) -> Option<&'static str> {
+    pub fn abort(&self) -> Option<Operation> {
         self.current.borrow().as_ref().map(|r| {
             if let Some(a) = &r.abort {
                 a.abort();
@@ -171,15 +171,15 @@ mod tests {
         let ops = ops();
         let parent = CancellationToken::new();
         let h = ops
-            .spawn("manual", &parent, |cancel| async move {
+            .spawn(Operation::Manual, &parent, |cancel| async move {
                 cancel.cancelled().await;
                 None
             })
             .unwrap();
-        assert_eq!(ops.current(), Some("manual"));
-        let second = ops.spawn("scheduled", &parent, |_| async { None });
-        assert!(matches!(second, Err(RunError::Busy("manual"))));
-        assert_eq!(ops.stop(), Some("manual"));
+        assert_eq!(ops.current(), Some(Operation::Manual));
+        let second = ops.spawn(Operation::Scheduled, &parent, |_| async { None });
+        assert!(matches!(second, Err(RunError::Busy(Operation::Manual))));
+        assert_eq!(ops.stop(), Some(Operation::Manual));
         assert!(matches!(h.finish().await, Err(RunError::Lost(_))));
         assert!(ops.wait_idle(Instant::now() + Duration::from_secs(1)).await);
         assert_eq!(ops.current(), None);
@@ -190,7 +190,7 @@ mod tests {
         let ops = ops();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let h = ops
-            .spawn("manual", &CancellationToken::new(), |_| async move {
+            .spawn(Operation::Manual, &CancellationToken::new(), |_| async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 tx.send(()).unwrap();
                 None
@@ -204,22 +204,22 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_run_frees_the_slot() {
         let ops = ops();
-        let h = ops.spawn("manual", &CancellationToken::new(), |_| async { panic!("boom") }).unwrap();
+        let h = ops.spawn(Operation::Manual, &CancellationToken::new(), |_| async { panic!("boom") }).unwrap();
         assert!(matches!(h.finish().await, Err(RunError::Lost(_))));
         assert!(ops.wait_idle(Instant::now() + Duration::from_secs(1)).await);
-        assert!(ops.spawn("manual", &CancellationToken::new(), |_| async { None }).is_ok());
+        assert!(ops.spawn(Operation::Manual, &CancellationToken::new(), |_| async { None }).is_ok());
     }
 
     #[tokio::test]
     async fn abort_frees_the_slot_and_shutdown_refuses_new_runs() {
         let ops = ops();
         let parent = CancellationToken::new();
-        let h = ops.spawn("evacuation", &parent, |_| std::future::pending()).unwrap();
+        let h = ops.spawn(Operation::Evacuation, &parent, |_| std::future::pending()).unwrap();
         assert!(!ops.wait_idle(Instant::now() + Duration::from_millis(50)).await);
-        assert_eq!(ops.abort(), Some("evacuation"));
+        assert_eq!(ops.abort(), Some(Operation::Evacuation));
         assert!(matches!(h.finish().await, Err(RunError::Lost(m)) if m.contains("shutdown")));
         assert!(ops.wait_idle(Instant::now() + Duration::from_secs(1)).await);
         parent.cancel();
-        assert!(matches!(ops.spawn("manual", &parent, |_| async { None }), Err(RunError::ShuttingDown)));
+        assert!(matches!(ops.spawn(Operation::Manual, &parent, |_| async { None }), Err(RunError::ShuttingDown)));
     }
 }

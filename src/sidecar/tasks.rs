@@ -287,7 +287,7 @@ impl Sidecar {
             zone: self.ctx.config.cluster.zone.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             state,
-            operation: running.map(String::from),
+            operation: running.map(|o| o.as_str().to_string()),
             progress: Progress {
                 moves_planned: p.planned.load(Relaxed),
                 moves_done: p.done.load(Relaxed),
