@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::capabilities::Mover;
+use super::SLOTS;
 use super::fallback::Fallbacks;
 use super::follow::HOLD_WAIT;
 use super::legacy::{Legacy, MigrateOptions};
@@ -25,7 +25,6 @@ use super::migrations::{SlotMigration, merge};
 use super::nodes::Nodes;
 use super::sizing::Sizer;
 use super::topology::{NodeLine, Topology};
-use super::{RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, Fence, FenceError, MoveStats, Pace};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
@@ -72,69 +71,15 @@ pub(super) enum SlotEnd {
     Failed(ClusterError),
 }
 
-impl RedisCluster {
-    /// Slots moved by the legacy mover after an atomic job failed, since this value was made.
-    pub fn legacy_fallbacks(&self) -> u64 {
-        self.fallbacks.count()
-    }
-
-    /// `move_group` for this backend: per (source, target), one atomic job where the mover
-    /// is atomic, one legacy group ([`super::grouped`]) otherwise.
-    pub(super) async fn group<P: Pace, F: Fence>(
-        &self,
-        s: &ClusterSnapshot,
-        moves: &[Move],
-        pace: &P,
-        fence: &F,
-    ) -> Vec<Result<MoveStats, ClusterError>> {
-        let mover = match self.mover().await {
-            Err(ClusterError::Config(e)) => {
-                return moves.iter().map(|_| Err(ClusterError::Config(e.clone()))).collect();
-            }
-            Err(e) => {
-                let message = format!("choosing the mover: {e}");
-                let fail = |mv: &Move| ClusterError::Move { bucket: mv.bucket, message: message.clone(), open: false };
-                return moves.iter().map(|mv| Err(fail(mv))).collect();
-            }
-            Ok(mover) => mover,
-        };
-        let mut out: Vec<Option<Result<MoveStats, ClusterError>>> = moves.iter().map(|_| None).collect();
-        let mut pairs: Vec<((u32, u32), Vec<usize>)> = Vec::new();
-        for (i, mv) in moves.iter().enumerate() {
-            match pairs.iter_mut().find(|(p, _)| *p == (mv.from, mv.to)) {
-                Some((_, idx)) => idx.push(i),
-                None => pairs.push(((mv.from, mv.to), vec![i])),
-            }
-        }
-        for (_, idx) in pairs {
-            let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
-            let results = match mover {
-                Mover::Atomic => self.atomic().group(s, &group, pace, fence).await,
-                Mover::Legacy => self.legacy().legacy_group(s, &group, pace, fence).await,
-            };
-            for (i, r) in idx.into_iter().zip(results) {
-                out[i] = Some(r);
-            }
-        }
-        out.into_iter().map(|r| r.expect("every move answered")).collect()
-    }
-
-    /// The atomic mover, over this backend's nodes, sizer and fallback gates.
-    fn atomic(&self) -> Atomic<'_> {
-        let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
-        Atomic { nodes: &self.nodes, sizer: &self.sizer, opts: self.migrate, fallbacks: &self.fallbacks, slot_stats }
-    }
-}
-
 /// The atomic mover: a part holding no state of its own, borrowing the nodes, the sizer
 /// and the gates that keep legacy fallbacks off nodes where jobs run ([`super::fallback`]).
 pub(super) struct Atomic<'a> {
-    nodes: &'a Nodes,
-    sizer: &'a Sizer,
-    opts: MigrateOptions,
+    pub(super) nodes: &'a Nodes,
+    pub(super) sizer: &'a Sizer,
+    pub(super) opts: MigrateOptions,
     pub(super) fallbacks: &'a Fallbacks,
     /// The masters answer CLUSTER SLOT-STATS (key counts in one call).
-    slot_stats: bool,
+    pub(super) slot_stats: bool,
 }
 
 impl Atomic<'_> {
@@ -144,7 +89,7 @@ impl Atomic<'_> {
     }
 
     /// Moves `group` (one source, one target) as one job; one result per move.
-    async fn group<P: Pace, F: Fence>(
+    pub(super) async fn group<P: Pace, F: Fence>(
         &self,
         s: &ClusterSnapshot,
         group: &[&Move],

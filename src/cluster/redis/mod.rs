@@ -6,8 +6,8 @@
 //! parsed, ownership, health), with the node-level work every part uses: replicas that
 //! follow an assignment ([`follow`]), a key set aside ([`aside`]), Valkey's migration jobs
 //! ([`migrations`]) and per-slot traffic counters ([`traffic`]); [`sizing::Sizer`] slot
-//! sizes in bytes, cached and within a key budget ([`slot_stats`]: Valkey's key counts in
-//! one call); [`legacy::Legacy`] the SETSLOT and MIGRATE mover of one slot and of a group
+//! sizes in bytes, cached and within a key budget ([`slot_sizes`]; [`slot_stats`]: Valkey's
+//! key counts in one call); [`legacy::Legacy`] the SETSLOT and MIGRATE mover of one slot and of a group
 //! committed together ([`grouped`], [`commit`]); [`atomic::Atomic`] Valkey 9's
 //! MIGRATESLOTS mover and its legacy fallback ([`fallback`]). The movers hold no state:
 //! they borrow the nodes and the sizer, made by [`RedisCluster`] for each call.
@@ -38,6 +38,7 @@ mod observe;
 mod repair;
 mod roles;
 mod sizing;
+mod slot_sizes;
 mod slot_stats;
 mod stands;
 mod stray;
@@ -58,6 +59,7 @@ pub use topology::{NodeInfo, NodeLine, parse_nodes};
 use super::{Cluster, ClusterError, Fence, MoveStats, Pace, RepairOptions, RepairReport, Room};
 use crate::model::ClusterSnapshot;
 use crate::plan::Move;
+use atomic::Atomic;
 use conn::{Auth, Conns, Tls};
 use legacy::{Legacy, MigrateOptions, SlotMove};
 use nodes::Nodes;
@@ -178,6 +180,60 @@ impl RedisCluster {
     /// Resets the links of `member`'s replicas that are stuck ([`follow`]).
     pub async fn reset_stuck_replicas(&self, member: &str) -> Result<Vec<String>, ClusterError> {
         self.nodes.reset_stuck_replicas(member).await
+    }
+}
+
+impl RedisCluster {
+    /// Slots moved by the legacy mover after an atomic job failed, since this value was made.
+    pub fn legacy_fallbacks(&self) -> u64 {
+        self.fallbacks.count()
+    }
+
+    /// `move_group` for this backend: per (source, target), one atomic job where the mover
+    /// is atomic, one legacy group ([`grouped`]) otherwise.
+    pub(super) async fn group<P: Pace, F: Fence>(
+        &self,
+        s: &ClusterSnapshot,
+        moves: &[Move],
+        pace: &P,
+        fence: &F,
+    ) -> Vec<Result<MoveStats, ClusterError>> {
+        let mover = match self.mover().await {
+            Err(ClusterError::Config(e)) => {
+                return moves.iter().map(|_| Err(ClusterError::Config(e.clone()))).collect();
+            }
+            Err(e) => {
+                let message = format!("choosing the mover: {e}");
+                let fail = |mv: &Move| ClusterError::Move { bucket: mv.bucket, message: message.clone(), open: false };
+                return moves.iter().map(|mv| Err(fail(mv))).collect();
+            }
+            Ok(mover) => mover,
+        };
+        let mut out: Vec<Option<Result<MoveStats, ClusterError>>> = moves.iter().map(|_| None).collect();
+        let mut pairs: Vec<((u32, u32), Vec<usize>)> = Vec::new();
+        for (i, mv) in moves.iter().enumerate() {
+            match pairs.iter_mut().find(|(p, _)| *p == (mv.from, mv.to)) {
+                Some((_, idx)) => idx.push(i),
+                None => pairs.push(((mv.from, mv.to), vec![i])),
+            }
+        }
+        for (_, idx) in pairs {
+            let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
+            let results = match mover {
+                Mover::Atomic => self.atomic().group(s, &group, pace, fence).await,
+                Mover::Legacy => self.legacy().legacy_group(s, &group, pace, fence).await,
+            };
+            for (i, r) in idx.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter().map(|r| r.expect("every move answered")).collect()
+    }
+
+    /// The atomic mover, over this backend's nodes, sizer and fallback gates.
+    fn atomic(&self) -> Atomic<'_> {
+        let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
+        Atomic { nodes: &self.nodes, sizer: &self.sizer, opts: self.migrate, fallbacks: &self.fallbacks, slot_stats }
     }
 }
 
