@@ -147,8 +147,9 @@ impl Atomic<'_> {
                     let bytes = measured.get(slot).copied().unwrap_or(mv.bytes);
                     Ok(MoveStats { keys, bytes, fallback: false, unreplicated: behind.clone(), ..Default::default() })
                 }
-                // Reported in the snapshot's units, as move_bucket does.
-                Some(SlotEnd::MovedByLegacy(stats)) if mv.bytes > 0 => {
+                // An exact size is reported in the snapshot's units, as move_bucket does; a
+                // sampled one is not a measurement, and the legacy mover measured the keys.
+                Some(SlotEnd::MovedByLegacy(stats)) if self.sizer.exact() && mv.bytes > 0 => {
                     Ok(MoveStats { bytes: mv.bytes, fallback: true, ..stats })
                 }
                 Some(SlotEnd::MovedByLegacy(stats)) => Ok(MoveStats { fallback: true, ..stats }),

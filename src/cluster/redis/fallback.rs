@@ -53,7 +53,9 @@ impl Atomic<'_> {
                 continue;
             }
             warn!(slot, from = %src, to = %dst, cause = %why, "atomic migration did not move the slot; moving it with the legacy mover");
-            let m = SlotMove { slot, src, dst, resume: false, estimate: estimates[&slot] };
+            // A sampled size is no measurement: the legacy mover then measures what it moves.
+            let estimate = if self.sizer.exact() { estimates[&slot] } else { 0 };
+            let m = SlotMove { slot, src, dst, resume: false, estimate };
             // The group's bytes were paced before its first job.
             let end = match self.legacy().finish(topo, m, &Unpaced, fence).await {
                 Ok(stats) => {
