@@ -16,8 +16,29 @@ use crate::plan::Plan;
 
 use crate::decide::FailReason;
 
-/// `runs_total`'s outcome label: `run::Outcome::label`.
-pub const RUN_OUTCOMES: [&str; 4] = ["rebalanced", "skipped", "failed", "stopped"];
+/// `runs_total`'s outcome label: the kind of a `run::Outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    Rebalanced,
+    Skipped,
+    Failed,
+    Stopped,
+}
+
+impl RunOutcome {
+    pub const ALL: [RunOutcome; 4] =
+        [RunOutcome::Rebalanced, RunOutcome::Skipped, RunOutcome::Failed, RunOutcome::Stopped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Rebalanced => "rebalanced",
+            RunOutcome::Skipped => "skipped",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Stopped => "stopped",
+        }
+    }
+}
 
 /// `lock_acquisitions_total`'s result label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,8 +276,8 @@ impl Metrics {
 
     /// Every fixed label value exists from the start, so dashboards see zeros, not gaps.
     fn create_label_values(&self) {
-        for o in RUN_OUTCOMES {
-            self.runs_total.with_label_values(&[o]);
+        for o in RunOutcome::ALL {
+            self.runs_total.with_label_values(&[o.as_str()]);
         }
         for r in SkipReason::ALL {
             self.skips_total.with_label_values(&[r.as_str()]);
@@ -330,7 +351,7 @@ impl Metrics {
 
     /// A skip outside a run (the schedule is disabled).
     pub fn record_skip(&self, reason: SkipReason) {
-        self.runs_total.with_label_values(&["skipped"]).inc();
+        self.runs_total.with_label_values(&[RunOutcome::Skipped.as_str()]).inc();
         self.skips_total.with_label_values(&[reason.as_str()]).inc();
     }
 

@@ -128,8 +128,7 @@ pub struct RunStatus {
     pub operation: Option<Operation>,
     pub last_decision: Option<Decision>,
     pub last_run_at: Option<DateTime<Utc>>,
-    /// A `runs_total` outcome label.
-    pub last_outcome: Option<&'static str>,
+    pub last_outcome: Option<crate::metrics::RunOutcome>,
     pub last_moved_bytes: u64,
     pub last_error: Option<String>,
     /// Per member, of the last run that moved buckets.

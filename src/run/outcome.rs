@@ -11,6 +11,7 @@ use crate::cluster::ClusterError;
 use crate::coord::LockError;
 use crate::decide::{FailReason, SkipReason};
 use crate::execute::{RunReport, StopReason};
+use crate::metrics::RunOutcome;
 use crate::plan::PlanError;
 use crate::report::Answer;
 
@@ -77,14 +78,19 @@ impl Outcome {
         }
     }
 
-    /// The metric label: one of `metrics::RUN_OUTCOMES`.
-    pub fn label(&self) -> &'static str {
+    /// Its kind: `runs_total`'s outcome label.
+    pub fn kind(&self) -> RunOutcome {
         match self {
-            Outcome::Rebalanced => "rebalanced",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Failed(_) => "failed",
-            Outcome::Stopped(_) => "stopped",
+            Outcome::Rebalanced => RunOutcome::Rebalanced,
+            Outcome::Skipped(_) => RunOutcome::Skipped,
+            Outcome::Failed(_) => RunOutcome::Failed,
+            Outcome::Stopped(_) => RunOutcome::Stopped,
         }
+    }
+
+    /// The kind as its label, for logs, the run record and answers.
+    pub fn label(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// The reason as a stable label, for logs and the run record.
@@ -227,9 +233,9 @@ mod tests {
         assert_eq!((failed.label(), failed.reason()), ("failed", Some("move_failed")));
         let behind = Outcome::of_report(&report(Some(StopReason::ReplicasBehind), 0));
         assert_eq!((behind.label(), behind.reason(), behind.exit_code()), ("stopped", Some("replicas_behind"), 1));
-        for o in [Outcome::Rebalanced, Outcome::Skipped(SkipReason::Paused), Outcome::Stopped(StopReason::Deadline)] {
-            assert!(crate::metrics::RUN_OUTCOMES.contains(&o.label()));
-        }
+        let kinds = [Outcome::Rebalanced, Outcome::Skipped(SkipReason::Paused), Outcome::Stopped(StopReason::Deadline)]
+            .map(|o| o.kind());
+        assert_eq!(kinds, [RunOutcome::Rebalanced, RunOutcome::Skipped, RunOutcome::Stopped]);
     }
 
     #[test]

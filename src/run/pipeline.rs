@@ -382,7 +382,7 @@ impl Context {
         let m = &self.metrics;
         f.answer.outcome = Some(f.outcome.label().to_string());
         f.answer.reason = f.outcome.reason().map(str::to_string);
-        m.runs_total.with_label_values(&[f.outcome.label()]).inc();
+        m.runs_total.with_label_values(&[f.outcome.kind().as_str()]).inc();
         match &f.outcome {
             Outcome::Skipped(reason) => m.skips_total.with_label_values(&[reason.as_str()]).inc(),
             Outcome::Failed(failure) => m.failures_total.with_label_values(&[failure.reason().as_str()]).inc(),
@@ -399,7 +399,7 @@ impl Context {
         let mut s = self.status.lock().unwrap();
         s.last_decision = Some(f.answer.decision.clone());
         s.last_run_at = Some(Utc::now());
-        s.last_outcome = Some(f.outcome.label());
+        s.last_outcome = Some(f.outcome.kind());
         s.last_moved_bytes = f.answer.moved_bytes.unwrap_or(0);
         s.last_error = f.outcome.error(&f.answer);
     }

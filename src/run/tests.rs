@@ -64,7 +64,7 @@ async fn each_end_is_said_once_by_the_outcome() {
     let f = ctx.run_once(MANUAL, &never).await;
     assert!(matches!(f.outcome.skip_reason(), Some(SkipReason::BelowThreshold | SkipReason::NothingToMove)));
     let status = ctx.status.lock().unwrap().clone();
-    assert_eq!((status.last_outcome, status.last_error), (Some("skipped"), None));
+    assert_eq!((status.last_outcome, status.last_error), (Some(crate::metrics::RunOutcome::Skipped), None));
     assert_eq!(counted(&ctx, "autobalancer_runs_total{outcome=\"rebalanced\"}"), 1.0);
 }
 

@@ -297,7 +297,7 @@ impl Sidecar {
             },
             last_decision: status.last_decision,
             last_run_at: status.last_run_at,
-            last_outcome: status.last_outcome.map(String::from),
+            last_outcome: status.last_outcome.map(|o| o.as_str().to_string()),
             last_report: status.last_report,
             next_run: *self.next_run.lock().unwrap(),
             evacuation,
