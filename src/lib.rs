@@ -7,7 +7,7 @@
 //! - [`schedule`]: cron expressions and fire times in a time zone (clock passed in).
 //! - [`coord`]: coordination in etcd (or in-process, with a state file, standalone): the
 //!   lock with its lease and fence, move intents, run records, registrations, published
-//!   sizes, pause and evacuation state.
+//!   sizes and traffic rates, each node's role over time, pause and evacuation state.
 //! - [`model`]: `Member`, `Bucket`, `ClusterSnapshot` and the snapshot JSON.
 //! - [`cluster`]: the `Cluster` trait at the I/O edge (snapshot, repair, moves, room,
 //!   handoff); the Redis Cluster and file backends.

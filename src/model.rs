@@ -115,7 +115,7 @@ pub struct OpenMigration {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveIntent {
     pub bucket: u64,
-    /// Member ids (Redis: addresses) the move goes from and to.
+    /// Member ids (Redis: node ids) the move goes from and to.
     pub from: String,
     pub to: String,
     /// The member whose sidecar held the lock.

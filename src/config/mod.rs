@@ -4,8 +4,9 @@
 //!
 //! Owns: the file format and its defaults (here), sizes and durations as people write them
 //! (`units`), `AUTOBALANCER_*` overrides (`env`), validation per section (`validate`),
-//! the check that every file named can be read (`files`), and the one reader of secret
-//! files (`secret`).
+//! the check that every file named can be read (`files`) and what a TLS file must hold
+//! (`pem`), the one reader of secret files (`secret`), and the `[topology]` and
+//! `[traffic]` sections (`topology`, `traffic`).
 //! Does not own: what the values mean at run time (each module reads its own section).
 
 mod env;

@@ -18,8 +18,8 @@
 //!
 //! Layout: this file owns the connection (client, timeouts, the in-process stand-in) and
 //! the key names; [`lock`] the lock, its keep-alive and the fence; [`state`] the records
-//! and operator state; [`intents`] the move intents and the scheduled slot; [`local`]
-//! the standalone state file. Does not own: when to lock (the sidecar) or what runs under the
+//! and operator state; [`intents`] the move intents and the scheduled slot; [`roles`]
+//! each node's role over time; [`local`] the standalone state file. Does not own: when to lock (the sidecar) or what runs under the
 //! lock (the run).
 
 mod intents;

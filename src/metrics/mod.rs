@@ -2,8 +2,8 @@
 //! every value created up front (a dashboard sees zeros, not gaps). Never labelled by
 //! bucket.
 //!
-//! Owns: names, help texts, label sets, the text exposition. Does not own: when figures
-//! change (callers set them).
+//! Owns: names, help texts, label sets, the text exposition; `placement` and `traffic`
+//! the gauges of those two planners. Does not own: when figures change (callers set them).
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,

@@ -4,6 +4,10 @@
 //! Owns: targets (capacity shares), the move search, the order of moves (most valuable
 //! first), the self-check of its output and the human explanation. Pure and synchronous:
 //! no clock, no I/O, no async; the same input gives the same plan.
+//! Layout: `solver` the layout as it changes, one method per phase: `search` (phases 1
+//! to 3, copy moves), `swap` and `primaries` (phase 4); `traffic` the second dimension
+//! (CPU per master); `placement` where masters and replicas stand (role changes, no
+//! slot moves); `tests` the property tests against the exhaustive oracle.
 //! Does not own: whether to act on the plan (`decide`) or how a move is done (`execute`).
 
 pub mod placement;

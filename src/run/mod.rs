@@ -5,7 +5,8 @@
 //! Layout: this file owns the run context (backend, coordinator, metrics, status) and the
 //! steps a dry run shares with a real one (snapshot with the operator's state applied,
 //! plan, simulate); `pipeline` the gates and the order of the steps; `outcome` how a
-//! run ends, typed. Does not own: the steps themselves (`cluster`, `plan`, `decide`,
+//! run ends, typed; `place` placement's role changes after the moves; `traffic` the
+//! traffic readings a plan uses. Does not own: the steps themselves (`cluster`, `plan`, `decide`,
 //! `execute`), when runs start or how many at once (the daemon).
 
 mod outcome;
