@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tracing::{info, warn};
 
-use super::RedisCluster;
 use super::migrations::SlotMigration;
+use super::repair::Repair;
 use super::topology::Topology;
 use crate::cluster::{ForeignMove, RepairOptions, RepairReport};
 use crate::model::MoveIntent;
@@ -28,7 +28,7 @@ use crate::model::MoveIntent;
 /// a few seconds of transfer; one that runs far longer is reported, not waited out.
 const JOB_WAIT: Duration = Duration::from_secs(60);
 
-impl RedisCluster {
+impl Repair<'_> {
     /// Settles or names the atomic jobs running on the masters. Returns the slots of jobs
     /// still running (ours past the wait, or someone else's): repair leaves them alone.
     pub(super) async fn settle_jobs(
@@ -37,14 +37,8 @@ impl RedisCluster {
         opts: &RepairOptions,
         report: &mut RepairReport,
     ) -> Vec<u16> {
-        match self.current_capabilities().await {
-            Ok(caps) if caps.atomic_migration => {}
-            Ok(_) => return Vec::new(),
-            // A master that does not answer: the run stops at the snapshot, naming it.
-            Err(e) => {
-                warn!(cause = %e, "engines not known: atomic jobs left running are not looked for");
-                return Vec::new();
-            }
+        if !self.atomic_jobs {
+            return Vec::new();
         }
         let intents: HashMap<u64, &MoveIntent> = opts.intents.iter().map(|i| (i.bucket, i)).collect();
         let mut busy = Vec::new();

@@ -7,19 +7,22 @@
 //! follow an assignment ([`follow`]), a key set aside ([`aside`]), Valkey's migration jobs
 //! ([`migrations`]) and per-slot traffic counters ([`traffic`]); [`sizing::Sizer`] slot
 //! sizes in bytes, cached and within a key budget ([`slot_sizes`]; [`slot_stats`]: Valkey's
-//! key counts in one call); [`legacy::Legacy`] the SETSLOT and MIGRATE mover of one slot and of a group
-//! committed together ([`grouped`], [`commit`]); [`atomic::Atomic`] Valkey 9's
-//! MIGRATESLOTS mover and its legacy fallback ([`fallback`]). The movers hold no state:
-//! they borrow the nodes and the sizer, made by [`RedisCluster`] for each call.
+//! key counts in one call); [`legacy::Legacy`] the SETSLOT and MIGRATE mover of one slot
+//! and of a group committed together ([`grouped`], [`commit`]); [`atomic::Atomic`] Valkey 9's
+//! MIGRATESLOTS mover and its legacy fallback ([`fallback`]); [`repair::Repair`] closing
+//! slots a crash or a failed move left open ([`reanchor`]: importing nodes pointed at
+//! their slots' owners first; [`inflight`]: jobs a crash left running; [`stray`]: keys
+//! returned to their slot's owner), over the legacy mover. The movers and repair hold no
+//! state but what they borrow (repair: when it first saw a slot nobody recorded),
+//! made by [`RedisCluster`] for each call.
 //!
 //! On the backend itself, over those parts: [`observe`] the snapshot (memory, health, stray
 //! and big keys), [`capabilities`] what the engines support and which mover runs,
-//! [`repair`] closing slots a crash or a failed move left open ([`inflight`]: jobs a crash
-//! left running; [`stray`]: keys returned to their slot's owner), [`handoff`] a master's
-//! role to its in-sync replica before a restart, [`roles`] and [`stands`] where masters
-//! and replicas stand (placement). This file wires them into the backend-neutral
-//! [`Cluster`] trait. What a repair that changed nothing read is handed to the snapshot
-//! after it as a value ([`Reading`]). Does not own: which slots move.
+//! [`handoff`] a master's role to its in-sync replica before a restart, [`roles`] and
+//! [`stands`] where masters and replicas stand (placement). This file wires them into
+//! the backend-neutral [`Cluster`] trait and chooses the mover per group. What a repair
+//! that changed nothing read is handed to the snapshot after it as a value ([`Reading`]).
+//! Does not own: which slots move.
 
 mod aside;
 mod atomic;
@@ -35,6 +38,7 @@ mod legacy;
 mod migrations;
 mod nodes;
 mod observe;
+mod reanchor;
 mod repair;
 mod roles;
 mod sizing;
@@ -258,7 +262,7 @@ impl Cluster for RedisCluster {
     }
 
     async fn repair<F: Fence>(&self, opts: &RepairOptions, fence: &F) -> Result<RepairReport, ClusterError> {
-        self.repair_from_truth(opts, fence).await
+        self.repairer().await.repair_from_truth(opts, fence).await
     }
 
     /// INFO memory of a member with `maxmemory` set (read from the snapshot's figure:

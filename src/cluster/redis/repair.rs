@@ -21,11 +21,14 @@
 //! steps ([`super::legacy`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use super::legacy::{KeyPair, SlotMove};
+use super::legacy::{KeyPair, Legacy, SlotMove};
+use super::nodes::Nodes;
+use super::sizing::Sizer;
 use super::topology::Topology;
 use super::{Reading, RedisCluster};
 use crate::cluster::{ClusterError, Fence, ForeignMove, RepairOptions, RepairReport, SetAside, Unpaced};
@@ -33,11 +36,11 @@ use crate::model::MoveIntent;
 
 /// The flags set on one slot, by master address.
 #[derive(Clone, Debug, Default)]
-struct OpenSlot {
+pub(super) struct OpenSlot {
     /// (master, node id it migrates to)
-    migrating: Vec<(String, String)>,
+    pub(super) migrating: Vec<(String, String)>,
     /// (master, node id it imports from)
-    importing: Vec<(String, String)>,
+    pub(super) importing: Vec<(String, String)>,
 }
 
 impl OpenSlot {
@@ -60,7 +63,41 @@ fn open_slots(topo: &Topology) -> BTreeMap<u16, OpenSlot> {
     open
 }
 
+/// Repair: a part holding no state but when it first saw each open slot nobody recorded,
+/// borrowing the legacy mover (and through it the nodes and the sizer) to finish or hand
+/// back what a crash or a failed move left open.
+pub(super) struct Repair<'a> {
+    pub(super) nodes: &'a Nodes,
+    pub(super) sizer: &'a Sizer,
+    pub(super) legacy: Legacy<'a>,
+    /// When this process first saw each open slot nobody recorded.
+    pub(super) first_seen: &'a Mutex<HashMap<u16, DateTime<Utc>>>,
+    /// The masters run atomic migrations: jobs a crash left running are looked for.
+    pub(super) atomic_jobs: bool,
+}
+
 impl RedisCluster {
+    /// Repair over this backend's parts. Whether to look for atomic jobs is read first: a
+    /// master that does not answer stops the run at the snapshot, naming it.
+    pub(super) async fn repairer(&self) -> Repair<'_> {
+        let atomic_jobs = match self.current_capabilities().await {
+            Ok(caps) => caps.atomic_migration,
+            Err(e) => {
+                warn!(cause = %e, "engines not known: atomic jobs left running are not looked for");
+                false
+            }
+        };
+        Repair {
+            nodes: &self.nodes,
+            sizer: &self.sizer,
+            legacy: self.legacy(),
+            first_seen: &self.first_seen,
+            atomic_jobs,
+        }
+    }
+}
+
+impl Repair<'_> {
     /// Settles open slots and stray keys as `opts` allows.
     pub(super) async fn repair_from_truth<F: Fence>(
         &self,
@@ -204,7 +241,7 @@ impl RedisCluster {
         fence: &F,
         aside: &mut Vec<SetAside>,
     ) -> Result<String, String> {
-        if let Some(line) = self.legacy().commit_unclaimed(topo, slot, &flags.importing, opts.dry_run).await? {
+        if let Some(line) = self.legacy.commit_unclaimed(topo, slot, &flags.importing, opts.dry_run).await? {
             return Ok(line);
         }
         let src = topo.owner[slot as usize]
@@ -238,7 +275,7 @@ impl RedisCluster {
         } else {
             self.point_at_owners(topo, &dst, &[slot]).await?;
             let m = SlotMove { slot, src: &src, dst: &dst, resume: true, estimate: 0 };
-            match self.legacy().finish(topo, m, &Unpaced, fence).await {
+            match self.legacy.finish(topo, m, &Unpaced, fence).await {
                 Ok(stats) => {
                     aside.extend(stats.set_aside);
                     for a in flags.flagged().filter(|a| **a != src && **a != dst) {
@@ -285,7 +322,7 @@ impl RedisCluster {
         self.nodes.setslot(owner, slot, &["STABLE"]).await.map_err(|e| format!("STABLE on {owner}: {e}"))?;
         let mut moved = 0u64;
         loop {
-            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.migrate.batch_keys).clone();
+            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.legacy.opts.batch_keys).clone();
             let keys: Vec<Vec<u8>> = self.nodes.conns.query(dst, &list).await?;
             if keys.is_empty() {
                 // The target took no gossip for the slot while it imported: after a
@@ -298,21 +335,21 @@ impl RedisCluster {
                 return Ok(moved);
             }
             let mut p = redis::pipe();
-            p.cmd("ASKING").ignore().add_command(self.legacy().migrate_cmd(owner, &keys, false)).ignore();
+            p.cmd("ASKING").ignore().add_command(self.legacy.migrate_cmd(owner, &keys, false)).ignore();
             match self.nodes.conns.pipeline_as::<()>(dst, &p).await {
                 Ok(()) => moved += keys.len() as u64,
                 Err(e) if e.contains("BUSYKEY") => {
                     for k in &keys {
-                        match self.legacy().compare_key(dst, owner, k, true).await? {
+                        match self.legacy.compare_key(dst, owner, k, true).await? {
                             KeyPair::Gone => {}
                             KeyPair::OnlyHere => {
-                                self.legacy().migrate_one(dst, owner, k, false, true).await?;
+                                self.legacy.migrate_one(dst, owner, k, false, true).await?;
                                 moved += 1;
                             }
                             // A source failed over before its deletes reached the
                             // replica now serving: the owner still holds the same value.
                             KeyPair::Same => {
-                                self.legacy().migrate_one(dst, owner, k, true, true).await?;
+                                self.legacy.migrate_one(dst, owner, k, true, true).await?;
                                 moved += 1;
                             }
                             // Clients read the owner's; the other goes back under its
@@ -371,61 +408,5 @@ impl RedisCluster {
             report.intents_done.retain(|&b| b != slot as u64);
             report.failed.push((slot as u64, why));
         }
-    }
-
-    /// [`Self::point_at_owners`] for every importing node of `open` at once, before any
-    /// slot is settled: a group of slots opened together leaves the target importing all
-    /// of them, and while its view leaves one unserved it answers CLUSTERDOWN for every
-    /// slot (MIGRATE to it fails). A node that cannot be set right is logged; settling
-    /// its slots says what failed.
-    async fn reanchor_importers<'a>(&self, topo: &Topology, open: impl Iterator<Item = (&'a u16, &'a OpenSlot)>) {
-        let mut by_node: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
-        for (&slot, flags) in open {
-            for (a, _) in &flags.importing {
-                by_node.entry(a.as_str()).or_default().push(slot);
-            }
-        }
-        for (node, slots) in by_node {
-            if let Err(e) = self.point_at_owners(topo, node, &slots).await {
-                warn!(node = %node, cause = %e, "could not point the importing node at its slots' owner");
-            }
-        }
-    }
-
-    /// Redis 7 takes no gossip about a slot a node imports, so after a failover of the
-    /// source the target may think the slot served by nobody ("CLUSTERDOWN Hash slot not
-    /// served") and refuse the keys. Each of `slots` whose live owner `node` does not see
-    /// is assigned to that owner there (a finish sets IMPORTING again): one view, and one
-    /// pipeline per owner. Only then, and never on Valkey: Valkey drops the keys a node
-    /// holds in a slot assigned elsewhere, and it needs no help here.
-    async fn point_at_owners(&self, topo: &Topology, node: &str, slots: &[u16]) -> Result<(), String> {
-        let view = self.nodes.cluster_nodes(node).await?;
-        let seen =
-            |slot: u16| view.iter().find(|n| n.is_master() && !n.is_failed() && n.owns(slot)).map(|n| n.id.clone());
-        let mut by_owner: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-        for &slot in slots {
-            let Some(owner) = topo.owner[slot as usize].map(|i| &topo.masters[i]).filter(|m| !m.is_failed()) else {
-                continue;
-            };
-            if owner.addr != node && seen(slot).as_deref() != Some(owner.id.as_str()) {
-                by_owner.entry(owner.id.clone()).or_default().push(slot);
-            }
-        }
-        if by_owner.is_empty() {
-            return Ok(());
-        }
-        let mut p = redis::pipe();
-        p.cmd("INFO").arg("server").cmd("CLUSTER").arg("INFO");
-        let (info, cluster): (String, String) = self.nodes.conns.pipeline_as(node, &p).await?;
-        if super::topology::NodeInfo::parse(&info, &cluster).engine != "redis" {
-            return Ok(());
-        }
-        for (owner, slots) in by_owner {
-            info!(node = %node, slots = slots.len(), "the importing node does not see these slots' owner; pointing it at {owner}");
-            for (slot, r) in slots.iter().zip(self.nodes.setslots(node, &slots, &["NODE", &owner]).await) {
-                r.map_err(|e| format!("SETSLOT {slot} NODE on {node}: {e}"))?;
-            }
-        }
-        Ok(())
     }
 }

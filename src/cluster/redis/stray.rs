@@ -17,11 +17,12 @@ use tracing::{info, warn};
 
 use super::capabilities::Capabilities;
 use super::legacy::KeyPair;
+use super::repair::Repair;
 use super::topology::Topology;
-use super::{MasterReading, RedisCluster, SLOTS};
+use super::{MasterReading, SLOTS};
 use crate::cluster::{RepairOptions, RepairReport, SetAside};
 
-impl RedisCluster {
+impl Repair<'_> {
     /// Slots `addr` holds keys of without owning them (or importing them): (slot, keys);
     /// with what was read of the master on the way, for the snapshot after repair.
     ///
@@ -132,22 +133,22 @@ impl RedisCluster {
         aside: &mut Vec<SetAside>,
     ) -> Result<(), String> {
         loop {
-            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.migrate.batch_keys).clone();
+            let list = redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(self.legacy.opts.batch_keys).clone();
             let keys: Vec<Vec<u8>> = self.nodes.conns.query(holder, &list).await?;
             if keys.is_empty() {
                 return Ok(());
             }
             let mut p = redis::pipe();
-            p.cmd("ASKING").ignore().add_command(self.legacy().migrate_cmd(owner, &keys, false)).ignore();
+            p.cmd("ASKING").ignore().add_command(self.legacy.migrate_cmd(owner, &keys, false)).ignore();
             let Err(e) = self.nodes.conns.pipeline_as::<()>(holder, &p).await else { continue };
             if !e.contains("BUSYKEY") {
                 return Err(e);
             }
             for k in &keys {
-                match self.legacy().compare_key(holder, owner, k, true).await? {
+                match self.legacy.compare_key(holder, owner, k, true).await? {
                     KeyPair::Gone => {}
-                    KeyPair::OnlyHere => self.legacy().migrate_one(holder, owner, k, false, true).await?,
-                    KeyPair::Same => self.legacy().migrate_one(holder, owner, k, true, true).await?,
+                    KeyPair::OnlyHere => self.legacy.migrate_one(holder, owner, k, false, true).await?,
+                    KeyPair::Same => self.legacy.migrate_one(holder, owner, k, true, true).await?,
                     // Listed again under its new name, it goes to the owner next round.
                     KeyPair::Different => aside.extend(self.nodes.set_aside(slot, holder, k).await?),
                 }
