@@ -471,6 +471,8 @@ mod tests {
         fail_bucket: Option<u64>,
         /// Moved, but its target's replicas said to be behind.
         behind_bucket: Option<u64>,
+        /// A move of this bucket found a key with two values and set one aside.
+        aside_bucket: Option<u64>,
         /// Moves groups as one unit, recording each group's (from, to, bytes) moves.
         grouping: bool,
         groups: std::sync::Mutex<Vec<Vec<(u32, u32, u64)>>>,
@@ -504,6 +506,7 @@ mod tests {
                 moves: Default::default(),
                 fail_bucket: None,
                 behind_bucket: None,
+                aside_bucket: None,
                 grouping: false,
                 groups: Default::default(),
                 running_groups: AtomicUsize::new(0),
@@ -532,7 +535,16 @@ mod tests {
             self.moves.lock().unwrap().push(mv.bucket);
             let unreplicated =
                 (Some(mv.bucket) == self.behind_bucket).then(|| "0 of the 1 replica(s) of b".to_string());
-            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated, ..Default::default() })
+            let set_aside = (Some(mv.bucket) == self.aside_bucket)
+                .then(|| crate::cluster::SetAside {
+                    bucket: mv.bucket,
+                    key: "k".into(),
+                    aside: "k:aside".into(),
+                    node: "n".into(),
+                })
+                .into_iter()
+                .collect();
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated, set_aside, ..Default::default() })
         }
         fn groups_moves(&self) -> bool {
             self.grouping
@@ -775,6 +787,17 @@ mod tests {
         assert_eq!(r.failures, vec!["0 of the 1 replica(s) of b".to_string()]);
         assert!(r.open_buckets.is_empty() && r.moves_done < 40);
         assert_eq!(m.moves_unreplicated_total.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_set_aside_by_a_move_is_counted_and_the_move_is_done() {
+        let (s, p) = scenario();
+        let mut rec = Recorder::new(0);
+        rec.aside_bucket = Some(p.moves[2].bucket);
+        let m = Metrics::new();
+        let r = exec(&rec, &s, &p, &limits(), &NoFence, &CancellationToken::new(), &m).await;
+        assert_eq!((r.moves_done, r.moves_failed), (40, 0), "{r:?}");
+        assert_eq!(m.keys_set_aside_total.get(), 1);
     }
 
     #[tokio::test]

@@ -184,7 +184,7 @@ mod tests {
         }
     }
 
-    async fn run(cluster: &Filling, s: &ClusterSnapshot, p: &Plan, l: &Limits) -> RunReport {
+    async fn run(cluster: &Filling, s: &ClusterSnapshot, p: &Plan, l: &Limits) -> (RunReport, Metrics) {
         let (progress, metrics) = (Progress::default(), Metrics::new());
         let job = Job {
             cluster,
@@ -196,7 +196,8 @@ mod tests {
             metrics: &metrics,
             lost: None,
         };
-        execute(job, &CancellationToken::new()).await
+        let report = execute(job, &CancellationToken::new()).await;
+        (report, metrics)
     }
 
     #[tokio::test]
@@ -212,9 +213,10 @@ mod tests {
         p.moves = moves;
         let cluster = Filling::new(4, 1000);
         let l = limits(3, 0);
-        let r = run(&cluster, &s, &p, &l).await;
+        let (r, m) = run(&cluster, &s, &p, &l).await;
         assert_eq!(r.moves_done, 2, "{r:?}");
         assert_eq!(r.moves_no_room, 1, "{r:?}");
+        assert_eq!(m.moves_no_room_total.get(), 1);
         assert!(cluster.used.lock().unwrap()[3] <= 1000, "{:?}", cluster.used.lock().unwrap());
     }
 
@@ -232,7 +234,7 @@ mod tests {
         for (buffer, together) in [(0, 2), (300, 1)] {
             let cluster = Filling::new(3, 1000);
             let l = limits(2, buffer);
-            let r = run(&cluster, &s, &p, &l).await;
+            let (r, _) = run(&cluster, &s, &p, &l).await;
             assert_eq!(r.moves_done, 2, "buffer {buffer}: {r:?}");
             let peak = cluster.peak.load(std::sync::atomic::Ordering::SeqCst);
             assert_eq!(peak, together, "buffer {buffer}: moves at once into the target");

@@ -174,3 +174,27 @@ fn traffic_gauges_show_rates_per_master_and_hot_slots_and_go_when_traffic_is_off
     m.observe_traffic(&s, None, &crate::plan::plan(&s, &Default::default()).unwrap());
     assert!(!m.render().contains("autobalancer_member_cpu_usec_rate{"), "off: no stale rates");
 }
+
+#[test]
+fn a_snapshots_sizing_is_shown_as_its_duration_and_the_oldest_sizes_age() {
+    use crate::model::fixtures::*;
+    let m = Metrics::new();
+    let mut s = make_snapshot(make_members(2), &[(100, vec![0]), (100, vec![1])]);
+    s.observed.sizing = Some(crate::model::SizingSummary {
+        mode: "exact".into(),
+        keys: 10,
+        keys_measured_now: 4,
+        oldest_seconds: 42.5,
+        duration_seconds: 0.25,
+        error_bytes: 0,
+    });
+    m.observe_snapshot(&s);
+    let text = m.render();
+    for line in [
+        "autobalancer_sizing_age_seconds 42.5",
+        "autobalancer_sizing_duration_seconds_count 1",
+        "autobalancer_sizing_duration_seconds_sum 0.25",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+}

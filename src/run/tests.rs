@@ -96,3 +96,46 @@ fn exit_codes() {
     assert_eq!(code(Outcome::Stopped(S::Deadline)), 4);
     assert_eq!(code(Outcome::Stopped(S::Cancelled)), 4);
 }
+
+#[tokio::test]
+async fn the_gates_say_no_in_order_pause_lock_then_the_cron_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let skewed: &[(u64, Vec<u32>)] = &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])];
+    let ctx = context(dir.path(), Some(skewed));
+    let never = CancellationToken::new();
+    let slot = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let scheduled = Trigger::Scheduled { slot };
+
+    // Paused and the lock held elsewhere: the pause is the first gate.
+    ctx.coordinator.set_paused(Some("ops".into())).await.unwrap();
+    let Acquire::Acquired(held) = ctx.coordinator.try_lock("other").await.unwrap() else { panic!("not acquired") };
+    let f = ctx.run_once(scheduled.clone(), &never).await;
+    assert_eq!(f.outcome.skip_reason(), Some(SkipReason::Paused), "{:?}", f.outcome);
+    assert!(f.answer.decision.message.contains("ops"), "{}", f.answer.decision.message);
+    // Unpaused, the lock comes next; the cron slot is not claimed by a run without it.
+    ctx.coordinator.set_paused(None).await.unwrap();
+    let f = ctx.run_once(scheduled.clone(), &never).await;
+    assert_eq!(f.outcome.skip_reason(), Some(SkipReason::LockHeldElsewhere), "{:?}", f.outcome);
+    assert_eq!(ctx.coordinator.scheduled_slot().await.unwrap(), None, "claimed without the lock");
+    ctx.coordinator.release(held).await;
+
+    // The first run of the slot claims it and runs; its record says how it ended.
+    let f = ctx.run_once(scheduled.clone(), &never).await;
+    assert_eq!(f.answer.outcome.as_deref(), Some("rebalanced"), "{:?}", f.answer);
+    assert_eq!(ctx.coordinator.scheduled_slot().await.unwrap(), Some(slot.timestamp()));
+    let record = ctx.coordinator.last_run().await.unwrap().expect("a run record");
+    assert_eq!(
+        (record.slot, record.outcome.as_str(), record.reason.as_deref(), record.moved_bytes > 0),
+        (Some(slot.timestamp()), "rebalanced", None, true)
+    );
+    // The same slot again: skipped under the lock; the record stays the run's that did it.
+    let f = ctx.run_once(scheduled, &never).await;
+    assert_eq!(f.outcome.skip_reason(), Some(SkipReason::AlreadyRanThisSlot), "{:?}", f.outcome);
+    assert_eq!(ctx.coordinator.last_run().await.unwrap().as_ref(), Some(&record));
+    // An on-demand run passes no slot gate.
+    let f = ctx.run_once(MANUAL, &never).await;
+    assert!(matches!(f.outcome.skip_reason(), Some(SkipReason::BelowThreshold | SkipReason::NothingToMove)));
+    for (reason, n) in [("paused", 1.0), ("lock_held_elsewhere", 1.0), ("already_ran_this_slot", 1.0)] {
+        assert_eq!(counted(&ctx, &format!("autobalancer_skips_total{{reason=\"{reason}\"}}")), n, "{reason}");
+    }
+}
