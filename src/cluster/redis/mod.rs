@@ -12,9 +12,10 @@
 //! MIGRATESLOTS mover and its legacy fallback ([`fallback`]); [`repair::Repair`] closing
 //! slots a crash or a failed move left open ([`reanchor`]: importing nodes pointed at
 //! their slots' owners first; [`inflight`]: jobs a crash left running; [`stray`]: keys
-//! returned to their slot's owner), over the legacy mover. The movers and repair hold no
-//! state but what they borrow (repair: when it first saw a slot nobody recorded),
-//! made by [`RedisCluster`] for each call.
+//! returned to their slot's owner), over the legacy mover. The movers and repair keep no
+//! state of their own: they borrow the parts above (repair also when it first saw a slot
+//! nobody recorded) and copy what the engines can do, made by [`RedisCluster`] for each
+//! call.
 //!
 //! On the backend itself, over those parts: [`observe`] the snapshot (memory, health, stray
 //! and big keys), [`capabilities`] what the engines support and which mover runs,
@@ -262,7 +263,9 @@ impl Cluster for RedisCluster {
     }
 
     async fn repair<F: Fence>(&self, opts: &RepairOptions, fence: &F) -> Result<RepairReport, ClusterError> {
-        self.repairer().await.repair_from_truth(opts, fence).await
+        // The topology first: the repairer reads what the engines can do from it.
+        let topo = self.nodes.topology().await?;
+        self.repairer().await.repair_from_truth(topo, opts, fence).await
     }
 
     /// INFO memory of a member with `maxmemory` set (read from the snapshot's figure:

@@ -63,9 +63,9 @@ fn open_slots(topo: &Topology) -> BTreeMap<u16, OpenSlot> {
     open
 }
 
-/// Repair: a part holding no state but when it first saw each open slot nobody recorded,
-/// borrowing the legacy mover (and through it the nodes and the sizer) to finish or hand
-/// back what a crash or a failed move left open.
+/// Repair: a part borrowing the nodes, the sizer, the legacy mover (to finish or hand back
+/// what a crash or a failed move left open) and when this process first saw each open
+/// slot nobody recorded; it holds only what the engines can do, read when it is made.
 pub(super) struct Repair<'a> {
     pub(super) nodes: &'a Nodes,
     pub(super) sizer: &'a Sizer,
@@ -77,8 +77,9 @@ pub(super) struct Repair<'a> {
 }
 
 impl RedisCluster {
-    /// Repair over this backend's parts. Whether to look for atomic jobs is read first: a
-    /// master that does not answer stops the run at the snapshot, naming it.
+    /// Repair over this backend's parts, with whether to look for atomic jobs (read from
+    /// the kept topology: read the topology first). A master that does not answer stops
+    /// the run at the snapshot, naming it.
     pub(super) async fn repairer(&self) -> Repair<'_> {
         let atomic_jobs = match self.current_capabilities().await {
             Ok(caps) => caps.atomic_migration,
@@ -99,13 +100,14 @@ impl RedisCluster {
 
 impl Repair<'_> {
     /// Settles open slots and stray keys as `opts` allows.
+    /// `topo` is the topology as read just before.
     pub(super) async fn repair_from_truth<F: Fence>(
         &self,
+        topo: Topology,
         opts: &RepairOptions,
         fence: &F,
     ) -> Result<RepairReport, ClusterError> {
         let mut report = RepairReport::default();
-        let topo = self.nodes.topology().await?;
         let busy = self.settle_jobs(&topo, opts, &mut report).await;
         // A job that ended moved slots: what follows reads the owners as they are now.
         let topo = if report.intents_done.is_empty() { topo } else { self.nodes.topology().await? };
