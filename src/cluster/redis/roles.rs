@@ -33,11 +33,14 @@ impl RedisCluster {
     pub(super) async fn role_change<F: Fence>(&self, change: &RoleChange, fence: &F) -> Result<RoleDone, ClusterError> {
         let started = Instant::now();
         let message = match change {
-            RoleChange::Failover { node, master, .. } => self.promote(node, master, fence).await?,
+            RoleChange::Failover { node, master, .. } => self.promote(node, master, fence).await,
             RoleChange::Replicate { node, from_master, to_master, bytes, .. } => {
-                self.repoint(node, from_master, to_master, *bytes, fence).await?
+                self.repoint(node, from_master, to_master, *bytes, fence).await
             }
         };
+        // Roles read while the change went on may be kept: they are the old ones.
+        self.nodes.forget_topology();
+        let message = message?;
         Ok(RoleDone { seconds: started.elapsed().as_secs_f64(), message })
     }
 
