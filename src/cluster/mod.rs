@@ -4,7 +4,7 @@
 //! backend chosen by `cluster.backend`; [`handoff`] the answer of a handoff (a master's
 //! role to its replica, outside any run). Backends: [`redis`] (Redis Cluster and Valkey)
 //! and [`file`] (a snapshot file). [`recorded`] a backend as the lock holder drives it
-//! (intents, the commit fence); [`reading`] what a repair read, for the snapshot after
+//! (intents, the commit fence); `reading` what a repair read, for the snapshot after
 //! it; `sidecar_calls` what a sidecar asks of its backend outside runs. Does not own:
 //! planning or limits.
 

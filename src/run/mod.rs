@@ -60,9 +60,9 @@ impl Trigger {
     }
 }
 
-/// What a process runs in its one operation slot: a run of one [`Trigger`] kind.
-/// `/status`'s, the registration's and the lock record's `operation`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+/// `manual`, `scheduled` or `evacuation`: what runs in this process's operation slot (a
+/// run of that trigger). The registration and the lock record carry it as a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
     Scheduled,

@@ -251,13 +251,13 @@ impl Sidecar {
         // A share of the time is kept for the steps after the run.
         let tail = (deadline.saturating_duration_since(Instant::now()) / 4).min(Duration::from_secs(2));
         if let Some(op) = self.ops.stop() {
-            info!(operation = %op, "shutting down: stopping the running operation at its next safe point");
+            info!(operation = op.as_str(), "shutting down: stopping the running operation at its next safe point");
         }
         if !self.ops.wait_idle(deadline - tail).await
             && let Some(op) = self.ops.abort()
         {
             warn!(
-                operation = %op,
+                operation = op.as_str(),
                 "shutdown timeout reached: abandoning the moves in flight; their intents stay recorded for the next run's repair"
             );
             self.ops.wait_idle(deadline).await;
