@@ -544,7 +544,7 @@ mod tests {
                 })
                 .into_iter()
                 .collect();
-            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated, set_aside, ..Default::default() })
+            Ok(MoveStats { keys: 1, bytes: mv.bytes, fallback: false, unreplicated, set_aside })
         }
         fn groups_moves(&self) -> bool {
             self.grouping
