@@ -194,47 +194,6 @@ impl RedisCluster {
         self.fallbacks.count()
     }
 
-    /// `move_group` for this backend: per (source, target), one atomic job where the mover
-    /// is atomic, one legacy group ([`grouped`]) otherwise.
-    pub(super) async fn group<P: Pace, F: Fence>(
-        &self,
-        s: &ClusterSnapshot,
-        moves: &[Move],
-        pace: &P,
-        fence: &F,
-    ) -> Vec<Result<MoveStats, ClusterError>> {
-        let mover = match self.mover().await {
-            Err(ClusterError::Config(e)) => {
-                return moves.iter().map(|_| Err(ClusterError::Config(e.clone()))).collect();
-            }
-            Err(e) => {
-                let message = format!("choosing the mover: {e}");
-                let fail = |mv: &Move| ClusterError::Move { bucket: mv.bucket, message: message.clone(), open: false };
-                return moves.iter().map(|mv| Err(fail(mv))).collect();
-            }
-            Ok(mover) => mover,
-        };
-        let mut out: Vec<Option<Result<MoveStats, ClusterError>>> = moves.iter().map(|_| None).collect();
-        let mut pairs: Vec<((u32, u32), Vec<usize>)> = Vec::new();
-        for (i, mv) in moves.iter().enumerate() {
-            match pairs.iter_mut().find(|(p, _)| *p == (mv.from, mv.to)) {
-                Some((_, idx)) => idx.push(i),
-                None => pairs.push(((mv.from, mv.to), vec![i])),
-            }
-        }
-        for (_, idx) in pairs {
-            let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
-            let results = match mover {
-                Mover::Atomic => self.atomic().group(s, &group, pace, fence).await,
-                Mover::Legacy => self.legacy().legacy_group(s, &group, pace, fence).await,
-            };
-            for (i, r) in idx.into_iter().zip(results) {
-                out[i] = Some(r);
-            }
-        }
-        out.into_iter().map(|r| r.expect("every move answered")).collect()
-    }
-
     /// The atomic mover, over this backend's nodes, sizer and fallback gates.
     fn atomic(&self) -> Atomic<'_> {
         let slot_stats = self.capabilities().is_some_and(|c| c.slot_stats);
@@ -332,7 +291,7 @@ impl Cluster for RedisCluster {
     }
 
     /// Per (source, target): with the atomic mover one MIGRATESLOTS job; otherwise one
-    /// legacy group, opened, drained and committed together. (`move_bucket` alone always
+    /// legacy group ([`grouped`]), opened, drained and committed together. (`move_bucket` alone always
     /// uses the legacy mover on one slot; the executor hands a group of one here.)
     async fn move_group<P: Pace, F: Fence>(
         &self,
@@ -341,6 +300,35 @@ impl Cluster for RedisCluster {
         pace: &P,
         fence: &F,
     ) -> Vec<Result<MoveStats, ClusterError>> {
-        self.group(s, moves, pace, fence).await
+        let mover = match self.mover().await {
+            Err(ClusterError::Config(e)) => {
+                return moves.iter().map(|_| Err(ClusterError::Config(e.clone()))).collect();
+            }
+            Err(e) => {
+                let message = format!("choosing the mover: {e}");
+                let fail = |mv: &Move| ClusterError::Move { bucket: mv.bucket, message: message.clone(), open: false };
+                return moves.iter().map(|mv| Err(fail(mv))).collect();
+            }
+            Ok(mover) => mover,
+        };
+        let mut out: Vec<Option<Result<MoveStats, ClusterError>>> = moves.iter().map(|_| None).collect();
+        let mut pairs: Vec<((u32, u32), Vec<usize>)> = Vec::new();
+        for (i, mv) in moves.iter().enumerate() {
+            match pairs.iter_mut().find(|(p, _)| *p == (mv.from, mv.to)) {
+                Some((_, idx)) => idx.push(i),
+                None => pairs.push(((mv.from, mv.to), vec![i])),
+            }
+        }
+        for (_, idx) in pairs {
+            let group: Vec<&Move> = idx.iter().map(|&i| &moves[i]).collect();
+            let results = match mover {
+                Mover::Atomic => self.atomic().group(s, &group, pace, fence).await,
+                Mover::Legacy => self.legacy().legacy_group(s, &group, pace, fence).await,
+            };
+            for (i, r) in idx.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter().map(|r| r.expect("every move answered")).collect()
     }
 }
