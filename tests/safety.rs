@@ -442,15 +442,19 @@ async fn hand_back(rc: &RedisCluster, snap: &ClusterSnapshot, slots: &[u64]) -> 
     r
 }
 
-/// A group of the legacy mover whose source is demoted between its drain and its commit:
-/// no key is lost. The source refuses the commit, and its promoted replica claims the
-/// slots under a newer epoch (its view, and on Valkey the replicated MIGRATING flags,
-/// still give them to its old master); a target committed first would own their keys and
-/// drop them to that claim. The commit leaves those slots open instead, their keys on the
-/// importing target (which takes no claim to a slot it imports); the run's hand-back
-/// returns them to the promoted replica, and then no node, master or replica, shows a slot
-/// open, so no later run sees a move nobody recorded.
-async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
+/// What both demoted-at-the-commit tests start from: two masters with a replica each
+/// and skewed keys, their digest, a legacy-mover backend over them, its snapshot, and
+/// five moves of member 0's buckets to member 1.
+struct DemotionSetUp {
+    c: LocalCluster,
+    before: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    _dir: tempfile::TempDir,
+    rc: RedisCluster,
+    snap: ClusterSnapshot,
+    moves: Vec<Move>,
+}
+
+async fn demotion_set_up(engine: Engine) -> DemotionSetUp {
     let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
     c.load_skewed(4_000, 5).await.unwrap();
     let before = c.digest().await.unwrap();
@@ -460,6 +464,19 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
     let snap = rc.snapshot().await.unwrap();
     let moves = first_moves(&snap, 5);
     assert_eq!(moves.len(), 5);
+    DemotionSetUp { c, before, _dir: dir, rc, snap, moves }
+}
+
+/// A group of the legacy mover whose source is demoted between its drain and its commit:
+/// no key is lost. The source refuses the commit, and its promoted replica claims the
+/// slots under a newer epoch (its view, and on Valkey the replicated MIGRATING flags,
+/// still give them to its old master); a target committed first would own their keys and
+/// drop them to that claim. The commit leaves those slots open instead, their keys on the
+/// importing target (which takes no claim to a slot it imports); the run's hand-back
+/// returns them to the promoted replica, and then no node, master or replica, shows a slot
+/// open, so no later run sees a move nobody recorded.
+async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
+    let DemotionSetUp { c, before, _dir, rc, snap, moves } = demotion_set_up(engine).await;
     let src = snap.members[0].address.clone();
     let src_id = c.id_of(&src).unwrap().to_string();
     let replica = nodes(&c, &src).await.into_iter().find(|n| n.master_id.as_deref() == Some(&src_id)).unwrap().addr;
@@ -507,15 +524,7 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
 /// and is given the slots back); its promoted replica holds the drained keys, and the
 /// run's hand-back returns them to the source, leaving no slot open.
 async fn a_target_demoted_at_the_commit_loses_no_key(engine: Engine) {
-    let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
-    c.load_skewed(4_000, 5).await.unwrap();
-    let before = c.digest().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
-    let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
-    let snap = rc.snapshot().await.unwrap();
-    let moves = first_moves(&snap, 5);
-    assert_eq!(moves.len(), 5);
+    let DemotionSetUp { c, before, _dir, rc, snap, moves } = demotion_set_up(engine).await;
     let (src, dst) = (snap.members[0].address.clone(), snap.members[1].address.clone());
     let dst_id = c.id_of(&dst).unwrap().to_string();
     let replica = nodes(&c, &dst).await.into_iter().find(|n| n.master_id.as_deref() == Some(&dst_id)).unwrap().addr;
