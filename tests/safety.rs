@@ -327,16 +327,32 @@ impl Fence for Lost {
     }
 }
 
-/// The legacy mover's commit and repair's finish both pass the fence: refused, the slot
-/// stays open with its keys safe; the next holder, reading the intent, finishes it.
-async fn every_commit_passes_the_fence(engine: Engine) {
-    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
-    c.load_skewed(4_000, 3).await.unwrap();
+/// Two masters (with `replicas` each) holding skewed keys (`seed`), their digest, a
+/// backend over them with the legacy mover, and its snapshot: where the tests of the
+/// legacy mover's commit start.
+struct LegacySetUp {
+    c: LocalCluster,
+    before: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    _dir: tempfile::TempDir,
+    rc: RedisCluster,
+    snap: ClusterSnapshot,
+}
+
+async fn legacy_set_up(engine: Engine, replicas: usize, seed: u64) -> LegacySetUp {
+    let c = ClusterSpec::new(engine, 2, 0).replicas(replicas).start().await.unwrap();
+    c.load_skewed(4_000, seed).await.unwrap();
     let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
     let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
     let snap = rc.snapshot().await.unwrap();
+    LegacySetUp { c, before, _dir: dir, rc, snap }
+}
+
+/// The legacy mover's commit and repair's finish both pass the fence: refused, the slot
+/// stays open with its keys safe; the next holder, reading the intent, finishes it.
+async fn every_commit_passes_the_fence(engine: Engine) {
+    let LegacySetUp { c, before, _dir, rc, snap } = legacy_set_up(engine, 0, 3).await;
     let b = snap.buckets.iter().find(|b| b.bytes > 0 && b.copies == [0]).unwrap();
     let mv = Move { kind: MoveKind::Copy, bucket: b.id, bucket_index: 0, from: 0, to: 1, bytes: b.bytes };
     let slot = b.id;
@@ -442,31 +458,6 @@ async fn hand_back(rc: &RedisCluster, snap: &ClusterSnapshot, slots: &[u64]) -> 
     r
 }
 
-/// What both demoted-at-the-commit tests start from: two masters with a replica each
-/// and skewed keys, their digest, a legacy-mover backend over them, its snapshot, and
-/// five moves of member 0's buckets to member 1.
-struct DemotionSetUp {
-    c: LocalCluster,
-    before: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-    _dir: tempfile::TempDir,
-    rc: RedisCluster,
-    snap: ClusterSnapshot,
-    moves: Vec<Move>,
-}
-
-async fn demotion_set_up(engine: Engine) -> DemotionSetUp {
-    let c = ClusterSpec::new(engine, 2, 0).replicas(1).start().await.unwrap();
-    c.load_skewed(4_000, 5).await.unwrap();
-    let before = c.digest().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
-    let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
-    let snap = rc.snapshot().await.unwrap();
-    let moves = first_moves(&snap, 5);
-    assert_eq!(moves.len(), 5);
-    DemotionSetUp { c, before, _dir: dir, rc, snap, moves }
-}
-
 /// A group of the legacy mover whose source is demoted between its drain and its commit:
 /// no key is lost. The source refuses the commit, and its promoted replica claims the
 /// slots under a newer epoch (its view, and on Valkey the replicated MIGRATING flags,
@@ -476,7 +467,9 @@ async fn demotion_set_up(engine: Engine) -> DemotionSetUp {
 /// returns them to the promoted replica, and then no node, master or replica, shows a slot
 /// open, so no later run sees a move nobody recorded.
 async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
-    let DemotionSetUp { c, before, _dir, rc, snap, moves } = demotion_set_up(engine).await;
+    let LegacySetUp { c, before, _dir, rc, snap } = legacy_set_up(engine, 1, 5).await;
+    let moves = first_moves(&snap, 5);
+    assert_eq!(moves.len(), 5);
     let src = snap.members[0].address.clone();
     let src_id = c.id_of(&src).unwrap().to_string();
     let replica = nodes(&c, &src).await.into_iter().find(|n| n.master_id.as_deref() == Some(&src_id)).unwrap().addr;
@@ -524,7 +517,9 @@ async fn a_source_demoted_at_the_commit_leaves_no_slot_open(engine: Engine) {
 /// and is given the slots back); its promoted replica holds the drained keys, and the
 /// run's hand-back returns them to the source, leaving no slot open.
 async fn a_target_demoted_at_the_commit_loses_no_key(engine: Engine) {
-    let DemotionSetUp { c, before, _dir, rc, snap, moves } = demotion_set_up(engine).await;
+    let LegacySetUp { c, before, _dir, rc, snap } = legacy_set_up(engine, 1, 5).await;
+    let moves = first_moves(&snap, 5);
+    assert_eq!(moves.len(), 5);
     let (src, dst) = (snap.members[0].address.clone(), snap.members[1].address.clone());
     let dst_id = c.id_of(&dst).unwrap().to_string();
     let replica = nodes(&c, &dst).await.into_iter().find(|n| n.master_id.as_deref() == Some(&dst_id)).unwrap().addr;
@@ -554,13 +549,7 @@ async fn a_target_demoted_at_the_commit_loses_no_key(engine: Engine) {
 /// it on the target instead of leaving it open with "no live owner" (clean-clone CI,
 /// `failover_of_the_source_mid_move_is_finished_by_the_next_holder::valkey`).
 async fn a_slot_committed_on_its_source_only_is_committed_on_its_target_by_repair(engine: Engine) {
-    let c = ClusterSpec::new(engine, 2, 0).start().await.unwrap();
-    c.load_skewed(4_000, 3).await.unwrap();
-    let before = c.digest().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &c, "[execution]\nmigration = \"legacy\"\n");
-    let rc = RedisCluster::from_config(&autobalancer::config::Config::load(&cfg).unwrap()).unwrap();
-    let snap = rc.snapshot().await.unwrap();
+    let LegacySetUp { c, before, _dir, rc, snap } = legacy_set_up(engine, 0, 3).await;
     let slot = snap.buckets.iter().find(|b| b.bytes > 0 && b.copies == [0]).unwrap().id;
     let (src, dst) = (snap.members[0].address.clone(), snap.members[1].address.clone());
     let (src_id, dst_id) = (c.id_of(&src).unwrap().to_string(), c.id_of(&dst).unwrap().to_string());
