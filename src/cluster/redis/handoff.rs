@@ -257,8 +257,6 @@ impl RedisCluster {
                 self.nodes.conns.query::<()>(replica, redis::cmd("CLUSTER").arg("FAILOVER")).await.map_err(|e| {
                     HandoffError::Backend(format!("CLUSTER FAILOVER on {replica} (replica of {master}): {e}"))
                 })?;
-                // Roles change now: nothing may take them from the topology read before.
-                self.nodes.forget_topology();
                 (asked, last_ask) = (asked + 1, tokio::time::Instant::now());
             }
             let m;

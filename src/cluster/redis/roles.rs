@@ -108,8 +108,6 @@ impl RedisCluster {
             .query::<()>(&r.addr, redis::cmd("CLUSTER").arg("REPLICATE").arg(&target.id))
             .await
             .map_err(|e| refused(format!("CLUSTER REPLICATE {} on {}: {e}", target.addr, r.addr)))?;
-        // The replica follows another master now: the kept topology says otherwise.
-        self.nodes.forget_topology();
         let within = REPLICATE_WITHIN + Duration::from_secs(bytes / SYNC_BYTES_PER_SECOND);
         let deadline = tokio::time::Instant::now() + within;
         loop {
