@@ -349,12 +349,6 @@ impl Metrics {
         }
     }
 
-    /// A skip outside a run (the schedule is disabled).
-    pub fn record_skip(&self, reason: SkipReason) {
-        self.runs_total.with_label_values(&[RunOutcome::Skipped.as_str()]).inc();
-        self.skips_total.with_label_values(&[reason.as_str()]).inc();
-    }
-
     pub fn count_move(&self, outcome: MoveOutcome, n: u64) {
         self.moves_total.with_label_values(&[outcome.as_str()]).inc_by(n);
     }

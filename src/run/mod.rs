@@ -32,7 +32,7 @@ use crate::plan::{Plan, PlanError, PlanOptions, plan};
 use crate::report::Answer;
 
 pub use crate::decide::FailReason;
-pub use outcome::{Failure, Finished, Outcome, RunError, SetupError, Skip};
+pub use outcome::{End, Failure, Finished, Outcome, RunError, SetupError, Skip};
 
 /// What started a run.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,7 +194,7 @@ impl Context {
 
     /// Snapshot with the operator's persistent state applied (evacuated members drain).
     pub async fn snapshot(&self) -> Result<ClusterSnapshot, RunError> {
-        self.snapshot_and_evacuations(None).await.map(|(s, _)| s)
+        self.snapshot_and_evacuations(None).await.map(|(s, _)| s).map_err(RunError::Snapshot)
     }
 
     /// As `snapshot`, also returning the evacuations it applied (one read of etcd);
@@ -202,11 +202,11 @@ impl Context {
     async fn snapshot_and_evacuations(
         &self,
         reading: Option<crate::cluster::Reading>,
-    ) -> Result<(ClusterSnapshot, Vec<Evacuation>), RunError> {
+    ) -> Result<(ClusterSnapshot, Vec<Evacuation>), crate::cluster::ClusterError> {
         let t0 = Instant::now();
         self.adopt_published_sizes().await;
         self.gather_traffic().await;
-        let mut snap = self.cluster.snapshot_after(reading).await.map_err(RunError::Snapshot)?;
+        let mut snap = self.cluster.snapshot_after(reading).await?;
         let registered = self.registered_stands().await;
         place::apply_stands(&mut snap, &self.config.topology.zones, &registered);
         self.metrics.snapshot_duration_seconds.observe(t0.elapsed().as_secs_f64());

@@ -1,7 +1,8 @@
 //! How a run ends, typed: the outcome (`runs_total`'s label, with its reason), the answer
 //! for its caller, and the errors of runs and of the calls around them.
 //!
-//! Owns: `Outcome` (its labels and exit code), `Failure`, `FailReason`, `Skip`,
+//! Owns: `End` (how a gate or step ended the run, before the run's one `finish` makes it
+//! a `Finished`), `Outcome` (its labels and exit code), `Failure`, `FailReason`, `Skip`,
 //! `Finished`, `RunError`, `SetupError`, and which
 //! skips an on-demand caller reads as an answer rather than an error. Does not own: how
 //! errors become HTTP statuses (`api`, in one `From` impl) or the answer's JSON shape
@@ -28,20 +29,39 @@ impl Skip {
     }
 }
 
-/// What made a run fail.
-#[derive(Debug)]
+/// What made a run fail, in the sentence its answer and log give.
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// The cluster could not be read (down, refused, bad credentials); nothing moved.
+    #[error("{0}")]
     Snapshot(ClusterError),
     /// The planner refused its own output (a bug); nothing moved.
+    #[error("planning failed: {0}")]
     Plan(PlanError),
     /// Moves failed; the run started no more after the first.
+    #[error("{failed} move(s) failed")]
     Moves { failed: u64 },
     /// Repair of a bucket an earlier move left failed; nothing moved (the next run tries
     /// again).
+    #[error("{0}")]
     Repair(String),
     /// `execution.migration` asks for a mover a master cannot run; nothing moved.
+    #[error("{0}")]
     Mover(String),
+}
+
+/// How a gate or a step ended the run, as it says so; `Context::finish` alone makes it
+/// the run's [`Finished`].
+#[derive(Debug)]
+pub enum End {
+    /// A gate said no, before any plan.
+    Skip(Skip),
+    /// Nothing moved, for this cause.
+    Fail(Failure),
+    /// The decision said no; the answer carries the plan's figures.
+    Decided(SkipReason, Answer),
+    /// The plan was executed: its answer (the decision) and what was done.
+    Executed(Answer, RunReport),
 }
 
 impl Failure {

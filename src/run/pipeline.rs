@@ -2,8 +2,10 @@
 //!
 //! Gates, in order, each answering go on or skip with its typed reason: not paused, the
 //! lock, the cron slot not yet run (scheduled runs only). Then the pipeline: repair ->
-//! snapshot -> plan -> decide -> execute; then the run record and the release of the
-//! lock; then the run's metrics and status, in one place for every outcome.
+//! snapshot -> plan -> decide -> execute. Every gate and step that ends the run says how
+//! as an [`End`]; [`Context::finish`] alone makes it the run's [`Finished`] (its outcome,
+//! answer and log line); then the run record and the release of the lock; then
+//! [`Context::conclude`] the run's metrics and status, from that one value.
 //!
 //! Owns: that order, the skips that arise before a plan, the run record. Does not own:
 //! the steps themselves, or the records' storage (`coord`).
@@ -14,7 +16,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{Context, Failure, Finished, Outcome, RunError, RunState, Skip, Trigger};
+use super::{Context, End, Failure, Finished, Outcome, RunState, Skip, Trigger};
 use crate::cluster::recorded::Recorded;
 use crate::cluster::{Cluster, ClusterError, RepairOptions, RepairReport};
 use crate::coord::{Acquire, Evacuation, GuardFence, LockGuard, RunRecord};
@@ -28,17 +30,17 @@ use crate::report::Answer;
 /// A gate's verdict: go on (with what it produced), or skip with one reason.
 type Gate<T = ()> = ControlFlow<Skip, T>;
 
-/// A step's verdict: go on with what it produced, or end the run here.
-type Step<T> = ControlFlow<Finished, T>;
+/// A step's verdict: go on with what it produced, or end the run here, saying how.
+type Step<T> = ControlFlow<End, T>;
 
 impl Context {
     /// One run, through every gate. Never panics on cluster or etcd trouble: it skips or
     /// fails with the reason.
     pub async fn run_once(&self, trigger: Trigger, cancel: &CancellationToken) -> Finished {
-        let finished = match self.gates_before_lock(&trigger).await {
-            Break(skip) => self.skipped(skip),
+        let mut finished = match self.gates_before_lock(&trigger).await {
+            Break(skip) => self.finish(End::Skip(skip)),
             Continue(guard) => {
-                let (Continue(f) | Break(f)) = self.pipeline(&trigger, &guard, cancel).await;
+                let f = self.pipeline(&trigger, &guard, cancel).await;
                 self.record(&trigger, &guard, &f).await;
                 self.coordinator.release(guard).await;
                 self.metrics.lock_released();
@@ -47,7 +49,14 @@ impl Context {
                 f
             }
         };
-        let mut finished = finished;
+        self.conclude(&mut finished);
+        finished
+    }
+
+    /// A run that ends at a gate outside the pipeline (`schedule.enabled = false`, said
+    /// once at start-up): ended and told as every run is.
+    pub fn skip_outside(&self, skip: Skip) -> Finished {
+        let mut finished = self.finish(End::Skip(skip));
         self.conclude(&mut finished);
         finished
     }
@@ -105,20 +114,26 @@ impl Context {
         }
     }
 
-    /// Under the lock: repair -> snapshot -> plan -> decide -> execute.
-    async fn pipeline(&self, trigger: &Trigger, guard: &LockGuard, cancel: &CancellationToken) -> Step<Finished> {
-        self.slot_not_yet_run(trigger, guard).await.map_break(|s| self.skipped(s))?;
-        self.set_state(RunState::Planning, Some(trigger.operation()));
-        let reading = self.repair(guard).await?;
-        let (mut snap, evacuations) = match self.snapshot_and_evacuations(reading).await {
-            Ok(x) => x,
-            Err(RunError::Snapshot(e)) => return Break(self.failed(Failure::Snapshot(e))),
-            Err(e) => return Break(self.failed(Failure::Repair(e.to_string()))),
+    /// Under the lock: repair -> snapshot -> plan -> decide -> execute, then placement's
+    /// role changes once the slots' part has ended.
+    async fn pipeline(&self, trigger: &Trigger, guard: &LockGuard, cancel: &CancellationToken) -> Finished {
+        let (mut snap, evacuations) = match self.before_the_plan(trigger, guard).await {
+            Continue(x) => x,
+            Break(end) => return self.finish(end),
         };
         let placement = self.placement(Some(trigger), &snap).await;
-        let (Continue(mut f) | Break(mut f)) = self.slots(trigger, guard, cancel, &mut snap, &evacuations).await;
+        let (Continue(end) | Break(end)) = self.slots(trigger, guard, cancel, &mut snap, &evacuations).await;
+        let mut f = self.finish(end);
         self.place_after(guard, cancel, placement, &mut f).await;
-        Continue(f)
+        f
+    }
+
+    /// The cron slot, repair, then the snapshot (from what repair read) and evacuations.
+    async fn before_the_plan(&self, trigger: &Trigger, guard: &LockGuard) -> Step<(ClusterSnapshot, Vec<Evacuation>)> {
+        self.slot_not_yet_run(trigger, guard).await.map_break(End::Skip)?;
+        self.set_state(RunState::Planning, Some(trigger.operation()));
+        let reading = self.repair(guard).await?;
+        self.snapshot_and_evacuations(reading).await.map_or_else(|e| Break(End::Fail(Failure::Snapshot(e))), Continue)
     }
 
     /// The slot part of a run: plan -> decide -> execute.
@@ -129,7 +144,7 @@ impl Context {
         cancel: &CancellationToken,
         snap: &mut ClusterSnapshot,
         evacuations: &[Evacuation],
-    ) -> Step<Finished> {
+    ) -> Step<End> {
         let mover = self.choose_mover().await?;
         if matches!(trigger, Trigger::Manual { allow_big_keys: true, .. }) && !snap.observed.pinned.is_empty() {
             warn!(buckets = snap.observed.pinned.len(), "--allow-big-keys: buckets holding big keys may move");
@@ -150,23 +165,23 @@ impl Context {
         let started = std::time::Instant::now();
         let mut r = match self.settle(guard, false).await {
             Ok(r) => r,
-            Err(Unsettled::Skip(skip)) => return Break(self.skipped(skip)),
-            Err(Unsettled::Unreadable(e)) => return Break(self.failed(Failure::Snapshot(e))),
+            Err(Unsettled::Skip(skip)) => return Break(End::Skip(skip)),
+            Err(Unsettled::Unreadable(e)) => return Break(End::Fail(Failure::Snapshot(e))),
         };
         r.settled.iter().for_each(|l| info!("repair: {l}"));
         tracing::debug!(settled = r.settled.len(), ms = started.elapsed().as_millis() as u64, "repair done");
         let and_more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
         self.metrics.cluster_down.set(!r.down.is_empty() as i64);
         if let Some(d) = r.down.first() {
-            return Break(self.skipped(Skip::new(SkipReason::ClusterDown, format!("{d}{}", and_more(r.down.len())))));
+            return Break(End::Skip(Skip::new(SkipReason::ClusterDown, format!("{d}{}", and_more(r.down.len())))));
         }
         if let Some(f) = r.foreign.first() {
             let msg = format!("{f}{}", and_more(r.foreign.len()));
-            return Break(self.skipped(Skip::new(SkipReason::MigrationInProgress, msg)));
+            return Break(End::Skip(Skip::new(SkipReason::MigrationInProgress, msg)));
         }
         if let Some((bucket, e)) = r.failed.first() {
             let message = format!("repair failed: bucket {bucket}: {e}{}", and_more(r.failed.len()));
-            return Break(self.failed(Failure::Repair(message)));
+            return Break(End::Fail(Failure::Repair(message)));
         }
         Continue(r.reading.take())
     }
@@ -199,23 +214,8 @@ impl Context {
                 self.status.lock().unwrap().mover = line.clone();
                 Continue(line)
             }
-            Err(e) => Break(self.failed(Failure::Mover(e.to_string()))),
+            Err(e) => Break(End::Fail(Failure::Mover(e.to_string()))),
         }
-    }
-
-    /// A run that failed before it moved anything: the answer says why, in `stopped` and
-    /// the decision's sentence.
-    fn failed(&self, failure: Failure) -> Finished {
-        let message = match &failure {
-            Failure::Snapshot(e) => e.to_string(),
-            Failure::Plan(e) => format!("planning failed: {e}"),
-            Failure::Repair(m) | Failure::Mover(m) => m.clone(),
-            Failure::Moves { failed } => format!("{failed} move(s) failed"),
-        };
-        error!(reason = failure.reason().as_str(), cause = %message, "the run failed; nothing moves");
-        let mut answer = Answer::skipped(Decision::failed(message.clone()), &self.thresholds(false));
-        answer.stopped = Some(message);
-        Finished { outcome: Outcome::Failed(failure), answer, moved: false }
     }
 
     /// Plans; an evacuation naming targets moves only onto them.
@@ -223,7 +223,7 @@ impl Context {
         let receivers = (*trigger == Trigger::Evacuation)
             .then(|| evacuations.iter().flat_map(|e| e.migrate_to.clone()).collect::<Vec<_>>())
             .filter(|to| !to.is_empty());
-        self.plan_with(snap, receivers).map_or_else(|e| Break(self.failed(Failure::Plan(e))), Continue)
+        self.plan_with(snap, receivers).map_or_else(|e| Break(End::Fail(Failure::Plan(e))), Continue)
     }
 
     /// Decides; a skip ends the run with the plan's figures in the answer.
@@ -246,7 +246,7 @@ impl Context {
         let reason = d.reason;
         let answer = Answer::new(snap, p, d, &t);
         match reason {
-            Some(r) => Break(Finished { outcome: Outcome::Skipped(r), answer, moved: false }),
+            Some(r) => Break(End::Decided(r, answer)),
             None => Continue(answer),
         }
     }
@@ -259,7 +259,7 @@ impl Context {
         cancel: &CancellationToken,
         (snap, plan, evacuations): (&ClusterSnapshot, &Plan, &[Evacuation]),
         mut answer: Answer,
-    ) -> Finished {
+    ) -> End {
         let evacuating = *trigger == Trigger::Evacuation;
         self.set_state(if evacuating { RunState::Evacuating } else { RunState::Moving }, Some(trigger.operation()));
         let mut limits = Limits::from_config(&self.config.execution);
@@ -283,24 +283,7 @@ impl Context {
         };
         let report = execute(job, cancel).await;
         answer.settled = self.settle_failed(guard, &report).await;
-        let outcome = Outcome::of_report(&report);
-        info!(
-            outcome = outcome.label(),
-            moves_done = report.moves_done,
-            moves_failed = report.moves_failed,
-            moves_not_started = report.moves_not_started,
-            moved_bytes = report.moved_bytes,
-            moved_by_legacy_fallback = report.moves_by_fallback,
-            seconds = report.duration_seconds,
-            stopped = report.stopped.map(|s| s.to_string()).unwrap_or_default(),
-            "run finished"
-        );
-        let moved = report.moves_done > 0;
-        if moved {
-            self.status.lock().unwrap().last_report = Some(report.members.clone());
-        }
-        fill_answer(&mut answer, report);
-        Finished { outcome, answer, moved }
+        End::Executed(answer, report)
     }
 
     /// A live run never leaves its own open slot behind: what its failed moves left open
@@ -368,11 +351,46 @@ impl Context {
         }
     }
 
-    /// A run that ended at a gate.
-    fn skipped(&self, skip: Skip) -> Finished {
-        info!(reason = %skip.reason, "skip: {}", skip.message);
-        let answer = Answer::skipped(Decision::skip(skip.reason, skip.message), &self.thresholds(false));
-        Finished { outcome: Outcome::Skipped(skip.reason), answer, moved: false }
+    /// The one place a run's [`Finished`] is built: its outcome, the answer for its caller
+    /// and the log line of how it ended, from how its gate or step said it ended.
+    fn finish(&self, end: End) -> Finished {
+        let unrun = |decision: Decision| Answer::skipped(decision, &self.thresholds(false));
+        let (outcome, answer, moved) = match end {
+            End::Skip(skip) => {
+                info!(reason = %skip.reason, "skip: {}", skip.message);
+                (Outcome::Skipped(skip.reason), unrun(Decision::skip(skip.reason, skip.message)), false)
+            }
+            End::Fail(failure) => {
+                // Nothing moved: the answer says why, in `stopped` and the decision's sentence.
+                let message = failure.to_string();
+                error!(reason = failure.reason().as_str(), cause = %message, "the run failed; nothing moves");
+                let mut answer = unrun(Decision::failed(message.clone()));
+                answer.stopped = Some(message);
+                (Outcome::Failed(failure), answer, false)
+            }
+            End::Decided(reason, answer) => (Outcome::Skipped(reason), answer, false),
+            End::Executed(mut answer, report) => {
+                let outcome = Outcome::of_report(&report);
+                info!(
+                    outcome = outcome.label(),
+                    moves_done = report.moves_done,
+                    moves_failed = report.moves_failed,
+                    moves_not_started = report.moves_not_started,
+                    moved_bytes = report.moved_bytes,
+                    moved_by_legacy_fallback = report.moves_by_fallback,
+                    seconds = report.duration_seconds,
+                    stopped = report.stopped.map(|s| s.to_string()).unwrap_or_default(),
+                    "run finished"
+                );
+                let moved = report.moves_done > 0;
+                if moved {
+                    self.status.lock().unwrap().last_report = Some(report.members.clone());
+                }
+                fill_answer(&mut answer, report);
+                (outcome, answer, moved)
+            }
+        };
+        Finished { outcome, answer, moved }
     }
 
     /// How the run ended, said once for every outcome: the answer's `outcome` and

@@ -139,3 +139,17 @@ async fn the_gates_say_no_in_order_pause_lock_then_the_cron_slot() {
         assert_eq!(counted(&ctx, &format!("autobalancer_skips_total{{reason=\"{reason}\"}}")), n, "{reason}");
     }
 }
+
+#[tokio::test]
+async fn a_skip_outside_the_pipeline_is_said_as_every_run_end_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), None);
+    let f = ctx.skip_outside(super::Skip::new(SkipReason::Disabled, "schedule.enabled = false"));
+    assert_eq!((f.answer.outcome.as_deref(), f.answer.reason.as_deref()), (Some("skipped"), Some("disabled")));
+    assert_eq!(counted(&ctx, "autobalancer_skips_total{reason=\"disabled\"}"), 1.0);
+    assert_eq!(counted(&ctx, "autobalancer_runs_total{outcome=\"skipped\"}"), 1.0);
+    let status = ctx.status.lock().unwrap().clone();
+    assert_eq!(status.last_outcome, Some(crate::metrics::RunOutcome::Skipped));
+    let said = status.last_decision.expect("the decision shown in /status");
+    assert_eq!((said.reason, said.message.as_str()), (Some(SkipReason::Disabled), "schedule.enabled = false"));
+}

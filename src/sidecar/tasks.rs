@@ -17,7 +17,7 @@ use super::Sidecar;
 use super::supervise::failpoint::{self, Fault};
 use crate::api::bodies::{Progress, Registration};
 use crate::decide::SkipReason;
-use crate::run::{RunState, Trigger};
+use crate::run::{RunState, Skip, Trigger};
 
 /// How soon the sizer looks again while an operation runs; also the least time between
 /// two refreshes timed to a scheduled run.
@@ -48,7 +48,7 @@ impl Sidecar {
         if !self.ctx.config.schedule.enabled {
             info!("schedule.enabled = false: serving the API, never waking on schedule");
             m.next_run_timestamp_seconds.set(0.0);
-            m.record_skip(SkipReason::Disabled);
+            self.ctx.skip_outside(Skip::new(SkipReason::Disabled, "schedule.enabled = false: no scheduled run"));
             return self.shutdown.cancelled().await;
         }
         loop {
