@@ -184,9 +184,14 @@ async fn a_master_that_lost_its_replicas_gets_one_from_a_master_with_two(engine:
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&c, dir.path(), "[topology]\nreplicas-per-master = 1");
     let w = Writer::start(&c).await;
-    let (code, v, stderr) = tokio::task::spawn_blocking(move || rebalance(&cfg)).await.unwrap();
+    // In process, as the daemon runs it: the answer, and the role change counted.
+    let ctx = common::context_for(&cfg);
+    let f = ctx.run_once(common::MANUAL, &tokio_util::sync::CancellationToken::new()).await;
     w.check().await;
-    assert_eq!(code, 0, "{stderr}");
+    let v = serde_json::to_value(&f.answer).unwrap();
+    assert_eq!(f.outcome.exit_code(), 0, "{v:#}");
+    let role_changes = |o: &str| ctx.metrics.placement.role_changes_total.with_label_values(&[o]).get();
+    assert_eq!((role_changes("done"), role_changes("failed")), (1, 0), "{:#}", v["placement"]);
     assert_eq!(v["placement"]["violations"]["redundancy"], 1, "{:#}", v["placement"]);
     let a = action(&v, 0);
     assert_eq!((a["rule"].as_str(), a["kind"].as_str()), (Some("redundancy"), Some("replicate")), "{a:#}");

@@ -271,6 +271,13 @@ async fn residue_that_blocks_the_cluster_is_named_and_settled_by_the_command_it_
     let cfg = write_config(dir.path(), &c, "[balance]\nminimum-size = 0\nsize-threshold-percent = 1\n");
     let (code, v, log) = answer_of(spawn_run(&cfg));
     assert_eq!(code, 0, "a reasoned skip: {v:#}\n{log}");
+    // The same run in process, as a daemon runs it: its gauge says the cluster is down.
+    let ctx = common::context_for(&cfg);
+    let never = tokio_util::sync::CancellationToken::new();
+    let f = ctx.run_once(common::MANUAL, &never).await;
+    let down = matches!(engine, Engine::Redis);
+    assert_eq!(f.answer.decision.reason.map(|r| r.as_str()), v["decision"]["reason"].as_str(), "{:?}", f.answer);
+    assert_eq!(ctx.metrics.cluster_down.get(), down as i64);
     let message = v["decision"]["message"].as_str().unwrap();
     match engine {
         // Redis: the promoted replica has no flag; the target imports from a replica.
@@ -292,6 +299,8 @@ async fn residue_that_blocks_the_cluster_is_named_and_settled_by_the_command_it_
     let (code, out, err) = cli(&["repair", "--config", cfg.to_str().unwrap(), "--slot", &slot.to_string()]);
     assert_eq!(code, 0, "{out}\n{err}");
     settled_and_whole(&c, &before, &format!("{out}\n{err}")).await;
+    ctx.run_once(common::MANUAL, &never).await;
+    assert_eq!(ctx.metrics.cluster_down.get(), 0, "the gauge falls back once every node serves every slot");
     let (code, v, log) = answer_of(spawn_run(&cfg));
     assert_eq!(code, 0, "{v:#}\n{log}");
     assert!(

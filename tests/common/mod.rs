@@ -328,3 +328,16 @@ pub async fn caught_up(c: &LocalCluster, master: &str, replica: &str) {
     })
     .await;
 }
+
+/// The run context of the config at `cfg`, built in this process as the daemon builds
+/// its own; standalone, it keeps its state in a file of its own beside `cfg` (the
+/// commands of [`bin_for`] lock theirs while they run).
+pub fn context_for(cfg: &Path) -> autobalancer::run::Context {
+    let mut config = autobalancer::config::Config::load(cfg).unwrap();
+    config.cluster.state_file.get_or_insert_with(|| cfg.with_file_name("in-process-state.json"));
+    autobalancer::run::Context::new(config).unwrap()
+}
+
+/// A run by hand, as `rebalance --once` asks for one.
+pub const MANUAL: autobalancer::run::Trigger =
+    autobalancer::run::Trigger::Manual { force: false, allow_big_keys: false };
