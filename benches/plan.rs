@@ -28,6 +28,7 @@ fn synthetic(buckets: u64, members: u32) -> ClusterSnapshot {
             .collect(),
         open_migrations: vec![],
         observed: Default::default(),
+        view: Default::default(),
         replicas: vec![],
     }
 }

@@ -484,9 +484,14 @@ async fn jobs_left_running_are_found_waited_for_or_left_alone() {
     let mut want = ours.clone();
     want.sort_unstable();
     assert_eq!(done, want, "every recorded slot settled, nothing else");
+    // The job nobody recorded is named while it runs. Repair reads the frozen target's
+    // view first, so on a busy machine both jobs may have ended once it looks: a job
+    // nobody recorded that ended in success blocks nothing and is not named (its slots
+    // are checked on the target below either way).
     let foreign: Vec<_> = report.foreign.iter().filter(|f| f.from.as_deref() == Some(m[1].as_str())).collect();
-    assert_eq!(foreign.len(), 1, "the job nobody recorded is named: {report:?}");
-    assert!(theirs.contains(&foreign[0].bucket) && foreign[0].to.as_deref() == Some(m[2].as_str()));
+    let theirs_ended = jobs(&c, &m[1]).await.iter().all(|j| j.0 == "success");
+    assert!(foreign.len() == 1 || (foreign.is_empty() && theirs_ended), "the job nobody recorded: {report:?}");
+    assert!(foreign.iter().all(|f| theirs.contains(&f.bucket) && f.to.as_deref() == Some(m[2].as_str())));
     wait_views(&c, &ours, &m[2]).await;
     wait_views(&c, &theirs, &m[2]).await;
     c.wait_ok(Duration::from_secs(20)).await.unwrap();

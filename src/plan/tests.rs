@@ -370,6 +370,7 @@ fn arb_cluster() -> impl Strategy<Value = ClusterSnapshot> {
             buckets,
             open_migrations: vec![],
             observed: Default::default(),
+            view: Default::default(),
             replicas: vec![],
         }
     })

@@ -106,7 +106,7 @@ impl Atomic<'_> {
                 None => return group.iter().map(|mv| Err(fail(mv, "not a hash slot".into()))).collect(),
             }
         }
-        let topo = match self.nodes.cached_topology().await {
+        let topo = match self.nodes.topology_of(s).await {
             Ok(t) => t,
             Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string()))).collect(),
         };

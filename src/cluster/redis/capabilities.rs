@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::RedisCluster;
-use super::topology::NodeInfo;
+use super::topology::{NodeInfo, Topology};
 use crate::cluster::ClusterError;
 
 /// What every master supports, read from INFO server by each snapshot.
@@ -105,7 +105,7 @@ impl RedisCluster {
         if let Some(m) = *self.caps.chosen.lock().unwrap() {
             return Ok(m);
         }
-        let caps = self.current_capabilities().await?;
+        let caps = self.current_capabilities(None).await?;
         self.migration.mover(&caps).map_err(ClusterError::Config)
     }
 
@@ -126,7 +126,7 @@ impl RedisCluster {
     /// The mover `execution.migration` would choose now, and why, without choosing it
     /// (a dry run says it; the run in progress keeps its own).
     pub async fn describe_mover(&self) -> Result<(Mover, String), ClusterError> {
-        let caps = self.current_capabilities().await?;
+        let caps = self.current_capabilities(None).await?;
         let mode = self.migration.name();
         let chosen = match self.migration.mover(&caps) {
             Ok(m) => m,
@@ -150,7 +150,7 @@ impl RedisCluster {
 
     /// The first master that cannot migrate atomically, with its version, in a sentence.
     async fn lacking_atomic(&self) -> Option<String> {
-        let topo = self.nodes.cached_topology().await.ok()?;
+        let topo = self.nodes.topology().await.ok()?;
         for m in topo.masters.iter().filter(|m| !m.is_failed()) {
             let info = self.nodes.node_info(&m.addr).await.ok()?;
             if !Capabilities::of([&info]).atomic_migration {
@@ -164,12 +164,20 @@ impl RedisCluster {
         None
     }
 
-    /// What the masters support: as the last snapshot saw it, else read now.
-    pub(super) async fn current_capabilities(&self) -> Result<Capabilities, ClusterError> {
+    /// What the masters support: as the last snapshot saw it, else read now (of the
+    /// masters of `topo`, when the caller has just read it).
+    pub(super) async fn current_capabilities(&self, topo: Option<&Topology>) -> Result<Capabilities, ClusterError> {
         if let Some(c) = self.capabilities() {
             return Ok(c);
         }
-        let topo = self.nodes.cached_topology().await?;
+        let read;
+        let topo = match topo {
+            Some(t) => t,
+            None => {
+                read = self.nodes.topology().await?;
+                &read
+            }
+        };
         let infos = futures::future::join_all(topo.masters.iter().map(|m| self.nodes.node_info(&m.addr))).await;
         let infos: Vec<NodeInfo> = infos.into_iter().collect::<Result<_, _>>().map_err(ClusterError::Snapshot)?;
         let caps = Capabilities::of(&infos);

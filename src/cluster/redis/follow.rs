@@ -95,15 +95,9 @@ impl Nodes {
     /// holder killed 1 s after a job into a master whose replica's stream broke 1 ms
     /// after the job; that replica was elected 10 s later and the imported keys lost).
     pub async fn reset_stuck_replicas(&self, member: &str) -> Result<Vec<String>, ClusterError> {
-        let cached = self.cached_topology().await?;
-        let named = |t: &Topology| t.masters.iter().chain(&t.replicas).find(|n| n.id == member).map(|n| n.addr.clone());
-        let addr = match named(&cached) {
-            Some(a) => a,
-            None => match named(&self.topology().await?) {
-                Some(a) => a,
-                None => return Ok(Vec::new()),
-            },
-        };
+        // Its address, from a seed's view (one call: an address does not change with a role).
+        let seen = self.seed_nodes().await.map_err(ClusterError::Snapshot)?;
+        let Some(addr) = seen.into_iter().find(|n| n.id == member).map(|n| n.addr) else { return Ok(Vec::new()) };
         let stuck = self.stuck_replicas(&addr).await;
         if !stuck.is_empty() {
             warn!(primary = %addr, replicas = %stuck.join(", "), "a replica has acknowledged nothing for {STUCK_LAG_SECONDS}+ s: resetting its link (CLIENT KILL TYPE master) so that it resyncs");

@@ -64,7 +64,7 @@ impl Legacy<'_> {
         }
         let src = s.members[first.from as usize].address.clone();
         let dst = s.members[first.to as usize].address.clone();
-        let topo = match self.nodes.cached_topology().await {
+        let topo = match self.nodes.topology_of(s).await {
             Ok(t) => t,
             Err(e) => return group.iter().map(|mv| Err(fail(mv, e.to_string(), false))).collect(),
         };

@@ -151,10 +151,7 @@ impl RedisCluster {
         self.refuse_open_slots(&me).await?;
         let deadline = tokio::time::Instant::now() + within;
         let replica = self.choose_replica(&me, view, deadline).await?;
-        let done = self.fail_over(&me.addr, &replica, deadline, within).await;
-        // Roles read while the failover went on may be kept: they are the old ones.
-        self.nodes.forget_topology();
-        done?;
+        self.fail_over(&me.addr, &replica, deadline, within).await?;
         let took = started.elapsed().as_secs_f64();
         Ok(Handoff {
             action: "promoted",

@@ -2,8 +2,9 @@
 //! buckets.
 //!
 //! Parts, each a type: [`nodes::Nodes`] the seeds, a connection per node ([`conn`]: AUTH,
-//! TLS) and the topology moves take their node ids from ([`topology`]: CLUSTER NODES
-//! parsed, ownership, health), with the node-level work every part uses: replicas that
+//! TLS), and the topology read from them as a value ([`topology`]: CLUSTER NODES parsed,
+//! ownership, health; a snapshot carries the one it was taken from to its moves, repair
+//! and role changes read their own), with the node-level work every part uses: replicas that
 //! follow an assignment ([`follow`]), a key set aside ([`aside`]), Valkey's migration jobs
 //! ([`migrations`]) and per-slot traffic counters ([`traffic`]); [`sizing::Sizer`] slot
 //! sizes in bytes, cached and within a key budget ([`slot_sizes`]; [`slot_stats`]: Valkey's
@@ -101,7 +102,7 @@ impl MasterReading {
 
 pub struct RedisCluster {
     cluster_id: String,
-    /// The nodes: seeds, connections, the topology moves take their node ids from.
+    /// The nodes: seeds and connections, read for the topology as a value.
     nodes: Nodes,
     /// Slot sizes: measured, cached, within each master's key budget.
     sizer: Sizer,
@@ -224,7 +225,7 @@ impl Cluster for RedisCluster {
     async fn repair<F: Fence>(&self, opts: &RepairOptions, fence: &F) -> Result<RepairReport, ClusterError> {
         // The topology first: the repairer reads what the engines can do from it.
         let topo = self.nodes.topology().await?;
-        self.repairer().await.repair_from_truth(topo, opts, fence).await
+        self.repairer(&topo).await.repair_from_truth(topo, opts, fence).await
     }
 
     /// INFO memory of a member with `maxmemory` set (read from the snapshot's figure:
@@ -256,9 +257,7 @@ impl Cluster for RedisCluster {
             .ok_or_else(|| ClusterError::Move { bucket: mv.bucket, message: "not a hash slot".into(), open: false })?;
         let src = s.members[mv.from as usize].address.clone();
         let dst = s.members[mv.to as usize].address.clone();
-        // Node ids come from the snapshot's topology; ownership is checked by Redis
-        // itself (MIGRATING fails on a node that no longer owns the slot).
-        let topo = self.nodes.cached_topology().await?;
+        let topo = self.nodes.topology_of(s).await?;
         let started = Instant::now();
         // An exact size is a measurement the mover may use for pacing and the report; a
         // sampled one is not, so the mover measures the keys it moves.

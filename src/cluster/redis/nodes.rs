@@ -1,12 +1,15 @@
-//! The nodes of one cluster as the backend reaches them: the seeds, a connection per node,
-//! and the topology moves take their node ids from; the node commands every part uses
-//! (CLUSTER NODES, INFO, SETSLOT, COUNTKEYSINSLOT).
+//! The nodes of one cluster as the backend reaches them: the seeds and a connection per
+//! node; the node commands every part uses (CLUSTER NODES, INFO, SETSLOT, COUNTKEYSINSLOT),
+//! and the topology read from them as a value. Nothing here remembers a topology: a
+//! snapshot carries the one it was taken from to its moves ([`Nodes::topology_of`]), and
+//! repair and role changes read their own, so no path that changes the cluster has
+//! anything to forget.
 //!
 //! Owns: [`Nodes`], the part of the backend the sizer, the movers and repair borrow.
 //! Does not own: what a topology means ([`super::topology`]), sizes or moves.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use tracing::debug;
 
@@ -14,17 +17,16 @@ use super::SLOTS;
 use super::conn::Conns;
 use super::topology::{NodeInfo, NodeLine, Topology, parse_nodes};
 use crate::cluster::ClusterError;
+use crate::model::ClusterSnapshot;
 
 pub(super) struct Nodes {
     seeds: Vec<String>,
     pub(super) conns: Conns,
-    /// The topology read by the last snapshot or repair; moves use its node ids.
-    topo: Mutex<Option<Arc<Topology>>>,
 }
 
 impl Nodes {
     pub(super) fn new(seeds: Vec<String>, conns: Conns) -> Nodes {
-        Nodes { seeds, conns, topo: Mutex::new(None) }
+        Nodes { seeds, conns }
     }
 
     pub(super) async fn cluster_nodes(&self, addr: &str) -> Result<Vec<NodeLine>, String> {
@@ -110,22 +112,18 @@ impl Nodes {
                 }
             }
         }
-        let topo = Topology { masters, replicas, myself, owner };
-        self.keep_topology(&topo);
-        Ok(topo)
+        Ok(Topology { masters, replicas, myself, owner })
     }
 
-    /// Keeps `topo` as the one moves take their node ids from.
-    pub(super) fn keep_topology(&self, topo: &Topology) {
-        *self.topo.lock().expect("topology cache") = Some(Arc::new(topo.clone()));
-    }
-
-    /// The topology of the last snapshot, read afresh when there is none.
-    pub(super) async fn cached_topology(&self) -> Result<Arc<Topology>, ClusterError> {
-        if let Some(t) = self.topo.lock().expect("topology cache").clone() {
-            return Ok(t);
+    /// The topology the moves of `snap` take node ids and replicas from: the one it was
+    /// taken from, which it carries; read now for a snapshot that carries none (built
+    /// elsewhere). Ownership is checked by the servers themselves (MIGRATING fails on a
+    /// node that no longer owns the slot).
+    pub(super) async fn topology_of<'s>(&self, snap: &'s ClusterSnapshot) -> Result<Cow<'s, Topology>, ClusterError> {
+        match snap.view.get::<Topology>() {
+            Some(t) => Ok(Cow::Borrowed(t)),
+            None => Ok(Cow::Owned(self.topology().await?)),
         }
-        Ok(Arc::new(self.topology().await?))
     }
 
     /// What a master says of itself: INFO server, memory and keyspace, and CLUSTER INFO.
@@ -140,11 +138,6 @@ impl Nodes {
         topo.master_by_addr(addr)
             .map(|m| m.id.clone())
             .ok_or_else(|| ClusterError::Snapshot(format!("{addr} is not a master of the cluster")))
-    }
-
-    /// Drops the kept topology: the cluster changed, and moves must read it afresh.
-    pub(super) fn forget_topology(&self) {
-        *self.topo.lock().expect("topology cache") = None;
     }
 
     pub(super) async fn setslot(&self, addr: &str, slot: u16, args: &[&str]) -> Result<(), String> {

@@ -17,7 +17,7 @@ use super::topology::{NodeInfo, NodeLine, Topology};
 use super::{MasterReading, Reading, RedisCluster, SLOTS};
 use crate::cluster::{ClusterError, MeasuredBucket, SizeTable};
 use crate::model::{
-    Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, SizingSummary,
+    BackendView, Bucket, ClusterSnapshot, Health, Member, MemberFacts, Observed, OpenMigration, Pinned, SizingSummary,
 };
 
 /// What one master showed.
@@ -34,10 +34,7 @@ impl RedisCluster {
     pub(super) async fn observe(&self, reading: Option<Reading>) -> Result<ClusterSnapshot, ClusterError> {
         let started = Instant::now();
         let (topo, read) = match reading {
-            Some(r) => {
-                self.nodes.keep_topology(&r.topo);
-                (r.topo, r.masters)
-            }
+            Some(r) => (r.topo, r.masters),
             None => (self.nodes.topology().await?, HashMap::new()),
         };
         let views = futures::future::join_all(
@@ -52,6 +49,7 @@ impl RedisCluster {
             open_migrations: open_migrations(&topo),
             replicas: Vec::new(),
             observed: Observed::default(),
+            view: BackendView::default(),
         };
         let mut sizes = vec![0u64; SLOTS];
         for (m, view) in topo.masters.iter().zip(&views) {
@@ -81,6 +79,8 @@ impl RedisCluster {
         snap.observed.largest_key_bytes =
             seen.iter().flat_map(|v| v.sizes.slots.iter().map(|(_, s)| s.largest_key)).max().unwrap_or(0);
         self.note_capabilities(Capabilities::of(seen.iter().map(|v| &v.info)));
+        // The moves of this snapshot take their node ids and replicas from what it saw.
+        snap.view = BackendView::new(topo);
         Ok(snap)
     }
 

@@ -77,11 +77,11 @@ pub(super) struct Repair<'a> {
 }
 
 impl RedisCluster {
-    /// Repair over this backend's parts, with whether to look for atomic jobs (read from
-    /// the kept topology: read the topology first). A master that does not answer stops
-    /// the run at the snapshot, naming it.
-    pub(super) async fn repairer(&self) -> Repair<'_> {
-        let atomic_jobs = match self.current_capabilities().await {
+    /// Repair over this backend's parts, with whether to look for atomic jobs (of the
+    /// masters of `topo`, the topology repair reads first). A master that does not answer
+    /// stops the run at the snapshot, naming it.
+    pub(super) async fn repairer(&self, topo: &Topology) -> Repair<'_> {
+        let atomic_jobs = match self.current_capabilities(Some(topo)).await {
             Ok(caps) => caps.atomic_migration,
             Err(e) => {
                 warn!(cause = %e, "engines not known: atomic jobs left running are not looked for");
@@ -159,10 +159,6 @@ impl Repair<'_> {
         }
         report.intents_done.sort_unstable();
         report.intents_done.dedup();
-        if !opts.dry_run {
-            // The topology changed under repair: movers must read it afresh.
-            self.nodes.forget_topology();
-        }
         // A repair that changed nothing read what the snapshot after it would read again.
         let unchanged = report.settled.is_empty()
             && report.set_aside.is_empty()

@@ -37,10 +37,7 @@ impl RedisCluster {
             RoleChange::Replicate { node, from_master, to_master, bytes, .. } => {
                 self.repoint(node, from_master, to_master, *bytes, fence).await
             }
-        };
-        // Roles read while the change went on may be kept: they are the old ones.
-        self.nodes.forget_topology();
-        let message = message?;
+        }?;
         Ok(RoleDone { seconds: started.elapsed().as_secs_f64(), message })
     }
 

@@ -33,6 +33,7 @@ fn snap(masters: &[(&str, &str, u64)], replicas: &[(&str, &str, &str)]) -> Clust
             })
             .collect(),
         observed: Observed::default(),
+        view: Default::default(),
     }
 }
 
