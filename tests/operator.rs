@@ -126,6 +126,17 @@ async fn pause_blocks_scheduled_and_on_demand_runs() {
     assert_eq!(json(&body)["error"]["code"], "paused");
     assert!(json(&body)["error"]["message"].as_str().unwrap().contains("paused"));
     assert!(json(&get(&s.url("/status")).unwrap().1)["paused"].is_string());
+    // An evacuation asked for while paused measures what is left and waits: the gauges
+    // show it; stopped, they fall back to 0.
+    let (code, body) = call("POST", &s.url("/evacuation/start"), None, Some("{}")).unwrap();
+    assert_eq!(code, 202, "{body}");
+    wait_for(15, "the bytes left shown", || s.metric("autobalancer_evacuation_bytes_left") > 0.0);
+    assert!(s.metric("autobalancer_evacuation_buckets_left") > 0.0);
+    let (code, body) = call("POST", &s.url("/evacuation/stop"), None, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_for(15, "the gauges cleared", || {
+        s.metric("autobalancer_evacuation_bytes_left") == 0.0 && s.metric("autobalancer_evacuation_buckets_left") == 0.0
+    });
     let (code, _, err) = cli(&["resume", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     // A run goes ahead once resumed: its first moves are done (the whole run of some 1500

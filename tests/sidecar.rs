@@ -222,8 +222,10 @@ async fn etcd_outage_skips_with_lock_unavailable_and_recovers() {
     let s = SidecarProc::start(dir.path(), "o", &cfg);
     wait_for(90, "a first rebalance", || s.metric("autobalancer_runs_total{outcome=\"rebalanced\"}") >= 1.0);
     assert_eq!(get(&s.url("/readyz")).unwrap().0, 200);
+    assert_eq!(s.metric("autobalancer_etcd_up"), 1.0);
     etcd.stop();
     wait_for(20, "lock_unavailable skips", || s.metric("autobalancer_skips_total{reason=\"lock_unavailable\"}") >= 2.0);
+    wait_for(20, "etcd_up to fall", || s.metric("autobalancer_etcd_up") == 0.0);
     wait_for(20, "readyz to say why", || {
         let (code, body) = get(&s.url("/readyz")).unwrap();
         code == 503 && body.contains("etcd unavailable")
@@ -238,6 +240,7 @@ async fn etcd_outage_skips_with_lock_unavailable_and_recovers() {
             > evaluated
     });
     wait_for(20, "readyz 200 again", || get(&s.url("/readyz")).unwrap().0 == 200);
+    wait_for(20, "etcd_up again", || s.metric("autobalancer_etcd_up") == 1.0);
 }
 
 /// A sidecar whose etcd is down when it starts measures its master, says it cannot

@@ -93,7 +93,8 @@ mod traffic;
 pub const ENGINE_UNKNOWN: &str = "unknown";
 
 /// Every metric of the sidecar, named `autobalancer_<field>`. Each is described once, by
-/// its help text in `Metrics::new` (the README's table repeats them for readers).
+/// its help text where it is registered: `Metrics::new`, `PlacementMetrics::new` or
+/// `TrafficMetrics::new` (the README's table repeats them for readers).
 pub struct Metrics {
     pub registry: Registry,
     pub runs_total: IntCounterVec,

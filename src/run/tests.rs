@@ -153,3 +153,63 @@ async fn a_skip_outside_the_pipeline_is_said_as_every_run_end_is() {
     let said = status.last_decision.expect("the decision shown in /status");
     assert_eq!((said.reason, said.message.as_str()), (Some(SkipReason::Disabled), "schedule.enabled = false"));
 }
+
+#[tokio::test]
+async fn a_run_sets_the_metrics_of_its_lock_plan_moves_and_snapshot() {
+    use crate::model::MemberFacts;
+    let dir = tempfile::tempdir().unwrap();
+    let skewed: &[(u64, Vec<u32>)] = &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])];
+    let mut snap = make_snapshot(make_members(2), skewed);
+    // What a backend observes beside the layout, as a snapshot file may carry it.
+    snap.observed.members = vec![
+        MemberFacts { used_memory_bytes: 1_000, stray_keys: 2, big_keys: 1 },
+        MemberFacts { used_memory_bytes: 500, stray_keys: 0, big_keys: 0 },
+    ];
+    snap.observed.engine = Some("redis 7.0.15".into());
+    std::fs::write(dir.path().join("snap.json"), snap.to_json()).unwrap();
+    let ctx = context(dir.path(), None);
+    let never = CancellationToken::new();
+    let value = |m: &str| counted(&ctx, m);
+    assert_eq!((value("autobalancer_size_threshold_ratio"), value("autobalancer_etcd_up")), (0.1, 1.0));
+
+    // Held elsewhere for a while: the lock's age is what the run found.
+    let Acquire::Acquired(held) = ctx.coordinator.try_lock("other").await.unwrap() else { panic!("not acquired") };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    ctx.run_once(MANUAL, &never).await;
+    assert!(value("autobalancer_lock_age_seconds") >= 0.05, "{}", value("autobalancer_lock_age_seconds"));
+    assert_eq!(value("autobalancer_lock_acquisitions_total{result=\"held_elsewhere\"}"), 1.0);
+    assert_eq!(value("autobalancer_snapshot_duration_seconds_count"), 0.0, "a skip at the lock reads nothing");
+    ctx.coordinator.release(held).await;
+
+    let started = chrono::Utc::now().timestamp() as f64;
+    let f = ctx.run_once(MANUAL, &never).await;
+    assert_eq!(f.answer.outcome.as_deref(), Some("rebalanced"), "{:?}", f.answer);
+    let moves = f.answer.moves.len() as f64;
+    assert!(moves >= 1.0);
+    let expected = [
+        ("autobalancer_lock_acquisitions_total{result=\"acquired\"}", 1.0),
+        ("autobalancer_lock_age_seconds", 0.0),
+        ("autobalancer_lock_held", 0.0),
+        ("autobalancer_transfer_size_bytes", f.answer.transfer_bytes as f64),
+        ("autobalancer_cluster_size_bytes", f.answer.total_bytes as f64),
+        ("autobalancer_rebalance_moves_planned", moves),
+        ("autobalancer_rebalance_moves_done", moves),
+        ("autobalancer_rebalance_in_progress", 0.0),
+        ("autobalancer_move_duration_seconds_count", moves),
+        ("autobalancer_plan_duration_seconds_count", 1.0),
+        ("autobalancer_snapshot_duration_seconds_count", 1.0),
+        ("autobalancer_member_used_memory_bytes{member=\"m1\"}", 1_000.0),
+        ("autobalancer_stray_keys{member=\"m1\"}", 2.0),
+        ("autobalancer_big_keys{member=\"m1\"}", 1.0),
+        ("autobalancer_big_keys{member=\"m2\"}", 0.0),
+    ];
+    for (metric, want) in expected {
+        assert_eq!(value(metric), want, "{metric}");
+    }
+    assert!(f.answer.transfer_bytes > 0 && f.answer.total_bytes >= f.answer.transfer_bytes);
+    let ended = value("autobalancer_last_run_timestamp_seconds");
+    assert!(ended >= started && ended <= chrono::Utc::now().timestamp() as f64 + 1.0, "{ended} vs {started}");
+    let text = ctx.metrics.render();
+    let info = text.lines().find(|l| l.starts_with("autobalancer_build_info{")).expect("build_info");
+    assert!(info.contains("engine=\"redis-7.0.15\"") && info.ends_with(" 1"), "{info}");
+}
