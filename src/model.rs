@@ -1,8 +1,8 @@
 //! The cluster model (`Member`, `Bucket`, `ClusterSnapshot`); its JSON form in [`json`],
 //! and what a backend read with a snapshot for its own moves in [`view`].
 //!
-//! Owns: the public snapshot format (`version: 1`), reading it with errors that name the
-//! bucket or member at fault, and writing it back. Does not own: how a backend fills it.
+//! Owns: the types of the public snapshot format (`version: 1`). Does not own: how a
+//! backend fills them.
 //!
 //! Inside the process a bucket names its copies by member index (`MemberIdx`), not by id,
 //! so that a million buckets cost a few bytes each.

@@ -36,10 +36,15 @@ impl AnyCluster {
     }
 
     /// Resets the links of the replicas of `member`'s node that its master lists online
-    /// and that acknowledge nothing (the sidecar's watch): the replicas reset.
-    pub async fn reset_stuck_replicas(&self, member: &str) -> Result<Vec<String>, ClusterError> {
+    /// and that acknowledge nothing (the sidecar's watch): the replicas reset. `known`:
+    /// the node's address as the watch last found it (found now when None).
+    pub async fn reset_stuck_replicas(
+        &self,
+        member: &str,
+        known: &mut Option<String>,
+    ) -> Result<Vec<String>, ClusterError> {
         match self {
-            AnyCluster::Redis(c) => c.reset_stuck_replicas(member).await,
+            AnyCluster::Redis(c) => c.reset_stuck_replicas(member, known).await,
             AnyCluster::File(_) => Ok(Vec::new()),
         }
     }

@@ -1,5 +1,8 @@
 //! The snapshot's JSON form (`version: 1`): reading it with errors that name the bucket
 //! or member at fault, and writing it back.
+//!
+//! Owns: `from_json`, `to_json`, `read_file` and [`SnapshotError`]. Does not own: the
+//! types (`super`).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};

@@ -139,10 +139,8 @@ impl Outcome {
     /// The failure's cause in a sentence, for `/status`'s `last_error`.
     pub fn error(&self, answer: &Answer) -> Option<String> {
         match self {
-            Outcome::Failed(Failure::Snapshot(e)) => Some(e.to_string()),
-            Outcome::Failed(Failure::Plan(e)) => Some(e.to_string()),
-            Outcome::Failed(Failure::Repair(e) | Failure::Mover(e)) => Some(e.clone()),
             Outcome::Failed(Failure::Moves { .. }) => answer.failures.first().cloned(),
+            Outcome::Failed(failure) => Some(failure.to_string()),
             _ => None,
         }
     }
@@ -198,8 +196,9 @@ pub enum RunError {
     Snapshot(ClusterError),
     #[error("planning failed: {0}")]
     Plan(PlanError),
-    /// What an earlier move left could not be settled (the run moved nothing).
-    #[error("repair failed: {0}")]
+    /// What an earlier move left could not be settled (the run moved nothing); the
+    /// sentence begins "repair failed".
+    #[error("{0}")]
     Repair(String),
     /// `execution.migration` asks for a mover a master cannot run (the run moved nothing).
     #[error("{0}")]

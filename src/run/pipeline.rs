@@ -4,11 +4,12 @@
 //! lock, the cron slot not yet run (scheduled runs only). Then the pipeline: repair ->
 //! snapshot -> plan -> decide -> execute. Every gate and step that ends the run says how
 //! as an [`End`]; [`Context::finish`] alone makes it the run's [`Finished`] (its outcome,
-//! answer and log line); then the run record and the release of the lock; then
-//! [`Context::conclude`] the run's metrics and status, from that one value.
+//! answer and log line); then the run record is written and the lock released; then
+//! [`Context::conclude`] sets the run's metrics and status from that one value.
 //!
-//! Owns: that order, the skips that arise before a plan, the run record. Does not own:
-//! the steps themselves, or the records' storage (`coord`).
+//! Owns: that order, the skips that arise before a plan, building a run's end (`finish`)
+//! and telling it (`conclude`), the run record. Does not own: the steps themselves, or
+//! the records' storage (`coord`).
 
 use std::ops::ControlFlow::{self, Break, Continue};
 
@@ -54,10 +55,11 @@ impl Context {
     }
 
     /// A run that ends at a gate outside the pipeline (`schedule.enabled = false`, said
-    /// once at start-up): ended and told as every run is.
+    /// once at start-up): built and counted as every run's end is, but no run ran, so
+    /// the last run's time and `/status` stay as they were.
     pub fn skip_outside(&self, skip: Skip) -> Finished {
         let mut finished = self.finish(End::Skip(skip));
-        self.conclude(&mut finished);
+        self.count(&mut finished);
         finished
     }
 
@@ -397,16 +399,8 @@ impl Context {
     /// `reason`, the metrics, `/status`, and the log line. (The run record, written under
     /// the lock before this, takes the same labels from the outcome.)
     fn conclude(&self, f: &mut Finished) {
-        let m = &self.metrics;
-        f.answer.outcome = Some(f.outcome.label().to_string());
-        f.answer.reason = f.outcome.reason().map(str::to_string);
-        m.runs_total.with_label_values(&[f.outcome.kind().as_str()]).inc();
-        match &f.outcome {
-            Outcome::Skipped(reason) => m.skips_total.with_label_values(&[reason.as_str()]).inc(),
-            Outcome::Failed(failure) => m.failures_total.with_label_values(&[failure.reason().as_str()]).inc(),
-            _ => {}
-        }
-        m.last_run_timestamp_seconds.set(Utc::now().timestamp() as f64);
+        self.count(f);
+        self.metrics.last_run_timestamp_seconds.set(Utc::now().timestamp() as f64);
         info!(
             outcome = f.outcome.label(),
             reason = f.outcome.reason().unwrap_or("-"),
@@ -420,6 +414,19 @@ impl Context {
         s.last_outcome = Some(f.outcome.kind());
         s.last_moved_bytes = f.answer.moved_bytes.unwrap_or(0);
         s.last_error = f.outcome.error(&f.answer);
+    }
+
+    /// The answer's `outcome` and `reason`, and the run counted by them.
+    fn count(&self, f: &mut Finished) {
+        let m = &self.metrics;
+        f.answer.outcome = Some(f.outcome.label().to_string());
+        f.answer.reason = f.outcome.reason().map(str::to_string);
+        m.runs_total.with_label_values(&[f.outcome.kind().as_str()]).inc();
+        match &f.outcome {
+            Outcome::Skipped(reason) => m.skips_total.with_label_values(&[reason.as_str()]).inc(),
+            Outcome::Failed(failure) => m.failures_total.with_label_values(&[failure.reason().as_str()]).inc(),
+            _ => {}
+        }
     }
 
     fn thresholds(&self, force: bool) -> Thresholds {

@@ -148,10 +148,10 @@ async fn a_skip_outside_the_pipeline_is_said_as_every_run_end_is() {
     assert_eq!((f.answer.outcome.as_deref(), f.answer.reason.as_deref()), (Some("skipped"), Some("disabled")));
     assert_eq!(counted(&ctx, "autobalancer_skips_total{reason=\"disabled\"}"), 1.0);
     assert_eq!(counted(&ctx, "autobalancer_runs_total{outcome=\"skipped\"}"), 1.0);
+    // No run ran: the last run's time and /status stay as they were.
+    assert_eq!(counted(&ctx, "autobalancer_last_run_timestamp_seconds"), 0.0);
     let status = ctx.status.lock().unwrap().clone();
-    assert_eq!(status.last_outcome, Some(crate::metrics::RunOutcome::Skipped));
-    let said = status.last_decision.expect("the decision shown in /status");
-    assert_eq!((said.reason, said.message.as_str()), (Some(SkipReason::Disabled), "schedule.enabled = false"));
+    assert_eq!((status.last_outcome, status.last_run_at, status.last_decision), (None, None, None));
 }
 
 #[tokio::test]

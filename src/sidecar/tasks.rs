@@ -30,6 +30,9 @@ const REFRESH_LEAD: Duration = Duration::from_secs(10);
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How long a replica whose link was reset is given to resync before it is looked at again.
 const RESET_AGAIN_AFTER: Duration = Duration::from_secs(10);
+/// How long the watch keeps its node's address before it asks a seed again (not every
+/// second: a seed frozen would hold each look for the connection timeout).
+const FIND_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// Injects the fault configured for `name` (debug builds): panics, or says to return.
 fn injected(name: &str) -> bool {
@@ -202,6 +205,7 @@ impl Sidecar {
             return self.shutdown.cancelled().await;
         }
         let mut reset_at: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
+        let (mut addr, mut found_at) = (None, tokio::time::Instant::now());
         let mut tick = tokio::time::interval(WATCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -214,12 +218,19 @@ impl Sidecar {
                 continue;
             }
             let member = self.ctx.coordinator.member().to_string();
+            if found_at.elapsed() >= FIND_AGAIN_AFTER {
+                addr = None;
+            }
+            let had = addr.is_some();
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                r = self.ctx.cluster.reset_stuck_replicas(&member) => match r {
+                r = self.ctx.cluster.reset_stuck_replicas(&member, &mut addr) => match r {
                     Ok(reset) => reset_at.extend(reset.into_iter().map(|r| (r, tokio::time::Instant::now()))),
                     Err(e) => debug!(cause = %e, "replica watch: cannot read the topology"),
                 },
+            }
+            if !had && addr.is_some() {
+                found_at = tokio::time::Instant::now();
             }
         }
     }

@@ -94,10 +94,21 @@ impl Nodes {
     /// replica to be promoted without the job's data (nemesis, Valkey seed 62: the
     /// holder killed 1 s after a job into a master whose replica's stream broke 1 ms
     /// after the job; that replica was elected 10 s later and the imported keys lost).
-    pub async fn reset_stuck_replicas(&self, member: &str) -> Result<Vec<String>, ClusterError> {
-        // Its address, from a seed's view (one call: an address does not change with a role).
-        let seen = self.seed_nodes().await.map_err(ClusterError::Snapshot)?;
-        let Some(addr) = seen.into_iter().find(|n| n.id == member).map(|n| n.addr) else { return Ok(Vec::new()) };
+    /// `known`: the node's address as last found, which the watch keeps; found in one
+    /// seed's view when None (an address does not change with a role).
+    pub async fn reset_stuck_replicas(
+        &self,
+        member: &str,
+        known: &mut Option<String>,
+    ) -> Result<Vec<String>, ClusterError> {
+        let addr = match known {
+            Some(a) => a.clone(),
+            None => {
+                let seen = self.seed_nodes().await.map_err(ClusterError::Snapshot)?;
+                let Some(a) = seen.into_iter().find(|n| n.id == member).map(|n| n.addr) else { return Ok(Vec::new()) };
+                known.insert(a).clone()
+            }
+        };
         let stuck = self.stuck_replicas(&addr).await;
         if !stuck.is_empty() {
             warn!(primary = %addr, replicas = %stuck.join(", "), "a replica has acknowledged nothing for {STUCK_LAG_SECONDS}+ s: resetting its link (CLIENT KILL TYPE master) so that it resyncs");

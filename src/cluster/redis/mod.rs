@@ -3,7 +3,7 @@
 //!
 //! Parts, each a type: [`nodes::Nodes`] the seeds, a connection per node ([`conn`]: AUTH,
 //! TLS), and the topology read from them as a value ([`topology`]: CLUSTER NODES parsed,
-//! ownership, health; a snapshot carries the one it was taken from to its moves, repair
+//! ownership, health; a snapshot carries the one it was taken from to its moves; repair
 //! and role changes read their own), with the node-level work every part uses: replicas that
 //! follow an assignment ([`follow`]), a key set aside ([`aside`]), Valkey's migration jobs
 //! ([`migrations`]) and per-slot traffic counters ([`traffic`]); [`sizing::Sizer`] slot
@@ -183,9 +183,14 @@ impl RedisCluster {
         self.nodes.read_traffic(member).await
     }
 
-    /// Resets the links of `member`'s replicas that are stuck ([`follow`]).
-    pub async fn reset_stuck_replicas(&self, member: &str) -> Result<Vec<String>, ClusterError> {
-        self.nodes.reset_stuck_replicas(member).await
+    /// Resets the links of `member`'s replicas that are stuck ([`follow`]); `known` its
+    /// node's address, as the watch keeps it.
+    pub async fn reset_stuck_replicas(
+        &self,
+        member: &str,
+        known: &mut Option<String>,
+    ) -> Result<Vec<String>, ClusterError> {
+        self.nodes.reset_stuck_replicas(member, known).await
     }
 }
 

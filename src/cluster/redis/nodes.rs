@@ -117,8 +117,10 @@ impl Nodes {
 
     /// The topology the moves of `snap` take node ids and replicas from: the one it was
     /// taken from, which it carries; read now for a snapshot that carries none (built
-    /// elsewhere). Ownership is checked by the servers themselves (MIGRATING fails on a
-    /// node that no longer owns the slot).
+    /// elsewhere). It is not read again during a run (a frozen master would hold every
+    /// group for the connection timeout): a failover mid-run is met by the servers'
+    /// refusal (MIGRATING fails on a node that no longer owns the slot or is no master),
+    /// and the run's failed moves are settled by repair.
     pub(super) async fn topology_of<'s>(&self, snap: &'s ClusterSnapshot) -> Result<Cow<'s, Topology>, ClusterError> {
         match snap.view.get::<Topology>() {
             Some(t) => Ok(Cow::Borrowed(t)),

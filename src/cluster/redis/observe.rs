@@ -1,6 +1,7 @@
 //! The snapshot: what each master says of itself (INFO), the slots it owns, their key
 //! counts and sizes, the keys it holds outside its slots, big keys, moves in flight and
-//! replicas, assembled into the backend-neutral `ClusterSnapshot`.
+//! replicas, assembled into the backend-neutral `ClusterSnapshot`, which carries the
+//! topology it was read from to its moves (its `view`).
 //!
 //! Owns: turning observations into members, buckets and `Observed`. Does not own: how a
 //! slot is measured ([`super::sizing`]) or read ([`super::topology`]).
