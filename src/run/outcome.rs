@@ -220,6 +220,17 @@ pub enum SetupError {
     Coordinator(#[from] LockError),
 }
 
+/// The executed part of the answer: bytes moved, time taken, why it stopped, per member.
+pub(super) fn fill_answer(answer: &mut Answer, report: RunReport) {
+    answer.moved_bytes = Some(report.moved_bytes);
+    answer.duration_seconds = Some((report.duration_seconds * 1000.0).round() / 1000.0);
+    // The sentence the API has always answered with; the typed reason is the outcome's.
+    answer.stopped = report.stopped.map(|s| s.to_string());
+    answer.moved_by_legacy_fallback = (report.moves_by_fallback > 0).then_some(report.moves_by_fallback);
+    answer.failures = report.failures;
+    answer.report = Some(report.members);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::outcome::fill_answer;
 use super::{Context, End, Failure, Finished, Outcome, RunState, Skip, Trigger};
 use crate::cluster::recorded::Recorded;
 use crate::cluster::{Cluster, ClusterError, RepairOptions, RepairReport};
@@ -432,17 +433,6 @@ impl Context {
     fn thresholds(&self, force: bool) -> Thresholds {
         Thresholds::from_config(&self.config.balance, force)
     }
-}
-
-/// The executed part of the answer: bytes moved, time taken, why it stopped, per member.
-fn fill_answer(answer: &mut Answer, report: RunReport) {
-    answer.moved_bytes = Some(report.moved_bytes);
-    answer.duration_seconds = Some((report.duration_seconds * 1000.0).round() / 1000.0);
-    // The sentence the API has always answered with; the typed reason is the outcome's.
-    answer.stopped = report.stopped.map(|s| s.to_string());
-    answer.moved_by_legacy_fallback = (report.moves_by_fallback > 0).then_some(report.moves_by_fallback);
-    answer.failures = report.failures;
-    answer.report = Some(report.members);
 }
 
 /// Why repair could not run: a skip (etcd could not be read), or the cluster could not be
