@@ -27,13 +27,17 @@ fn counted(ctx: &Context, metric: &str) -> f64 {
     text.lines().find(|l| l.starts_with(metric)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(-1.0)
 }
 
+/// Three buckets on the first of two members, one on the second: off balance.
+fn skewed() -> Vec<(u64, Vec<u32>)> {
+    vec![(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])]
+}
+
 const MANUAL: Trigger = Trigger::Manual { force: false, allow_big_keys: false };
 
 #[tokio::test]
 async fn each_end_is_said_once_by_the_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let skewed: &[(u64, Vec<u32>)] = &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])];
-    let ctx = context(dir.path(), Some(skewed));
+    let ctx = context(dir.path(), Some(&skewed()));
     let never = CancellationToken::new();
 
     // The lock held elsewhere: the first gate that says no ends the run, as a skip.
@@ -100,8 +104,7 @@ fn exit_codes() {
 #[tokio::test]
 async fn the_gates_say_no_in_order_pause_lock_then_the_cron_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let skewed: &[(u64, Vec<u32>)] = &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])];
-    let ctx = context(dir.path(), Some(skewed));
+    let ctx = context(dir.path(), Some(&skewed()));
     let never = CancellationToken::new();
     let slot = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
     let scheduled = Trigger::Scheduled { slot };
@@ -158,8 +161,7 @@ async fn a_skip_outside_the_pipeline_is_said_as_every_run_end_is() {
 async fn a_run_sets_the_metrics_of_its_lock_plan_moves_and_snapshot() {
     use crate::model::MemberFacts;
     let dir = tempfile::tempdir().unwrap();
-    let skewed: &[(u64, Vec<u32>)] = &[(100, vec![0]), (100, vec![0]), (100, vec![0]), (100, vec![1])];
-    let mut snap = make_snapshot(make_members(2), skewed);
+    let mut snap = make_snapshot(make_members(2), &skewed());
     // What a backend observes beside the layout, as a snapshot file may carry it.
     snap.observed.members = vec![
         MemberFacts { used_memory_bytes: 1_000, stray_keys: 2, big_keys: 1 },
