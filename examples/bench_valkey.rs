@@ -214,23 +214,10 @@ fn cli(c: &LocalCluster, way: &str, bin: &str) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-/// The kit's digest, read again when a reply was late (the kit gives one half a second;
-/// this machine is shared).
-async fn digest(c: &LocalCluster) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    for _ in 0..4 {
-        match c.digest().await {
-            Ok(d) => return d,
-            Err(e) if e.contains("timed out") => eprintln!("digest: {e}; again"),
-            Err(e) => panic!("{e}"),
-        }
-    }
-    c.digest().await.unwrap()
-}
-
 async fn run(way: &str, keys: usize, bin: &str) -> Row {
     let c = ClusterSpec::new(Engine::Valkey, 3, 1).start().await.unwrap();
     c.load_skewed(keys, 42).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let slots = exact_bytes(&c).await;
     let wall = match way {
         "floor: MIGRATESLOTS by hand" => floor(&c).await,
@@ -238,7 +225,7 @@ async fn run(way: &str, keys: usize, bin: &str) -> Row {
         _ => cli(&c, way, bin),
     };
     c.wait_ok(Duration::from_secs(30)).await.unwrap();
-    let intact = digest(&c).await == before && c.open_slots().await.unwrap().is_empty();
+    let intact = c.digest().await.unwrap() == before && c.open_slots().await.unwrap().is_empty();
     row(&c, &slots, wall, intact).await
 }
 

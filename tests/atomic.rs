@@ -106,19 +106,6 @@ async fn slots_of<'a>(c: &LocalCluster, keys: impl Iterator<Item = &'a Vec<u8>>)
     p.query_async(&mut con).await.unwrap()
 }
 
-/// The kit's digest, read again when a reply was late: the machine is shared, and the
-/// kit's connections give a reply half a second.
-async fn digest(c: &LocalCluster) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut tries = 0;
-    loop {
-        match c.digest().await {
-            Ok(d) => return d,
-            Err(e) if e.contains("timed out") && tries < 4 => tries += 1,
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
 /// The tests of this file share two cores with their servers: one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -147,7 +134,7 @@ async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = ClusterSpec::new(Engine::Valkey, 3, 1).start().await.unwrap();
     c.load_skewed(30_000, 11).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rc = backend(&c, dir.path(), Duration::from_secs(30));
     let snap = rc.snapshot().await.unwrap();
@@ -191,7 +178,7 @@ async fn one_job_per_source_moves_every_key_and_flips_ownership_everywhere() {
     }
     assert_eq!(rc.legacy_fallbacks(), 0);
     wait_views(&c, &moved, &m[3]).await;
-    assert_eq!(digest(&c).await, before, "every key and value intact");
+    assert_eq!(c.digest().await.unwrap(), before, "every key and value intact");
     let on_target = dump_node(&c, &m[3]).await;
     for s in slots_of(&c, on_target.keys()).await {
         assert!(moved.contains(&s), "a key of slot {s} on the target");
@@ -206,7 +193,7 @@ async fn the_targets_replica_holds_the_moved_slots() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = ClusterSpec::new(Engine::Valkey, 3, 1).replicas(1).start().await.unwrap();
     c.load_skewed(20_000, 12).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rc = backend(&c, dir.path(), Duration::from_secs(30));
     let snap = rc.snapshot().await.unwrap();
@@ -237,7 +224,7 @@ async fn the_targets_replica_holds_the_moved_slots() {
         assert!(Instant::now() < deadline, "the source's replica still holds moved keys");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(digest(&c).await, before);
+    assert_eq!(c.digest().await.unwrap(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +232,7 @@ async fn a_stuck_job_is_cancelled_and_its_slots_stay_with_the_source() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = ClusterSpec::new(Engine::Valkey, 2, 1).start().await.unwrap();
     c.load_skewed(10_000, 13).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let owners = c.slot_owners().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rc = backend(&c, dir.path(), Duration::from_secs(1));
@@ -276,11 +263,11 @@ async fn a_stuck_job_is_cancelled_and_its_slots_stay_with_the_source() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.wait_ok(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(digest(&c).await, before);
+    assert_eq!(c.digest().await.unwrap(), before);
     // The same slots move once the target is back.
     let snap = rc.snapshot().await.unwrap();
     assert!(rc.move_group(&snap, &group, &Unpaced, &common::Held::new().await).await.iter().all(Result::is_ok));
-    assert_eq!(digest(&c).await, before);
+    assert_eq!(c.digest().await.unwrap(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +275,7 @@ async fn a_failing_job_is_retried_in_halves_then_moved_by_the_legacy_mover() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = ClusterSpec::new(Engine::Valkey, 2, 1).start().await.unwrap();
     c.load_skewed(10_000, 14).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let m = c.master_addrs();
     // The source logs in to the target as a user the target does not have: every job
     // from it fails at once ("Failed to AUTH to target node").
@@ -313,7 +300,7 @@ async fn a_failing_job_is_retried_in_halves_then_moved_by_the_legacy_mover() {
     let slots: Vec<u64> = group.iter().map(|mv| mv.bucket).collect();
     wait_views(&c, &slots, &m[2]).await;
     assert!(c.open_slots().await.unwrap().is_empty());
-    assert_eq!(digest(&c).await, before);
+    assert_eq!(c.digest().await.unwrap(), before);
 }
 
 /// ACL: the legacy rules plus the atomic commands move atomically; the legacy rules
@@ -330,7 +317,7 @@ async fn acl_rules_for_the_atomic_path() {
         let user = AclUser::new("balancer", "pw-acl-1", &rules);
         let c = ClusterSpec::new(Engine::Valkey, 2, 1).user(user).start().await.unwrap();
         c.load_skewed(5_000, 15).await.unwrap();
-        let before = digest(&c).await;
+        let before = c.digest().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let rc = backend(&c, dir.path(), Duration::from_secs(10));
         let snap = rc.snapshot().await.unwrap();
@@ -348,7 +335,7 @@ async fn acl_rules_for_the_atomic_path() {
         }
         let slots: Vec<u64> = group.iter().map(|mv| mv.bucket).collect();
         wait_views(&c, &slots, &m[2]).await;
-        assert_eq!(digest(&c).await, before);
+        assert_eq!(c.digest().await.unwrap(), before);
     }
 }
 
@@ -359,7 +346,7 @@ async fn the_sources_masteruser_needs_write_rights_on_the_target() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = ClusterSpec::new(Engine::Valkey, 2, 1).start().await.unwrap();
     c.load_skewed(5_000, 17).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let acl = |rules: &'static str| {
         let c = &c;
         async move {
@@ -395,7 +382,7 @@ async fn the_sources_masteruser_needs_write_rights_on_the_target() {
     assert_eq!(jobs(&c, &m[1]).await.iter().map(|j| j.0.as_str()).collect::<Vec<_>>(), ["success"]);
     let slots: Vec<u64> = first.iter().chain(&second).map(|mv| mv.bucket).collect();
     wait_views(&c, &slots, &m[2]).await;
-    assert_eq!(digest(&c).await, before);
+    assert_eq!(c.digest().await.unwrap(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,7 +390,7 @@ async fn atomic_on_redis_7_is_refused_naming_the_key_and_auto_moves_with_legacy(
     let _one = ONE_AT_A_TIME.lock().await;
     let c = ClusterSpec::new(Engine::Redis, 2, 1).start().await.unwrap();
     c.load_skewed(3_000, 16).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let owners = c.slot_owners().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut rc = backend(&c, dir.path(), Duration::from_secs(10));
@@ -424,7 +411,7 @@ async fn atomic_on_redis_7_is_refused_naming_the_key_and_auto_moves_with_legacy(
     }
     let slots: Vec<u64> = group.iter().map(|mv| mv.bucket).collect();
     wait_views(&c, &slots, &m[2]).await;
-    assert_eq!(digest(&c).await, before);
+    assert_eq!(c.digest().await.unwrap(), before);
 }
 
 /// `CLUSTER MIGRATESLOTS` of `slots` from `src` to the node `dst_id`, issued by hand.
@@ -446,7 +433,7 @@ async fn jobs_left_running_are_found_waited_for_or_left_alone() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = ClusterSpec::new(Engine::Valkey, 2, 1).start().await.unwrap();
     c.load_skewed(10_000, 17).await.unwrap();
-    let before = digest(&c).await;
+    let before = c.digest().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rc = backend(&c, dir.path(), Duration::from_secs(10));
     let snap = rc.snapshot().await.unwrap();
@@ -496,5 +483,5 @@ async fn jobs_left_running_are_found_waited_for_or_left_alone() {
     wait_views(&c, &ours, &m[2]).await;
     wait_views(&c, &theirs, &m[2]).await;
     c.wait_ok(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(digest(&c).await, before);
+    assert_eq!(c.digest().await.unwrap(), before);
 }

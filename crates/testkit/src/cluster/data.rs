@@ -114,7 +114,7 @@ impl LocalCluster {
     pub async fn current_masters(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for a in self.live_addrs() {
-            let mut con = self.conn(&a).await?;
+            let mut con = self.patient_conn(&a).await?;
             let role: Vec<redis::Value> =
                 redis::cmd("ROLE").query_async(&mut con).await.map_err(|e| format!("{a}: {e}"))?;
             if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
@@ -124,12 +124,12 @@ impl LocalCluster {
         Ok(out)
     }
 
-    /// Every key on every live master with its DUMP payload; a key found on two masters
-    /// is an error.
+    /// Every key on every live master with its DUMP payload, over patient connections; a
+    /// key found on two masters is an error.
     pub async fn digest(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         let mut out = BTreeMap::new();
         for a in self.current_masters().await? {
-            let mut con = self.conn(&a).await?;
+            let mut con = self.patient_conn(&a).await?;
             for (k, v) in dump_all(&a, &mut con).await? {
                 if out.insert(k.clone(), v).is_some() {
                     return Err(format!("key {:?} found on two masters", String::from_utf8_lossy(&k)));
@@ -189,14 +189,14 @@ async fn dump_all(addr: &str, con: &mut MultiplexedConnection) -> Result<Vec<(Ve
 impl LocalCluster {
     /// Every key name on one node; READONLY first, so a replica answers too.
     pub async fn keys_on(&self, addr: &str) -> Result<Vec<Vec<u8>>> {
-        let mut con = self.conn(addr).await?;
+        let mut con = self.patient_conn(addr).await?;
         redis::cmd("READONLY").query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
         scan_keys(addr, &mut con).await
     }
 
     /// Every key on one node with its DUMP payload; READONLY first, so a replica answers.
     pub async fn dump_node(&self, addr: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-        let mut con = self.conn(addr).await?;
+        let mut con = self.patient_conn(addr).await?;
         redis::cmd("READONLY").query_async::<()>(&mut con).await.map_err(|e| format!("{addr}: {e}"))?;
         Ok(dump_all(addr, &mut con).await?.into_iter().collect())
     }

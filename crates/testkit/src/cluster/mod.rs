@@ -17,6 +17,7 @@ mod start;
 mod views;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
@@ -178,14 +179,23 @@ impl LocalCluster {
         }
     }
 
-    /// A connection as the default user, the kit's own.
+    /// A connection as the default user, the kit's own. A reply is given half a second
+    /// (the client library's default), so a frozen node is passed over quickly.
     pub async fn conn(&self, addr: &str) -> Result<MultiplexedConnection> {
-        connect(addr, &Login { username: None, password: self.password.clone() }, self.tls.as_ref()).await
+        connect(addr, &Login { username: None, password: self.password.clone() }, self.tls.as_ref(), None).await
+    }
+
+    /// As `conn`, with [`PATIENT`] for each reply: for the reads a test asserts on (every
+    /// key of the cluster, say), which a busy machine or a fork for a replica's full sync
+    /// can delay past half a second without anything being wrong.
+    pub async fn patient_conn(&self, addr: &str) -> Result<MultiplexedConnection> {
+        let login = Login { username: None, password: self.password.clone() };
+        connect(addr, &login, self.tls.as_ref(), Some(PATIENT)).await
     }
 
     /// A connection as `login()`: what the library can and cannot do.
     pub async fn client_conn(&self, addr: &str) -> Result<MultiplexedConnection> {
-        connect(addr, &self.login(), self.tls.as_ref()).await
+        connect(addr, &self.login(), self.tls.as_ref(), None).await
     }
 
     pub fn master_addrs(&self) -> Vec<String> {
@@ -221,7 +231,16 @@ impl LocalCluster {
     }
 }
 
-async fn connect(addr: &str, login: &Login, tls: Option<&TlsFiles>) -> Result<MultiplexedConnection> {
+/// How long a patient connection waits for each reply.
+pub const PATIENT: Duration = Duration::from_secs(10);
+
+/// A connection to `addr`; `response_timeout` replaces the client library's default.
+async fn connect(
+    addr: &str,
+    login: &Login,
+    tls: Option<&TlsFiles>,
+    response_timeout: Option<Duration>,
+) -> Result<MultiplexedConnection> {
     let (h, p) = addr.rsplit_once(':').ok_or_else(|| format!("{addr}: not host:port"))?;
     let port = p.parse().map_err(|_| format!("{addr}: bad port"))?;
     let mut settings = redis::RedisConnectionInfo::default();
@@ -244,5 +263,12 @@ async fn connect(addr: &str, login: &Login, tls: Option<&TlsFiles>) -> Result<Mu
         None => redis::Client::open(info),
     };
     let client = client.map_err(|e| e.to_string())?;
-    client.get_multiplexed_async_connection().await.map_err(|e| format!("{addr}: {e}"))
+    let con = match response_timeout {
+        Some(t) => {
+            let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(t));
+            client.get_multiplexed_async_connection_with_config(&cfg).await
+        }
+        None => client.get_multiplexed_async_connection().await,
+    };
+    con.map_err(|e| format!("{addr}: {e}"))
 }
