@@ -185,12 +185,7 @@ impl Nodes {
     /// epoch (`tests/safety.rs::a_source_demoted_at_the_commit_leaves_no_slot_open`
     /// lost 4 keys on Valkey 1 time in 14 without this wait).
     pub(super) async fn epoch_past_demotion(&self, src: &str, dst: &str) {
-        let role = self.conns.query::<Vec<redis::Value>>(src, &redis::cmd("ROLE")).await;
-        let is_master = match role.as_deref() {
-            Ok([redis::Value::BulkString(r), ..]) => r.as_slice() == b"master",
-            _ => true,
-        };
-        if is_master {
+        if !self.demoted(src).await {
             return;
         }
         let Some(wanted) = self.current_epoch(src).await else { return };
@@ -207,14 +202,26 @@ impl Nodes {
         }
     }
 
+    /// Whether `addr` answers ROLE as anything but a master (a node that does not answer
+    /// is taken to be one still).
+    pub(super) async fn demoted(&self, addr: &str) -> bool {
+        let role = self.conns.query::<Vec<redis::Value>>(addr, &redis::cmd("ROLE")).await;
+        match role.as_deref() {
+            Ok([redis::Value::BulkString(r), ..]) => r.as_slice() != b"master",
+            _ => false,
+        }
+    }
+
     /// `cluster_current_epoch` of CLUSTER INFO on `addr`.
     async fn current_epoch(&self, addr: &str) -> Option<u64> {
         let info = self.conns.query::<String>(addr, redis::cmd("CLUSTER").arg("INFO")).await.ok()?;
         info.lines().find_map(|l| l.strip_prefix("cluster_current_epoch:")).and_then(|v| v.trim().parse().ok())
     }
 
-    /// After a commit whose source refused its SETSLOT NODE (`slots`, now `dst`'s): the
-    /// source was demoted mid-move. Its replica, promoted since and so not among the
+    /// After a commit whose source refused its SETSLOT NODE, or took it and was a replica
+    /// by the group's end (`slots`, now `dst`'s): the source was demoted mid-move (a
+    /// commit taken while it still believed itself master reaches no replica that was
+    /// not online, and the replica promoted keeps the flags it copied). Its replica, promoted since and so not among the
     /// masters the commit told, may show the slots migrating (Valkey replicates SETSLOT),
     /// and the demoted source keeps its flags as a replica; either would serve the slots
     /// as still moving. Every master but `dst`, read afresh, is told the new owner (a

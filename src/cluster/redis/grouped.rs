@@ -31,7 +31,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::SLOTS;
 use super::legacy::Legacy;
@@ -107,8 +107,17 @@ impl Legacy<'_> {
             }
         }
         let pair = Pair { group, slots: &slots, src: &src, src_id: &src_id, dst: &dst, dst_id: &dst_id };
-        let refused = self.drain_and_commit(&topo, &pair, open, pace, fence, &mut out).await;
-        self.nodes.follow_refused(&dst, &dst_id, &refused).await;
+        let mut follow = self.drain_and_commit(&topo, &pair, open, pace, fence, &mut out).await;
+        if self.nodes.demoted(&src).await {
+            // Demoted after it took commits: every slot it gave up is followed too.
+            let moved: Vec<u16> =
+                out.iter().zip(&slots).filter(|(r, _)| matches!(r, Some(Ok(_)))).map(|(_, &s)| s).collect();
+            info!(source = %src, slots = moved.len(), "the source is a replica by the group's end: the new owner of what it gave up is told to every master");
+            follow.extend(moved);
+            follow.sort_unstable();
+            follow.dedup();
+        }
+        self.nodes.follow_refused(&dst, &dst_id, &follow).await;
         for &slot in &slots {
             self.sizer.forget(slot);
         }
