@@ -33,7 +33,7 @@ pub(super) struct Commit {
     /// One per slot, in order: Ok when the target owns it; else why not, the slot left open.
     pub(super) results: Vec<Result<(), String>>,
     /// Slots committed on the target after their source refused (it was demoted): the
-    /// demoted source and its shard may still show them open ([`super::nodes::Nodes::follow_refused`]).
+    /// demoted source and its shard may still show them open ([`super::nodes::Nodes::follow_demoted`]).
     pub(super) demoted: Vec<u16>,
 }
 

@@ -117,7 +117,7 @@ impl Legacy<'_> {
             follow.sort_unstable();
             follow.dedup();
         }
-        self.nodes.follow_refused(&dst, &dst_id, &follow).await;
+        self.nodes.follow_demoted(&dst, &dst_id, &follow).await;
         for &slot in &slots {
             self.sizer.forget(slot);
         }

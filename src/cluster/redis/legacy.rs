@@ -291,7 +291,7 @@ impl Legacy<'_> {
         if let Some(Err(message)) = commit.results.into_iter().next() {
             return Err(ClusterError::Move { bucket: slot as u64, message, open: true });
         }
-        self.nodes.follow_refused(dst, dst_id, &commit.demoted).await;
+        self.nodes.follow_demoted(dst, dst_id, &commit.demoted).await;
         let others = topo.masters.iter().filter(|m| m.addr != src && m.addr != dst && !m.is_failed());
         let results = futures::future::join_all(
             others
