@@ -223,9 +223,10 @@ impl Nodes {
     /// commit it took while it still believed itself master reached no replica that was
     /// not online. Its replica, promoted since and so not among the masters the commit
     /// told, may show the slots migrating (Valkey replicates SETSLOT), and the demoted
-    /// source keeps its flags as a replica; either would serve the slots as still moving. Every master but `dst`, read afresh, is told the new owner (a
-    /// node that loses a slot drops its MIGRATING flag), and replicas still showing them
-    /// get their master's STABLE ([`Self::replicas_follow`]); what stays is logged, for
+    /// source keeps its flags as a replica; either would serve the slots as still moving.
+    /// Every master but `dst`, read afresh, is told the new owner (a node that loses a
+    /// slot drops its MIGRATING flag), and replicas still showing them get their
+    /// master's STABLE ([`Self::replicas_follow`]); what stays is logged, for
     /// `repair --slot`. Redis closes a demoted node's slots: there this finds nothing.
     pub(super) async fn follow_demoted(&self, dst: &str, dst_id: &str, slots: &[u16]) {
         if slots.is_empty() {

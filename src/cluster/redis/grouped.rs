@@ -108,10 +108,11 @@ impl Legacy<'_> {
         }
         let pair = Pair { group, slots: &slots, src: &src, src_id: &src_id, dst: &dst, dst_id: &dst_id };
         let mut follow = self.drain_and_commit(&topo, &pair, open, pace, fence, &mut out).await;
-        if self.nodes.demoted(&src).await {
-            // Demoted after it took commits: every slot it gave up is followed too.
-            let moved: Vec<u16> =
-                out.iter().zip(&slots).filter(|(r, _)| matches!(r, Some(Ok(_)))).map(|(_, &s)| s).collect();
+        let moved: Vec<u16> =
+            out.iter().zip(&slots).filter(|(r, _)| matches!(r, Some(Ok(_)))).map(|(_, &s)| s).collect();
+        // Demoted after it took commits: every slot it gave up is followed too (a group
+        // that moved nothing asks nothing).
+        if !moved.is_empty() && self.nodes.demoted(&src).await {
             info!(source = %src, slots = moved.len(), "the source is a replica by the group's end: the new owner of what it gave up is told to every master");
             follow.extend(moved);
             follow.sort_unstable();
