@@ -165,7 +165,21 @@ async fn a_key_written_again_after_its_source_failed_over_is_set_aside_not_wedge
     // The promoted source has no MIGRATING flag: it takes the write itself.
     let mut owner = c.conn(&replica.addr).await.unwrap();
     redis::cmd("SET").arg(&key).arg("written after the failover").query_async::<()>(&mut owner).await.unwrap();
-    c.wait_ok(Duration::from_secs(60)).await.unwrap();
+    // The failover settled in every view. Not `cluster_state:ok`: on Redis the target
+    // keeps the slots it imports out of gossip, and may be left with them owned by no
+    // master, saying `fail` until the next holder's repair finishes them (CI: 198 slots
+    // unassigned on the target, 1 run in about 20).
+    common::wait_for_async(60, "every node to see the failover", || async {
+        for a in c.live_addrs() {
+            let view = nodes(&c, &a).await;
+            let role = |addr: &str| view.iter().find(|n| n.addr == addr).map(|n| n.is_master());
+            if role(&replica.addr) != Some(true) || role(&src) != Some(false) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 
     let (v, stderr) = next_holder(&cfg);
     assert!(stderr.contains("set aside"), "{stderr}\n{v:#}");
